@@ -1,0 +1,9 @@
+"""evonnx: compress ONNX models far beyond quantization and rebuild them as ONNX.
+
+Heavy parts (onnxruntime, torch) load lazily so that `evonnx.runtime` and
+`evonnx.formats` stay importable on targets that only have numpy and onnx.
+"""
+from evonnx.errors import CalibrationError, EvonnxError, EvxFormatError, ModelError
+
+__version__ = "0.1.0"
+__all__ = ["EvonnxError", "ModelError", "CalibrationError", "EvxFormatError", "__version__"]

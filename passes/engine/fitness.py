@@ -1,0 +1,175 @@
+"""The fitness engine: one long-lived ORT session per model structure, weights fed as inputs.
+
+Passes ask "how far is this candidate from the teacher?" and never touch ONNX Runtime. The target
+weights are turned into graph inputs once, so a candidate weight set costs one run and no session
+rebuild; the teacher's outputs on the calibration set are computed once, from the original model with
+its weights baked in.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from evonnx.errors import CalibrationError, ModelError
+from evonnx.passes.engine import providers as prov
+from evonnx.passes.engine.calib import CalibData, input_specs
+from evonnx.passes.engine.metrics import Metrics, compare
+from evonnx.runtime.weights import read_weights
+
+DEFAULT_BATCH = 256
+
+
+def expose_weights(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of `model` where the named main-graph initializers are graph inputs instead."""
+    wanted = set(names)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    kept, exposed = [], []
+    for tensor in out.graph.initializer:
+        (exposed if tensor.name in wanted else kept).append(tensor)
+    missing = wanted - {t.name for t in exposed}
+    if missing:
+        raise ModelError(f"cannot expose {sorted(missing)[:3]}: not main-graph initializers")
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    out.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in exposed)
+    return out
+
+
+class Runner:
+    """Run one ONNX model repeatedly: numpy feeds on CPU; on CUDA, device-resident inputs via IO binding."""
+
+    def __init__(self, model: onnx.ModelProto, providers: list[str], label: str = "model"):
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for bad models
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise ModelError(f"{label}: onnxruntime {ort.__version__} cannot run this model "
+                             f"(IR {model.ir_version}, opsets {_opsets(model)}): {first}") from None
+        self.provider = self.session.get_providers()[0]
+        self.on_cuda = self.provider == prov.CUDA
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self._device_values: dict[str, ort.OrtValue] = {}
+
+    def pin(self, name: str, array: np.ndarray) -> None:
+        """Keep an input that rarely changes on the device (CUDA only; a no-op on CPU)."""
+        if self.on_cuda:
+            self._device_values[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", 0)
+
+    def run(self, feeds: dict[str, np.ndarray | str]) -> list[np.ndarray]:
+        """Run with numpy arrays, or on CUDA with names of pinned values (a str value names a pinned array)."""
+        if not self.on_cuda:
+            return self.session.run(self.output_names, feeds)
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, str):
+                binding.bind_ortvalue_input(name, self._device_values[value])
+            else:
+                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), "cuda", 0))
+        for name in self.output_names:
+            binding.bind_output(name, "cuda")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+
+def _opsets(model: onnx.ModelProto) -> str:
+    return ", ".join(f"{o.domain or 'ai.onnx'}:{o.version}" for o in model.opset_import)
+
+
+class FitnessEngine:
+    """Evaluate candidate weight sets against the teacher on calibration data.
+
+    `weights`: the names fed as inputs (default: every float main-graph initializer the caller lists,
+    usually the sparsification targets). A candidate is a dict {name: array}; weights it leaves out keep
+    their original values.
+    """
+
+    def __init__(self, model: onnx.ModelProto, calib: CalibData, weights: Sequence[str], *,
+                 device: str = "auto", batch_size: int | None = None, label: str = "model"):
+        self.label = label
+        self.calib = calib
+        self.weight_names = list(weights)
+        self.original = read_weights(model, self.weight_names)
+        self.providers = providers = prov.resolve(device)
+        self.batch_size = self._batch_size(model, calib, batch_size)
+        self.batches = calib.batches(self.batch_size)
+        baked = Runner(model, providers, label)
+        self.output_names = baked.output_names
+        self.teacher = self._collect(baked, self.batches)
+        self.student = Runner(expose_weights(model, self.weight_names), providers, label)
+        self.provider = self.student.provider
+        for i, batch in enumerate(self.batches):
+            for name, arr in batch.items():
+                self.student.pin(f"batch{i}:{name}", arr)
+        for name, arr in self.original.items():
+            self.student.pin(f"weight:{name}", arr)
+        self.evaluations = 0
+
+    def _batch_size(self, model: onnx.ModelProto, calib: CalibData, requested: int | None) -> int:
+        fixed = {s.shape[0] for s in input_specs(model) if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
+        if len(fixed) > 1:
+            raise CalibrationError(f"{self.label}: inputs have different fixed batch sizes {sorted(fixed)}")
+        if fixed:
+            size = fixed.pop()
+            usable = calib.num_samples - calib.num_samples % size
+            if usable == 0:
+                raise CalibrationError(f"{self.label}: the model's batch is {size} but calibration has "
+                                       f"{calib.num_samples} samples")
+            if usable != calib.num_samples:
+                warnings.warn(f"using {usable} of {calib.num_samples} calibration samples (fixed batch {size})",
+                              stacklevel=3)
+                calib.inputs = {k: v[:usable] if v.ndim else v for k, v in calib.inputs.items()}
+                calib.labels = None if calib.labels is None else calib.labels[:usable]
+            return size
+        return min(requested or DEFAULT_BATCH, calib.num_samples)
+
+    @staticmethod
+    def _collect(runner: Runner, feeds: list[dict]) -> list[np.ndarray]:
+        parts = [runner.run(feed) for feed in feeds]
+        return [np.concatenate([p[k] for p in parts]) if parts[0][k].ndim else parts[0][k]
+                for k in range(len(parts[0]))]
+
+    def outputs(self, candidate: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """The student's outputs on all calibration batches for one candidate."""
+        candidate = candidate or {}
+        unknown = set(candidate) - set(self.original)
+        if unknown:
+            raise ModelError(f"{self.label}: {sorted(unknown)[:3]} are not exposed weights of the engine")
+        feeds = []
+        for i, batch in enumerate(self.batches):
+            if self.student.on_cuda:
+                feed = {name: f"batch{i}:{name}" for name in batch}
+                feed.update({name: f"weight:{name}" for name in self.original})
+            else:
+                feed = dict(batch)
+                feed.update(self.original)
+            feed.update(candidate)
+            feeds.append(feed)
+        self.evaluations += 1
+        return self._collect(self.student, feeds)
+
+    def evaluate(self, candidates: Sequence[dict[str, np.ndarray]]) -> list[Metrics]:
+        """Metrics of each candidate against the teacher (a batch API: callers pass several at once)."""
+        return [compare(self.output_names, self.teacher, self.outputs(c), self.calib.labels) for c in candidates]
+
+    def fitness(self, candidates: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
+        """The scalar to minimise for each candidate."""
+        return np.array([m.fitness for m in self.evaluate(candidates)])
+
+    def teacher_metrics(self) -> Metrics:
+        """The teacher against itself, with task accuracy when labels exist."""
+        return compare(self.output_names, self.teacher, self.teacher, self.calib.labels)
+
+    def compare_model(self, model: onnx.ModelProto, label: str = "student") -> Metrics:
+        """Metrics of another model (same inputs and outputs, any structure) against the teacher."""
+        runner = Runner(model, self.providers, label)
+        if runner.output_names != self.output_names:
+            raise ModelError(f"{label}: outputs {runner.output_names} differ from the teacher's {self.output_names}")
+        return compare(self.output_names, self.teacher, self._collect(runner, self.batches), self.calib.labels)

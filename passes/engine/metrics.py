@@ -1,0 +1,92 @@
+"""Teacher–student metrics for every output: KL, top-1 agreement, relative MSE, cosine, accuracy."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def is_classifier(teacher: np.ndarray) -> bool:
+    """Float outputs of shape (N, C) with C >= 2 are read as class scores."""
+    return teacher.ndim == 2 and teacher.shape[1] >= 2 and np.issubdtype(teacher.dtype, np.floating)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def kl_divergence(teacher: np.ndarray, student: np.ndarray) -> float:
+    """Mean over samples of KL(softmax(teacher) || softmax(student)), in nats."""
+    lt, ls = _log_softmax(teacher), _log_softmax(student)
+    return float(np.mean(np.sum(np.exp(lt) * (lt - ls), axis=-1)))
+
+
+def top1_agreement(teacher: np.ndarray, student: np.ndarray) -> float:
+    return float(np.mean(teacher.argmax(-1) == student.argmax(-1)))
+
+
+def relative_mse(teacher: np.ndarray, student: np.ndarray) -> float:
+    t, s = teacher.astype(np.float64), student.astype(np.float64)
+    return float(np.sum((s - t) ** 2) / max(np.sum(t * t), 1e-30))
+
+
+def cosine(teacher: np.ndarray, student: np.ndarray) -> float:
+    """Mean over samples of the cosine similarity of flattened outputs."""
+    t = teacher.reshape(len(teacher), -1).astype(np.float64) if teacher.ndim else teacher.reshape(1, 1)
+    s = student.reshape(t.shape).astype(np.float64)
+    num = np.sum(t * s, axis=1)
+    den = np.linalg.norm(t, axis=1) * np.linalg.norm(s, axis=1)
+    both_zero = den == 0
+    return float(np.mean(np.where(both_zero, 1.0, num / np.where(both_zero, 1.0, den))))
+
+
+@dataclass
+class OutputMetrics:
+    name: str
+    rel_mse: float
+    cosine: float
+    kl: float | None = None
+    top1: float | None = None
+    accuracy: float | None = None
+
+
+@dataclass
+class Metrics:
+    """All outputs' metrics; `fitness` is the scalar to minimise (mean KL of classifiers, else mean relative MSE)."""
+
+    outputs: list[OutputMetrics] = field(default_factory=list)
+
+    @property
+    def fitness(self) -> float:
+        kls = [o.kl for o in self.outputs if o.kl is not None]
+        return float(np.mean(kls)) if kls else float(np.mean([o.rel_mse for o in self.outputs]))
+
+    @property
+    def accuracy(self) -> float | None:
+        return next((o.accuracy for o in self.outputs if o.accuracy is not None), None)
+
+    @property
+    def top1(self) -> float | None:
+        return next((o.top1 for o in self.outputs if o.top1 is not None), None)
+
+    def as_dict(self) -> dict:
+        return {"fitness": self.fitness, "outputs": [vars(o) for o in self.outputs]}
+
+
+def compare(names: list[str], teacher: list[np.ndarray], student: list[np.ndarray],
+            labels: np.ndarray | None = None) -> Metrics:
+    """Metrics of every output; accuracy on the first classifier output when labels are given."""
+    result, labelled = Metrics(), False
+    for name, t, s in zip(names, teacher, student):
+        if not np.issubdtype(t.dtype, np.floating):  # integer outputs (indices, ids): exact-match rate
+            match = float(np.mean(t == s)) if t.size else 1.0
+            result.outputs.append(OutputMetrics(name, rel_mse=1.0 - match, cosine=match))
+            continue
+        out = OutputMetrics(name, relative_mse(t, s), cosine(t, s))
+        if is_classifier(t):
+            out.kl, out.top1 = kl_divergence(t, s), top1_agreement(t, s)
+            if labels is not None and not labelled and len(labels) == len(s):
+                out.accuracy, labelled = float(np.mean(s.argmax(-1) == labels)), True
+        result.outputs.append(out)
+    return result

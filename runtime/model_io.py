@@ -1,0 +1,113 @@
+"""Read and write ONNX models: external data, clear errors, atomic writes, a readable IR version."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper
+
+from evonnx.errors import ModelError
+
+# Protobuf refuses single messages above 2 GiB; bigger models must keep external data.
+_PROTO_LIMIT = 2**31 - 1
+
+
+def load_model(source: str | os.PathLike | bytes, *, label: str | None = None) -> onnx.ModelProto:
+    """Parse an ONNX model from a path or bytes, pulling in external data; raise ModelError on bad input."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        label = label or "<bytes>"
+        data, base_dir = bytes(source), None
+    else:
+        path = Path(source)
+        label = label or str(path)
+        if not path.is_file():
+            raise ModelError(f"{label}: no such file")
+        data, base_dir = path.read_bytes(), path.parent
+    if not data:
+        raise ModelError(f"{label}: empty file, not an ONNX model")
+    try:
+        model = onnx.ModelProto.FromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelError(f"{label}: not an ONNX model or truncated ({exc.__class__.__name__}: {exc})") from None
+    if not model.HasField("graph") or not model.graph.node:
+        raise ModelError(f"{label}: not an ONNX model (no graph nodes)")
+    if not model.opset_import:
+        raise ModelError(f"{label}: model declares no opset")
+    _load_external(model, base_dir, label)
+    return model
+
+
+def _load_external(model: onnx.ModelProto, base_dir: Path | None, label: str) -> None:
+    tensors = [t for t in external_data_helper._get_all_tensors(model) if external_data_helper.uses_external_data(t)]
+    if not tensors:
+        return
+    if base_dir is None:
+        raise ModelError(f"{label}: tensor {tensors[0].name!r} uses external data; load the model from its path")
+    for tensor in tensors:
+        info = external_data_helper.ExternalDataInfo(tensor)
+        location = (base_dir / info.location).resolve()
+        if base_dir.resolve() not in location.parents:
+            raise ModelError(f"{label}: tensor {tensor.name!r} points outside the model's folder ({info.location!r})")
+        if not location.is_file():
+            raise ModelError(f"{label}: external data file {info.location!r} for tensor {tensor.name!r} is missing")
+        size = location.stat().st_size
+        end = (info.offset or 0) + (info.length or 0)
+        if end > size:
+            raise ModelError(f"{label}: external data {info.location!r} is truncated for tensor {tensor.name!r}")
+        try:
+            external_data_helper.load_external_data_for_tensor(tensor, str(base_dir))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{label}: cannot read external data for tensor {tensor.name!r}: {exc}") from None
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+
+
+def min_ir_version(model: onnx.ModelProto) -> int:
+    """The lowest IR version that supports the model's default-domain opset (widest runtime compatibility)."""
+    opset = default_opset(model)
+    for _release, ir, ai_onnx, *_ in onnx.helper.VERSION_TABLE:
+        if ai_onnx >= opset:
+            return max(ir, 7)
+    return onnx.IR_VERSION
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    return 1
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write a model atomically (temp file + rename); weights beyond 2 GiB go to an external data file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if model.ByteSize() > _PROTO_LIMIT:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        data_name = path.name + ".data"
+        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+            onnx.save_model(copy, os.path.join(tmp, path.name), save_as_external_data=True, location=data_name)
+            os.replace(os.path.join(tmp, data_name), path.parent / data_name)
+            os.replace(os.path.join(tmp, path.name), path)
+        return path
+    atomic_write(path, model.SerializeToString())
+    return path
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes so that `path` holds either its old content or all of `data`, never a part."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,103 @@
+"""Small ONNX models built with onnx.helper that hold weights the ways real models do."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+IR = 8
+
+
+def _model(nodes, inputs, outputs, inits=(), name="g", opset=OPSET) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, name, inputs, outputs, list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _w(rng, *shape, name):
+    return numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32), name)
+
+
+def fin(name, *dims, dtype=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, dtype, list(dims))
+
+
+def mlp(seed=0, d_in=8, hidden=16, classes=4) -> onnx.ModelProto:
+    """x[N,d_in] -> Gemm -> Relu -> Gemm -> logits[N,classes]."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2")]
+    inits = [_w(rng, hidden, d_in, name="w1"), numpy_helper.from_array(rng.standard_normal(hidden).astype(np.float32), "b1"),
+             _w(rng, hidden, classes, name="w2"), numpy_helper.from_array(np.zeros(classes, np.float32), "b2")]
+    return _model(nodes, [fin("x", "N", d_in)], [fin("y", "N", classes)], inits)
+
+
+def conv_net(seed=0) -> onnx.ModelProto:
+    """x[N,1,8,8] -> Conv 4@3x3 -> Relu -> Flatten -> MatMul -> Add -> logits[N,3]."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Conv", ["x", "k", "kb"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("MatMul", ["f", "w"], ["m"], name="fc"),
+             helper.make_node("Add", ["m", "b"], ["y"], name="bias")]
+    inits = [_w(rng, 4, 1, 3, 3, name="k"), numpy_helper.from_array(np.zeros(4, np.float32), "kb"),
+             _w(rng, 256, 3, name="w"), numpy_helper.from_array(np.zeros(3, np.float32), "b")]
+    return _model(nodes, [fin("x", "N", 1, 8, 8)], [fin("y", "N", 3)], inits)
+
+
+def constant_weights(seed=0) -> onnx.ModelProto:
+    """The MatMul weight lives in a Constant node."""
+    rng = np.random.default_rng(seed)
+    value = rng.standard_normal((8, 4)).astype(np.float32)
+    nodes = [helper.make_node("Constant", [], ["cw"], value=numpy_helper.from_array(value, "cw")),
+             helper.make_node("MatMul", ["x", "cw"], ["y"], name="mm")]
+    return _model(nodes, [fin("x", "N", 8)], [fin("y", "N", 4)])
+
+
+def if_subgraph(seed=0) -> onnx.ModelProto:
+    """An If whose branches each multiply by their own initializer weight; `flag` picks the branch."""
+    rng = np.random.default_rng(seed)
+
+    def branch(tag):
+        w = _w(rng, 8, 4, name="w")  # the same name in both branches: hoisting must keep them apart
+        return helper.make_graph([helper.make_node("MatMul", ["x", "w"], [f"y_{tag}"], name=f"mm_{tag}")],
+                                 f"{tag}_branch", [], [fin(f"y_{tag}", "N", 4)], [w])
+
+    nodes = [helper.make_node("If", ["flag"], ["y"], name="if", then_branch=branch("then"), else_branch=branch("else"))]
+    return _model(nodes, [fin("x", "N", 8), fin("flag", dtype=TensorProto.BOOL)], [fin("y", "N", 4)])
+
+
+def shared_weight(seed=0) -> onnx.ModelProto:
+    """One weight read by two MatMul nodes (tied weights)."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm1"), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w"], ["y"], name="mm2")]
+    return _model(nodes, [fin("x", "N", 8)], [fin("y", "N", 8)], [_w(rng, 8, 8, name="w")])
+
+
+def int8_parts(seed=0) -> onnx.ModelProto:
+    """An int8 weight behind DequantizeLinear, followed by a float MatMul."""
+    rng = np.random.default_rng(seed)
+    q = numpy_helper.from_array(rng.integers(-127, 127, (8, 8)).astype(np.int8), "wq")
+    scale = numpy_helper.from_array(np.array(0.01, np.float32), "wq_scale")
+    zp = numpy_helper.from_array(np.array(0, np.int8), "wq_zp")
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "wq_scale", "wq_zp"], ["wd"]),
+             helper.make_node("MatMul", ["x", "wd"], ["h"], name="mm_q"),
+             helper.make_node("MatMul", ["h", "wf"], ["y"], name="mm_f")]
+    return _model(nodes, [fin("x", "N", 8)], [fin("y", "N", 4)], [q, scale, zp, _w(rng, 8, 4, name="wf")])
+
+
+def two_in_two_out(seed=0) -> onnx.ModelProto:
+    """Two float inputs, an int64 token-id input (embedding), two outputs."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["e"], name="embed"),
+             helper.make_node("ReduceMean", ["e"], ["em"], axes=[1], keepdims=0),
+             helper.make_node("Add", ["em", "a"], ["s"]),
+             helper.make_node("MatMul", ["s", "w"], ["y1"], name="head1"),
+             helper.make_node("MatMul", ["b", "w2"], ["y2"], name="head2")]
+    inits = [_w(rng, 20, 8, name="emb"), _w(rng, 8, 5, name="w"), _w(rng, 6, 3, name="w2")]
+    return _model(nodes, [fin("a", "N", 8), fin("b", "N", 6), fin("ids", "N", 7, dtype=TensorProto.INT64)],
+                  [fin("y1", "N", 5), fin("y2", "N", 3)], inits)

@@ -1,0 +1,75 @@
+"""The `evonnx` command line: one subcommand per module, user errors as one line and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+import warnings
+
+from evonnx.errors import EvonnxError
+
+# name -> module under evonnx.tools exposing add_parser(subparsers) and run(args) -> int
+COMMANDS = {
+    "eval": "cmd_eval",
+    "zoo": "cmd_zoo",
+    "demo": "cmd_demo",
+    "decode": "cmd_decode",
+    "inspect": "cmd_inspect",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evonnx", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    parser.add_argument("--quiet", action="store_true", help="print only results and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"evonnx.tools.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"evonnx.tools.{module}":
+                raise
+            continue  # a command whose module is not part of this build
+        mod.add_parser(sub).set_defaults(handler=mod.run)
+    return parser
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
+    print(f"evonnx: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    if not debug:
+        warnings.showwarning = _warning_line
+        logging.getLogger().setLevel(logging.ERROR)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return int(args.handler(args) or 0)
+    except EvonnxError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"evonnx: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # unwritable output, missing directories: the user's environment, not a bug
+        if debug:
+            traceback.print_exc()
+        print(f"evonnx: error: {exc.filename or ''}: {exc.strerror or exc}".replace(": : ", ": "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("evonnx: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one line unless --debug
+        if debug:
+            traceback.print_exc()
+        print(f"evonnx: internal error: {exc.__class__.__name__}: {exc} (rerun with --debug for a traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Options shared by several subcommands, and the code that turns them into objects."""
+from __future__ import annotations
+
+import argparse
+
+from evonnx.passes.engine.calib import CalibData, load_npz, parse_input_shapes, synthetic
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--calib", metavar="F.npz", help="calibration inputs keyed by input name (+ optional 'labels')")
+    parser.add_argument("--input-shape", action="append", metavar="NAME:DIMS",
+                        help="fix an input's dynamic dims, e.g. input:1x3x224x224 (repeatable)")
+    parser.add_argument("--samples", type=int, default=64, help="synthetic samples when no --calib is given")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where ONNX Runtime runs")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+
+
+def calibration(args: argparse.Namespace, model) -> CalibData:
+    shapes = parse_input_shapes(args.input_shape)
+    if args.calib:
+        return load_npz(args.calib, model, shapes)
+    return synthetic(model, args.samples, shapes, seed=args.seed)
