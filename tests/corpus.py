@@ -101,3 +101,23 @@ def two_in_two_out(seed=0) -> onnx.ModelProto:
     inits = [_w(rng, 20, 8, name="emb"), _w(rng, 8, 5, name="w"), _w(rng, 6, 3, name="w2")]
     return _model(nodes, [fin("a", "N", 8), fin("b", "N", 6), fin("ids", "N", 7, dtype=TensorProto.INT64)],
                   [fin("y1", "N", 5), fin("y2", "N", 3)], inits)
+
+
+def int8_parts_only() -> onnx.ModelProto:
+    """Nothing float to compress: an int8 weight behind DequantizeLinear and a scalar scale."""
+    model = int8_parts()
+    keep = [n for n in model.graph.node if n.name != "mm_f"]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    model.graph.node[-1].output[0] = "y"
+    inits = [t for t in model.graph.initializer if t.name != "wf"]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 8
+    return model
+
+
+def too_new_ir() -> onnx.ModelProto:
+    model = mlp()
+    model.ir_version = 99
+    return model

@@ -155,6 +155,18 @@ class FitnessEngine:
         self.evaluations += 1
         return self._collect(self.student, feeds)
 
+    def run_on(self, data: CalibData, candidate: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """The student's outputs on other data (a held-out test set), batched, nothing cached."""
+        weights = {**self.original, **(candidate or {})}
+        feeds = [{**batch, **weights} for batch in data.batches(self.batch_size)]
+        return self._collect(self.student, feeds)
+
+    def accuracy(self, data: CalibData, candidate: dict[str, np.ndarray] | None = None) -> float:
+        """Top-1 accuracy of the first output against `data.labels`."""
+        if data.labels is None:
+            raise CalibrationError(f"{data.source}: no labels to measure accuracy")
+        return float(np.mean(self.run_on(data, candidate)[0].argmax(-1) == data.labels))
+
     def evaluate(self, candidates: Sequence[dict[str, np.ndarray]]) -> list[Metrics]:
         """Metrics of each candidate against the teacher (a batch API: callers pass several at once)."""
         return [compare(self.output_names, self.teacher, self.outputs(c), self.calib.labels) for c in candidates]

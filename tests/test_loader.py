@@ -1,0 +1,113 @@
+"""The loader on models that hold their weights the ways real models do."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+import corpus
+from evonnx.errors import ModelError
+from evonnx.passes.state import load_state
+from evonnx.runtime.model_io import load_model, save_model
+from evonnx.runtime.weights import set_weights
+
+
+def run(model, feeds):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def test_constant_node_weight_becomes_an_initializer():
+    state = load_state(corpus.constant_weights().SerializeToString())
+    info = state.table["cw"]
+    assert (info.role, info.origin, info.channel_axis) == ("matrix", "constant", 1)
+    assert not any(n.op_type == "Constant" for n in state.model.graph.node)
+    x = np.ones((2, 8), np.float32)
+    assert np.allclose(run(state.model, {"x": x})[0], run(corpus.constant_weights(), {"x": x})[0])
+
+
+def test_if_subgraph_weights_are_found_and_changeable():
+    state = load_state(corpus.if_subgraph().SerializeToString())
+    names = state.targets
+    assert len(names) == 2 and all(state.table[n].origin.startswith("subgraph:if/") for n in names)
+    then_name = next(n for n in names if "then" in n)
+    model = set_weights(state.model, {then_name: np.zeros(state.table[then_name].shape, np.float32)})
+    onnx.checker.check_model(model, full_check=True)
+    x = np.ones((3, 8), np.float32)
+    assert np.all(run(model, {"x": x, "flag": np.array(True)})[0] == 0)
+    original = run(corpus.if_subgraph(), {"x": x, "flag": np.array(False)})[0]
+    assert np.allclose(run(model, {"x": x, "flag": np.array(False)})[0], original)
+
+
+def test_shared_weight_is_one_weight_with_two_consumers():
+    table = load_state(corpus.shared_weight().SerializeToString()).table
+    assert list(table.weights) == ["w"]
+    assert sorted(c.node for c in table["w"].consumers) == ["mm1", "mm2"]
+
+
+def test_int8_parts_are_skipped_and_reported():
+    table = load_state(corpus.int8_parts().SerializeToString()).table
+    assert [w.name for w in table.targets] == ["wf"]
+    assert {s.name for s in table.skipped} == {"wq", "wq_scale", "wq_zp"}
+
+
+def test_roles_and_channel_axes():
+    table = load_state(corpus.conv_net().SerializeToString()).table
+    assert (table["k"].role, table["k"].channel_axis) == ("conv", 0)
+    assert (table["w"].role, table["w"].channel_axis) == ("matrix", 1)
+    assert table["kb"].role == "bias" and table["b"].role == "bias"
+    mlp = load_state(corpus.mlp().SerializeToString()).table
+    assert (mlp["w1"].role, mlp["w1"].channel_axis) == ("matrix", 0)  # Gemm transB=1
+    emb = load_state(corpus.two_in_two_out().SerializeToString()).table
+    assert emb["emb"].role == "embedding"
+
+
+def test_external_data_round_trip(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save_model(corpus.mlp(d_in=64, hidden=64), str(path), save_as_external_data=True,
+                    location="m.data", size_threshold=0)
+    assert (tmp_path / "m.data").exists()
+    state = load_state(path)
+    assert np.array_equal(state.original("w1"), numpy_helper.to_array(corpus.mlp(d_in=64, hidden=64).graph.initializer[0]))
+
+
+def test_missing_external_data_is_named(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save_model(corpus.mlp(), str(path), save_as_external_data=True, location="w.bin", size_threshold=0)
+    (tmp_path / "w.bin").unlink()
+    with pytest.raises(ModelError, match=r"m\.onnx.*external data file 'w\.bin'.*missing"):
+        load_model(path)
+
+
+def test_written_back_model_is_valid_and_runs(tmp_path):
+    state = load_state(corpus.mlp().SerializeToString())
+    new = state.replace(weights={"w1": np.zeros((16, 8), np.float32)}).to_onnx()
+    onnx.checker.check_model(new, full_check=True)
+    out = save_model(new, tmp_path / "out.onnx")
+    y = run(onnx.load(str(out)), {"x": np.ones((2, 8), np.float32)})[0]
+    b1 = np.maximum(state.original("b1"), 0)
+    assert np.allclose(y, b1 @ state.original("w2") + state.original("b2"), atol=1e-5)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "empty file"),
+    (b"\x00\x01garbage that is not protobuf\xff\xff\xff", "not an ONNX model"),
+])
+def test_bad_bytes_are_refused(tmp_path, data, message):
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(data)
+    with pytest.raises(ModelError, match=f"bad.onnx: {message}"):
+        load_model(path)
+
+
+def test_truncated_file_is_refused(tmp_path):
+    data = corpus.mlp(d_in=64, hidden=64).SerializeToString()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="cut.onnx"):
+        load_model(path)
+
+
+def test_model_without_float_weights_is_refused():
+    with pytest.raises(ModelError, match="no float weights"):
+        load_state(corpus.int8_parts_only().SerializeToString(), label="q.onnx")

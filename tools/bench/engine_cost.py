@@ -1,0 +1,79 @@
+"""Cost of one candidate evaluation relative to a forward pass of the unmodified model, measured in one run.
+
+    python -m evonnx.tools.bench.engine_cost [--models lenet300 lenet5 resnet50ish] [--out FILE.md]
+
+Three ways of running a candidate weight set on the same batch are timed against the baked model:
+weights fed as inputs to one long-lived session (what the engine does), and a new session per candidate.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+
+from evonnx.passes.engine.calib import load_npz
+from evonnx.passes.engine.fitness import FitnessEngine, Runner
+from evonnx.passes.state import load_state
+from evonnx.runtime.model_io import atomic_write
+
+BATCH = {"lenet300": 256, "lenet5": 256, "resnet50ish": 4}
+
+
+def _median_time(fn, repeats: int, min_seconds: float = 1.0) -> float:
+    fn()  # warm-up
+    times, start = [], time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 200:
+            break
+    return float(np.median(times))
+
+
+def measure(name: str, device: str, repeats: int) -> dict:
+    from evonnx.tools.zoo.build import build
+    entry = build(name)
+    state = load_state(entry.model_path)
+    calib = load_npz(entry.calib_path, state.model).subset(BATCH[name])
+    engine = FitnessEngine(state.model, calib, state.targets, device=device, batch_size=BATCH[name])
+    baked = Runner(state.model, engine.providers)
+    batch = engine.batches[0]
+    rng = np.random.default_rng(0)
+    layer = state.targets[0]
+    candidate = {layer: state.original(layer) * (rng.random(state.table[layer].shape) > 0.5)}
+
+    def fresh_session():
+        Runner(state.replace(weights=candidate).to_onnx(), engine.providers).run(batch)
+
+    t_baked = _median_time(lambda: baked.run(batch), repeats)
+    t_fed = _median_time(lambda: engine.outputs(candidate), repeats)
+    t_fresh = _median_time(fresh_session, max(3, repeats // 10), min_seconds=0.5)
+    return {"model": name, "params": sum(state.table[n].size for n in state.targets), "batch": BATCH[name],
+            "provider": engine.provider, "baked_ms": t_baked * 1e3, "fed": t_fed / t_baked, "fresh": t_fresh / t_baked}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(BATCH))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", help="also write the table to this markdown file")
+    args = parser.parse_args(argv)
+    rows = [measure(m, args.device, args.repeats) for m in args.models]
+    lines = [f"machine: {platform.machine()}, {platform.processor() or platform.platform()}",
+             "", "| model | target params | batch | provider | baked forward (ms) | weights fed, one session | new session per candidate |",
+             "|---|---:|---:|---|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['params']:,} | {r['batch']} | {r['provider']} | {r['baked_ms']:.2f} | "
+              f"{r['fed']:.2f}× | {r['fresh']:.2f}× |" for r in rows]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        atomic_write(args.out, (text + "\n").encode())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,31 @@
+"""`evonnx zoo`: build the reference models (trained reproducibly) with their calibration and test sets."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    parser = sub.add_parser("zoo", help="build or list the reference models")
+    zoo = parser.add_subparsers(dest="zoo_command", required=True, metavar="ACTION")
+    build = zoo.add_parser("build", help="train and export a zoo model (cached)")
+    build.add_argument("name", help="lenet300, lenet5 or resnet50ish")
+    build.add_argument("--out", metavar="DIR", help="output folder (default: $EVONNX_ZOO or ~/.cache/evonnx/zoo/NAME)")
+    build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    zoo.add_parser("list", help="list the zoo models")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from evonnx.tools.zoo import build as zoo_build  # torch: only when the zoo is used
+
+    if args.zoo_command == "list":
+        print("\n".join(zoo_build.available()))
+        return 0
+    if args.name not in zoo_build.available():
+        from evonnx.errors import EvonnxError
+        raise EvonnxError(f"unknown zoo model {args.name!r} (available: {', '.join(zoo_build.available())})")
+    entry = zoo_build.build(args.name, args.out, force=args.force, log=(lambda *_: None) if args.quiet else print)
+    print(json.dumps({"model": str(entry.model_path), "calib": str(entry.calib_path),
+                      "test": str(entry.test_path) if entry.test_path else None, **entry.meta}, indent=2))
+    return 0

@@ -1,0 +1,26 @@
+#!/bin/sh
+# Bootstrap and run: `sh tools/run.sh demo` (the demo pipeline) or `sh tools/run.sh test` (the test suite).
+# Creates .venv, installs the CPU build of torch and evonnx with its test extras when pyproject.toml changed,
+# and installs the FashionMNIST Debian package when it can (the zoo falls back to scikit-learn digits).
+set -e
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+[ -x "$PY" ] || python3 -m venv .venv
+STAMP=.venv/.evonnx-installed
+WANT=$(cat pyproject.toml | cksum)
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+    "$PY" -m pip install -q --upgrade pip
+    "$PY" -m pip install -q torch==2.13.0  # the CPU build; use `pip install torch` yourself for a CUDA one
+    "$PY" -m pip install -q -e ".[torch,test]"
+    echo "$WANT" > "$STAMP"
+fi
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } \
+        || echo "note: dataset-fashion-mnist not installable; the zoo uses scikit-learn's digits instead"
+fi
+case "$1" in
+    demo) shift; exec .venv/bin/evonnx demo "$@" ;;
+    test) shift; exec "$PY" -m pytest -q "$@" ;;
+    *) echo "usage: sh tools/run.sh demo|test [args]" >&2; exit 2 ;;
+esac
