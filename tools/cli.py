@@ -32,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != f"evonnx.tools.{module}":
                 raise
             continue  # a command whose module is not part of this build
-        mod.add_parser(sub).set_defaults(handler=mod.run)
+        command = mod.add_parser(sub)
+        command.set_defaults(handler=mod.run)
+        # accept the global flags after the subcommand too (`evonnx eval m.onnx --debug`)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 

@@ -1,0 +1,79 @@
+"""The CLI: results on good input; one clear line and exit code 2 on bad input."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+import corpus
+
+
+def evonnx(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "evonnx", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture
+def mlp_path(tmp_path):
+    path = tmp_path / "mlp.onnx"
+    onnx.save_model(corpus.mlp(), str(path))
+    return path
+
+
+def test_eval_prints_metrics_and_provider(mlp_path, tmp_path):
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((30, 8)).astype(np.float32), labels=np.zeros(30, int))
+    result = evonnx("eval", mlp_path, "--calib", calib, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["provider"] == "CPUExecutionProvider" and summary["samples"] == 30
+    assert summary["outputs"][0]["kl"] == pytest.approx(0, abs=1e-9) and summary["outputs"][0]["accuracy"] is not None
+    assert result.stderr == ""
+
+
+def test_eval_against_teacher(mlp_path, tmp_path):
+    other = tmp_path / "other.onnx"
+    onnx.save_model(corpus.mlp(seed=1), str(other))
+    result = evonnx("eval", other, "--against", mlp_path, "--samples", "16")
+    assert result.returncode == 0, result.stderr
+    assert "provider   CPUExecutionProvider" in result.stdout and "teacher" in result.stdout
+
+
+def _bad_inputs(tmp_path, mlp_path):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07garbage\xff\xff")
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(corpus.mlp(d_in=64, hidden=64).SerializeToString()[:700])
+    ext = tmp_path / "ext.onnx"
+    onnx.save_model(corpus.mlp(), str(ext), save_as_external_data=True, location="ext.bin", size_threshold=0)
+    (tmp_path / "ext.bin").unlink()
+    int8 = tmp_path / "int8.onnx"
+    onnx.save_model(corpus.int8_parts_only(), str(int8))
+    new_ir = tmp_path / "new_ir.onnx"
+    onnx.save_model(corpus.too_new_ir(), str(new_ir))
+    calib = tmp_path / "wrong.npz"
+    np.savez(calib, y=np.ones((3, 8), np.float32))
+    return {
+        "garbage": ([garbage], "garbage.onnx: not an ONNX model"),
+        "truncated": ([truncated], "truncated.onnx: not an ONNX model or truncated"),
+        "missing file": ([tmp_path / "nope.onnx"], "nope.onnx: no such file"),
+        "external data": ([ext], "external data file 'ext.bin' for tensor"),
+        "no float weights": ([int8], "no float weights"),
+        "IR too new": ([new_ir], "cannot run this model (IR 99"),
+        "calib names": ([mlp_path, "--calib", calib], "wrong.npz: array 'y' is not a model input"),
+        "input shape": ([mlp_path, "--input-shape", "x:abc"], "expected NAME:DIMS"),
+    }
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, mlp_path):
+    for case, (args, message) in _bad_inputs(tmp_path, mlp_path).items():
+        result = evonnx("eval", *args)
+        assert result.returncode == 2, (case, result.stderr)
+        assert message in result.stderr, (case, result.stderr)
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, (case, result.stderr)
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = evonnx("--debug", "eval", tmp_path / "nope.onnx")
+    assert result.returncode == 2 and "Traceback" in result.stderr
