@@ -8,5 +8,5 @@ import pkgutil
 def load_all() -> None:
     """Import every pass module in this package so the registry knows them."""
     for info in pkgutil.iter_modules(__path__):
-        if not info.ispkg and info.name not in ("base", "state"):
+        if not info.ispkg and info.name not in ("base", "state", "pipeline"):
             importlib.import_module(f"{__name__}.{info.name}")

@@ -1,0 +1,60 @@
+"""Pipelines: passes in order, from code or from a TOML/YAML/JSON file."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from evonnx.errors import EvonnxError
+from evonnx.passes.base import Pass, PassContext, get_pass
+from evonnx.passes.state import ModelState
+
+
+class Pipeline:
+    """Run passes in order; each step is a Pass, a registered name, or (name, params)."""
+
+    def __init__(self, steps: list[Pass | str | tuple[str, dict[str, Any]]]):
+        self.passes = [self._make(step) for step in steps]
+
+    @staticmethod
+    def _make(step: Pass | str | tuple[str, dict[str, Any]]) -> Pass:
+        if isinstance(step, Pass):
+            return step
+        name, params = (step, {}) if isinstance(step, str) else step
+        return get_pass(name)(**params)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Pipeline":
+        """Read `passes = [{name = "...", <param> = ...}, ...]` from a .toml, .json, .yaml or .yml file."""
+        path = Path(path)
+        if not path.is_file():
+            raise EvonnxError(f"{path}: no such pipeline file")
+        text = path.read_text()
+        try:
+            if path.suffix == ".toml":
+                import tomllib
+                data = tomllib.loads(text)
+            elif path.suffix == ".json":
+                data = json.loads(text)
+            elif path.suffix in (".yaml", ".yml"):
+                import yaml  # optional dependency: only for YAML pipelines
+                data = yaml.safe_load(text)
+            else:
+                raise EvonnxError(f"{path}: pipeline files are .toml, .json or .yaml")
+        except (ValueError, ImportError) as exc:
+            raise EvonnxError(f"{path}: cannot read pipeline: {exc}") from None
+        steps = data.get("passes") if isinstance(data, dict) else None
+        if not isinstance(steps, list) or not all(isinstance(s, dict) and "name" in s for s in steps):
+            raise EvonnxError(f"{path}: expected a list 'passes' of tables with a 'name'")
+        return cls([(s["name"], {k: v for k, v in s.items() if k != "name"}) for s in steps])
+
+    def run(self, state: ModelState, ctx: PassContext) -> ModelState:
+        for p in self.passes:
+            start = time.perf_counter()
+            state = p.run(state, ctx)
+            ctx.log(f"{p.name}: done in {time.perf_counter() - start:.1f} s")
+        return state
+
+    def __repr__(self) -> str:
+        return f"Pipeline({[p.name for p in self.passes]})"
