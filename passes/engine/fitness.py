@@ -179,9 +179,13 @@ class FitnessEngine:
         """The teacher against itself, with task accuracy when labels exist."""
         return compare(self.output_names, self.teacher, self.teacher, self.calib.labels)
 
-    def compare_model(self, model: onnx.ModelProto, label: str = "student") -> Metrics:
-        """Metrics of another model (same inputs and outputs, any structure) against the teacher."""
+    def model_outputs(self, model: onnx.ModelProto, label: str = "student") -> list[np.ndarray]:
+        """Outputs of another model (same inputs and outputs, any structure) on the calibration batches."""
         runner = Runner(model, self.providers, label)
         if runner.output_names != self.output_names:
             raise ModelError(f"{label}: outputs {runner.output_names} differ from the teacher's {self.output_names}")
-        return compare(self.output_names, self.teacher, self._collect(runner, self.batches), self.calib.labels)
+        return self._collect(runner, self.batches)
+
+    def compare_model(self, model: onnx.ModelProto, label: str = "student") -> Metrics:
+        """Metrics of another model against the teacher."""
+        return compare(self.output_names, self.teacher, self.model_outputs(model, label), self.calib.labels)

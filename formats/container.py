@@ -1,0 +1,299 @@
+"""The .evx file: header, section table, 64-byte aligned sections, trailer; CRC-32 everywhere.
+
+Layout and rules are in SPEC.md. `encode_evx` / `write_evx` build a file from the ONNX graph (with
+the recorded weights taken out of graph.initializer), the QuantizedTensor records and a JSON-able
+`meta`; `read_evx` checks and decodes one, raising EvxFormatError that names what is wrong.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+
+import onnx
+
+from evonnx.errors import EvxFormatError
+from evonnx.formats import record
+from evonnx.formats.atomic import atomic_write_bytes
+from evonnx.formats.bytesio import Reader
+from evonnx.formats.stats import ContainerStats, container_stats, tensor_stats
+from evonnx.formats.symbols import zstd_compress, zstd_decompress
+from evonnx.formats.tensor import QuantizedTensor
+
+MAGIC = b"\x89EVX\r\n\x1a\n"
+END_MAGIC = b"EVXEND\x00\x00"
+MAJOR, MINOR = 1, 0
+ALIGN = 64
+HEADER = struct.Struct("<8sHHIQII")      # magic, major, minor, section_count, file_size, flags, header_crc
+SECTION = struct.Struct("<4sIQQII")      # kind, flags, offset, length, crc32, reserved
+TRAILER = struct.Struct("<8sII")         # end magic, reserved, file_crc
+REQUIRED = 1                             # section flag: a reader that does not know the kind must fail
+
+KIND_MANIFEST, KIND_GRAPH, KIND_TENSOR = b"MANI", b"GRPH", b"TENS"
+KIND_NAMES = {KIND_MANIFEST: "manifest", KIND_GRAPH: "graph", KIND_TENSOR: "tensor record"}
+
+MAX_SECTIONS = 1 << 20
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_GRAPH_BYTES = (1 << 31) - 1          # protobuf's own limit
+MIN_OUTPUT_LIMIT = 256 << 20            # default decoded-size limit: max(256 MiB, 4096 x file size)
+OUTPUT_LIMIT_RATIO = 4096
+_GRAPH_SIZE = struct.Struct("<Q")
+
+
+@dataclass
+class Container:
+    """A decoded .evx file."""
+
+    graph: onnx.ModelProto          # the model without the recorded weights
+    tensors: list[QuantizedTensor]  # one per TENS section, in file order
+    meta: dict                      # the writer's `meta`
+    stats: ContainerStats
+    version: tuple[int, int]        # (major, minor) of the file
+
+
+def _crc(data) -> int:
+    return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def _pad(n: int) -> int:
+    return -n % ALIGN
+
+
+def _check_graph(graph: onnx.ModelProto, names: set[str]) -> None:
+    if not isinstance(graph, onnx.ModelProto):
+        raise EvxFormatError(f"graph must be an onnx.ModelProto, got {type(graph).__name__}")
+    for init in graph.graph.initializer:
+        if init.name in names:
+            raise EvxFormatError(f"tensor {init.name!r} is both a record and an initializer of the graph "
+                                 "(remove it from graph.initializer)")
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            raise EvxFormatError(f"graph initializer {init.name!r} uses external data; load it into the model first")
+
+
+def encode_evx(graph: onnx.ModelProto, tensors: list[QuantizedTensor], meta: dict | None = None) -> bytes:
+    """The bytes of a .evx file (deterministic: the same inputs give the same bytes)."""
+    names = [t.name for t in tensors]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise EvxFormatError(f"duplicate tensor names: {dup[:5]}")
+    for t in tensors:
+        if not isinstance(t, QuantizedTensor):
+            raise EvxFormatError(f"tensors must be QuantizedTensor records, got {type(t).__name__}")
+    _check_graph(graph, set(names))
+    if meta is not None and not isinstance(meta, dict):
+        raise EvxFormatError(f"meta must be a dict, got {type(meta).__name__}")
+    manifest = {"format": "evx", "version": f"{MAJOR}.{MINOR}", "producer": _producer(),
+                "tensor_count": len(tensors), "meta": meta or {}}
+    try:
+        manifest_bytes = json.dumps(manifest, sort_keys=True, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise EvxFormatError(f"meta is not JSON-serialisable ({exc})") from None
+    if len(manifest_bytes) > MAX_MANIFEST_BYTES:
+        raise EvxFormatError(f"manifest is {len(manifest_bytes)} bytes, over the {MAX_MANIFEST_BYTES} limit")
+    graph_bytes = graph.SerializeToString()
+    if len(graph_bytes) > MAX_GRAPH_BYTES:
+        raise EvxFormatError("the graph without the recorded tensors exceeds 2 GiB")
+    sections = [(KIND_MANIFEST, manifest_bytes),
+                (KIND_GRAPH, _GRAPH_SIZE.pack(len(graph_bytes)) + zstd_compress(graph_bytes))]
+    sections += [(KIND_TENSOR, record.encode_record(t)) for t in tensors]
+    return _assemble(sections)
+
+
+def _assemble(sections: list[tuple[bytes, bytes]], flags: list[int] | None = None) -> bytes:
+    table_end = HEADER.size + SECTION.size * len(sections)
+    offset = table_end + _pad(table_end)
+    entries, body = [], [b"\x00" * (offset - table_end)]
+    for i, (kind, data) in enumerate(sections):
+        entries.append(SECTION.pack(kind, REQUIRED if flags is None else flags[i], offset, len(data), _crc(data), 0))
+        body += [data, b"\x00" * _pad(len(data))]
+        offset += len(data) + _pad(len(data))
+    file_size = offset + TRAILER.size
+    table = b"".join(entries)
+    head = HEADER.pack(MAGIC, MAJOR, MINOR, len(sections), file_size, 0, 0)[:HEADER.size - 4]
+    head += struct.pack("<I", _crc(head + table))
+    out = bytearray(head + table + b"".join(body))
+    out += TRAILER.pack(END_MAGIC, 0, 0)[:-4]
+    out += struct.pack("<I", _crc(out))
+    return bytes(out)
+
+
+def write_evx(path: str | os.PathLike, graph: onnx.ModelProto, tensors: list[QuantizedTensor],
+              meta: dict | None = None) -> int:
+    """Encode and write atomically; returns the file size in bytes."""
+    data = encode_evx(graph, tensors, meta)
+    atomic_write_bytes(path, data)
+    return len(data)
+
+
+def _producer() -> str:
+    from evonnx import __version__
+    return f"evonnx {__version__}"
+
+
+# -- reading --------------------------------------------------------------------------------------
+def _load(source) -> bytes | memoryview:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return memoryview(source).cast("B")
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as f:
+                return f.read()
+        except IsADirectoryError:
+            raise EvxFormatError(f"{os.fspath(source)}: is a directory, not an .evx file") from None
+        except FileNotFoundError:
+            raise EvxFormatError(f"{os.fspath(source)}: no such file") from None
+    raise EvxFormatError(f"expected a path or bytes, got {type(source).__name__}")
+
+
+@dataclass
+class _Section:
+    index: int
+    kind: bytes
+    flags: int
+    offset: int
+    length: int
+    crc: int
+
+    @property
+    def label(self) -> str:
+        kind = KIND_NAMES.get(self.kind, repr(self.kind.decode("latin-1")))
+        return f"section {self.index} ({kind})"
+
+
+def _parse_frame(data) -> tuple[tuple[int, int], list[_Section]]:
+    """Check header, section table, checksums and bounds; return the version and sections."""
+    n = len(data)
+    if n == 0:
+        raise EvxFormatError("empty input (0 bytes): not an .evx container")
+    if n < len(MAGIC) or bytes(data[:len(MAGIC)]) != MAGIC:
+        raise EvxFormatError("not an .evx container (bad magic bytes)")
+    if n >= 12:  # magic and version are the only fields every version keeps in place
+        major, minor = struct.unpack_from("<HH", data, 8)
+        if major > MAJOR:
+            raise EvxFormatError(f".evx version {major}.{minor} is newer than this reader ({MAJOR}.{MINOR}); "
+                                 "upgrade evonnx to decode it")
+        if major < 1:
+            raise EvxFormatError(f"invalid .evx major version {major}")
+    if n < HEADER.size + TRAILER.size:
+        raise EvxFormatError(f"truncated container: {n} bytes is shorter than any .evx file")
+    _, major, minor, count, file_size, _flags, header_crc = HEADER.unpack_from(data, 0)
+    if file_size != n:
+        if file_size > n:
+            raise EvxFormatError(f"truncated container: header says {file_size} bytes, got {n}")
+        raise EvxFormatError(f"{n - file_size} unexpected bytes after the end of the container "
+                             f"(header says {file_size} bytes)")
+    table_end = HEADER.size + SECTION.size * count
+    if count > MAX_SECTIONS or table_end + TRAILER.size > n:
+        raise EvxFormatError(f"section count {count} does not fit in a {n}-byte file")
+    head = bytes(data[:HEADER.size - 4]) + bytes(data[HEADER.size:table_end])
+    if _crc(head) != header_crc:
+        raise EvxFormatError("header checksum mismatch: the header or section table is corrupt")
+    sections = []
+    body_start = table_end + _pad(table_end)
+    body_end = n - TRAILER.size
+    prev_end = body_start
+    for i in range(count):
+        kind, flags, offset, length, crc, _ = SECTION.unpack_from(data, HEADER.size + SECTION.size * i)
+        s = _Section(i, kind, flags, offset, length, crc)
+        if offset % ALIGN or offset < prev_end or offset + length > body_end:
+            raise EvxFormatError(f"{s.label}: bad placement (offset {offset}, length {length})")
+        prev_end = offset + length
+        sections.append(s)
+    for s in sections:
+        if _crc(data[s.offset:s.offset + s.length]) != s.crc:
+            raise EvxFormatError(f"{s.label}: checksum mismatch (corrupt data)")
+    end_magic, _, file_crc = TRAILER.unpack_from(data, body_end)
+    if end_magic != END_MAGIC:
+        raise EvxFormatError("bad trailer: the end of the file is corrupt or missing")
+    if _crc(data[:n - 4]) != file_crc:
+        raise EvxFormatError("file checksum mismatch: corrupt padding or trailer")
+    return (major, minor), sections
+
+
+def _read_manifest(data) -> dict:
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise EvxFormatError(f"manifest of {len(data)} bytes exceeds the {MAX_MANIFEST_BYTES}-byte limit")
+    try:
+        manifest = json.loads(bytes(data).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise EvxFormatError(f"manifest is not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("meta", {}), dict):
+        raise EvxFormatError("manifest must be a JSON object whose 'meta' is an object")
+    return manifest
+
+
+def _read_graph(data) -> tuple[onnx.ModelProto, int]:
+    r = Reader(data, "graph section")
+    size = r.u64("graph size")
+    if size > MAX_GRAPH_BYTES:
+        raise EvxFormatError(f"graph section declares {size} bytes, over the 2 GiB limit")
+    raw = zstd_decompress(r.take(r.left, "graph frame"), size, "graph section")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(raw)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises its own DecodeError types
+        raise EvxFormatError(f"graph section is not an ONNX model ({exc.__class__.__name__})") from None
+    return model, size
+
+
+def default_output_limit(file_bytes: int) -> int:
+    """Decoded bytes a file of this size may announce unless the caller allows more."""
+    return max(MIN_OUTPUT_LIMIT, OUTPUT_LIMIT_RATIO * file_bytes)
+
+
+def read_evx(source, *, max_output_bytes: int | None = None) -> Container:
+    """Check and decode a .evx file (path, bytes or memoryview).
+
+    Before decoding any tensor, refuses files whose tensors would take more than `max_output_bytes`
+    once dense (default: `default_output_limit(file size)`, i.e. max(256 MiB, 4096 x the file),
+    far above any real compression ratio). Every problem is an EvxFormatError naming what is wrong.
+    """
+    data = _load(source)
+    if max_output_bytes is None:
+        max_output_bytes = default_output_limit(len(data))
+    version, sections = _parse_frame(data)
+    by_kind: dict[bytes, list[_Section]] = {}
+    for s in sections:
+        if s.kind not in KIND_NAMES:
+            if s.flags & REQUIRED:
+                raise EvxFormatError(f"{s.label}: unknown required section; a newer evonnx wrote this file")
+            continue  # unknown optional section: skipped
+        by_kind.setdefault(s.kind, []).append(s)
+    for kind in (KIND_MANIFEST, KIND_GRAPH):
+        if len(by_kind.get(kind, [])) != 1:
+            raise EvxFormatError(f"expected one {KIND_NAMES[kind]} section, found {len(by_kind.get(kind, []))}")
+    view = lambda s: data[s.offset:s.offset + s.length]  # noqa: E731
+    manifest = _read_manifest(view(by_kind[KIND_MANIFEST][0]))
+    tensor_sections = by_kind.get(KIND_TENSOR, [])
+    if manifest.get("tensor_count") != len(tensor_sections):
+        raise EvxFormatError(f"manifest lists {manifest.get('tensor_count')} tensors, file has "
+                             f"{len(tensor_sections)} tensor records")
+    headers = [record.read_header(view(s), s.label) for s in tensor_sections]
+    total = sum(h.nbytes for h in headers)
+    if total > max_output_bytes:
+        raise EvxFormatError(f"tensors would take {total} bytes once decoded, over the limit of "
+                             f"{max_output_bytes} bytes (pass max_output_bytes to allow more)")
+    names = [h.name for h in headers]
+    if len(set(names)) != len(names):
+        raise EvxFormatError("two tensor records share a name")
+    graph, graph_size = _read_graph(view(by_kind[KIND_GRAPH][0]))
+    _check_graph(graph, set(names))
+    tensors, stats = [], []
+    for h, s in zip(headers, tensor_sections):
+        where = f"{s.label} (tensor {h.name!r})"
+        try:
+            t, sizes = record.read_payload(h)
+        except EvxFormatError as exc:
+            msg = str(exc)
+            raise EvxFormatError(msg if msg.startswith(where) else f"{where}: {msg}") from None
+        except MemoryError:
+            raise EvxFormatError(f"{where}: not enough memory to decode it") from None
+        except (ValueError, IndexError, TypeError, OverflowError) as exc:  # safety net: never a crash
+            raise EvxFormatError(f"{where}: malformed record ({exc})") from exc
+        tensors.append(t)
+        stats.append(tensor_stats(t, sizes.total, sizes.mask, sizes.values, sizes.mask_codec, sizes.value_codec))
+    cstats = container_stats(f"{version[0]}.{version[1]}", len(data), graph_size,
+                             by_kind[KIND_GRAPH][0].length, stats)
+    return Container(graph, tensors, manifest.get("meta", {}), cstats, version)

@@ -1,0 +1,192 @@
+"""One tensor record (the body of a TENS section): header, quantization parameters, mask and value streams.
+
+Reading is two-phase: `read_header` parses and bounds-checks the fixed part (so the container can
+refuse absurd sizes before allocating anything), `read_payload` decodes the streams.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from evonnx.errors import EvxFormatError
+from evonnx.formats import masks, symbols
+from evonnx.formats.bytesio import Reader, Writer
+from evonnx.formats.contexts import KeptGrid, view_2d
+from evonnx.formats.dtypes import DTYPE_NAMES, ELEM_TYPES, itemsize, pattern_dtype
+from evonnx.formats.tensor import MAX_NDIM, QuantizedTensor, scale_shape
+
+SCHEME_IDS = {"raw": 0, "uniform": 1, "codebook": 2}
+SCHEME_NAMES = {v: k for k, v in SCHEME_IDS.items()}
+GRANULARITY_TENSOR, GRANULARITY_CHANNEL, GRANULARITY_BLOCK = 0, 1, 2
+MAX_ELEMENTS = 1 << 40
+
+
+@dataclass
+class RecordHeader:
+    """The fixed part of a record, parsed and validated; `reader` sits at the mask stream."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    scheme: str
+    bits: int
+    n_kept: int
+    params: dict
+    reader: Reader
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * itemsize(self.dtype)
+
+
+@dataclass
+class RecordSizes:
+    """Byte sizes of a record's parts (for statistics)."""
+
+    total: int
+    mask: int
+    values: int
+    mask_codec: str
+    value_codec: str
+
+
+def _kept_grid(mask: np.ndarray | None, shape: tuple[int, ...], size: int) -> KeptGrid | None:
+    if size == 0:
+        return None
+    rows, cols = view_2d(shape, size)
+    return KeptGrid(rows, cols, None if mask is None else mask.reshape(rows, cols))
+
+
+def value_limit(t_scheme: str, bits: int, dtype: str, params: dict) -> int:
+    if t_scheme == "raw":
+        return 1 << (8 * itemsize(dtype))
+    if t_scheme == "codebook":
+        return len(params["centroids"])
+    return 1 << bits
+
+
+def encode_record(t: QuantizedTensor) -> bytes:
+    """The bytes of one TENS section for `t`."""
+    name = t.name.encode("utf-8", "surrogatepass")
+    w = Writer().u16(len(name)).raw(name).u8(ELEM_TYPES[t.dtype]).u8(len(t.shape))
+    for d in t.shape:
+        w.u64(d)
+    w.u8(SCHEME_IDS[t.scheme]).u8(t.bits).u64(t.n_kept)
+    if t.scheme == "uniform":
+        gran = GRANULARITY_TENSOR if t.axis is None else GRANULARITY_BLOCK if t.block_size else GRANULARITY_CHANNEL
+        w.u8(gran).u8(t.axis or 0).u64(t.block_size)
+        w.array(t.scale.reshape(-1), "<f4").array(t.zero_point.reshape(-1), "<f4")
+    elif t.scheme == "codebook":
+        w.u16(t.centroids.size).array(t.centroids, "<f4")
+    mask_stream = masks.encode(t.mask, t.shape)
+    limit = 1 << (8 * itemsize(t.dtype)) if t.scheme == "raw" else (
+        t.centroids.size if t.scheme == "codebook" else 1 << t.bits)
+    value_stream = symbols.encode(t.codes, limit, grid=_kept_grid(t.mask, t.shape, t.size),
+                                  itemsize=itemsize(t.dtype) if t.scheme == "raw" else None)
+    w.u64(len(mask_stream)).raw(mask_stream).u64(len(value_stream)).raw(value_stream)
+    return w.bytes()
+
+
+def read_header(data, where: str) -> RecordHeader:
+    """Parse and validate a record's fixed part (no allocation beyond its parameters)."""
+    r = Reader(data, where)
+    name_len = r.u16("name length")
+    try:
+        name = bytes(r.take(name_len, "name")).decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        raise r.fail("tensor name is not UTF-8") from None
+    if not name:
+        raise r.fail("empty tensor name")
+    r.where = f"{where} (tensor {name!r})"
+    elem = r.u8("element type")
+    if elem not in DTYPE_NAMES:
+        raise r.fail(f"unsupported element type {elem}")
+    dtype = DTYPE_NAMES[elem]
+    ndim = r.u8("rank")
+    if ndim > MAX_NDIM:
+        raise r.fail(f"rank {ndim} exceeds {MAX_NDIM}")
+    shape = tuple(r.u64("dimension") for _ in range(ndim))
+    size = 1
+    for d in shape:
+        if d > MAX_ELEMENTS:
+            raise r.fail(f"dimension {d} exceeds 2^40")
+        size *= d
+        if size > MAX_ELEMENTS:
+            raise r.fail(f"shape {shape} has more than 2^40 elements")
+    scheme_id = r.u8("scheme")
+    if scheme_id not in SCHEME_NAMES:
+        raise r.fail(f"unknown scheme {scheme_id}")
+    scheme = SCHEME_NAMES[scheme_id]
+    bits = r.u8("bits")
+    n_kept = r.u64("kept count")
+    if n_kept > size:
+        raise r.fail(f"kept count {n_kept} exceeds the {size} elements")
+    params: dict = {}
+    if scheme == "raw":
+        if bits != 8 * itemsize(dtype):
+            raise r.fail(f"raw {dtype} must have {8 * itemsize(dtype)} bits, got {bits}")
+    elif not 1 <= bits <= 8:
+        raise r.fail(f"{scheme} bits {bits} outside 1..8")
+    if scheme == "uniform":
+        gran = r.u8("granularity")
+        axis = r.u8("axis")
+        block = r.u64("block size")
+        if gran > GRANULARITY_BLOCK:
+            raise r.fail(f"unknown granularity {gran}")
+        if gran == GRANULARITY_TENSOR:
+            if axis or block:
+                raise r.fail("per-tensor parameters with an axis or block size")
+            params["axis"], params["block_size"] = None, 0
+        else:
+            if axis >= ndim:
+                raise r.fail(f"axis {axis} out of range for rank {ndim}")
+            if (gran == GRANULARITY_BLOCK) != (block > 0):
+                raise r.fail("block size must be > 0 exactly for blocked granularity")
+            params["axis"], params["block_size"] = axis, block
+        want = scale_shape(shape, params["axis"], params["block_size"])
+        count = int(np.prod(want, dtype=np.int64))
+        params["scale"] = r.array("<f4", count, "scales").reshape(want)
+        params["zero_point"] = r.array("<f4", count, "zero points").reshape(want)
+    elif scheme == "codebook":
+        k = r.u16("codebook size")
+        if not 1 <= k <= 1 << bits:
+            raise r.fail(f"codebook size {k} outside 1..{1 << bits}")
+        params["centroids"] = r.array("<f4", k, "centroids")
+    return RecordHeader(name, shape, dtype, scheme, bits, n_kept, params, r)
+
+
+def read_payload(h: RecordHeader) -> tuple[QuantizedTensor, RecordSizes]:
+    """Decode the mask and value streams of a parsed record into a QuantizedTensor."""
+    r = h.reader
+    mask_len = r.u64("mask stream length")
+    start = r.pos
+    if mask_len > r.left:
+        raise r.fail(f"truncated mask stream (declares {mask_len} bytes, {r.left} left)")
+    mr = Reader(r.buf, r.where, start, start + mask_len)
+    mask = masks.decode(mr, h.shape, h.n_kept, "mask stream")
+    mr.expect_end()
+    r.pos = start + mask_len
+    mask_codec = masks.CODEC_NAMES[r.buf[start]] if mask_len else "?"
+    value_len = r.u64("value stream length")
+    start = r.pos
+    if value_len > r.left:
+        raise r.fail(f"truncated value stream (declares {value_len} bytes, {r.left} left)")
+    vr = Reader(r.buf, r.where, start, start + value_len)
+    limit = value_limit(h.scheme, h.bits, h.dtype, h.params)
+    dtype = pattern_dtype(h.dtype) if h.scheme == "raw" else np.uint8
+    codes = symbols.decode(vr, h.n_kept, limit, dtype, grid=_kept_grid(mask, h.shape, h.size),
+                           what="value stream")
+    vr.expect_end()
+    r.pos = start + value_len
+    r.expect_end()
+    value_codec = symbols.CODEC_NAMES.get(r.buf[start], "?") if value_len else "?"
+    try:
+        t = QuantizedTensor(h.name, h.shape, h.dtype, h.scheme, h.bits, codes, mask, **h.params)
+    except EvxFormatError as exc:
+        raise r.fail(str(exc)) from None
+    return t, RecordSizes(r.end, int(mask_len), int(value_len), mask_codec, value_codec)

@@ -1,0 +1,292 @@
+"""Symbol streams: a sequence of n integers (n known to the reader) in one of six self-delimiting codecs.
+
+EMPTY (n == 0), CONST (all equal), PACKED (fixed width, LSB first), ANS (one static model),
+ANS_GRID (context modelling: one model per (row class, column class) of the tensor's 2-D view)
+and ZSTD_PLANES (byte planes + zstd, for raw bit patterns). The encoder writes every candidate that
+applies and keeps the shortest; SPEC.md gives each layout.
+"""
+from __future__ import annotations
+
+import numpy as np
+import zstandard
+
+from evonnx.errors import EvxFormatError
+from evonnx.formats import ans
+from evonnx.formats.bytesio import Reader, Writer
+from evonnx.formats.contexts import MAX_CLASSES, ClassGrid, KeptGrid, rank_classes
+
+EMPTY, CONST, PACKED, ANS, ANS_GRID, ZSTD_PLANES = range(6)
+CODEC_NAMES = {EMPTY: "empty", CONST: "const", PACKED: "packed", ANS: "ans", ANS_GRID: "ans-grid",
+               ZSTD_PLANES: "zstd-planes"}
+
+_CHUNK = 1 << 20  # symbols per packing chunk (a multiple of 8 keeps chunks byte aligned)
+
+
+# -- PACKED ---------------------------------------------------------------------------------------
+def pack(values: np.ndarray, width: int) -> bytes:
+    """Fixed-width little-endian bit packing (value i occupies bits [i*width, (i+1)*width))."""
+    v = np.ascontiguousarray(values, dtype=np.uint64)
+    if width % 8 == 0:
+        return v.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :width // 8].tobytes()
+    shifts = np.arange(width, dtype=np.uint64)
+    parts = []
+    for start in range(0, v.size, _CHUNK):
+        bits = ((v[start:start + _CHUNK, None] >> shifts) & np.uint64(1)).astype(np.uint8)
+        parts.append(np.packbits(bits.reshape(-1), bitorder="little").tobytes())
+    return b"".join(parts)
+
+
+def unpack(data, n: int, width: int, dtype) -> np.ndarray:
+    """Inverse of `pack` into `dtype` (the caller checked len(data) == ceil(n*width/8))."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    dt = np.dtype(dtype)
+    if width % 8 == 0:
+        nb = width // 8
+        wide = np.zeros((n, 8), np.uint8)
+        wide[:, :nb] = raw.reshape(n, nb)
+        return wide.view("<u8").reshape(n).astype(dt)
+    out = np.empty(n, dt)
+    weights = (np.uint64(1) << np.arange(width, dtype=np.uint64))
+    for start in range(0, n, _CHUNK):
+        stop = min(n, start + _CHUNK)
+        lo, hi = start * width // 8, -(-stop * width // 8)
+        bits = np.unpackbits(raw[lo:hi], bitorder="little")[:(stop - start) * width].reshape(-1, width)
+        if width <= 8:
+            out[start:stop] = np.packbits(bits, axis=1, bitorder="little")[:, 0]
+        else:
+            out[start:stop] = bits.astype(np.uint64) @ weights
+    return out
+
+
+# -- ZSTD_PLANES ----------------------------------------------------------------------------------
+def zstd_level(nbytes: int) -> int:
+    return 19 if nbytes <= 1 << 20 else 12 if nbytes <= 1 << 24 else 6
+
+
+def zstd_compress(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=zstd_level(len(data)), write_content_size=True,
+                                    write_checksum=True).compress(data)
+
+
+def zstd_decompress(frame, size: int, what: str) -> bytes:
+    """Decompress one frame that must declare exactly `size` bytes (checked before allocating)."""
+    frame = bytes(frame)
+    try:
+        declared = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError:
+        raise EvxFormatError(f"{what}: not a zstd frame") from None
+    if declared != size:
+        raise EvxFormatError(f"{what}: zstd frame declares {declared} bytes, expected {size}")
+    try:
+        out = zstandard.ZstdDecompressor().decompress(frame)
+    except zstandard.ZstdError as exc:
+        raise EvxFormatError(f"{what}: corrupt zstd frame ({exc})") from None
+    if len(out) != size:
+        raise EvxFormatError(f"{what}: zstd frame gave {len(out)} bytes, expected {size}")
+    return out
+
+
+def _planes_encode(values: np.ndarray, itemsize: int) -> bytes:
+    planes = np.ascontiguousarray(values).view(np.uint8).reshape(-1, itemsize).T
+    return zstd_compress(np.ascontiguousarray(planes).tobytes())
+
+
+def _planes_decode(frame, n: int, itemsize: int, what: str) -> np.ndarray:
+    flat = np.frombuffer(zstd_decompress(frame, n * itemsize, what), dtype=np.uint8)
+    return np.ascontiguousarray(flat.reshape(itemsize, n).T).view(f"<u{itemsize}").reshape(n)
+
+
+# -- ANS_GRID: contexts from row / column classes ---------------------------------------------------
+def _spread_score(grid: KeptGrid, q: np.ndarray, alphabet: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean distance of the codes from the most common code, per row and per column of the view."""
+    centre = int(np.argmax(np.bincount(q.reshape(-1)[grid.mask.reshape(-1)] if grid.mask is not None else
+                                       q.reshape(-1), minlength=alphabet)))
+    dev = np.abs(q.astype(np.float64) - centre)
+    kept = np.ones(q.shape) if grid.mask is None else grid.mask
+    if grid.mask is not None:
+        dev *= grid.mask
+    return dev.sum(1) / np.maximum(kept.sum(1), 1), dev.sum(0) / np.maximum(kept.sum(0), 1)
+
+
+def _grid_candidates(grid: KeptGrid, q: np.ndarray, sym: np.ndarray, alphabet: int):
+    """The (estimated bits, ClassGrid) of the cheapest row x column class split, or None."""
+    row_score, col_score = _spread_score(grid, q, alphabet)
+    best = None
+    for kr, kc in ((4, 1), (1, 4), (4, 4), (8, 8)):
+        if kr > grid.rows or kc > grid.cols:
+            continue
+        cg = ClassGrid(rank_classes(row_score, kr), rank_classes(col_score, kc), kr, kc)
+        ctx = (cg.rc[:, None] * kc + cg.cc[None, :])
+        ctx = ctx.reshape(-1) if grid.mask is None else ctx[grid.mask]
+        hist = np.bincount(ctx * alphabet + sym, minlength=kr * kc * alphabet).reshape(kr * kc, alphabet)
+        tot = hist.sum(1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            bits = np.where(hist > 0, hist * np.log2(tot / hist), 0).sum()
+        bits += grid.rows * np.log2(kr) + grid.cols * np.log2(kc) + 8 * 1.5 * alphabet * int((tot > 0).sum())
+        if best is None or bits < best[0]:
+            best = (bits, cg)
+    return best
+
+
+def _context_order(grid: KeptGrid, cg: ClassGrid) -> tuple[np.ndarray | None, np.ndarray]:
+    """For a masked grid: (order, counts) with stream = symbols[order] context-major (stable);
+    for a dense grid: (None, counts) and the stream is read tile by tile of the permuted view."""
+    if grid.mask is None:
+        return None, np.outer(np.diff(cg.rb), np.diff(cg.cb)).reshape(-1)
+    ctx = (cg.rc.astype(np.uint8)[:, None] * np.uint8(cg.kc) + cg.cc.astype(np.uint8)[None, :])[grid.mask]
+    return np.argsort(ctx, kind="stable"), np.bincount(ctx, minlength=cg.kr * cg.kc)
+
+
+def _encode_ans_grid(sym: np.ndarray, alphabet: int, grid: KeptGrid) -> bytes | None:
+    q = grid.scatter(sym, np.int64)
+    best = _grid_candidates(grid, q, sym, alphabet)
+    if best is None:
+        return None
+    cg = best[1]
+    order, counts = _context_order(grid, cg)
+    if order is None:
+        qp = cg.permute(q)
+        runs_vals = [qp[rs, cs].reshape(-1) for _, rs, cs in cg.tiles()]
+    else:
+        stream = sym[order]
+        bounds = np.cumsum(counts)
+        runs_vals = np.split(stream, bounds[:-1])
+    w = Writer().u8(ANS_GRID).u8(cg.kr).u8(cg.kc).varint(alphabet)
+    w.raw(encode(cg.rc, cg.kr)).raw(encode(cg.cc, cg.kc))
+    runs = []
+    for vals in runs_vals:
+        if vals.size == 0:
+            w.u8(0)
+            continue
+        p, f = ans.best_table(np.bincount(vals, minlength=alphabet))
+        ans.write_table(w, p, f)
+        runs.append((vals, ans.scaled(f, p)))
+    ans.write_words(w, ans.encode(runs))
+    return w.bytes()
+
+
+def _decode_ans_grid(r: Reader, n: int, limit: int, grid: KeptGrid | None, dtype, what: str) -> np.ndarray:
+    if grid is None:
+        raise r.fail(f"{what}: context-coded stream where none is allowed")
+    kr, kc = r.u8(f"{what} row classes"), r.u8(f"{what} column classes")
+    if not (1 <= kr <= MAX_CLASSES and 1 <= kc <= MAX_CLASSES):
+        raise r.fail(f"{what}: class counts {kr} x {kc} outside 1..{MAX_CLASSES}")
+    alphabet = _read_alphabet(r, limit, what)
+    rc = decode(r, grid.rows, kr, np.int64, what=f"{what} row classes")
+    cc = decode(r, grid.cols, kc, np.int64, what=f"{what} column classes")
+    cg = ClassGrid(rc, cc, kr, kc)
+    order, counts = _context_order(grid, cg)
+    if int(counts.sum()) != n:
+        raise r.fail(f"{what}: contexts hold {int(counts.sum())} symbols, expected {n}")
+    tables = []
+    for ctx in range(kr * kc):
+        precision = r.u8(f"{what} context {ctx} table precision")
+        if precision == 0:
+            if counts[ctx]:
+                raise r.fail(f"{what}: context {ctx} has {counts[ctx]} symbols but no table")
+            tables.append(None)
+        else:
+            tables.append(ans.read_table(r, alphabet, f"{what} context {ctx} table", precision))
+    dec = ans.Decoder(ans.read_words(r, what), what)
+    parts = [dec.decode(tables[ctx], counts[ctx]) for ctx in range(kr * kc) if counts[ctx]]
+    dec.finish()
+    stream = np.concatenate(parts).astype(dtype, copy=False)
+    if order is not None:
+        out = np.empty(n, dtype)
+        out[order] = stream
+        return out
+    qp = np.empty((grid.rows, grid.cols), dtype)
+    start = 0
+    for ctx, rs, cs in cg.tiles():
+        if counts[ctx]:
+            qp[rs, cs] = stream[start:start + counts[ctx]].reshape(rs.stop - rs.start, cs.stop - cs.start)
+            start += counts[ctx]
+    return cg.unpermute(qp).reshape(-1)
+
+
+# -- entry points ---------------------------------------------------------------------------------
+def _read_alphabet(r: Reader, limit: int, what: str) -> int:
+    a = r.varint(f"{what} alphabet size", min(limit, ans.MAX_ALPHABET))
+    if a < 2:
+        raise r.fail(f"{what}: alphabet size {a} < 2")
+    return a
+
+
+def _encode_ans(symbols: np.ndarray, alphabet: int) -> bytes:
+    p, f = ans.best_table(np.bincount(symbols, minlength=alphabet))
+    w = Writer().u8(ANS).varint(alphabet)
+    ans.write_table(w, p, f)
+    ans.write_words(w, ans.encode([(symbols, ans.scaled(f, p))]))
+    return w.bytes()
+
+
+def encode(symbols: np.ndarray, limit: int, *, grid: KeptGrid | None = None,
+           itemsize: int | None = None) -> bytes:
+    """Shortest stream for `symbols` (all < limit). `grid` (where the symbols sit) enables ANS_GRID;
+    `itemsize` (raw bit patterns) enables ZSTD_PLANES."""
+    sym = np.asarray(symbols).ravel()
+    n = sym.size
+    if n == 0:
+        return bytes([EMPTY])
+    lo, hi = int(sym.min()), int(sym.max())
+    if lo < 0 or hi >= limit:
+        raise EvxFormatError(f"symbol {hi if hi >= limit else lo} outside the alphabet [0, {limit})")
+    if lo == hi:
+        return Writer().u8(CONST).varint(hi).bytes()
+    width = hi.bit_length()
+    candidates = [Writer().u8(PACKED).u8(width).raw(pack(sym, width)).bytes()]
+    if itemsize is not None:
+        frame = _planes_encode(sym, itemsize)
+        candidates.append(Writer().u8(ZSTD_PLANES).u8(itemsize).varint(len(frame)).raw(frame).bytes())
+    if hi < ans.MAX_ALPHABET:
+        alphabet = hi + 1
+        s64 = sym.astype(np.int64)
+        candidates.append(_encode_ans(s64, alphabet))
+        if grid is not None and n >= 1024 and alphabet <= 256:
+            ctx_coded = _encode_ans_grid(s64, alphabet, grid)
+            if ctx_coded is not None:
+                candidates.append(ctx_coded)
+    return min(candidates, key=len)  # ties keep the earlier (faster) codec
+
+
+def decode(r: Reader, n: int, limit: int, dtype, *, grid: KeptGrid | None = None,
+           what: str = "symbol stream") -> np.ndarray:
+    """Read one stream of `n` symbols, each checked < limit, as `dtype`."""
+    codec = r.u8(f"{what} codec")
+    if codec == EMPTY:
+        if n != 0:
+            raise r.fail(f"{what}: empty stream for {n} symbols")
+        return np.zeros(0, dtype)
+    if n == 0:
+        raise r.fail(f"{what}: codec {codec} for an empty stream")
+    if codec == CONST:
+        value = r.varint(f"{what} constant", limit - 1)
+        return np.full(n, value, dtype)
+    if codec == PACKED:
+        width = r.u8(f"{what} width")
+        if not 1 <= width <= 64 or width > max(1, (limit - 1).bit_length()):
+            raise r.fail(f"{what}: bit width {width} does not fit the alphabet [0, {limit})")
+        data = r.take(-(-n * width // 8), f"{what} packed bits")
+        out = unpack(data, n, width, dtype)
+        if width < 64 and (1 << width) > limit and n and int(out.max()) >= limit:
+            raise r.fail(f"{what}: symbol outside the alphabet [0, {limit})")
+        return out
+    if codec == ANS:
+        alphabet = _read_alphabet(r, limit, what)
+        table = ans.read_table(r, alphabet, f"{what} table", r.u8(f"{what} table precision"))
+        dec = ans.Decoder(ans.read_words(r, what), what)
+        out = dec.decode(table, n)
+        dec.finish()
+        return out.astype(dtype, copy=False)
+    if codec == ANS_GRID:
+        return _decode_ans_grid(r, n, limit, grid, dtype, what)
+    if codec == ZSTD_PLANES:
+        itemsize = r.u8(f"{what} item size")
+        if itemsize not in (1, 2, 4, 8) or (limit - 1).bit_length() > 8 * itemsize:
+            raise r.fail(f"{what}: item size {itemsize} does not fit the alphabet")
+        length = r.varint(f"{what} frame length", r.left)
+        out = _planes_decode(r.take(length, f"{what} zstd frame"), n, itemsize, what)
+        if 8 * itemsize > (limit - 1).bit_length() and int(out.max()) >= limit:
+            raise r.fail(f"{what}: symbol outside the alphabet [0, {limit})")
+        return out.astype(dtype, copy=False)
+    raise r.fail(f"{what}: unknown codec {codec}")

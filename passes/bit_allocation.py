@@ -1,0 +1,121 @@
+"""bit-allocation: the fewest coded bytes per layer whose joint loss stays within a budget.
+
+Sensitivity: every target layer is quantized alone under every scheme x bit width (plus exact) and
+measured with the fitness engine against the incoming (e.g. sparsified) model's outputs. Search
+(passes/quant/allocate.py): a knapsack on the additive damage estimate, its budget bisected against
+joint measurements, then single-layer refinements; or a greedy descent from all-exact. The objective is the estimated *coded* size (entropy of codes and mask plus
+side information, passes/quant/sizing.py), not the nominal bit count. The budget is `max_drop`
+accuracy points (labels) or top-1 agreement points (no labels), `max_kl`, or a `target_bytes` size.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from evonnx.errors import EvonnxError
+from evonnx.passes.base import Pass, PassContext, param, register
+from evonnx.passes.engine.metrics import Metrics
+from evonnx.passes.quant.allocate import Option, Searcher, frontier
+from evonnx.passes.quant.apply import NONTARGET, Fidelity, Quantizer
+from evonnx.passes.quant.layer import QuantSpec
+from evonnx.passes.quant.sizing import HEADER_BYTES, coded_bytes
+from evonnx.passes.quantize import quantize_plan
+from evonnx.passes.state import ModelState
+
+METRICS = ("auto", "accuracy", "agreement", "kl")
+
+
+@register
+class BitAllocation(Pass):
+    """Choose a scheme and bit width per layer: least estimated coded bytes within a loss budget."""
+
+    name = "bit-allocation"
+
+    @dataclass
+    class Config:
+        schemes: list = param(["uniform/channel/sym", "uniform/channel/asym", "codebook"],
+                              "scheme families tried per layer (see the quantize pass)")
+        bits: list = param([1, 2, 3, 4, 5, 6, 7, 8], "bit widths tried per scheme")
+        metric: str = param("auto", "budget metric: accuracy (labels), agreement (top-1 with the incoming model), "
+                            "kl (mean KL, or rel. MSE for non-classifiers); auto = accuracy, else agreement, else kl")
+        max_drop: float = param(0.5, "accuracy points lost, or top-1 points changed, vs the incoming model")
+        max_kl: float = param(0.01, "mean KL (rel. MSE for non-classifiers) from the incoming model, metric = kl")
+        target_bytes: int = param(0, "> 0: best fidelity within this estimated size of all weights (bytes), "
+                                  "instead of a loss budget")
+        search: str = param("knapsack", "knapsack (bisected on joint measurements, then refined) or greedy")
+        min_size: int = param(32, "target weights with fewer entries are kept exact")
+        nontarget: str = param("exact", "biases, norms and small tensors: exact, fp16 or bf16 (rounded)")
+        refit_rows: int = param(4096, "calibration rows per layer for the codebook re-fit")
+
+    def run(self, state: ModelState, ctx: PassContext) -> ModelState:
+        cfg = self.config
+        if cfg.search not in ("knapsack", "greedy") or cfg.nontarget not in NONTARGET or cfg.metric not in METRICS:
+            raise EvonnxError(f"bit-allocation: search must be knapsack|greedy, nontarget {NONTARGET}, "
+                              f"metric {METRICS}")
+        engine = ctx.engine(state)
+        fidelity = Fidelity(engine, {n: state.current(n) for n in state.targets})
+        start = fidelity.start
+        metric, limit = _budget(cfg, start)
+        loss = _loss(metric, start)
+        quantizer = Quantizer(state, engine, cfg.refit_rows, ctx.seed)
+        specs = list(dict.fromkeys([QuantSpec.parse(f, b) for f in cfg.schemes for b in cfg.bits]
+                                   + [QuantSpec("raw", 32)]))
+        names = [n for n in state.targets if state.table[n].size >= cfg.min_size]
+        table, measured = {}, {}
+        for name in names:
+            tried = [s for s in specs if not s.refit or quantizer.can_refit(name)]
+            done = [quantizer.quantize(name, s) for s in tried]
+            metrics = fidelity.evaluate([{name: q.weight} for q in done])
+            options = [Option(s, q, coded_bytes(q.tensor)["total"], m.fitness, loss(m))
+                       for s, q, m in zip(tried, done, metrics)]
+            measured[name] = [(o.spec.label, round(o.bytes, 1), o.damage, o.drop) for o in options]
+            table[name] = frontier(options, None if cfg.target_bytes else limit)
+        searcher = Searcher(table, lambda opts: loss(fidelity.evaluate(
+            [{n: o.quantized.weight for n, o in opts.items()}])[0]), limit)
+        if cfg.target_bytes > 0:
+            fixed = _fixed_bytes(state, set(names), cfg.nontarget)
+            choice = searcher.by_size(cfg.target_bytes - fixed)
+            if choice is None:
+                least = fixed + sum(opts[0].bytes for opts in table.values())
+                raise EvonnxError(f"bit-allocation: target_bytes={cfg.target_bytes} is below the smallest "
+                                  f"allocation found ({least:.0f} estimated bytes)")
+        else:
+            choice = searcher.knapsack() if cfg.search == "knapsack" else searcher.greedy()
+        plan = {n: o.spec for n, o in searcher.options(choice).items()}
+        extra = {"metric": metric, "limit": limit, "joint_loss": searcher.loss(choice),
+                 "joint_evaluations": len(searcher.cache), "sensitivity_evaluations": sum(map(len, measured.values())),
+                 "allocation": {n: s.label for n, s in plan.items()}, "sensitivity": measured}
+        ctx.log(f"bit-allocation: {metric} budget {limit:g}, {extra['sensitivity_evaluations']} sensitivity and "
+                f"{extra['joint_evaluations']} joint evaluations; " + ", ".join(f"{n}: {s}" for n, s in
+                                                                                extra["allocation"].items()))
+        return quantize_plan(state, ctx, plan, cfg.nontarget, cfg.refit_rows, self.name, asdict(cfg), extra, quantizer)
+
+
+def _budget(cfg, start: Metrics) -> tuple[str, float]:
+    metric = cfg.metric
+    if metric == "auto":
+        metric = "accuracy" if start.accuracy is not None else "agreement" if start.top1 is not None else "kl"
+    if metric == "accuracy" and start.accuracy is None:
+        raise EvonnxError("bit-allocation: metric=accuracy needs calibration labels")
+    if metric == "agreement" and start.top1 is None:
+        raise EvonnxError("bit-allocation: metric=agreement needs a classifier output")
+    return metric, (cfg.max_kl if metric == "kl" else cfg.max_drop)
+
+
+def _loss(metric: str, start: Metrics):
+    """Metrics against the incoming model -> loss: accuracy points lost, top-1 disagreement in points, or
+    KL (rel. MSE) from the incoming model."""
+    if metric == "accuracy":
+        return lambda m: 100.0 * (start.accuracy - m.accuracy)
+    if metric == "agreement":
+        return lambda m: 100.0 * (1.0 - m.top1)
+    return lambda m: m.fitness
+
+
+def _fixed_bytes(state: ModelState, planned: set[str], nontarget: str) -> float:
+    """Estimated bytes of the weights the plan does not code: raw, or 2 bytes an entry when rounded."""
+    total = 0.0
+    for w in state.table:
+        if w.name not in planned:
+            item = 2 if nontarget != "exact" else state.current(w.name).dtype.itemsize
+            total += w.size * item + HEADER_BYTES + len(w.name)
+    return total

@@ -1,0 +1,260 @@
+"""Directed Evolution sparsification: evolve zero-sets that keep the student closest to the teacher.
+
+Each layer goes from its current density to its target in `steps` geometric steps, layers visited in
+graph order, round after round. At each step an evolutionary search (passes/sparsity/evolve.py) picks
+the entries to zero, scoring candidates by the fitness against the teacher through cheap suffix
+evaluation (passes/sparsity/suffix.py); the winner is committed and, with `refit`, the survivors are
+re-fitted to the teacher's layer outputs. A global target is split across layers by measured
+sensitivity. The run checkpoints after every step and resumes bit-identically.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from evonnx.errors import EvonnxError
+from evonnx.passes.base import Pass, PassContext, param, register
+from evonnx.passes.sparsity import checkpoint, common
+from evonnx.passes.sparsity import targets as tg
+from evonnx.passes.sparsity.evolve import SearchSettings, search
+from evonnx.passes.state import ModelState
+
+PRIORS = ("magnitude", "wanda", "hessian")
+
+
+@register
+class DirectedEvolution(Pass):
+    """Sparsify by directed evolution of candidate zero-sets, scored against the teacher."""
+
+    name = "directed-evolution"
+
+    @dataclass
+    class Config(common.TargetConfig):
+        max_evaluations: int = param(0, "stop after this many candidate evaluations (0: no limit)")
+        time_limit: float = param(0.0, "stop after this many seconds, resumed runs included (0: no limit)")
+        on_budget: str = param("stop", "when a budget stops the search: stop (best state so far) | finish (reach "
+                                        "the targets by the hessian/wanda prior, no search)")
+        steps: int = param(8, "geometric density steps from the current to the target sparsity, per layer")
+        population: int = param(16, "candidates kept per generation")
+        generations: int = param(6, "generations per step")
+        pool: float = param(2.0, "candidates draw from the pool x n entries the priors rate safest")
+        mutation: float = param(0.05, "fraction of a child's entries swapped by mutation")
+        priors: list = param(list(PRIORS), "priors that direct proposals: magnitude, wanda, hessian")
+        credit: float = param(0.5, "weight of the learned per-entry survival credit in proposals")
+        nest: str = param("none", "after DE picks a set larger by nest_ratio, zero its subset of smallest "
+                                  "magnitude | hessian saliency (none: zero DE's set)")
+        nest_ratio: float = param(0.25, "how much larger DE's set is when nesting")
+        chunk: float = param(0.01, "most entries one search zeroes, as a fraction of all pruned weights "
+                                   "(smaller: cheaper candidates, more searches)")
+        resume: bool = param(True, "resume from the work dir's checkpoint of the same run")
+
+    def run(self, state: ModelState, ctx: PassContext) -> ModelState:
+        cfg = self.config
+        bad = set(cfg.priors) - set(PRIORS)
+        if bad or not cfg.priors:
+            raise EvonnxError(f"directed-evolution: priors must be among {PRIORS}, got {cfg.priors}")
+        return _Run(cfg, state, ctx).execute()
+
+
+class _Run:
+    """One run's mutable state: student, schedule position, RNG, credits, counters; checkpointable."""
+
+    def __init__(self, cfg, state: ModelState, ctx: PassContext):
+        self.cfg, self.ctx, self.t_start = cfg, ctx, time.perf_counter()
+        self.layers, self.ev = common.setup(state, ctx, cfg)
+        self.teacher_state = state
+        self.dir = ctx.pass_dir(DirectedEvolution.name)
+        self.settings = SearchSettings(cfg.population, cfg.generations, cfg.pool, cfg.mutation, cfg.credit)
+        self.fp = checkpoint.fingerprint(state.to_onnx(), ctx.calib.inputs, asdict(cfg), ctx.seed)
+        self.elapsed_before, self.log_lines, self.steps_log = 0.0, 0, []
+        loaded = checkpoint.load(self.dir / "checkpoint.npz", self.fp) if (self.dir and cfg.resume) else None
+        if loaded:
+            self._restore(*loaded)
+        else:
+            self._start(state)
+
+    # -- setup / checkpoint -------------------------------------------------------------------------------
+    def _start(self, state: ModelState) -> None:
+        prior = "hessian" if self.cfg.refit else "wanda"
+        self.targets, self.curves = common.layer_targets(state, self.ev, self.layers, self.cfg, prior)
+        self.student = state
+        self.density0 = {l.weight: float(common.mask_of(state, l).mean()) for l in self.layers}
+        self.position = (1, 0)
+        self.rng = np.random.default_rng([self.ctx.seed, 0xDE])
+        self.credit = {l.weight: (np.zeros(l.size), np.zeros(l.size)) for l in self.layers}
+        if self.dir:
+            (self.dir / "log.jsonl").write_text("")
+        self._save()
+
+    def _save(self) -> None:
+        if not self.dir:
+            return
+        header = {"fingerprint": self.fp, "targets": self.targets, "curves": self.curves, "density0": self.density0,
+                  "position": list(self.position), "rng": self.rng.bit_generator.state,
+                  "evaluations": self.ev.counter.evaluations, "eval_seconds": self.ev.counter.seconds,
+                  "by_layer": self.ev.counter.by_layer, "elapsed": self.elapsed(), "log_lines": self.log_lines,
+                  "steps_log": self.steps_log}
+        arrays = {f"w:{n}": v for n, v in self.student.weights.items()}
+        arrays.update({f"m:{n}": v for n, v in self.student.masks.items()})
+        for n, (s, c) in self.credit.items():
+            arrays[f"cs:{n}"], arrays[f"cc:{n}"] = s, c
+        checkpoint.save(self.dir / "checkpoint.npz", header, arrays)
+
+    def _restore(self, header: dict, arrays: dict) -> None:
+        self.targets, self.curves, self.density0 = header["targets"], header["curves"], header["density0"]
+        self.position = tuple(header["position"])
+        self.rng = np.random.default_rng()
+        self.rng.bit_generator.state = header["rng"]
+        c = self.ev.counter
+        c.evaluations, c.seconds, c.by_layer = header["evaluations"], header["eval_seconds"], header["by_layer"]
+        self.elapsed_before, self.log_lines, self.steps_log = header["elapsed"], header["log_lines"], header["steps_log"]
+        self.student = self.teacher_state.replace(
+            weights={k[2:]: v for k, v in arrays.items() if k.startswith("w:")},
+            masks={k[2:]: v for k, v in arrays.items() if k.startswith("m:")})
+        self.credit = {l.weight: (arrays[f"cs:{l.weight}"], arrays[f"cc:{l.weight}"]) for l in self.layers}
+        log = self.dir / "log.jsonl"
+        lines = log.read_text().splitlines(keepends=True)[: self.log_lines] if log.exists() else []
+        log.write_text("".join(lines))
+        self.ctx.log(f"directed-evolution: resumed at round {self.position[0]}, layer {self.position[1]}")
+
+    # -- budget ------------------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t_start
+
+    def exhausted(self) -> str | None:
+        if self.cfg.max_evaluations and self.ev.counter.evaluations >= self.cfg.max_evaluations:
+            return "max_evaluations"
+        if self.cfg.time_limit and self.elapsed() >= self.cfg.time_limit:
+            return "time_limit"
+        return None
+
+    def zeros_at(self, layer, t: int) -> int:
+        """Zero count of `layer` after step t of the geometric density schedule (exact target at the end)."""
+        target = tg.zero_count(layer.size, self.targets[layer.weight])
+        if t >= self.cfg.steps:
+            return target
+        d0, d1 = self.density0[layer.weight], 1.0 - target / layer.size
+        d = d0 * (d1 / d0) ** (t / self.cfg.steps) if d1 > 0 and d0 > 0 else d0 + (d1 - d0) * t / self.cfg.steps
+        return min(target, layer.size - int(round(d * layer.size)))
+
+    # -- the run -----------------------------------------------------------------------------------------
+    def execute(self) -> ModelState:
+        cfg, layers = self.cfg, self.layers
+        total = cfg.steps * len(layers)
+        done = (self.position[0] - 1) * len(layers) + self.position[1]
+        bar = tqdm(total=total, initial=done, disable=not self.ctx.progress, desc="directed-evolution", leave=False)
+        stop = None
+        for t in range(self.position[0], cfg.steps + 1):
+            for j in range(self.position[1] if t == self.position[0] else 0, len(layers)):
+                stop = self.exhausted()
+                if stop:
+                    break
+                self._step(layers[j], t, bar)
+                self.position = (t, j + 1) if j + 1 < len(layers) else (t + 1, 0)
+                self._save()
+                bar.update(1)
+            if stop:
+                break
+        bar.close()
+        stop = stop or "done"
+        if stop != "done" and cfg.on_budget == "finish":
+            self._finish()
+        forward = self.ev.forward_seconds()
+        c = self.ev.counter
+        per_eval = c.seconds / max(c.evaluations, 1)
+        rec = common.record(DirectedEvolution.name, cfg, self.student, layers, self.ev, self.t_start, stop_reason=stop,
+                            targets=self.targets, sensitivity=self.curves, eval_seconds=c.seconds,
+                            evaluations_per_second=c.evaluations / max(self.elapsed(), 1e-9),
+                            cost_per_candidate=per_eval, forward_seconds=forward,
+                            cost_ratio=per_eval / max(forward, 1e-12), evaluations_by_layer=dict(c.by_layer),
+                            steps=self.steps_log)
+        rec["wall_seconds"] = self.elapsed()
+        self.ctx.log(f"directed-evolution: stopped by {stop}; sparsity {rec['sparsity']:.3f}, fitness "
+                     f"{rec['fitness']:.4g}, {c.evaluations} evaluations, {rec['evaluations_per_second']:.0f}/s, "
+                     f"{rec['cost_ratio']:.2f}x a baked forward per candidate")
+        return self.student.replace(record=rec)
+
+    def _step(self, layer, t: int, bar) -> None:
+        cfg = self.cfg
+        mask = common.mask_of(self.student, layer)
+        n = self.zeros_at(layer, t) - int((~mask).sum())
+        if n <= 0:
+            return
+        view = self.ev.visit(layer, self.student)
+        need_x = layer.fast and (cfg.refit or "hessian" in cfg.priors or cfg.nest == "hessian")
+        data = view.refit_data(seed=t) if need_x else None
+        kinds = list(dict.fromkeys([*cfg.priors, *(["hessian"] if cfg.nest == "hessian" else [])]))
+        pri = common.priors(view, kinds, cfg.ridge, data[0] if data else None)
+        cs, cc = self.credit[layer.weight]
+        cap = max(1, int(cfg.chunk * sum(l.size for l in self.layers)))
+        used = {k: v for k, v in pri.items() if k in cfg.priors}
+        keep, remaining, fit, evaluations, prior_fit = mask.ravel().copy(), n, None, 0, []
+
+        def on_generation(info: dict) -> None:
+            info.update({"round": t, "layer": layer.weight, "evaluations_total": self.ev.counter.evaluations,
+                         "elapsed": round(self.elapsed(), 3)})
+            self._log(info)
+            bar.set_postfix(gen=info["generation"], layer=layer.weight[-12:], fit=f"{info['best']:.4g}",
+                            evs=f"{self.ev.counter.evaluations / max(self.elapsed(), 1e-9):.0f}/s")
+
+        while remaining > 0 and self.exhausted() is None:  # searches of at most `cap` entries each
+            size = min(remaining, cap)
+            alive = np.flatnonzero(keep)
+            n_search = size if cfg.nest == "none" else min(len(alive), int(np.ceil(size * (1 + cfg.nest_ratio))))
+            res = search(alive, n_search, {k: v[alive] for k, v in used.items()}, cs, cc, view.use_pool,
+                         view.evaluate_members, self.rng, self.settings, lambda: self.exhausted() is None,
+                         on_generation)
+            chosen, fit = res.chosen, res.fitness
+            if n_search > size:
+                nest_score = pri.get(cfg.nest, pri.get("magnitude", next(iter(pri.values()))))
+                chosen = np.sort(chosen[np.argsort(nest_score[chosen], kind="stable")[:size]])
+                fit = float(view.evaluate([chosen])[0])
+            view.apply(chosen)
+            keep[chosen] = False
+            remaining -= size
+            evaluations += res.evaluations
+            prior_fit.append(min(res.prior_fitness.values()) if res.prior_fitness else fit)
+        if fit is None:
+            return
+        new_mask = keep.reshape(mask.shape)
+        w_mat, bias = view.w_mat, None
+        fit_refit = None
+        if cfg.refit and layer.fast:
+            w_mat, bias, _ = common.refit_layer(view, new_mask, view.w_mat, cfg.ridge, data)
+            fit_refit = view.evaluate_dense(w_mat, bias)
+        self.student = common.commit(self.student, layer, new_mask, w_mat, bias)
+        entry = {"round": t, "layer": layer.weight, "zeroed": int(n - remaining), "sparsity": float(1 - new_mask.mean()),
+                 "fitness": fit, "last_best_prior_fitness": prior_fit[-1], "fitness_refit": fit_refit,
+                 "searches": len(prior_fit), "evaluations": evaluations}
+        self.steps_log.append(entry)
+        self._log({"event": "step", **entry, "elapsed": round(self.elapsed(), 3)})
+        bar.set_postfix(layer=layer.weight[-12:], sparsity=f"{entry['sparsity']:.3f}",
+                        fit=f"{fit_refit if fit_refit is not None else fit:.4g}")
+
+    def _finish(self) -> None:
+        """Reach every layer's exact target by its best prior (and re-fit), without search."""
+        for layer in self.layers:
+            mask = common.mask_of(self.student, layer)
+            n = tg.zero_count(layer.size, self.targets[layer.weight]) - int((~mask).sum())
+            if n <= 0:
+                continue
+            view = self.ev.visit(layer, self.student)
+            data = view.refit_data() if layer.fast else None
+            pri = common.priors(view, ["hessian" if self.cfg.refit else "wanda"], self.cfg.ridge, data[0] if data else None)
+            score = np.where(mask.ravel(), next(iter(pri.values())), -np.inf)  # zeros stay zero
+            new_mask = tg.keep_mask(score, int((~mask).sum()) + n).reshape(mask.shape)
+            w_mat, bias = np.where(new_mask, view.w_mat, 0), None
+            if self.cfg.refit and layer.fast:
+                w_mat, bias, _ = common.refit_layer(view, new_mask, view.w_mat, self.cfg.ridge, data)
+            self.student = common.commit(self.student, layer, new_mask, w_mat, bias)
+
+    def _log(self, entry: dict) -> None:
+        if not self.dir:
+            return
+        with open(self.dir / "log.jsonl", "a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+        self.log_lines += 1

@@ -1,0 +1,97 @@
+"""Apply a per-layer plan {weight: QuantSpec} to a state: records, simulated weights, a report row each.
+
+Shared by the `quantize` pass (one spec for every layer, with overrides) and `bit-allocation` (the
+searched plan). Non-target tensors stay exact, or are rounded to fp16/bf16 only when asked.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from evonnx.errors import EvonnxError
+from evonnx.formats.dtypes import np_dtype
+from evonnx.formats.tensor import QuantizedTensor, dequantize
+from evonnx.passes.engine.metrics import compare
+from evonnx.passes.quant.layer import QuantSpec, Quantized, quantize_weight, survivors
+from evonnx.passes.quant.refit import gram_matrices, layer_views, refit_centroids
+from evonnx.passes.quant.sizing import coded_bytes
+from evonnx.passes.state import ModelState
+
+NONTARGET = ("exact", "fp16", "bf16")
+
+
+class Quantizer:
+    """Quantize weights of one state under any spec; caches the refit Gram matrices."""
+
+    def __init__(self, state: ModelState, engine, max_rows: int = 4096, seed: int = 0):
+        self.state, self.engine, self.max_rows, self.seed = state, engine, max_rows, seed
+        self.views = None
+        self.grams: dict[str, np.ndarray] = {}
+        self.keep = {n: survivors(state.current(n), state.masks.get(n)) for n in state.targets}
+
+    def can_refit(self, name: str) -> bool:
+        self._ensure_views()
+        return name in self.views
+
+    def _ensure_views(self) -> None:
+        if self.views is None:
+            self.views = layer_views(self.state, self.state.targets)
+
+    def quantize(self, name: str, spec: QuantSpec) -> Quantized:
+        array = self.state.current(name)
+        refit = None
+        if spec.scheme == "codebook" and spec.refit and self.can_refit(name):
+            if name not in self.grams:
+                self.grams.update(gram_matrices(self.state, self.engine, self.views, self.max_rows, self.seed))
+            layer, gram, keep = self.views[name], self.grams[name], self.keep[name]
+            def refit(codes, centroids):
+                return refit_centroids(layer, gram, array, keep, codes, centroids)
+        info = self.state.table[name]
+        return quantize_weight(name, array, self.keep[name], spec, info.channel_axis, refit)
+
+
+def row(q: Quantized, spec: QuantSpec, original: np.ndarray) -> dict:
+    """The report row of one quantized weight (sizes estimated, error against the incoming weight)."""
+    size = coded_bytes(q.tensor)
+    diff = q.weight.astype(np.float64) - original.astype(np.float64)
+    norm = float(np.linalg.norm(original.astype(np.float64)))
+    scheme = "raw (fallback)" if q.fallback else spec.family if q.tensor.scheme == spec.scheme else "raw (empty)"
+    return {"name": q.tensor.name, "scheme": scheme,
+            "bits": q.tensor.bits, "est_bytes": round(size["total"], 1), "codes_bytes": round(size["codes"], 1),
+            "mask_bytes": round(size["mask"], 1), "side_bytes": round(size["side"], 1),
+            "kept": q.tensor.n_kept, "size": q.tensor.size,
+            "rel_error": float(np.linalg.norm(diff) / norm) if norm else 0.0, "bumped": q.bumped}
+
+
+def round_nontarget(state: ModelState, name: str, mode: str) -> tuple[QuantizedTensor, np.ndarray]:
+    """A float tensor rounded to fp16/bf16 (values kept in the tensor's dtype, as the record's contract
+    has no separate storage dtype: the record is raw in the original dtype, holding the rounded values)."""
+    if mode not in NONTARGET[1:]:
+        raise EvonnxError(f"nontarget must be one of {NONTARGET}, got {mode!r}")
+    array = state.current(name)
+    low = np_dtype("float16" if mode == "fp16" else "bfloat16")
+    rounded = array.astype(low).astype(array.dtype)
+    t = QuantizedTensor.raw(name, rounded)
+    return t, dequantize(t)
+
+
+def nontargets(state: ModelState, exclude: set[str]) -> list[str]:
+    """Float tensors the plan leaves alone: biases, norms, small or non-target weights."""
+    return [w.name for w in state.table if w.name not in exclude]
+
+
+class Fidelity:
+    """Metrics of candidates against the incoming student's outputs (not the teacher's): quantization
+    must keep what the sparsification produced. fitness = KL(incoming || candidate) (or rel. MSE),
+    top1 = agreement with the incoming student's top-1, accuracy = against the calibration labels."""
+
+    def __init__(self, engine, base: dict[str, np.ndarray]):
+        self.engine, self.base = engine, base
+        self.reference = engine.outputs(base)
+        self.start = self._compare(self.reference)
+
+    def _compare(self, outputs):
+        return compare(self.engine.output_names, self.reference, outputs, self.engine.calib.labels)
+
+    def evaluate(self, changes: list[dict[str, np.ndarray]]) -> list:
+        """Metrics of the incoming weights with each dict of `changes` applied."""
+        return [self._compare(self.engine.outputs({**self.base, **c})) for c in changes]

@@ -1,0 +1,129 @@
+"""One weight to one QuantizedTensor: the scheme options, the survivors, and the never-zero guard.
+
+Only the survivors (keep-mask True and value nonzero) are coded; every other entry is +0.0 by the
+mask. A survivor whose dequantized value would be 0.0 is moved to the nearest nonzero level on its
+side of zero (counted as `bumped`); if no such level exists the tensor is stored raw (`fallback`).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from evonnx.errors import EvonnxError
+from evonnx.formats.tensor import QuantizedTensor, dequantize
+from evonnx.passes.quant.kmeans import kmeans_1d
+from evonnx.passes.quant.uniform import fit_uniform
+
+_SPEC = re.compile(r"(uniform(?:/(channel|tensor))?(?:/(sym|asym))?|codebook(\+refit)?|raw)(?:@(\d+))?")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How to quantize one weight: 'uniform/channel/sym@4', 'uniform/tensor/asym@3', 'codebook@4',
+    'codebook+refit@3' (centroids re-fitted to the layer output) or 'raw' (exact)."""
+
+    scheme: str = "uniform"  # uniform | codebook | raw
+    bits: int = 8
+    per_channel: bool = True
+    symmetric: bool = True
+    refit: bool = False
+
+    @property
+    def family(self) -> str:
+        if self.scheme == "uniform":
+            return f"uniform/{'channel' if self.per_channel else 'tensor'}/{'sym' if self.symmetric else 'asym'}"
+        return "codebook+refit" if self.scheme == "codebook" and self.refit else self.scheme
+
+    @property
+    def label(self) -> str:
+        return self.family if self.scheme == "raw" else f"{self.family}@{self.bits}"
+
+    @classmethod
+    def parse(cls, text: str, bits: int | None = None) -> "QuantSpec":
+        match = _SPEC.fullmatch(text.strip())
+        if not match:
+            raise EvonnxError(f"bad quantization scheme {text!r} (e.g. uniform/channel/sym@4, codebook@3, raw)")
+        head, gran, sym, refit, b = match.groups()
+        nbits = int(b) if b else (bits if bits is not None else 8)
+        if head == "raw":
+            return cls("raw", 32)
+        if not 1 <= nbits <= 8:
+            raise EvonnxError(f"{text!r}: bits must be 1 to 8, got {nbits}")
+        if head.startswith("uniform"):
+            return cls("uniform", nbits, gran != "tensor", sym != "asym")
+        return cls("codebook", nbits, refit=bool(refit))
+
+
+@dataclass
+class Quantized:
+    tensor: QuantizedTensor
+    weight: np.ndarray  # dequantize(tensor): what the engine measures and the decoder rebuilds
+    bumped: int = 0
+    fallback: bool = False
+
+
+def survivors(array: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The entries to code: allowed by the keep-mask and nonzero."""
+    keep = array != 0
+    return keep if mask is None else keep & mask.astype(bool)
+
+
+def quantize_weight(name: str, array: np.ndarray, keep: np.ndarray, spec: QuantSpec, channel_axis: int | None,
+                    refit: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> Quantized:
+    """Quantize the `keep` entries of `array`. `refit(codes, centroids) -> centroids` re-fits a k-means
+    codebook with its assignments fixed (used when spec.refit)."""
+    mask = None if keep.all() else keep
+    if spec.scheme == "raw" or not keep.any():  # nothing survives: an empty raw record says it all
+        t = QuantizedTensor.raw(name, array, mask)
+        return Quantized(t, dequantize(t))
+    values = array[keep].astype(np.float64)
+    if spec.scheme == "uniform":
+        axis = channel_axis if spec.per_channel and channel_axis is not None and array.ndim else None
+        if axis is None:
+            groups, n_groups = np.zeros(values.size, np.int64), 1
+        else:
+            groups, n_groups = np.nonzero(keep)[axis], array.shape[axis]
+        codes, scale, zero = fit_uniform(values, groups, n_groups, spec.bits, spec.symmetric)
+        if axis is None:
+            scale, zero = scale.reshape(()), zero.reshape(())
+        t = QuantizedTensor.uniform(name, array.shape, array.dtype.name, spec.bits, codes, scale, zero, mask, axis)
+    else:
+        codes, centroids = kmeans_1d(values, 1 << spec.bits)
+        if spec.refit:
+            if refit is None:
+                raise EvonnxError(f"{name}: {spec.label} needs layer activations, which this weight has none of")
+            centroids = refit(codes, centroids)
+        t = QuantizedTensor.codebook(name, array.shape, array.dtype.name, spec.bits, codes, centroids, mask)
+    return _never_zero(t, array, keep)
+
+
+def _never_zero(t: QuantizedTensor, array: np.ndarray, keep: np.ndarray) -> Quantized:
+    weight = dequantize(t)
+    bad = np.flatnonzero(weight[keep] == 0)
+    if bad.size == 0:
+        return Quantized(t, weight)
+    codes = t.codes.astype(np.int64)
+    sign = np.sign(array[keep][bad]).astype(np.int64)
+    if t.scheme == "uniform":
+        up = codes[bad] + sign
+        codes[bad] = np.where((up >= 0) & (up < 1 << t.bits), up, codes[bad] - sign)
+        fixed = QuantizedTensor.uniform(t.name, t.shape, t.dtype, t.bits, codes, t.scale, t.zero_point,
+                                        t.mask, t.axis, t.block_size)
+    else:
+        nonzero = np.flatnonzero(t.centroids != 0)
+        if nonzero.size:
+            target = array[keep][bad].astype(np.float64)
+            cents = t.centroids[nonzero].astype(np.float64)
+            dist = np.abs(cents[None, :] - target[:, None])
+            penalty = 2 * (np.abs(cents).max() + np.abs(target).max()) + 1  # beats any level on its own side
+            dist += penalty * (np.sign(cents)[None, :] != sign[:, None])
+            codes[bad] = nonzero[np.argmin(dist, axis=1)]
+        fixed = QuantizedTensor.codebook(t.name, t.shape, t.dtype, t.bits, codes, t.centroids, t.mask)
+    weight = dequantize(fixed)
+    if np.any(weight[keep] == 0):  # no nonzero level at all (degenerate scale): keep the tensor exact
+        raw = QuantizedTensor.raw(t.name, array, t.mask)
+        return Quantized(raw, dequantize(raw), fallback=True)
+    return Quantized(fixed, weight, bumped=int(bad.size))

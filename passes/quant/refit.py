@@ -1,0 +1,84 @@
+"""Codebook re-fit to the layer output: with the k-means assignments fixed, choose the centroids c that
+minimise ||X (W_q(c) - W)^T||^2 on calibration activations X of the layer (least squares in len(c)
+unknowns). With H = X^T X and one-hot assignment tensors A_k ([out, K] matrices), the normal equations
+are G c = b with G_kl = sum_r a_kr^T H a_lr and b_k = sum_r a_kr^T H w_r.
+
+Activations come from one forward pass of the float student with the layers' inputs added as outputs
+(one extra session for the whole pass, never one per candidate).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from evonnx.passes.engine.fitness import Runner
+from evonnx.passes.sparsity.layers import Layer, analyse
+from evonnx.passes.state import ModelState
+
+
+def layer_views(state: ModelState, names: list[str]) -> dict[str, Layer]:
+    """Matrix views (Gemm, MatMul, Conv group 1) of the named weights that have one; others are left out."""
+    return {layer.weight: layer for layer in analyse(state, names) if layer.fast}
+
+
+def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], max_rows: int = 4096,
+                  seed: int = 0) -> dict[str, np.ndarray]:
+    """H = X^T X per weight, X being the layer's input rows (im2col for Conv) on the calibration batches,
+    from the float student (state.weights), at most `max_rows` random rows per layer."""
+    if not layers:
+        return {}
+    inputs = sorted({layer.x for layer in layers.values()})
+    model = state.to_onnx()
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                              for n in inputs if n not in known)
+    runner = Runner(model, engine.providers, f"{state.label} (activations)")
+    index = {n: runner.output_names.index(n) for n in inputs}
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in inputs}
+    for batch in engine.batches:
+        outs = runner.run(dict(batch))
+        for n in inputs:
+            parts[n].append(outs[index[n]])
+    rng = np.random.default_rng(seed)
+    grams = {}
+    for name, layer in layers.items():
+        x = np.concatenate(parts[layer.x]).astype(np.float32)
+        total = layer.n_rows(x.shape)
+        rows = np.sort(rng.choice(total, max_rows, replace=False)) if total > max_rows else None
+        xm = layer.x_mat(x, rows).astype(np.float64)
+        grams[name] = xm.T @ xm
+    return grams
+
+
+def refit_centroids(layer: Layer, gram: np.ndarray, weight: np.ndarray, keep: np.ndarray,
+                    codes: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Least-squares centroids for fixed `codes` of the `keep` entries of `weight` (float32 result).
+
+    Row by row of the [out, K] view, G and b gather only the kept block H[S_r, S_r] (vectorised
+    bincounts over its code pairs), so the cost is sum_r |S_r|^2, not K^2 * out * len(centroids).
+    """
+    full = np.full(weight.shape, -1, np.int64)
+    full[keep] = codes
+    code_mat = layer.to_mat(full)  # [out, K]
+    w_mat = layer.to_mat(np.where(keep, weight, 0)).astype(np.float64)
+    k = centroids.size
+    g = np.zeros(k * k)
+    b = np.zeros(k)
+    for r in range(code_mat.shape[0]):  # one vectorised block per output row
+        s = np.flatnonzero(code_mat[r] >= 0)
+        if s.size == 0:
+            continue
+        c = code_mat[r, s]
+        block = gram[np.ix_(s, s)]
+        g += np.bincount((c[:, None] * k + c[None, :]).ravel(), block.ravel(), minlength=k * k)
+        b += np.bincount(c, block @ w_mat[r, s], minlength=k)
+    g = g.reshape(k, k)
+    c0 = centroids.astype(np.float64)
+    ridge = 1e-9 * max(float(np.trace(g)) / k, 1e-30)
+    try:
+        c = np.linalg.solve(g + ridge * np.eye(k), b + ridge * c0)
+    except np.linalg.LinAlgError:
+        return centroids
+    def err(v):
+        return v @ g @ v - 2 * b @ v
+    return c.astype(np.float32) if np.all(np.isfinite(c)) and err(c) < err(c0) else centroids

@@ -1,0 +1,148 @@
+"""What the sparsification passes share: the target/re-fit config, priors, re-fitting a layer, one-shot pruning."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from evonnx.passes.base import PassContext, param
+from evonnx.passes.engine import providers as prov
+from evonnx.passes.sparsity import refit as rf
+from evonnx.passes.sparsity import targets as tg
+from evonnx.passes.sparsity.layers import Layer, analyse
+from evonnx.passes.sparsity.suffix import Evaluator, LayerView
+from evonnx.passes.state import ModelState
+
+LEVELS = np.array([0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98])
+
+
+@dataclass
+class TargetConfig:
+    """Options every sparsification pass shares, so their results compare fairly."""
+
+    sparsity: float | None = param(None, "global fraction of target-weight entries to zero")
+    layer_sparsity: dict = param({}, "explicit per-layer targets {weight name: fraction}; others get `sparsity`")
+    allocation: str = param("sensitivity", "how a global target is split: sensitivity (measured) | uniform")
+    refit: bool = param(True, "re-fit surviving weights (and biases) to the teacher's layer outputs")
+    ridge: float = param(1e-3, "ridge of the re-fit, relative to the mean input energy")
+    fitness_samples: int = param(256, "calibration samples the fitness is measured on")
+    refit_samples: int = param(1024, "calibration samples the re-fit and the allocation use")
+    weights: list = param([], "restrict pruning to these weights (default: all targets)")
+
+
+def setup(state: ModelState, ctx: PassContext, cfg: TargetConfig) -> tuple[list[Layer], Evaluator]:
+    names = list(cfg.weights) or state.targets
+    layers = analyse(state, names)
+    ev = Evaluator(state, layers, ctx.calib, prov.resolve(ctx.device), cfg.fitness_samples, cfg.refit_samples,
+                   ctx.batch_size or 256)
+    return layers, ev
+
+
+def mask_of(state: ModelState, layer: Layer) -> np.ndarray:
+    """The layer's current keep-mask as [out, K]."""
+    if layer.weight in state.masks:
+        return layer.to_mat(state.masks[layer.weight]).astype(bool)
+    return np.ones(layer.mat_shape, bool)
+
+
+def priors(view: LayerView, kinds: list[str], ridge: float, x: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Per-entry saliencies of the layer's current weights (lower = safer to zero), flat [out*K].
+
+    magnitude |w|; wanda |w| * ||x_k|| (input-activation norm); hessian w^2 / [(H + lam I)^-1]_kk, the OBS
+    cost of zeroing one entry when the rest of its row is re-fitted (layers with K <= 2048).
+    """
+    w = np.abs(view.w_mat.astype(np.float64))
+    out = {}
+    norms = None
+    if view.layer.fast:
+        norms = np.sqrt(np.einsum("kr,kr->k", view.x_t, view.x_t, dtype=np.float64))
+    for kind in kinds:
+        if kind == "magnitude" or norms is None:
+            out[kind if norms is not None else "magnitude"] = w.ravel()
+        elif kind == "wanda":
+            out[kind] = (w * norms[None]).ravel()
+        elif kind == "hessian" and x is not None and view.k <= 2048:
+            h = x.T.astype(np.float64) @ x.astype(np.float64)
+            h[np.diag_indices_from(h)] += ridge * (np.mean(np.diag(h)) or 1.0)
+            out[kind] = (w ** 2 / np.diag(np.linalg.inv(h))[None]).ravel()
+    return out
+
+
+def refit_layer(view: LayerView, mask: np.ndarray, w_mat: np.ndarray, ridge: float,
+                data: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Re-fit the kept entries (and the layer's own bias) to the teacher's layer output on the student's inputs."""
+    layer = view.layer
+    x, t = data
+    beta = layer.bias_scale
+    bias = None
+    if layer.bias and beta != 0:
+        bias = view.weights[layer.bias].astype(np.float32) * np.float32(beta)
+    else:  # a bias we may not change: fit W to the teacher output minus the student's constant offset
+        offset = np.mean(view.y_flat - view.x_t.T @ view.w_mat.T, axis=0)
+        t = t - offset[None]
+    new_w, new_b, stats = rf.refit(w_mat, mask, x, t, bias, ridge)
+    if new_b is not None:
+        new_b = (new_b / np.float32(beta)).astype(view.weights[layer.bias].dtype)
+    return new_w, new_b, stats
+
+
+def commit(state: ModelState, layer: Layer, mask: np.ndarray, w_mat: np.ndarray, bias: np.ndarray | None) -> ModelState:
+    weights = {layer.weight: layer.from_mat(np.where(mask, w_mat, 0)).astype(state.original(layer.weight).dtype)}
+    if bias is not None:
+        weights[layer.bias] = bias
+    return state.replace(weights=weights, masks={layer.weight: layer.from_mat(mask).astype(bool)})
+
+
+def one_shot(state: ModelState, ev: Evaluator, layers: list[Layer], masks: dict[str, np.ndarray], refit: bool,
+             ridge: float) -> ModelState:
+    """Apply keep-masks ([out, K]) to all layers; with re-fit, layer by layer in graph order on the student's inputs."""
+    for layer in layers:
+        mask = masks[layer.weight]
+        w_mat = layer.to_mat(state.current(layer.weight))
+        bias = None
+        if refit and layer.fast:
+            view = ev.visit(layer, state)
+            w_mat, bias, _ = refit_layer(view, mask, view.w_mat, ridge, view.refit_data())
+        state = commit(state, layer, mask, w_mat, bias)
+    return state
+
+
+def layer_targets(state: ModelState, ev: Evaluator, layers: list[Layer], cfg: TargetConfig,
+                  prior: str) -> tuple[dict[str, float], dict]:
+    """Per-layer sparsities: explicit, uniform, or a global target allocated by measured sensitivity."""
+    sizes = {l.weight: l.size for l in layers}
+    explicit = tg.resolve(list(sizes), sizes, cfg.sparsity, cfg.layer_sparsity)
+    if explicit is not None:
+        return explicit, {}
+    if cfg.allocation == "uniform":
+        return {n: float(cfg.sparsity) for n in sizes}, {}
+    curves = {l.weight: sensitivity(state, ev, l, prior, cfg.refit, cfg.ridge) for l in layers}
+    return tg.allocate(LEVELS, curves, sizes, float(cfg.sparsity)), {n: c.tolist() for n, c in curves.items()}
+
+
+def sensitivity(state: ModelState, ev: Evaluator, layer: Layer, prior: str, refit: bool, ridge: float) -> np.ndarray:
+    """Fitness of pruning this layer alone (by `prior`, re-fitted or not) at each of LEVELS."""
+    view = ev.visit(layer, state)
+    data = view.refit_data() if layer.fast else None
+    score = next(iter(priors(view, [prior], ridge, data[0] if data else None).values()))
+    order = np.argsort(score, kind="stable")
+    counts = [tg.zero_count(layer.size, s) for s in LEVELS]
+    if not (refit and layer.fast):
+        return view.evaluate([order[:c] for c in counts])
+    out = []
+    for c in counts:
+        mask = np.ones(layer.size, bool)
+        mask[order[:c]] = False
+        mask = mask.reshape(layer.mat_shape)
+        w, b, _ = refit_layer(view, mask, view.w_mat, ridge, data)
+        out.append(view.evaluate_dense(w, b))
+    return np.array(out)
+
+
+def record(name: str, cfg, state: ModelState, layers: list[Layer], ev: Evaluator, t0: float, **extra) -> dict:
+    fit = ev.fitness(state)
+    return {"pass": name, "settings": {k: v for k, v in vars(cfg).items()},
+            "layer_sparsity": {l.weight: state.sparsity(l.weight) for l in layers},
+            "sparsity": float(sum(state.sparsity(l.weight) * l.size for l in layers) / sum(l.size for l in layers)),
+            "fitness": fit, "evaluations": ev.counter.evaluations, "wall_seconds": time.perf_counter() - t0, **extra}

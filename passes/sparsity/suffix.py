@@ -1,0 +1,332 @@
+"""Cheap candidate evaluation: cached layer inputs, a numpy delta for the changed layer, a baked suffix.
+
+A candidate zeroes a set of entries of one layer L. Its output is Y_cur + dY, where dY is a sparse
+product of L's cached inputs with the zeroed values (cost rows x |set|, candidates sharing entries share
+that work). dY feeds a sub-model holding only the nodes downstream of L with the student's current
+weights baked in (so ORT's constant-weight optimisations apply), built once per layer visit, and several
+candidates are stacked along the batch axis into one run. Weights without a matrix view fall back to a
+full forward pass with weights as inputs.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from evonnx.passes.engine.calib import CalibData, input_specs
+from evonnx.passes.engine.fitness import Runner
+from evonnx.passes.engine.metrics import is_classifier
+from evonnx.passes.sparsity.graph import build_probe, build_suffix, elem_types, suffix_structure
+from evonnx.passes.sparsity.layers import Layer
+from evonnx.passes.state import ModelState
+
+STACK_BYTES = 96 << 20  # most bytes of stacked suffix inputs per run
+CHUNK_ELEMENTS = 4 << 20  # gather chunk of the sparse delta product
+REFIT_ROWS = 16384  # most activation rows used to re-fit one layer
+POOL_CACHE_ELEMENTS = 32 << 20  # most gathered activation elements cached for a search pool
+
+
+def fitness_batch(teacher: list[np.ndarray], student: list[np.ndarray]) -> np.ndarray:
+    """Per-candidate fitness, the engine's definition: mean KL over classifier outputs, else mean relative
+    MSE (integer outputs: mismatch rate). `student` arrays carry a leading candidate axis."""
+    kls, mses = [], []
+    for t, s in zip(teacher, student):
+        k = s.shape[0]
+        if not np.issubdtype(t.dtype, np.floating):
+            mses.append(np.mean((s != t[None]).reshape(k, -1), axis=1))
+        elif is_classifier(t):
+            lt, ls = _log_softmax(t[None]), _log_softmax(s)
+            kls.append(np.mean(np.sum(np.exp(lt) * (lt - ls), axis=-1), axis=-1))
+        else:
+            t64 = t.astype(np.float64)
+            diff = (s.astype(np.float64) - t64[None]).reshape(k, -1)
+            mses.append(np.sum(diff * diff, axis=1) / max(float(np.sum(t64 * t64)), 1e-30))
+    return np.mean(kls, axis=0) if kls else np.mean(mses, axis=0)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def sparse_rows(x_t: np.ndarray, groups: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_groups: int) -> np.ndarray:
+    """out[g] = sum over entries e with groups[e] == g of vals[e] * x_t[cols[e]]  ->  [n_groups, rows]."""
+    out = np.zeros((n_groups, x_t.shape[1]), np.float32)
+    if len(groups) == 0:
+        return out
+    order = np.argsort(groups, kind="stable")
+    groups, cols, vals = groups[order], cols[order], vals[order].astype(np.float32)
+    step = max(1, CHUNK_ELEMENTS // max(x_t.shape[1], 1))
+    for start in range(0, len(groups), step):  # chunks of entries, each a vectorised gather-reduce
+        g, c, v = groups[start:start + step], cols[start:start + step], vals[start:start + step]
+        heads = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+        out[g[heads]] += np.add.reduceat(x_t[c] * v[:, None], heads, axis=0)
+    return out
+
+
+@dataclass
+class Counter:
+    evaluations: int = 0
+    seconds: float = 0.0
+    by_layer: dict = field(default_factory=dict)
+
+
+class Evaluator:
+    """Evaluates candidate zero-sets layer by layer against the teacher on a calibration subset."""
+
+    def __init__(self, state: ModelState, layers: list[Layer], calib: CalibData, providers: list[str],
+                 fitness_samples: int = 256, refit_samples: int = 1024, batch_size: int = 256):
+        self.state, self.layers, self.providers = state, {l.weight: l for l in layers}, providers
+        n = calib.num_samples
+        self.n_fit, self.n_refit = min(fitness_samples, n), min(max(refit_samples, fitness_samples), n)
+        fixed = {s.shape[0] for s in input_specs(state.model) if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
+        self.batch = fixed.pop() if fixed else batch_size
+        self.stackable_batch = not fixed
+        self.data = calib.subset(self.n_refit)
+        self.types = elem_types(state.model)
+        self.exposed = [l.weight for l in layers] + [l.bias for l in layers if l.bias]
+        self.suffix_inputs = {l.weight: suffix_structure(state.model, l.y)[1] for l in layers if l.fast}
+        extra = [l.x for l in layers if l.fast] + [n for ins in self.suffix_inputs.values() for n in ins]
+        self.probe = Runner(build_probe(state.model, self.exposed, list(dict.fromkeys(extra)), self.types),
+                            providers, state.label)
+        self.output_names = [o.name for o in state.model.graph.output]
+        self.counter = Counter()
+        original = {n: state.original(n) for n in self.exposed}
+        acts = self.run_probe(original)
+        self.teacher_out = [acts[o][: self.n_fit] for o in self.output_names]
+        self.teacher_y = {l.weight: acts[l.y] for l in layers if l.fast}
+
+    def run_probe(self, weights: dict[str, np.ndarray], n: int | None = None) -> dict[str, np.ndarray]:
+        """All probe outputs (graph outputs and cached activations) for the first n samples."""
+        n = self.n_refit if n is None else n
+        parts = []
+        for start in range(0, n, self.batch):
+            feed = {k: v[start:min(start + self.batch, n)] if v.ndim else v for k, v in self.data.inputs.items()}
+            feed.update(weights)
+            parts.append(self.probe.run(feed))
+        names = self.probe.output_names
+        out = {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
+        out.update({k: v[:n] if v.ndim else v for k, v in self.data.inputs.items()})
+        return out
+
+    def current(self, state: ModelState) -> dict[str, np.ndarray]:
+        return {n: state.current(n) for n in self.exposed}
+
+    def visit(self, layer: Layer, state: ModelState) -> "LayerView":
+        """Cache what candidates of `layer` need, given the student `state` (one probe run, one suffix session)."""
+        weights = self.current(state)
+        acts = self.run_probe(weights, self.n_refit if layer.fast else self.n_fit)
+        return LayerView(self, layer, state, weights, acts)
+
+    def fitness(self, state: ModelState) -> float:
+        """Fitness of a whole student state on the fitness subset (one full forward pass)."""
+        acts = self.run_probe(self.current(state), self.n_fit)
+        return float(fitness_batch(self.teacher_out, [acts[o][None] for o in self.output_names])[0])
+
+    def forward_seconds(self, repeats: int = 20) -> float:
+        """Median time of one baked forward pass of the original model on the fitness subset."""
+        runner = Runner(self.state.model, self.providers, self.state.label)
+        feed = {k: v[: self.n_fit] if v.ndim else v for k, v in self.data.inputs.items()}
+        if not self.stackable_batch:
+            feed = {k: v[: self.batch] if v.ndim else v for k, v in feed.items()}
+        runner.run(feed)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            runner.run(feed)
+            times.append(time.perf_counter() - t0)
+        scale = 1 if self.stackable_batch else -(-self.n_fit // self.batch)
+        return float(np.median(times)) * scale
+
+
+class LayerView:
+    """One layer's cached inputs, its current output and its downstream suffix, for one visit."""
+
+    def __init__(self, ev: Evaluator, layer: Layer, state: ModelState, weights: dict, acts: dict):
+        self.ev, self.layer = ev, layer
+        self.weights = weights
+        self.w_mat = layer.to_mat(weights[layer.weight]).astype(np.float32)
+        self.out, self.k = self.w_mat.shape
+        n = ev.n_fit
+        self.const_out = {o: acts[o][:n] for o in ev.output_names}
+        self.acts = acts
+        if not layer.fast:
+            return
+        x = acts[layer.x]
+        self.y_shape = (n, *acts[layer.y].shape[1:])
+        self.x_t = np.ascontiguousarray(layer.x_mat(x[:n]).T)  # [K, rows]
+        self.y_flat = layer.y_flat(acts[layer.y][:n]).astype(np.float32)
+        suffix = build_suffix(ev.state.model, layer.y, weights, ev.types)
+        self.suffix = suffix
+        self.side = {name: acts[name][:n] if acts[name].ndim else acts[name] for name in suffix.inputs[1:]}
+        self.runner = Runner(suffix.model, ev.providers, ev.state.label) if suffix.model is not None else None
+        self.stack = self._check_stacking()
+
+    # -- refit data -------------------------------------------------------------------------------------
+    def refit_data(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(X [rows, K], teacher T [rows, out]) on the re-fit samples, rows subsampled for convs."""
+        layer, x = self.layer, self.acts[self.layer.x]
+        total = layer.n_rows(x.shape)
+        rows = None
+        if total > REFIT_ROWS:
+            rows = np.sort(np.random.default_rng(seed).choice(total, REFIT_ROWS, replace=False))
+        t = layer.y_flat(self.ev.teacher_y[layer.weight])
+        return layer.x_mat(x, rows).astype(np.float32), (t if rows is None else t[rows])
+
+    # -- evaluation -------------------------------------------------------------------------------------
+    def use_pool(self, pool: np.ndarray) -> None:
+        """Candidates will be subsets of `pool` (flat indices, in the searcher's order): pre-gather its
+        weighted input rows once, grouped by output neuron."""
+        self.pool = np.asarray(pool)
+        self.pool_order = np.argsort(self.pool, kind="stable")
+        if not self.layer.fast:
+            return
+        sorted_pool = self.pool[self.pool_order]
+        outs = sorted_pool // self.k
+        self.pool_outputs = np.unique(outs)
+        self.pool_bounds = np.searchsorted(outs, np.r_[self.pool_outputs, self.out])
+        self.pool_cols, self.pool_w = sorted_pool % self.k, -self.w_mat.ravel()[sorted_pool]
+        rows = self.x_t.shape[1]
+        small = rows * len(sorted_pool) <= POOL_CACHE_ELEMENTS
+        self.pool_g = self.x_t[self.pool_cols] * self.pool_w[:, None] if small else None
+
+    def evaluate_members(self, members: np.ndarray) -> np.ndarray:
+        """Fitness of candidates given as a bool matrix [candidates, pool] over the pool of use_pool."""
+        if not self.layer.fast:
+            return self.evaluate([np.sort(self.pool[row]) for row in members])
+        t0 = time.perf_counter()
+        z = members[:, self.pool_order].astype(np.float32)
+        scores = np.concatenate([self._fast_pool(z[i:i + self.stack]) for i in range(0, len(z), self.stack)])
+        self._count(len(members), t0)
+        return scores
+
+    def apply(self, idx: np.ndarray) -> None:
+        """Commit zeroing `idx` inside this view (weights and cached layer output), for a further search."""
+        if self.layer.fast:
+            flat_w = self.w_mat.ravel()
+            delta = sparse_rows(self.x_t, idx // self.k, idx % self.k, -flat_w[idx], self.out)
+            self.y_flat = self.y_flat + delta.T
+        self.w_mat = self.w_mat.copy()
+        self.w_mat.ravel()[idx] = 0
+
+    def _count(self, n: int, t0: float) -> None:
+        c = self.ev.counter
+        c.evaluations += n
+        c.seconds += time.perf_counter() - t0
+        c.by_layer[self.layer.weight] = c.by_layer.get(self.layer.weight, 0) + n
+
+    def evaluate(self, zero_sets: list[np.ndarray]) -> np.ndarray:
+        """Fitness of zeroing each set of flat [out, K] indices on top of the current weights."""
+        t0 = time.perf_counter()
+        if not zero_sets:
+            return np.zeros(0)
+        if self.layer.fast:
+            scores = np.concatenate([self._fast(zero_sets[i:i + self.stack])
+                                     for i in range(0, len(zero_sets), self.stack)])
+        else:
+            scores = np.array([self._full(idx) for idx in zero_sets])
+        self._count(len(zero_sets), t0)
+        return scores
+
+    def evaluate_dense(self, w_mat: np.ndarray, bias: np.ndarray | None) -> float:
+        """Fitness with the layer's weight (and bias) replaced outright (after re-fitting)."""
+        if not self.layer.fast:
+            return self._run_weights({self.layer.weight: self.layer.from_mat(w_mat)})
+        x = self.x_t.T
+        old_b = self.weights[self.layer.bias] if self.layer.bias else None
+        delta = x @ (w_mat - self.w_mat).T
+        if bias is not None and old_b is not None:
+            delta += (bias - old_b) * np.float32(self.layer.bias_scale)
+        return float(self._suffix_fitness(self.y_flat[None] + delta[None])[0])
+
+    def _fast_pool(self, z: np.ndarray) -> np.ndarray:
+        """Delta of pool candidates z [kc, pool] (sorted pool order): per output neuron, [kc, L] @ [L, rows]."""
+        kc = len(z)
+        delta = np.zeros((kc, self.out, self.x_t.shape[1]), np.float32)
+        b = self.pool_bounds
+        for j, o in enumerate(self.pool_outputs):  # a loop over output neurons, each one BLAS product
+            s, e = b[j], b[j + 1]
+            g = self.pool_g[s:e] if self.pool_g is not None else self.x_t[self.pool_cols[s:e]] * self.pool_w[s:e, None]
+            delta[:, o, :] = z[:, s:e] @ g
+        return self._suffix_fitness(self.y_flat[None] + np.swapaxes(delta, 1, 2))
+
+    def _fast(self, sets: list[np.ndarray]) -> np.ndarray:
+        kc, out = len(sets), self.out
+        sizes = np.array([len(s) for s in sets])
+        allidx = np.concatenate(sets)
+        owner = np.repeat(np.arange(kc), sizes)
+        shared = np.zeros(0, np.int64)
+        if kc > 1:
+            uniq, counts = np.unique(allidx, return_counts=True)
+            shared = uniq[counts == kc]
+        own = ~np.isin(allidx, shared) if len(shared) else np.ones(len(allidx), bool)
+        flat_w = self.w_mat.ravel()
+        base = sparse_rows(self.x_t, shared // self.k, shared % self.k, -flat_w[shared], out)  # [out, rows]
+        idx = allidx[own]
+        delta = sparse_rows(self.x_t, owner[own] * out + idx // self.k, idx % self.k, -flat_w[idx], kc * out)
+        delta = delta.reshape(kc, out, -1) + base[None]
+        return self._suffix_fitness(self.y_flat[None] + np.swapaxes(delta, 1, 2))
+
+    def _suffix_fitness(self, y_flat: np.ndarray) -> np.ndarray:
+        """Fitness of stacked layer outputs [kc, rows, out]."""
+        kc = y_flat.shape[0]
+        y = self.layer.y_native(y_flat, self.y_shape).astype(np.float32)
+        outs = {}
+        if self.runner is not None:
+            results = self._run_suffix(y)
+            outs = {name: r for name, r in zip(self.runner.output_names, results)}
+        if self.layer.y in self.ev.output_names:
+            outs[self.layer.y] = y
+        student = [outs[o] if o in outs else np.broadcast_to(self.const_out[o], (kc, *self.const_out[o].shape))
+                   for o in self.ev.output_names]
+        return fitness_batch(self.ev.teacher_out, student)
+
+    def _run_suffix(self, y: np.ndarray) -> list[np.ndarray]:
+        kc, n = y.shape[:2]
+        if self.stack > 1 and kc > 1:
+            feed = {self.suffix.inputs[0]: y.reshape(kc * n, *y.shape[2:])}
+            feed.update({k: np.concatenate([v] * kc) if v.ndim else v for k, v in self.side.items()})
+            return [r.reshape(kc, n, *r.shape[1:]) for r in self.runner.run(feed)]
+        per = []
+        for c in range(kc):
+            parts = []
+            for start in range(0, n, self.ev.batch):
+                feed = {self.suffix.inputs[0]: y[c, start:start + self.ev.batch]}
+                feed.update({k: v[start:start + self.ev.batch] if v.ndim else v for k, v in self.side.items()})
+                parts.append(self.runner.run(feed))
+            per.append([np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))])
+        return [np.stack([p[i] for p in per]) for i in range(len(per[0]))]
+
+    def _check_stacking(self) -> int:
+        """How many candidates one suffix run may stack (1 when stacking changes the results)."""
+        per_candidate = max(self.y_flat.nbytes + sum(v.nbytes for v in self.side.values()), 1)
+        limit = int(max(1, STACK_BYTES // per_candidate))
+        if self.runner is None:
+            return max(limit, 1)
+        if not self.ev.stackable_batch or limit < 2:
+            return 1
+        self.stack = 2
+        y = self.layer.y_native(self.y_flat[None], self.y_shape)
+        try:
+            single = self._run_suffix_single(y[0])
+            stacked = self._run_suffix(np.concatenate([y, y]))
+        except Exception:  # noqa: BLE001 - a suffix with a fixed batch cannot stack
+            return 1
+        same = all(np.allclose(s, st[1], rtol=1e-4, atol=1e-5) for s, st in zip(single, stacked))
+        return limit if same else 1
+
+    def _run_suffix_single(self, y: np.ndarray) -> list[np.ndarray]:
+        feed = {self.suffix.inputs[0]: y}
+        feed.update(self.side)
+        return self.runner.run(feed)
+
+    def _full(self, idx: np.ndarray) -> float:
+        w = self.w_mat.copy().ravel()
+        w[idx] = 0
+        return self._run_weights({self.layer.weight: self.layer.from_mat(w.reshape(self.out, self.k))})
+
+    def _run_weights(self, change: dict[str, np.ndarray]) -> float:
+        acts = self.ev.run_probe({**self.weights, **change}, self.ev.n_fit)
+        return float(fitness_batch(self.ev.teacher_out, [acts[o][None] for o in self.ev.output_names])[0])

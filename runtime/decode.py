@@ -1,0 +1,230 @@
+"""Rebuild a runnable ONNX model from a .evx file.
+
+Output forms:
+
+* ``fp32`` (default): every recorded weight as a dense initializer in its original dtype (float32
+  for float32 models), bit-identical to `evonnx.formats.dequantize`, i.e. to the search's weights.
+* ``fp16``: float32/float64 weights stored as float16 initializers, each followed by a Cast back
+  to its dtype (half the memory; values rounded to nearest float16; weights beyond the float16
+  range stay dense).
+* ``qdq``: uniform weights stored as their integer codes with a DequantizeLinear (per tensor, per
+  channel, or blocked), UINT4 when codes fit 4 bits and the model's opset is >= 21 (IR >= 10), else
+  UINT8. Values are identical to the fp32 form (same float32 arithmetic). Half-integer zero points
+  (mid-rise grids) use doubled codes. Raw and codebook weights, and uniform ones the opset or zero
+  points cannot express, stay dense.
+
+Imports only numpy and onnx; `session` loads onnxruntime when called.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from evonnx.errors import EvonnxError, EvxFormatError
+from evonnx.formats import Container, QuantizedTensor, dequantize, read_evx
+from evonnx.formats.dtypes import ELEM_TYPES
+
+FORMATS = ("fp32", "fp16", "qdq")
+FP16_MAX = 65504.0
+
+
+def decode(path_or_bytes, format: str = "fp32", *,  # noqa: A002 - the public name the CLI mirrors
+           max_output_bytes: int | None = None) -> onnx.ModelProto:
+    """Decode a .evx file (path or bytes) into an ONNX model in the given output form.
+
+    `max_output_bytes` bounds the dense size of the weights (see evonnx.formats.read_evx)."""
+    if format not in FORMATS:
+        raise EvonnxError(f"unknown output format {format!r} (choose from {', '.join(FORMATS)})")
+    return build_model(read_evx(path_or_bytes, max_output_bytes=max_output_bytes), format)
+
+
+def session(path_or_bytes, providers=None, format: str = "fp32", sess_options=None):  # noqa: A002
+    """An onnxruntime InferenceSession of the decoded model (CPU unless `providers` says otherwise).
+
+    For the qdq form without `sess_options`, 4-bit blocked MatMuls that onnxruntime fuses into
+    MatMulNBits keep float32 accuracy (session.qdq_matmulnbits_accuracy_level = 1; onnxruntime's
+    default, 4, would quantize their activations to int8).
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise EvonnxError("onnxruntime is not installed (pip install onnxruntime); "
+                          "evonnx.runtime.decode gives the ONNX model without it") from None
+    model = decode(path_or_bytes, format)
+    if sess_options is None and format == "qdq":
+        sess_options = ort.SessionOptions()
+        sess_options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    return ort.InferenceSession(model.SerializeToString(), sess_options=sess_options,
+                                providers=list(providers) if providers else ["CPUExecutionProvider"])
+
+
+def build_model(c: Container, format: str = "fp32") -> onnx.ModelProto:  # noqa: A002
+    """Put the container's weights back into its graph (the container's graph is reused)."""
+    model = c.graph
+    g = model.graph
+    opset = _default_opset(model)
+    names = _all_names(g)
+    inputs = {i.name: k for k, i in enumerate(g.input)}
+    new_nodes: list[onnx.NodeProto] = []
+    drop_inputs: set[str] = set()
+    for t in c.tensors:
+        if format != "fp32" and t.size and (t.name not in inputs or model.ir_version >= 4):
+            nodes = _fp16(g, t, names) if format == "fp16" else _qdq(g, t, names, opset, model.ir_version)
+            if nodes is not None:
+                new_nodes += nodes
+                drop_inputs.add(t.name)
+                continue
+        _add_initializer(g, t.name, dequantize(t))
+    if drop_inputs & inputs.keys():
+        keep = [i for i in g.input if i.name not in drop_inputs]
+        del g.input[:]
+        g.input.extend(keep)
+    if new_nodes:
+        old = list(g.node)
+        del g.node[:]
+        g.node.extend(new_nodes + old)
+    return model
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def _default_opset(model: onnx.ModelProto) -> int:
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def _all_names(g: onnx.GraphProto) -> set[str]:
+    names = {i.name for i in g.initializer} | {i.name for i in g.input} | {o.name for o in g.output}
+    for n in g.node:
+        names.update(n.output)
+        names.add(n.name)
+    return names
+
+
+def _fresh(names: set[str], base: str) -> str:
+    name, k = base, 1
+    while name in names:
+        k += 1
+        name = f"{base}_{k}"
+    names.add(name)
+    return name
+
+
+def _add_initializer(g: onnx.GraphProto, name: str, arr: np.ndarray, elem_type: int | None = None) -> None:
+    """Append an initializer without an intermediate TensorProto copy (little-endian raw_data)."""
+    init = g.initializer.add()
+    init.name = name
+    init.data_type = elem_type if elem_type is not None else ELEM_TYPES[arr.dtype.name]
+    init.dims.extend(arr.shape)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    init.raw_data = arr.tobytes()
+
+
+def _fp16(g: onnx.GraphProto, t: QuantizedTensor, names: set[str]) -> list[onnx.NodeProto] | None:
+    if t.dtype not in ("float32", "float64"):
+        return None
+    w = dequantize(t)
+    if not np.all(np.abs(w) <= FP16_MAX):
+        return None
+    stored = _fresh(names, f"{t.name}__evx_fp16")
+    _add_initializer(g, stored, w.astype(np.float16))
+    return [helper.make_node("Cast", [stored], [t.name], name=_fresh(names, f"{t.name}__evx_cast"),
+                             to=ELEM_TYPES[t.dtype])]
+
+
+def _qdq_codes(t: QuantizedTensor) -> tuple[int, np.ndarray] | None:
+    """(multiplier, integer zero points) when DequantizeLinear can reproduce the values exactly."""
+    zp, scale = t.zero_point.astype(np.float64), t.scale
+    if np.any(scale <= 0):
+        return None  # pruned entries must come out as +0.0
+    for mult in (1, 2):
+        z = zp * mult
+        if np.all(z == np.round(z)):
+            if mult == 2:
+                half = scale / np.float32(2)
+                if np.any(half * np.float32(2) != scale) or np.any(half < np.finfo(np.float32).tiny):
+                    return None
+            return mult, z.astype(np.int64)
+    return None
+
+
+def _qdq(g: onnx.GraphProto, t: QuantizedTensor, names: set[str], opset: int,
+         ir_version: int) -> list[onnx.NodeProto] | None:
+    if t.scheme != "uniform":
+        return None
+    need = 10 if t.axis is None else 13 if t.block_size == 0 else 21
+    if opset < need:
+        return None
+    found = _qdq_codes(t)
+    if found is None:
+        return None
+    mult, zp = found
+    top = ((1 << t.bits) - 1) * mult
+    if zp.min() < 0 or zp.max() > 255 or top > 255:
+        return None
+    four = top <= 15 and zp.max() <= 15 and opset >= 21 and ir_version >= 10
+    x = _dense_codes(t, zp, mult)
+    base = t.name
+    x_name = _fresh(names, f"{base}__evx_q")
+    s_name = _fresh(names, f"{base}__evx_scale")
+    z_name = _fresh(names, f"{base}__evx_zp")
+    elem = TensorProto.UINT4 if four else TensorProto.UINT8
+    _add_quant_initializer(g, x_name, x, elem)
+    _add_initializer(g, s_name, (t.scale / np.float32(mult)).astype(np.float32) if mult == 2 else t.scale)
+    _add_quant_initializer(g, z_name, zp.astype(np.uint8).reshape(t.scale.shape), elem)
+    attrs = {} if t.axis is None else {"axis": t.axis}
+    if t.block_size:
+        attrs["block_size"] = t.block_size
+    out = t.name if t.dtype == "float32" else _fresh(names, f"{base}__evx_f32")
+    nodes = [helper.make_node("DequantizeLinear", [x_name, s_name, z_name], [out],
+                              name=_fresh(names, f"{base}__evx_dq"), **attrs)]
+    if out != t.name:
+        nodes.append(helper.make_node("Cast", [out], [t.name], name=_fresh(names, f"{base}__evx_cast"),
+                                      to=ELEM_TYPES[t.dtype]))
+    return nodes
+
+
+def _dense_codes(t: QuantizedTensor, zp: np.ndarray, mult: int) -> np.ndarray:
+    """uint8 codes of every entry (times `mult`), pruned entries set to their group's zero point."""
+    codes = t.codes.astype(np.uint8) * np.uint8(mult) if mult != 1 else t.codes
+    if t.mask is None:
+        return codes.reshape(t.shape)
+    zp8 = zp.astype(np.uint8)
+    if t.axis is None:
+        x = np.full(t.shape, zp8.reshape(()), np.uint8)
+    elif t.block_size == 0:
+        bshape = [1] * len(t.shape)
+        bshape[t.axis] = t.shape[t.axis]
+        x = np.broadcast_to(zp8.reshape(bshape), t.shape).copy()
+    else:
+        x = np.repeat(zp8, t.block_size, axis=t.axis)
+        x = np.ascontiguousarray(np.take(x, np.arange(t.shape[t.axis]), axis=t.axis))
+    x[t.mask] = codes
+    return x
+
+
+def _add_quant_initializer(g: onnx.GraphProto, name: str, x: np.ndarray, elem: int) -> None:
+    if elem == TensorProto.UINT8:
+        _add_initializer(g, name, np.ascontiguousarray(x, np.uint8), TensorProto.UINT8)
+        return
+    flat = np.ascontiguousarray(x, np.uint8).reshape(-1)
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
+    init = g.initializer.add()
+    init.name = name
+    init.data_type = TensorProto.UINT4
+    init.dims.extend(x.shape)
+    init.raw_data = (flat[0::2] | (flat[1::2] << 4)).tobytes()
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
+    """Serialize and write atomically; returns the byte count."""
+    from evonnx.formats.atomic import atomic_write_bytes
+    try:
+        data = model.SerializeToString()
+    except ValueError as exc:  # protobuf refuses messages over 2 GiB
+        raise EvxFormatError(f"the decoded model cannot be serialized as one ONNX file ({exc})") from None
+    atomic_write_bytes(path, data)
+    return len(data)

@@ -1,0 +1,380 @@
+"""An independent .evx decoder written from formats/SPEC.md alone, checked against the library.
+
+Plain Python and numpy (per-symbol loops are fine at these sizes); it uses no evonnx.formats code and
+no constriction, so agreement means the specification is complete and the library follows it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+
+import numpy as np
+import onnx
+import pytest
+import zstandard
+from onnx import helper
+
+from evonnx.formats import QuantizedTensor, dequantize, encode_evx, read_evx
+
+
+# ---------------------------------------------------------------------------------------------------
+# reference decoder (SPEC.md)
+class R:
+    def __init__(self, b: bytes, pos: int = 0, end: int | None = None):
+        self.b, self.pos, self.end = b, pos, len(b) if end is None else end
+
+    def take(self, n):
+        assert self.pos + n <= self.end, "truncated"
+        out = self.b[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def u(self, n):
+        return int.from_bytes(self.take(n), "little")
+
+    def varint(self):
+        v = shift = 0
+        while True:
+            byte = self.u(1)
+            v |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return v
+
+    def f32s(self, n):
+        return [struct.unpack("<f", self.take(4))[0] for _ in range(n)]
+
+
+class Rans:
+    """SPEC section 7."""
+
+    def __init__(self, words):
+        self.w = list(words)
+        self.state = 0
+        if self.w:
+            x = self.w.pop()
+            assert x != 0
+            self.state = x
+            if self.w:
+                self.state = (self.state << 32) | self.w.pop()
+
+    def symbol(self, F):
+        q = self.state & ((1 << 24) - 1)
+        c = 0
+        for s, f in enumerate(F):
+            if c <= q < c + f:
+                break
+            c += f
+        self.state = (self.state >> 24) * f + (q - c)
+        if self.state < (1 << 32) and self.w:
+            self.state = (self.state << 32) | self.w.pop()
+        return s
+
+    def finish(self):
+        assert self.state == 0 and not self.w
+
+
+def words(r: R):
+    n = r.varint()
+    return [r.u(4) for _ in range(n)]
+
+
+def binary(p16):
+    one = p16 << 8
+    return [(1 << 24) - one, one]
+
+
+def symbol_stream(r: R, n: int, amax: int, grid=None):
+    """SPEC section 6; grid = (rows, cols, kept positions as (r, c) list) for ANS_GRID."""
+    codec = r.u(1)
+    if codec == 0:
+        assert n == 0
+        return []
+    if codec == 1:
+        v = r.varint()
+        assert v < amax
+        return [v] * n
+    if codec == 2:
+        w = r.u(1)
+        data = r.take(math.ceil(n * w / 8))
+        bits = int.from_bytes(data, "little")
+        out = [(bits >> (i * w)) & ((1 << w) - 1) for i in range(n)]
+        assert all(v < amax for v in out)
+        return out
+    if codec == 3:
+        a = r.varint()
+        p = r.u(1)
+        f = [r.varint() << (24 - p) for _ in range(a)]
+        assert sum(f) == 1 << 24
+        dec = Rans(words(r))
+        out = [dec.symbol(f) for _ in range(n)]
+        dec.finish()
+        return out
+    if codec == 4:
+        rows, cols, kept = grid
+        kr, kc = r.u(1), r.u(1)
+        a = r.varint()
+        rc = symbol_stream(r, rows, kr)
+        cc = symbol_stream(r, cols, kc)
+        ctx = [rc[i] * kc + cc[j] for i, j in kept]
+        tables = []
+        for k in range(kr * kc):
+            p = r.u(1)
+            tables.append(None if p == 0 else [r.varint() << (24 - p) for _ in range(a)])
+        dec = Rans(words(r))
+        out = [None] * n
+        for k in range(kr * kc):
+            for i in [i for i in range(n) if ctx[i] == k]:
+                out[i] = dec.symbol(tables[k])
+        dec.finish()
+        return out
+    if codec == 5:
+        b = r.u(1)
+        length = r.varint()
+        raw = zstandard.ZstdDecompressor().decompress(r.take(length))
+        assert len(raw) == n * b
+        return [int.from_bytes(bytes(raw[j * n + i] for j in range(b)), "little") for i in range(n)]
+    raise AssertionError(f"codec {codec}")
+
+
+def mask_stream(r: R, size: int, rows: int, cols: int, n_kept: int):
+    """SPEC section 5: returns a list of 0/1 (C order) or None for ALL."""
+    codec = r.u(1)
+    if codec == 0:
+        return None
+    if codec == 1:
+        return [0] * size
+    if codec == 2:
+        data = r.take(math.ceil(size / 8))
+        return [(data[i >> 3] >> (i & 7)) & 1 for i in range(size)]
+    if codec == 3:
+        polarity = r.u(1)
+        e = r.varint()
+        m = r.varint()
+        syms = symbol_stream(r, m, e + 1)
+        out = [1 - polarity] * size
+        acc, prev = 0, -1
+        for s in syms:
+            if s == e:
+                acc += e
+            else:
+                prev += acc + s + 1
+                out[prev] = polarity
+                acc = 0
+        return out
+    if codec == 4:
+        p16 = [r.u(2) for _ in range(43)]
+        dec = Rans(words(r))
+        M = [[0] * cols for _ in range(rows)]
+
+        def code(group):  # group: list of (ctx, (row, col)) in group order
+            for ctx, (i, j) in sorted(group, key=lambda g: g[0]):  # stable sort by context
+                M[i][j] = dec.symbol(binary(p16[ctx]))
+
+        code([(0, (0, 0))])
+        L = 0
+        while (1 << L) < max(rows, cols):
+            L += 1
+        for lvl in range(L - 1, -1, -1):
+            s = 1 << lvl
+            rq, cq = -(-rows // s), -(-cols // s)
+
+            def Q(i, j):
+                return M[i * s][j * s] if 0 <= i < rq and 0 <= j < cq else 0
+
+            base = 1 + 14 * (0 if s == 1 else 1 if s == 2 else 2)
+            group = [(base + Q(i - 1, j - 1) + Q(i - 1, j + 1) + Q(i + 1, j - 1) + Q(i + 1, j + 1), (i * s, j * s))
+                     for i in range(1, rq, 2) for j in range(1, cq, 2)]
+            code(group)
+            pos = [(i, j) for i in range(0, rq, 2) for j in range(1, cq, 2)]
+            pos += [(i, j) for i in range(1, rq, 2) for j in range(0, cq, 2)]
+            code([(base + 5 + 3 * (Q(i - 1, j) + Q(i + 1, j)) + Q(i, j - 1) + Q(i, j + 1), (i * s, j * s))
+                  for i, j in pos])
+        dec.finish()
+        return [v for row in M for v in row]
+    if codec == 5:
+        kr, kc = r.u(1), r.u(1)
+        rc = symbol_stream(r, rows, kr)
+        cc = symbol_stream(r, cols, kc)
+        p16 = [r.u(2) for _ in range(kr * kc)]
+        dec = Rans(words(r))
+        out = [0] * size
+        for k in range(kr * kc):
+            for i in range(rows):
+                for j in range(cols):
+                    if rc[i] * kc + cc[j] == k:
+                        out[i * cols + j] = dec.symbol(binary(p16[k]))
+        dec.finish()
+        return out
+    raise AssertionError(f"mask codec {codec}")
+
+
+DTYPES = {1: np.float32, 10: np.float16, 11: np.float64,
+          16: helper.tensor_dtype_to_np_dtype(onnx.TensorProto.BFLOAT16)}
+
+
+def tensor_record(b: bytes):
+    """SPEC section 4: (name, dense weight as numpy array)."""
+    r = R(b)
+    name = r.take(r.u(2)).decode()
+    elem = r.u(1)
+    dims = [r.u(8) for _ in range(r.u(1))]
+    size = math.prod(dims)
+    scheme, bits, n_kept = r.u(1), r.u(1), r.u(8)
+    params = {}
+    if scheme == 1:
+        gran, axis, block = r.u(1), r.u(1), r.u(8)
+        shape = [] if gran == 0 else [dims[axis]] if gran == 1 else [
+            -(-d // block) if i == axis else d for i, d in enumerate(dims)]
+        count = math.prod(shape)
+        params = dict(gran=gran, axis=axis, block=block, pshape=shape, scale=r.f32s(count), zp=r.f32s(count))
+    elif scheme == 2:
+        params["centroids"] = r.f32s(r.u(2))
+    mask_len = r.u(8)
+    rows = dims[0] if dims and dims[0] > 0 else 1
+    cols = size // rows
+    mr = R(b, r.pos, r.pos + mask_len)
+    mask = mask_stream(mr, size, rows, cols, n_kept) if size or mask_len else None
+    assert mr.pos == mr.end
+    r.pos += mask_len
+    kept = list(range(size)) if mask is None else [i for i, v in enumerate(mask) if v]
+    assert len(kept) == n_kept
+    value_len = r.u(8)
+    vr = R(b, r.pos, r.pos + value_len)
+    itemsize = {1: 4, 10: 2, 11: 8, 16: 2}[elem]
+    amax = 1 << (8 * itemsize) if scheme == 0 else len(params["centroids"]) if scheme == 2 else 1 << bits
+    grid = (rows, cols, [divmod(k, cols) for k in kept]) if size else None
+    q = symbol_stream(vr, n_kept, amax, grid)
+    assert vr.pos == vr.end and vr.end == len(b)
+    out = np.zeros(size, np.uint64 if scheme == 0 else np.float32)
+    for i, k in enumerate(kept):
+        if scheme == 0:
+            out[k] = q[i]
+        elif scheme == 2:
+            out[k] = np.float32(params["centroids"][q[i]])
+        else:
+            idx = np.unravel_index(k, dims) if dims else ()
+            if params["gran"] == 0:
+                g = 0
+            elif params["gran"] == 1:
+                g = idx[params["axis"]]
+            else:
+                pidx = list(idx)
+                pidx[params["axis"]] //= params["block"]
+                g = int(np.ravel_multi_index(pidx, params["pshape"]))
+            out[k] = (np.float32(q[i]) - np.float32(params["zp"][g])) * np.float32(params["scale"][g])
+    if scheme == 0:
+        pattern = {2: np.uint16, 4: np.uint32, 8: np.uint64}[itemsize]
+        return name, out.astype(pattern).view(DTYPES[elem]).reshape(dims)
+    return name, out.astype(DTYPES[elem]).reshape(dims)
+
+
+def reference_decode(data: bytes):
+    """SPEC section 1-3: (ModelProto, meta, {name: array})."""
+    assert data[:8] == b"\x89EVX\r\n\x1a\n"
+    major, minor, count, file_size, _flags, header_crc = struct.unpack_from("<HHIQII", data, 8)
+    assert major == 1 and file_size == len(data)
+    table = data[32:32 + 32 * count]
+    assert zlib.crc32(data[:28] + table) == header_crc
+    assert data[file_size - 16:file_size - 8] == b"EVXEND\x00\x00"
+    assert zlib.crc32(data[:file_size - 4]) == struct.unpack_from("<I", data, file_size - 4)[0]
+    graph = meta = None
+    tensors = {}
+    for i in range(count):
+        kind, flags, offset, length, crc, _ = struct.unpack_from("<4sIQQII", table, 32 * i)
+        body = data[offset:offset + length]
+        assert offset % 64 == 0 and zlib.crc32(body) == crc
+        if kind == b"MANI":
+            meta = json.loads(body.decode())["meta"]
+        elif kind == b"GRPH":
+            size = struct.unpack_from("<Q", body)[0]
+            raw = zstandard.ZstdDecompressor().decompress(body[8:])
+            assert len(raw) == size
+            graph = onnx.ModelProto()
+            graph.ParseFromString(raw)
+        elif kind == b"TENS":
+            name, arr = tensor_record(body)
+            tensors[name] = arr
+        else:
+            assert not flags & 1
+    return graph, meta, tensors
+
+
+# ---------------------------------------------------------------------------------------------------
+def _graph():
+    return helper.make_model(helper.make_graph([], "g", [], []))
+
+
+def _smooth_mask(rng, shape, keep, passes=3):
+    x = rng.normal(size=shape)
+    for _ in range(passes):
+        for axis in (0, 1):
+            x = (x + np.roll(x, 1, axis) + np.roll(x, -1, axis)) / 3
+    return x > np.quantile(x, 1 - keep)
+
+
+def _records(rng):
+    ts = []
+    shape = (24, 40)
+    rs = np.exp(rng.normal(0, 0.8, (shape[0], 1)))
+    cs = np.exp(rng.normal(0, 0.8, (1, shape[1])))
+    w = rng.normal(size=shape) * rs * cs
+    mask = np.abs(w) > np.quantile(np.abs(w), 0.8)
+    ts.append(QuantizedTensor.uniform("magnitude", shape, "float32", 4, rng.integers(0, 16, mask.sum()),
+                                      np.float32(0.02), np.float32(7.5), mask=mask))
+    m = _smooth_mask(rng, (65, 47), 0.3)
+    ts.append(QuantizedTensor.codebook("blob", (65, 47), "float16", 3, rng.integers(0, 5, m.sum()),
+                                       rng.normal(size=5), mask=m))
+    ts.append(QuantizedTensor.uniform("perchan", (6, 4, 3, 3), "float64", 6, rng.integers(0, 64, 216),
+                                      rng.random(4) + 0.1, rng.integers(0, 64, 4), axis=1))
+    ts.append(QuantizedTensor.uniform("blocked", (8, 20), "float32", 2, rng.integers(0, 4, 160),
+                                      rng.random((8, 3)) + 0.1, np.full((8, 3), 1.5), axis=1, block_size=8))
+    ts.append(QuantizedTensor.raw("raw", rng.normal(size=(20, 30)).astype(np.float16).astype(np.float32),
+                                  mask=rng.random((20, 30)) < 0.4))
+    ts.append(QuantizedTensor.raw("scalar", np.float16(-0.0)))
+    ts.append(QuantizedTensor.raw("empty", np.zeros((0, 3), np.float32)))
+    m = rng.random((5, 300)) < 0.02
+    ts.append(QuantizedTensor.uniform("runs", (5, 300), "float32", 1, rng.integers(0, 2, m.sum()),
+                                      np.float32(0.5), np.float32(0.5), mask=m))
+    # dense, column-heteroscedastic codes so ANS_GRID gets chosen
+    q = np.clip(np.rint(rng.normal(size=(40, 64)) * np.exp(rng.normal(0, 1, (1, 64))) + 8), 0, 15)
+    ts.append(QuantizedTensor.uniform("ctxvals", (40, 64), "float32", 4, q.astype(int).reshape(-1),
+                                      np.float32(0.1), np.float32(8.0)))
+    return ts
+
+
+def test_reference_decoder_agrees_with_library():
+    rng = np.random.default_rng(11)
+    ts = _records(rng)
+    data = encode_evx(_graph(), ts, {"k": [1, 2]})
+    codecs = {(s.mask_codec, s.value_codec) for s in read_evx(data).stats.tensors}
+    seen = {c for pair in codecs for c in pair}
+    assert {"runs", "pyramid", "grid", "ans", "ans-grid", "packed", "const", "empty", "zstd-planes"} <= seen | {"all"}, seen
+    graph, meta, tensors = reference_decode(data)
+    assert meta == {"k": [1, 2]}
+    assert graph == _graph()
+    for t in ts:
+        ref = tensors[t.name]
+        got = dequantize(t)
+        assert ref.dtype == got.dtype and ref.shape == got.shape
+        assert ref.tobytes() == got.tobytes(), t.name
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_reference_decoder_on_random_records(seed):
+    """Random small uniform records (every bit width, sparsity and dtype) decode the same both ways."""
+    rng = np.random.default_rng(seed)
+    ts = []
+    for i, dtype in enumerate(["float32", "float16", "bfloat16", "float64"] * 2):
+        shape = tuple(int(d) for d in rng.integers(1, 12, size=rng.integers(1, 4)))
+        keep = rng.random(shape) < rng.choice([0.0, 0.05, 0.5, 0.95, 1.0])
+        bits = int(rng.integers(1, 9))
+        ts.append(QuantizedTensor.uniform(f"t{i}", shape, dtype, bits, rng.integers(0, 2 ** bits, keep.sum()),
+                                          np.float32(rng.random() + 0.01), np.float32(rng.integers(0, 2 ** bits)),
+                                          mask=keep))
+    data = encode_evx(_graph(), ts, {})
+    _, _, tensors = reference_decode(data)
+    for t in ts:
+        assert tensors[t.name].tobytes() == dequantize(t).tobytes()

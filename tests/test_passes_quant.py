@@ -1,0 +1,220 @@
+"""Quantization schemes: round-trip error bounds, zeros kept, survivors never zero, bit-exact records."""
+import numpy as np
+import pytest
+
+import corpus
+from evonnx.formats.record import encode_record, read_header, read_payload
+from evonnx.formats.tensor import QuantizedTensor, dequantize
+from evonnx.passes.base import PassContext, get_pass
+from evonnx.passes.engine.calib import synthetic
+from evonnx.passes.quant.kmeans import kmeans_1d
+from evonnx.passes.quant.layer import QuantSpec, _never_zero, quantize_weight, survivors
+from evonnx.passes.quant.refit import refit_centroids
+from evonnx.passes.quant.search import knapsack
+from evonnx.passes.quant.sizing import coded_bytes
+from evonnx.passes.sparsity.layers import Layer
+from evonnx.passes.state import load_state
+
+
+def sparse_weight(seed=0, shape=(24, 40), sparsity=0.7):
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal(shape) * rng.uniform(0.2, 3.0, (shape[0], 1))).astype(np.float32)
+    w[np.abs(w) < np.quantile(np.abs(w), sparsity)] = 0
+    return w
+
+
+def reference_grid_sse(w, keep, bits, symmetric, axis):
+    """Per-group squared error of the plain min/max grid (no clipping search), computed from scratch."""
+    top = 2 ** bits - 1
+    rows = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1) if axis is not None else w.reshape(1, -1)
+    kept = np.moveaxis(keep, axis, 0).reshape(rows.shape) if axis is not None else keep.reshape(1, -1)
+    sse = []
+    for r, k in zip(rows.astype(np.float64), kept):
+        v = r[k]
+        if v.size == 0 or v.min() == v.max():
+            sse.append(0.0)
+            continue
+        lo, hi = (-np.abs(v).max(), np.abs(v).max()) if symmetric else (v.min(), v.max())
+        s = (hi - lo) / top
+        q = np.clip(np.rint((v - lo) / s), 0, top) * s + lo
+        sse.append(np.sum((q - v) ** 2))
+    return np.array(sse)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("family", ["uniform/channel/sym", "uniform/channel/asym", "uniform/tensor/sym",
+                                    "uniform/tensor/asym"])
+def test_uniform_error_bounds(family, bits):
+    w = sparse_weight(bits)
+    keep = survivors(w, None)
+    spec = QuantSpec.parse(family, bits)
+    q = quantize_weight("w", w, keep, spec, channel_axis=0)
+    t = q.tensor
+    axis = 0 if spec.per_channel else None
+    assert t.scheme == "uniform" and t.bits == bits and t.axis == axis and q.bumped == 0
+    assert t.codes.max() < 2 ** bits
+    # within the grid's span every survivor is at most half a step away
+    scale = (t.scale if axis is None else t.scale[:, None]) * np.ones_like(w)
+    zp = (t.zero_point if axis is None else t.zero_point[:, None]) * np.ones_like(w)
+    lo, hi = (0 - zp) * scale, (2 ** bits - 1 - zp) * scale
+    inside = keep & (w >= lo - scale / 2) & (w <= hi + scale / 2)
+    err = np.abs(q.weight - w)
+    assert np.all(err[inside] <= scale[inside] / 2 * (1 + 1e-5) + 1e-7)
+    assert np.all(err[keep & ~inside] <= np.maximum(w - hi, lo - w)[keep & ~inside] * (1 + 1e-5))
+    # the clipping search never does worse than the plain min/max grid, group by group
+    got = np.square(q.weight.astype(np.float64) - w)
+    got = got.sum(axis=1) if axis == 0 else np.array([got.sum()])
+    want = reference_grid_sse(w, keep, bits, spec.symmetric, axis)
+    assert np.all(got <= want * (1 + 1e-4) + 1e-9)
+    if bits == 8:
+        assert np.linalg.norm(q.weight - w) / np.linalg.norm(w) < 0.01
+
+
+def test_symmetric_grid_is_mid_rise_and_one_bit_is_a_sign_quantizer():
+    w = sparse_weight(3)
+    keep = survivors(w, None)
+    q = quantize_weight("w", w, keep, QuantSpec.parse("uniform/channel/sym@1"), channel_axis=0)
+    assert np.all(q.tensor.zero_point == 0.5)
+    assert np.array_equal(np.sign(q.weight[keep]), np.sign(w[keep]))
+    assert np.all(np.abs(q.weight[keep]) == (q.tensor.scale[:, None] / 2 * np.ones_like(w))[keep])
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 5])
+def test_codebook_is_nearest_centroid_and_beats_linear_init(bits):
+    w = sparse_weight(10 + bits)
+    keep = survivors(w, None)
+    q = quantize_weight("w", w, keep, QuantSpec.parse("codebook", bits), channel_axis=0)
+    c = q.tensor.centroids.astype(np.float64)
+    v = w[keep].astype(np.float64)
+    assert 1 <= c.size <= 2 ** bits
+    dist = np.abs(v[:, None] - c[None, :])
+    assert np.all(np.abs(q.weight[keep] - v) <= dist.min(axis=1) + 1e-6)
+    linear = np.linspace(v.min(), v.max(), 2 ** bits)
+    init_sse = np.sum(np.min((v[:, None] - linear[None, :]) ** 2, axis=1))
+    assert np.sum((q.weight[keep] - v) ** 2) <= init_sse
+
+
+def test_codebook_is_exact_when_centroids_suffice():
+    values = np.repeat(np.array([-2.5, -0.75, 0.5, 1.25, 4.0], np.float32), 20)
+    codes, centroids = kmeans_1d(values, 8)
+    np.testing.assert_array_equal(centroids[codes], values)
+
+
+def test_raw_is_lossless_and_zeros_stay_zero():
+    w = sparse_weight(4)
+    keep = survivors(w, None)
+    q = quantize_weight("w", w, keep, QuantSpec.parse("raw"), channel_axis=0)
+    assert q.weight.tobytes() == w.tobytes()
+
+
+@pytest.mark.parametrize("spec", ["uniform/channel/sym@2", "uniform/tensor/asym@3", "codebook@2", "raw"])
+def test_masked_entries_are_exact_zero_and_survivors_never_zero(spec):
+    w = sparse_weight(5)
+    mask = np.random.default_rng(1).random(w.shape) < 0.8  # a keep-mask from a sparsity pass
+    w_masked = np.where(mask, w, 0).astype(np.float32)
+    keep = survivors(w_masked, mask)
+    q = quantize_weight("w", w_masked, keep, QuantSpec.parse(spec), channel_axis=0)
+    assert np.all(q.weight[~keep] == 0) and not np.any(np.signbit(q.weight[~keep]))
+    assert np.all(q.weight[keep] != 0)
+    assert np.array_equal(q.tensor.mask, keep)
+
+
+def test_a_survivor_on_a_zero_level_is_bumped_to_its_side():
+    w = np.array([[0.01, -0.02, 1.0, -1.0, 0.4, 0.0]], np.float32)
+    keep = survivors(w, None)
+    codes = np.array([2, 2, 3, 1, 2])  # mid-tread grid: code 2 is 0.0
+    t = QuantizedTensor.uniform("w", w.shape, "float32", 2, codes, np.float32(0.5), np.float32(2.0), keep)
+    q = _never_zero(t, w, keep)
+    assert q.bumped == 3 and not q.fallback
+    np.testing.assert_array_equal(q.weight, np.array([[0.5, -0.5, 0.5, -0.5, 0.5, 0.0]], np.float32))
+    cb = QuantizedTensor.codebook("w", w.shape, "float32", 2, np.array([1, 1, 2, 0, 1]),
+                                  np.array([-1.0, 0.0, 0.8], np.float32), keep)
+    q = _never_zero(cb, w, keep)
+    assert q.bumped == 3
+    np.testing.assert_array_equal(q.weight, np.array([[0.8, -1.0, 0.8, -1.0, 0.8, 0.0]], np.float32))
+
+
+def test_refit_solves_the_layer_output_least_squares():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 40)) * rng.uniform(0.1, 3.0, 40) + rng.standard_normal(40)
+    w = sparse_weight(6)
+    keep = survivors(w, None)
+    layer = Layer("w", w.shape, kind="gemm", trans_w=True)
+    plain = quantize_weight("w", w, keep, QuantSpec.parse("codebook@3"), 0)
+    refit = quantize_weight("w", w, keep, QuantSpec.parse("codebook+refit@3"), 0,
+                            refit=lambda c, k: refit_centroids(layer, x.T @ x, w, keep, c, k))
+    np.testing.assert_array_equal(plain.tensor.codes, refit.tensor.codes)
+    # the same problem as an explicit regression: output columns X A_k^T, one per centroid
+    codes = np.full(w.shape, -1)
+    codes[keep] = plain.tensor.codes
+    k = plain.tensor.centroids.size
+    design = np.stack([(x @ (codes == j).T).ravel() for j in range(k)], axis=1)
+    want, *_ = np.linalg.lstsq(design, (x @ w.T.astype(np.float64)).ravel(), rcond=None)
+    np.testing.assert_allclose(refit.tensor.centroids, want, rtol=1e-4, atol=1e-5)
+    def out_err(q):
+        return np.linalg.norm(x @ (q.weight - w).T.astype(np.float64))
+    assert out_err(refit) < out_err(plain)
+
+
+def test_knapsack_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        costs = [rng.random(rng.integers(1, 5)) for _ in range(3)]
+        values = [rng.random(len(c)) for c in costs]
+        budget = rng.random() * 1.5
+        combos = [(sum(costs[i][o] for i, o in enumerate(c)), sum(values[i][o] for i, o in enumerate(c)))
+                  for c in np.ndindex(*[len(c) for c in costs])]
+        feasible = [v for c, v in combos if c <= budget]
+        got = knapsack(costs, values, budget, bins=20000)
+        if not feasible:
+            assert got is None
+            continue
+        assert sum(costs[i][o] for i, o in enumerate(got)) <= budget
+        assert sum(values[i][o] for i, o in enumerate(got)) <= min(feasible) + 1e-3
+
+
+def test_size_estimate_tracks_the_container_record():
+    rng = np.random.default_rng(7)
+    w = (rng.standard_normal((64, 200)) * (rng.random((64, 200)) < 0.1)).astype(np.float32)
+    keep = survivors(w, None)
+    for spec in ["uniform/channel/sym@3", "codebook@4", "uniform/tensor/asym@6"]:
+        t = quantize_weight("fc.weight", w, keep, QuantSpec.parse(spec), 0).tensor
+        estimate, actual = coded_bytes(t)["total"], len(encode_record(t))
+        assert abs(estimate - actual) < 0.05 * actual
+
+
+def test_pass_records_decode_to_the_simulated_weights_bit_for_bit():
+    state = load_state(corpus.conv_net().SerializeToString())
+    mask = np.random.default_rng(2).random((256, 3)) < 0.3
+    state = state.replace(weights={"w": np.where(mask, state.original("w"), 0).astype(np.float32)}, masks={"w": mask})
+    ctx = PassContext(calib=synthetic(state.model, 64), log=lambda _: None)
+    out = get_pass("quantize")(scheme="codebook", bits=3, min_size=1, layers={"k": "uniform/tensor/asym@5"}).run(state, ctx)
+    assert set(out.quant) == {"k", "w"} and np.array_equal(out.masks["w"], mask)
+    for name, t in out.quant.items():
+        data = encode_record(t)
+        decoded, _ = read_payload(read_header(data, name))
+        assert dequantize(decoded).tobytes() == out.weights[name].tobytes()
+    # an independent recomputation from the stored codes, without dequantize
+    t = out.quant["w"]
+    rebuilt = np.zeros(t.shape, np.float32)
+    rebuilt[t.mask] = t.centroids[t.codes]
+    assert rebuilt.tobytes() == out.weights["w"].tobytes()
+    t = out.quant["k"]
+    rebuilt = ((t.codes.astype(np.float32) - t.zero_point) * t.scale).reshape(t.shape)
+    assert rebuilt.tobytes() == out.weights["k"].tobytes()
+    assert np.all(out.weights["w"][~mask] == 0) and np.all(out.weights["w"][mask & (state.current("w") != 0)] != 0)
+    record = out.history[-1]
+    assert record["pass"] == "quantize" and {r["name"] for r in record["layers"]} == {"k", "w"}
+    assert all({"scheme", "bits", "est_bytes", "rel_error", "kl_alone"} <= set(r) for r in record["layers"])
+
+
+def test_nontarget_tensors_exact_by_default_and_rounded_only_on_request():
+    state = load_state(corpus.mlp().SerializeToString())
+    ctx = PassContext(calib=synthetic(state.model, 32), log=lambda _: None)
+    exact = get_pass("quantize")(bits=6, min_size=1).run(state, ctx)
+    assert set(exact.quant) == {"w1", "w2"} and "b1" not in exact.weights
+    half = get_pass("quantize")(bits=6, min_size=1, nontarget="fp16").run(state, ctx)
+    b1 = state.original("b1")
+    assert half.weights["b1"].tobytes() == b1.astype(np.float16).astype(np.float32).tobytes()
+    assert dequantize(half.quant["b1"]).tobytes() == half.weights["b1"].tobytes()
+    assert [r["name"] for r in half.history[-1]["nontarget"]] == ["b1", "b2"]

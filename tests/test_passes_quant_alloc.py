@@ -1,0 +1,92 @@
+"""bit-allocation: the chosen plan meets its budget (checked by an independent engine) and compresses."""
+import numpy as np
+import pytest
+
+import corpus
+from evonnx.errors import EvonnxError
+from evonnx.formats.tensor import dequantize
+from evonnx.passes.base import PassContext, get_pass
+from evonnx.passes.engine.calib import CalibData
+from evonnx.passes.engine.fitness import FitnessEngine
+from evonnx.passes.engine.metrics import kl_divergence
+from evonnx.passes.quant.sizing import HEADER_BYTES, coded_bytes
+from evonnx.passes.state import load_state
+
+SCHEMES = ["uniform/channel/sym", "codebook"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    state = load_state(corpus.mlp(seed=3, d_in=24, hidden=48, classes=6).SerializeToString(), label="mlp")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 24)).astype(np.float32)
+    probe = FitnessEngine(state.model, CalibData({"x": x}, None, "probe"), state.targets, device="cpu")
+    labels = probe.teacher[0].argmax(1)
+    labels[:60] = rng.integers(0, 6, 60)  # some label noise: the teacher is not 100 % right
+    calib = CalibData({"x": x}, labels, "synthetic+labels")
+    return state, calib
+
+
+def independent_metrics(state, calib, weights):
+    engine = FitnessEngine(state.model, calib, state.targets, device="cpu", batch_size=128)
+    start, end = engine.evaluate([{}, {n: weights[n] for n in state.targets}])
+    return start, end
+
+
+def raw_bytes(state):
+    return sum(state.table[n].size * 4 for n in state.targets)
+
+
+@pytest.mark.parametrize("search", ["knapsack", "greedy"])
+def test_accuracy_budget_is_met_and_the_model_shrinks(setup, search):
+    state, calib = setup
+    ctx = PassContext(calib=calib, log=lambda _: None)
+    out = get_pass("bit-allocation")(search=search, schemes=SCHEMES, max_drop=1.0).run(state, ctx)
+    record = out.history[-1]
+    assert record["metric"] == "accuracy" and record["limit"] == 1.0
+    start, end = independent_metrics(state, calib, out.weights)
+    assert 100 * (start.accuracy - end.accuracy) <= 1.0
+    assert sum(coded_bytes(t)["total"] for t in out.quant.values()) == pytest.approx(record["est_bytes"], rel=1e-3)
+    assert record["est_bytes"] < 0.35 * raw_bytes(state)  # well under fp32: 8 bits would be 0.25 + side info
+    for name, t in out.quant.items():
+        assert dequantize(t).tobytes() == out.weights[name].tobytes()
+        assert record["allocation"][name].startswith(t.scheme)
+
+
+def test_kl_budget_is_met(setup):
+    state, calib = setup
+    ctx = PassContext(calib=calib, log=lambda _: None)
+    out = get_pass("bit-allocation")(schemes=SCHEMES, metric="kl", max_kl=2e-3).run(state, ctx)
+    start, end = independent_metrics(state, calib, out.weights)
+    assert end.fitness - start.fitness <= 2e-3
+    assert out.history[-1]["est_bytes"] < 0.35 * raw_bytes(state)
+
+
+def test_size_budget_is_met_and_a_larger_budget_is_no_worse(setup):
+    state, calib = setup
+    ctx = PassContext(calib=calib, log=lambda _: None)
+    fixed = sum(state.table[n].size * 4 + HEADER_BYTES + len(n) for n in ("b1", "b2"))
+    fits = {}
+    for target in (1200, 2400):
+        out = get_pass("bit-allocation")(schemes=SCHEMES, target_bytes=target).run(state, ctx)
+        assert out.history[-1]["est_bytes"] + fixed <= target
+        fits[target] = independent_metrics(state, calib, out.weights)[1].fitness
+    assert fits[2400] <= fits[1200]
+    with pytest.raises(EvonnxError, match="target_bytes"):
+        get_pass("bit-allocation")(schemes=SCHEMES, bits=[2, 3], target_bytes=300).run(state, ctx)
+
+
+def test_allocation_after_pruning_keeps_masks_and_zeros(setup):
+    state, calib = setup
+    w1 = state.original("w1")
+    mask = np.abs(w1) > np.quantile(np.abs(w1), 0.8)
+    sparse = state.replace(weights={"w1": np.where(mask, w1, 0).astype(np.float32)}, masks={"w1": mask})
+    ctx = PassContext(calib=calib, log=lambda _: None)
+    out = get_pass("bit-allocation")(schemes=SCHEMES, metric="kl", max_kl=5e-3).run(sparse, ctx)
+    assert np.array_equal(out.masks["w1"], mask) and np.array_equal(out.quant["w1"].mask, mask)
+    assert np.all(out.weights["w1"][~mask] == 0) and np.all(out.weights["w1"][mask] != 0)
+    # the budget is measured from the pruned model, not from the teacher
+    engine = FitnessEngine(state.model, calib, state.targets, device="cpu")
+    ref = engine.outputs({"w1": sparse.current("w1")})[0]
+    got = engine.outputs({n: out.weights[n] for n in state.targets})[0]
+    assert kl_divergence(ref, got) <= 5e-3

@@ -1,0 +1,85 @@
+"""`evonnx compress`: the default pipeline (Directed Evolution, bit allocation, encoding), verified by decoding."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from evonnx.errors import EvonnxError
+from evonnx.passes.engine.calib import parse_input_shapes
+from evonnx.runtime.model_io import atomic_write
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    parser = sub.add_parser("compress", help="compress an ONNX model into an .evx container")
+    parser.add_argument("model", help="the ONNX model")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.evx", help="the container to write")
+    parser.add_argument("--calib", metavar="F.npz", help="calibration inputs keyed by input name (+ optional 'labels')")
+    parser.add_argument("--input-shape", action="append", metavar="NAME:DIMS", help="fix dynamic dims (repeatable)")
+    parser.add_argument("--samples", type=int, default=256, help="synthetic samples when no --calib is given")
+    parser.add_argument("--sparsity", default="0.9", help="global sparsity of the target weights (0 to skip)")
+    parser.add_argument("--bits", default="auto", help="auto (searched per layer) or a fixed 1-8")
+    parser.add_argument("--max-drop", type=float, default=0.5,
+                        help="accuracy points the bit allocation may lose (labels), else top-1 agreement points")
+    parser.add_argument("--time-limit", type=float, help="seconds for the search")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", metavar="DIR", help="checkpoints and logs; with --resume, continue there")
+    parser.add_argument("--resume", action="store_true", help="resume the run checkpointed in --workdir")
+    parser.add_argument("--config", metavar="FILE", help="a pipeline file (.toml/.json/.yaml) instead of the default")
+    parser.add_argument("--report", metavar="DIR", help="write report.md and summary.json there")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return parser
+
+
+def _sparsity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise EvonnxError(f"--sparsity must be a number in [0, 1), not {text!r}") from None
+    if not 0 <= value < 1:
+        raise EvonnxError(f"--sparsity must be in [0, 1), not {value}")
+    return value
+
+
+def _bits(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or not 1 <= int(text) <= 8:
+        raise EvonnxError(f"--bits must be auto or 1 to 8, not {text!r}")
+    return int(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    from evonnx.tools.compress import compress
+
+    if args.resume and not args.workdir:
+        raise EvonnxError("--resume needs --workdir")
+    result = compress(args.model, args.output, calib=args.calib, input_shapes=parse_input_shapes(args.input_shape),
+                      samples=args.samples, sparsity=_sparsity(args.sparsity), bits=_bits(args.bits),
+                      max_drop=args.max_drop, time_limit=args.time_limit, seed=args.seed, workdir=args.workdir,
+                      pipeline=args.config, device=args.device, progress=not args.quiet,
+                      log=(lambda *_: None) if args.quiet else print)
+    summary = result.as_dict()
+    text = json.dumps(summary, indent=2) if args.json else format_summary(summary)
+    print(text)
+    if args.report:
+        report = Path(args.report)
+        report.mkdir(parents=True, exist_ok=True)
+        atomic_write(report / "summary.json", json.dumps(summary, indent=2).encode())
+        atomic_write(report / "report.md", ("# evonnx compress report\n\n```\n" + format_summary(summary) + "\n```\n").encode())
+    return 0
+
+
+def format_summary(s: dict) -> str:
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f} %"  # noqa: E731
+    lines = [f"{s['output']}: {s['container_bytes']:,} bytes from {s['original_bytes']:,} ({s['ratio']:.1f}x)",
+             f"sparsity {pct(s['sparsity'])}  accuracy {pct(s['accuracy'])} (teacher {pct(s['teacher_accuracy'])})  "
+             f"top-1 agreement {pct(s['top1_agreement'])}  fitness {s['fitness']:.4g}",
+             f"provider {s['provider']}  time {s['seconds']:.1f} s  decoded and verified (max output diff "
+             f"{s['max_output_diff']:.2g})",
+             f"{'tensor':<28}{'role':<10}{'shape':<18}{'sparsity':>9}  {'scheme':<9}{'bits':>5}"]
+    for r in s["layers"]:
+        lines.append(f"{r['name'][:27]:<28}{r['role']:<10}{'x'.join(map(str, r['shape'])):<18}"
+                     f"{100 * r['sparsity']:>8.1f}%  {r['scheme']:<9}{r['bits']:>5}")
+    return "\n".join(lines)

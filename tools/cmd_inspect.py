@@ -1,0 +1,62 @@
+"""`evonnx inspect IN.evx [--json]`: per-tensor and total sizes of an .evx container.
+
+JSON keys (stable; documented in formats/SPEC.md, "inspect --json"): file, version, container_bytes,
+graph_bytes, graph_coded_bytes, original_bytes, ratio, tensor_bytes, tensor_coded_bytes, payload_bits,
+entropy_bits, bits_over_entropy, meta, tensors[] (name, shape, dtype, scheme, bits, elements, kept,
+sparsity, mask_codec, value_codec, coded_bytes, payload_bits, entropy_bits, bits_over_entropy,
+original_bytes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from evonnx.formats import read_evx
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("inspect", help="show what an .evx file holds and how well it is coded",
+                              description="Per tensor: shape, sparsity, scheme, bits, coded bytes and the "
+                                          "zero-order entropy bound; in total: original and container bytes.")
+    p.add_argument("input", metavar="IN.evx", help="the container to inspect")
+    p.add_argument("--json", action="store_true", help="print one JSON object (stable keys)")
+    return p
+
+
+def report(path: str) -> dict:
+    """The JSON object `inspect --json` prints."""
+    c = read_evx(path)
+    return {"file": str(path), **c.stats.to_json(), "meta": c.meta}
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GiB"
+
+
+def _ratio(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    rep = report(args.input)
+    if args.json:
+        print(json.dumps(rep, indent=2, sort_keys=False))
+        return 0
+    rows = [("name", "shape", "dtype", "scheme", "bits", "sparsity", "mask", "values", "coded", "H bound", "bits/H")]
+    for t in rep["tensors"]:
+        bound = "-" if t["entropy_bits"] is None else _fmt_bytes(t["entropy_bits"] / 8)
+        rows.append((t["name"], "x".join(map(str, t["shape"])) or "scalar", t["dtype"], t["scheme"], str(t["bits"]),
+                     f"{100 * t['sparsity']:.1f}%", t["mask_codec"], t["value_codec"], _fmt_bytes(t["coded_bytes"]),
+                     bound, _ratio(t["bits_over_entropy"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print(f"{rep['file']}: .evx {rep['version']}, {len(rep['tensors'])} tensors")
+    for r in rows:
+        print("  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    print(f"total: original {_fmt_bytes(rep['original_bytes'])}, container {_fmt_bytes(rep['container_bytes'])}, "
+          f"ratio {rep['ratio']:.2f}x; graph {_fmt_bytes(rep['graph_bytes'])} -> {_fmt_bytes(rep['graph_coded_bytes'])}; "
+          f"coded/entropy {_ratio(rep['bits_over_entropy'])}")
+    return 0
