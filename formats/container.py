@@ -10,7 +10,8 @@ import json
 import os
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import onnx
 
@@ -44,13 +45,23 @@ _GRAPH_SIZE = struct.Struct("<Q")
 
 @dataclass
 class Container:
-    """A decoded .evx file."""
+    """A decoded .evx file; `stats` (sizes and entropy bounds) is computed on first use."""
 
     graph: onnx.ModelProto          # the model without the recorded weights
     tensors: list[QuantizedTensor]  # one per TENS section, in file order
     meta: dict                      # the writer's `meta`
-    stats: ContainerStats
     version: tuple[int, int]        # (major, minor) of the file
+    container_bytes: int
+    graph_bytes: int                # serialized graph
+    graph_coded_bytes: int          # its section
+    record_sizes: list[record.RecordSizes] = field(repr=False)
+
+    @cached_property
+    def stats(self) -> ContainerStats:
+        per_tensor = [tensor_stats(t, z.total, z.mask, z.values, z.mask_codec, z.value_codec)
+                      for t, z in zip(self.tensors, self.record_sizes)]
+        return container_stats(f"{self.version[0]}.{self.version[1]}", self.container_bytes, self.graph_bytes,
+                               self.graph_coded_bytes, per_tensor)
 
 
 def _crc(data) -> int:
@@ -280,7 +291,7 @@ def read_evx(source, *, max_output_bytes: int | None = None) -> Container:
         raise EvxFormatError("two tensor records share a name")
     graph, graph_size = _read_graph(view(by_kind[KIND_GRAPH][0]))
     _check_graph(graph, set(names))
-    tensors, stats = [], []
+    tensors, sizes_list = [], []
     for h, s in zip(headers, tensor_sections):
         where = f"{s.label} (tensor {h.name!r})"
         try:
@@ -293,7 +304,6 @@ def read_evx(source, *, max_output_bytes: int | None = None) -> Container:
         except (ValueError, IndexError, TypeError, OverflowError) as exc:  # safety net: never a crash
             raise EvxFormatError(f"{where}: malformed record ({exc})") from exc
         tensors.append(t)
-        stats.append(tensor_stats(t, sizes.total, sizes.mask, sizes.values, sizes.mask_codec, sizes.value_codec))
-    cstats = container_stats(f"{version[0]}.{version[1]}", len(data), graph_size,
-                             by_kind[KIND_GRAPH][0].length, stats)
-    return Container(graph, tensors, manifest.get("meta", {}), cstats, version)
+        sizes_list.append(sizes)
+    return Container(graph, tensors, manifest.get("meta", {}), version, len(data), graph_size,
+                     by_kind[KIND_GRAPH][0].length, sizes_list)

@@ -179,9 +179,11 @@ def _decode_pyramid(r: Reader, rows: int, cols: int, what: str) -> np.ndarray:
     def visit(ctx, place):
         order = np.argsort(ctx, kind="stable")
         counts = np.bincount(ctx, minlength=N_CONTEXTS)
-        parts = [dec.decode(tables[c], counts[c]) for c in np.flatnonzero(counts)]
         bits = np.empty(ctx.size, np.uint8)
-        bits[order] = np.concatenate(parts)
+        start = 0
+        for c in np.flatnonzero(counts):
+            bits[order[start:start + counts[c]]] = dec.decode(tables[c], counts[c])
+            start += counts[c]
         return bits
 
     _walk(m, visit)

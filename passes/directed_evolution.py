@@ -20,7 +20,7 @@ from evonnx.errors import EvonnxError
 from evonnx.passes.base import Pass, PassContext, param, register
 from evonnx.passes.sparsity import checkpoint, common
 from evonnx.passes.sparsity import targets as tg
-from evonnx.passes.sparsity.evolve import SearchSettings, search
+from evonnx.passes.sparsity.evolve import SearchSettings, rank01, search
 from evonnx.passes.state import ModelState
 
 PRIORS = ("magnitude", "wanda", "hessian")
@@ -163,7 +163,7 @@ class _Run:
         stop = stop or "done"
         if stop != "done" and cfg.on_budget == "finish":
             self._finish()
-        forward = self.ev.forward_seconds()
+        forward = (self.ev.forward_at_start + self.ev.forward_seconds()) / 2  # load may change during a run
         c = self.ev.counter
         per_eval = c.seconds / max(c.evaluations, 1)
         rec = common.record(DirectedEvolution.name, cfg, self.student, layers, self.ev, self.t_start, stop_reason=stop,
@@ -191,7 +191,12 @@ class _Run:
         pri = common.priors(view, kinds, cfg.ridge, data[0] if data else None)
         cs, cc = self.credit[layer.weight]
         cap = max(1, int(cfg.chunk * sum(l.size for l in self.layers)))
-        used = {k: v for k, v in pri.items() if k in cfg.priors}
+        keep = mask.ravel()
+        ranks = {}
+        for k, v in pri.items():  # ranks of the entries alive at the visit's start, computed once
+            if k in cfg.priors:
+                ranks[k] = np.full(layer.size, np.inf)
+                ranks[k][keep] = rank01(v[keep])
         keep, remaining, fit, evaluations, prior_fit = mask.ravel().copy(), n, None, 0, []
 
         def on_generation(info: dict) -> None:
@@ -205,7 +210,7 @@ class _Run:
             size = min(remaining, cap)
             alive = np.flatnonzero(keep)
             n_search = size if cfg.nest == "none" else min(len(alive), int(np.ceil(size * (1 + cfg.nest_ratio))))
-            res = search(alive, n_search, {k: v[alive] for k, v in used.items()}, cs, cc, view.use_pool,
+            res = search(alive, n_search, {k: v[alive] for k, v in ranks.items()}, cs, cc, view.use_pool,
                          view.evaluate_members, self.rng, self.settings, lambda: self.exhausted() is None,
                          on_generation)
             chosen, fit = res.chosen, res.fitness

@@ -33,11 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != f"evonnx.tools.{module}":
                 raise
             continue  # a command whose module is not part of this build
-        command = mod.add_parser(sub)
-        command.set_defaults(handler=mod.run)
-        # accept the global flags after the subcommand too (`evonnx eval m.onnx --debug`)
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        mod.add_parser(sub).set_defaults(handler=mod.run)
     return parser
 
 
@@ -46,14 +42,17 @@ def _warning_line(message, category, filename, lineno, file=None, line=None):  #
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # the global flags are accepted anywhere on the line (`evonnx eval m.onnx --debug`)
+    debug, quiet = "--debug" in argv, "--quiet" in argv
+    argv = [a for a in argv if a not in ("--debug", "--quiet")]
     if not debug:
         warnings.showwarning = _warning_line
         logging.getLogger().setLevel(logging.ERROR)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.debug, args.quiet = debug, quiet
         return int(args.handler(args) or 0)
     except EvonnxError as exc:
         if debug:

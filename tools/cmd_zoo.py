@@ -17,15 +17,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from evonnx.tools.zoo import build as zoo_build  # torch: only when the zoo is used
+    from evonnx.errors import EvonnxError
+    from evonnx.tools.zoo import available, build  # torch: only when the zoo is used
 
     if args.zoo_command == "list":
-        print("\n".join(zoo_build.available()))
+        print("\n".join(available()))
         return 0
-    if args.name not in zoo_build.available():
-        from evonnx.errors import EvonnxError
-        raise EvonnxError(f"unknown zoo model {args.name!r} (available: {', '.join(zoo_build.available())})")
-    entry = zoo_build.build(args.name, args.out, force=args.force, log=(lambda *_: None) if args.quiet else print)
+    if args.name not in available():
+        raise EvonnxError(f"unknown zoo model {args.name!r} (available: {', '.join(available())})")
+    entry = build(args.name, args.out, force=args.force, log=(lambda *_: None) if args.quiet else print)
     print(json.dumps({"model": str(entry.model_path), "calib": str(entry.calib_path),
                       "test": str(entry.test_path) if entry.test_path else None, **entry.meta}, indent=2))
     return 0

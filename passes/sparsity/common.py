@@ -132,6 +132,9 @@ def sensitivity(state: ModelState, ev: Evaluator, layer: Layer, prior: str, refi
         return view.evaluate([order[:c] for c in counts])
     out = []
     for c in counts:
+        if c == 0:
+            out.append(0.0)
+            continue
         mask = np.ones(layer.size, bool)
         mask[order[:c]] = False
         mask = mask.reshape(layer.mat_shape)

@@ -51,17 +51,17 @@ def _topk_rows(keys: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def search(alive: np.ndarray, n: int, priors: dict[str, np.ndarray], credit_sum: np.ndarray, credit_count: np.ndarray,
+def search(alive: np.ndarray, n: int, ranks: dict[str, np.ndarray], credit_sum: np.ndarray, credit_count: np.ndarray,
            prepare: Callable[[np.ndarray], None], evaluate: Callable[[np.ndarray], np.ndarray],
            rng: np.random.Generator, settings: SearchSettings, budget_left: Callable[[], bool],
            on_generation: Callable[[dict], None] | None = None) -> SearchResult:
-    """Evolve sets of `n` entries of `alive` (flat indices) to zero; priors are per alive entry, lower = safer.
+    """Evolve sets of `n` entries of `alive` (flat indices) to zero; `ranks` are the priors' ranks in [0, 1]
+    per alive entry (lower = safer).
 
     `prepare(pool)` is told the pool once; `evaluate(members)` scores a bool matrix [candidates, pool].
     `credit_sum`/`credit_count` are full-layer arrays updated in place.
     """
     s = settings
-    ranks = {name: rank01(p) for name, p in priors.items()}
     base = np.mean(list(ranks.values()), axis=0)
     credit = credit_sum[alive] / (credit_count[alive] + 1.0)
     combined = base + s.credit_weight * credit
@@ -125,17 +125,23 @@ def _breed(members: np.ndarray, fit: np.ndarray, q: np.ndarray, credit: np.ndarr
     child = _topk_rows(keys, n)
     swaps = np.minimum(rng.binomial(n, s.mutation, size=p), min(n, child.shape[1] - n))
     if swaps.max() > 0:
-        noise = rng.gumbel(size=child.shape)
-        drop_key = np.where(child, -safety / temp + noise, -np.inf)  # least safe members first
+        top = int(swaps.max())
+        drop_key = np.where(child, -safety / temp + rng.gumbel(size=child.shape), -np.inf)  # least safe first
         add_key = np.where(child, -np.inf, safety / temp + rng.gumbel(size=child.shape))
-        order_drop = np.argsort(-drop_key, axis=1, kind="stable")
-        order_add = np.argsort(-add_key, axis=1, kind="stable")
-        cols = np.arange(child.shape[1])[None]
+        order_drop = _top_order(drop_key, top)
+        order_add = _top_order(add_key, top)
+        cols = np.arange(top)[None]
         take = cols < swaps[:, None]
         rows = np.broadcast_to(np.arange(p)[:, None], take.shape)
         child[rows[take], order_drop[take]] = False
         child[rows[take], order_add[take]] = True
     return child
+
+
+def _top_order(keys: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k largest keys, largest first."""
+    part = np.argpartition(-keys, k - 1, axis=1)[:, :k] if k < keys.shape[1] else np.tile(np.arange(keys.shape[1]), (len(keys), 1))
+    return np.take_along_axis(part, np.argsort(-np.take_along_axis(keys, part, axis=1), axis=1, kind="stable"), axis=1)
 
 
 def _report(callback, gen: int, fit: np.ndarray, evaluations: int) -> None:

@@ -2,15 +2,14 @@
 
 For a layer Y = X @ W.T + b with keep-mask M, each output row r solves
     min_w ||X[:, S_r] w + b_r - T[:, r]||^2 + lam ||w||^2,   S_r = {k : M[r, k]}
-from the Gram matrix H = [X 1]^T [X 1] (one pass over the data). Rows are solved together in padded,
-batched systems (no per-row Python loop). A row keeps its old values when the solution does not lower
+from the Gram matrix H = [X 1]^T [X 1] (one pass over the data). All rows are solved together by
+preconditioned conjugate gradients (matrix products, no per-row Python loop). A row keeps its old values when the solution does not lower
 its reconstruction error, so re-fitting never increases the error it minimises.
 """
 from __future__ import annotations
 
 import numpy as np
 
-BATCH_ELEMENTS = 24_000_000  # float64 elements of one padded batch of normal-equation systems
 
 
 def gram(x: np.ndarray, t: np.ndarray, with_bias: bool) -> tuple[np.ndarray, np.ndarray, float]:
@@ -24,7 +23,7 @@ def gram(x: np.ndarray, t: np.ndarray, with_bias: bool) -> tuple[np.ndarray, np.
 
 def row_errors(h: np.ndarray, g: np.ndarray, tt: np.ndarray, coef: np.ndarray) -> np.ndarray:
     """||A c_r - T_r||^2 for every row r of coef [out, K(+1)], from the Gram matrices (tt = diag T^T T)."""
-    return np.einsum("rk,kj,rj->r", coef, h, coef) - 2 * np.einsum("rk,kr->r", coef, g) + tt
+    return np.sum((coef @ h) * coef, axis=1) - 2 * np.sum(coef * g.T, axis=1) + tt
 
 
 def refit(w_mat: np.ndarray, mask: np.ndarray, x: np.ndarray, t: np.ndarray, bias: np.ndarray | None = None,
@@ -43,7 +42,7 @@ def refit(w_mat: np.ndarray, mask: np.ndarray, x: np.ndarray, t: np.ndarray, bia
     old = np.where(mask, w_mat, 0).astype(np.float64)
     if with_bias:
         old = np.concatenate([old, bias.astype(np.float64)[:, None]], axis=1)
-    new = _solve_masked(h, g, keep, ridge * scale, w_mat.shape[1])
+    new = _solve_masked(h, g, keep, ridge * scale, w_mat.shape[1], old)
     err_old, err_new = row_errors(h, g, tt, old), row_errors(h, g, tt, new)
     better = err_new < err_old
     coef = np.where(better[:, None], new, old)
@@ -58,56 +57,33 @@ def refit(w_mat: np.ndarray, mask: np.ndarray, x: np.ndarray, t: np.ndarray, bia
     return out_w, out_b, stats
 
 
-def _solve_masked(h: np.ndarray, g: np.ndarray, keep: np.ndarray, lam: float, n_weight: int) -> np.ndarray:
-    """Solve every row's masked ridge system exactly.
+def _solve_masked(h: np.ndarray, g: np.ndarray, keep: np.ndarray, lam: float, n_weight: int, start: np.ndarray,
+                  tol: float = 1e-4, max_iter: int = 500) -> np.ndarray:
+    """Every row's masked ridge system, by Jacobi-preconditioned conjugate gradients run on all rows at once.
 
-    A row with m kept entries solves its m x m system; a row with p < m removed entries instead corrects
-    the unconstrained optimum c = A^-1 g by the equality-constrained (OBS) formula
-    c* = c - A^-1[:, R] (A^-1[R, R])^-1 c[R], a p x p system. Rows are batched, padded to the largest size.
+    Each iteration is one [out, K] x [K, K] product; warm-started from `start` (the pruned weights), rows
+    stop updating once their relative residual is below `tol`.
     """
-    out, k = keep.shape
-    a = h + np.diag(np.where(np.arange(k) < n_weight, lam, 0.0))
-    kept_n, removed_n = keep.sum(axis=1), (~keep).sum(axis=1)
-    use_complement = removed_n < kept_n
-    coef = np.zeros((out, k))
-    direct = np.flatnonzero(~use_complement)
-    for rows in _batches(direct, np.maximum(kept_n[direct], 1), 1):
-        pos, valid = _positions(keep[rows])
-        sub = a[pos[:, :, None], pos[:, None, :]] * (valid[:, :, None] & valid[:, None, :])
-        sub[:, np.arange(pos.shape[1]), np.arange(pos.shape[1])] += ~valid
-        sol = np.linalg.solve(sub, np.where(valid, g[pos, rows[:, None]], 0.0)[..., None])[..., 0]
-        block = np.zeros((len(rows), k))
-        np.put_along_axis(block, pos, np.where(valid, sol, 0.0), axis=1)
-        coef[rows] = block
-    comp = np.flatnonzero(use_complement)
-    if len(comp):
-        a_inv = np.linalg.inv(a)
-        free = (a_inv @ g[:, comp]).T  # unconstrained optima of those rows
-        for part in _batches(np.arange(len(comp)), np.maximum(removed_n[comp], 1), k):
-            rows = comp[part]
-            pos, valid = _positions(~keep[rows])
-            sub = a_inv[pos[:, :, None], pos[:, None, :]] * (valid[:, :, None] & valid[:, None, :])
-            sub[:, np.arange(pos.shape[1]), np.arange(pos.shape[1])] += ~valid
-            rhs = np.where(valid, np.take_along_axis(free[part], pos, axis=1), 0.0)
-            z = np.linalg.solve(sub, rhs[..., None])[..., 0] * valid
-            coef[rows] = free[part] - np.einsum("bp,bpk->bk", z, a_inv[pos])
-    return np.where(keep, coef, 0.0)
-
-
-def _positions(sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the selected indices first (padded with unselected ones) and which of them are real."""
-    m = max(int(sel.sum(axis=1).max()), 1)
-    pos = np.argsort(~sel, axis=1, kind="stable")[:, :m]
-    return pos, np.take_along_axis(sel, pos, axis=1)
-
-
-def _batches(rows: np.ndarray, sizes: np.ndarray, width: int):
-    """Split rows (sorted by system size) into batches whose padded systems stay under the memory bound."""
-    order = np.argsort(sizes, kind="stable")
-    rows, sizes = rows[order], sizes[order].astype(np.int64)
-    start = 0
-    while start < len(rows):
-        cost = np.arange(1, len(rows) - start + 1) * sizes[start:] * np.maximum(sizes[start:], width)
-        stop = start + max(1, int(np.searchsorted(cost, BATCH_ELEMENTS, side="right")))
-        yield rows[start:stop]
-        start = stop
+    a = h + np.diag(np.where(np.arange(h.shape[0]) < n_weight, lam, 0.0))
+    m = keep.astype(np.float64)
+    diag = np.maximum(np.diag(a), 1e-30)[None]
+    x = start * m
+    r = m * (g.T - x @ a)
+    scale = np.maximum(np.linalg.norm(m * g.T, axis=1), 1e-30)
+    z = r / diag
+    p = z.copy()
+    rz = np.sum(r * z, axis=1)
+    for _ in range(max_iter):
+        active = np.linalg.norm(r, axis=1) > tol * scale
+        if not active.any():
+            break
+        ap = m * (p @ a)
+        pap = np.sum(p * ap, axis=1)
+        alpha = np.where(active & (pap > 0), rz / np.where(pap > 0, pap, 1.0), 0.0)
+        x += alpha[:, None] * p
+        r -= alpha[:, None] * ap
+        z = r / diag
+        rz_new = np.sum(r * z, axis=1)
+        p = z + (rz_new / np.where(rz > 0, rz, 1.0))[:, None] * p
+        rz = rz_new
+    return x * m

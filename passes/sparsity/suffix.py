@@ -97,6 +97,7 @@ class Evaluator:
         acts = self.run_probe(original)
         self.teacher_out = [acts[o][: self.n_fit] for o in self.output_names]
         self.teacher_y = {l.weight: acts[l.y] for l in layers if l.fast}
+        self.forward_at_start = self.forward_seconds()
 
     def run_probe(self, weights: dict[str, np.ndarray], n: int | None = None) -> dict[str, np.ndarray]:
         """All probe outputs (graph outputs and cached activations) for the first n samples."""

@@ -21,16 +21,20 @@ from evonnx.runtime.model_io import atomic_write
 BATCH = {"lenet300": 256, "lenet5": 256, "resnet50ish": 4}
 
 
-def _median_time(fn, repeats: int, min_seconds: float = 1.0) -> float:
-    fn()  # warm-up
-    times, start = [], time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - start < min_seconds:
+def _interleaved_ratio(reference, other, repeats: int) -> tuple[float, float]:
+    """Median reference time and the median of per-round time ratios other/reference, run alternately so
+    that load from other processes hits both alike."""
+    reference(), other()  # warm-up
+    ref_times, ratios = [], []
+    for _ in range(repeats):
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 200:
-            break
-    return float(np.median(times))
+        reference()
+        t1 = time.perf_counter()
+        other()
+        t2 = time.perf_counter()
+        ref_times.append(t1 - t0)
+        ratios.append((t2 - t1) / (t1 - t0))
+    return float(np.median(ref_times)), float(np.median(ratios))
 
 
 def measure(name: str, device: str, repeats: int) -> dict:
@@ -48,18 +52,17 @@ def measure(name: str, device: str, repeats: int) -> dict:
     def fresh_session():
         Runner(state.replace(weights=candidate).to_onnx(), engine.providers).run(batch)
 
-    t_baked = _median_time(lambda: baked.run(batch), repeats)
-    t_fed = _median_time(lambda: engine.outputs(candidate), repeats)
-    t_fresh = _median_time(fresh_session, max(3, repeats // 10), min_seconds=0.5)
+    t_baked, fed = _interleaved_ratio(lambda: baked.run(batch), lambda: engine.outputs(candidate), repeats)
+    _, fresh = _interleaved_ratio(lambda: baked.run(batch), fresh_session, max(3, repeats // 5))
     return {"model": name, "params": sum(state.table[n].size for n in state.targets), "batch": BATCH[name],
-            "provider": engine.provider, "baked_ms": t_baked * 1e3, "fed": t_fed / t_baked, "fresh": t_fresh / t_baked}
+            "provider": engine.provider, "baked_ms": t_baked * 1e3, "fed": fed, "fresh": fresh}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(BATCH))
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", help="also write the table to this markdown file")
     args = parser.parse_args(argv)
     rows = [measure(m, args.device, args.repeats) for m in args.models]

@@ -28,6 +28,7 @@ from evonnx.passes.base import PassContext, get_pass
 from evonnx.passes.engine.calib import CalibData, load_npz
 from evonnx.passes.quant.sizing import HEADER_BYTES
 from evonnx.passes.state import ModelState, load_state
+from evonnx.tools.compress import to_container
 
 FAMILIES = ["uniform/channel/sym", "uniform/channel/asym", "uniform/tensor/sym", "codebook", "codebook+refit"]
 
@@ -101,13 +102,9 @@ def ort_rows(model_path: Path, test: CalibData) -> list[dict]:
 
 
 def evx_size(state: ModelState) -> int:
-    """Bytes of the .evx file: the graph without the recorded weights, plus every record."""
-    graph = onnx.ModelProto()
-    graph.CopyFrom(state.to_onnx())
-    keep = [t for t in graph.graph.initializer if t.name not in state.quant]
-    del graph.graph.initializer[:]
-    graph.graph.initializer.extend(keep)
-    return len(encode_evx(graph, list(state.quant.values())))
+    """Bytes of the .evx file `evonnx compress` would write: graph + one record per float weight."""
+    graph, records, _ = to_container(state)
+    return len(encode_evx(graph, records))
 
 
 def weights_estimate(state: ModelState, record: dict) -> float:

@@ -1,0 +1,118 @@
+"""The directed-evolution pass: exact targets, determinism, budgets, kill-and-resume, better than random."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import corpus
+from evonnx.passes.base import PassContext, get_pass
+from evonnx.passes.engine.calib import synthetic
+from evonnx.passes.sparsity import targets as tg
+from evonnx.passes.state import load_state
+
+SMALL = dict(steps=3, population=8, generations=3, fitness_samples=96, refit_samples=160, chunk=0.05)
+
+
+def model():
+    return corpus.mlp(seed=4, d_in=24, hidden=48, classes=8)
+
+
+def run(workdir=None, seed=0, m=None, **config):
+    state = load_state((m or model()).SerializeToString())
+    ctx = PassContext(synthetic(state.model, 160, seed=5), device="cpu", seed=seed, workdir=workdir,
+                      progress=False, log=lambda _: None)
+    return get_pass("directed-evolution")(**{**SMALL, **config}).run(state, ctx)
+
+
+def test_exact_per_layer_targets_and_record():
+    out = run(layer_sparsity={"w1": 0.9, "w2": 0.5})
+    assert np.count_nonzero(out.current("w1") == 0) == tg.zero_count(24 * 48, 0.9)
+    assert np.count_nonzero(out.current("w2") == 0) == tg.zero_count(48 * 8, 0.5)
+    assert np.array_equal(out.masks["w1"], out.current("w1") != 0)
+    rec = out.history[-1]
+    assert rec["pass"] == "directed-evolution" and rec["stop_reason"] == "done"
+    assert rec["evaluations"] > 0 and rec["fitness"] > 0 and rec["cost_ratio"] > 0
+
+
+def test_global_target_is_allocated_exactly_on_a_conv_net():
+    out = run(m=corpus.conv_net(), sparsity=0.8, refit=True)
+    sizes = {"k": 36, "w": 768}
+    zeros = sum(np.count_nonzero(out.current(n) == 0) for n in sizes)
+    assert zeros == tg.zero_count(sum(sizes.values()), 0.8)
+    assert out.history[-1]["layer_sparsity"]["k"] != pytest.approx(out.history[-1]["layer_sparsity"]["w"])
+
+
+def test_deterministic_for_a_seed():
+    a, b = run(sparsity=0.8, seed=7), run(sparsity=0.8, seed=7)
+    for n in ("w1", "w2", "b1", "b2"):
+        assert np.array_equal(a.current(n), b.current(n))
+
+
+def test_beats_random_pruning_at_equal_sparsity():
+    targets = {"w1": 0.85, "w2": 0.6}
+    de = run(layer_sparsity=targets, refit=False)
+    state = load_state(model().SerializeToString())
+    ctx = PassContext(synthetic(state.model, 160, seed=5), device="cpu", progress=False, log=lambda _: None)
+    rnd = get_pass("random")(layer_sparsity=targets, refit=False, fitness_samples=96).run(state, ctx)
+    assert de.history[-1]["fitness"] < 0.5 * rnd.history[-1]["fitness"]
+
+
+def test_evaluation_budget_stops_with_a_valid_state():
+    out = run(sparsity=0.9, max_evaluations=60)
+    rec = out.history[-1]
+    assert rec["stop_reason"] == "max_evaluations"
+    assert 60 <= rec["evaluations"] < 60 + 3 * SMALL["population"]
+    assert 0 < rec["sparsity"] < 0.9
+    finished = run(sparsity=0.9, max_evaluations=60, on_budget="finish").history[-1]
+    assert finished["stop_reason"] == "max_evaluations" and finished["sparsity"] == pytest.approx(0.9, abs=1e-3)
+
+
+CHILD = """
+import sys
+sys.path.insert(0, {tests!r})
+import test_directed_evolution as t
+t.run(workdir={workdir!r}, seed=3, sparsity=0.9, **t.SLOW)
+"""
+SLOW = dict(steps=6, generations=4, chunk=0.01)
+
+
+def _position(path: Path):
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(str(z["__header__"]))["position"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    work = tmp_path / "killed"
+    code = CHILD.format(tests=str(Path(__file__).parent), workdir=str(work))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen([sys.executable, "-c", code], env=env)
+    ckpt = work / "directed-evolution" / "checkpoint.npz"
+    deadline = time.time() + 120
+    while time.time() < deadline and child.poll() is None:
+        pos = _position(ckpt)
+        if pos and pos != [1, 0] and pos[0] <= 3:
+            break
+        time.sleep(0.05)
+    assert child.poll() is None, "the run finished before it could be killed"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    killed_at = _position(ckpt)
+    resumed = run(workdir=work, seed=3, sparsity=0.9, **SLOW)
+    straight = run(workdir=tmp_path / "straight", seed=3, sparsity=0.9, **SLOW)
+    assert killed_at is not None and killed_at != [SLOW["steps"] + 1, 0]
+    for n in ("w1", "w2", "b1", "b2"):
+        assert np.array_equal(resumed.current(n), straight.current(n))
+    assert resumed.history[-1]["evaluations"] == straight.history[-1]["evaluations"]
+    log = [json.loads(line) for line in (work / "directed-evolution" / "log.jsonl").read_text().splitlines()]
+    ref = [json.loads(line) for line in (tmp_path / "straight" / "directed-evolution" / "log.jsonl").read_text().splitlines()]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "elapsed"} for r in rows]  # noqa: E731
+    assert strip(log) == strip(ref)
