@@ -10,6 +10,7 @@ Tables are sent at a chosen precision P <= 24 (F = f << (24 - P)) to keep small 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import constriction
 import numpy as np
@@ -58,9 +59,9 @@ def table_cost_bits(counts: np.ndarray, precision: int, freqs: np.ndarray) -> fl
 def best_table(counts: np.ndarray) -> tuple[int, np.ndarray]:
     """(precision, freqs) minimising table + data bits over precisions that can hold the alphabet."""
     counts = np.asarray(counts, dtype=np.float64)
-    lo = max(1, math.ceil(math.log2(counts.size)) + 1)
+    lo = min(max(1, math.ceil(math.log2(counts.size)) + 1), PRECISION)
     best = None
-    for p in range(min(lo, PRECISION), PRECISION + 1):
+    for p in sorted({lo, *range(8, PRECISION + 1, 2)} - set(range(lo))):
         f = quantize_counts(counts, p)
         cost = table_cost_bits(counts, p, f)
         if best is None or cost < best[0]:
@@ -92,10 +93,45 @@ def _categorical(freq24: np.ndarray):
     return _model.Categorical((np.asarray(freq24, np.int64) - 1).astype(np.float64), perfect=False)
 
 
-def binary_freq24(p16: int) -> np.ndarray:
-    """24-bit table of a binary symbol whose P(1) is p16 / 2**16 (1 <= p16 < 2**16)."""
-    one = int(p16) << 8
-    return np.array([(1 << PRECISION) - one, one], np.int64)
+@lru_cache(maxsize=4096)
+def _nibble_table(p16: int) -> np.ndarray:
+    q = (1 << 16) - p16, p16
+    f = np.array([q[s & 1] * q[s >> 1 & 1] * q[s >> 2 & 1] * q[s >> 3 & 1] >> 40 for s in range(16)], np.int64)
+    f = np.maximum(f, 1)
+    f[int(np.argmax(f))] += (1 << PRECISION) - int(f.sum())
+    f.flags.writeable = False
+    return f
+
+
+def nibble_freq24(p16: int) -> np.ndarray:
+    """24-bit table of 4 independent bits with P(1) = p16 / 2**16 each, as one symbol b0 + 2b1 + 4b2 + 8b3:
+    F[s] = max(1, prod_j (bit j of s ? p16 : 2**16 - p16) >> 40), the first largest entry absorbing the
+    difference to 2**24."""
+    return _nibble_table(int(p16))
+
+
+_NIBBLE_BITS = ((np.arange(16)[:, None] >> np.arange(4)) & 1).astype(np.uint8)
+
+
+def bits_to_nibbles(bits: np.ndarray) -> np.ndarray:
+    """Bits (0/1, any length) as nibble symbols, 4 bits each, first bit lowest; zero padding at the end."""
+    b = np.asarray(bits, np.uint8).reshape(-1)
+    pad = -b.size % 4
+    if pad:
+        b = np.concatenate([b, np.zeros(pad, np.uint8)])
+    g = b.reshape(-1, 4)
+    return (g[:, 0] | g[:, 1] << 1 | g[:, 2] << 2 | g[:, 3] << 3).astype(np.int32)
+
+
+def decode_bits(dec: "Decoder", p16: int, count: int) -> np.ndarray:
+    """`count` bits coded as nibbles with model `p16`; padding bits must be zero."""
+    if count == 0:
+        return np.zeros(0, np.uint8)
+    sym = dec.decode(nibble_freq24(p16), -(-count // 4))
+    tail = count % 4
+    if tail and int(sym[-1]) >> tail:
+        raise EvxFormatError(f"{dec.what}: nonzero padding bits in a bit run")
+    return _NIBBLE_BITS[sym].reshape(-1)[:count]
 
 
 def encode(runs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:

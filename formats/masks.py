@@ -162,7 +162,7 @@ def _encode_pyramid(mask2d: np.ndarray) -> bytes:
     for ctx, bits in groups:
         bounds = np.flatnonzero(np.diff(ctx)) + 1
         for chunk_ctx, chunk in zip(np.split(ctx, bounds), np.split(bits, bounds)):
-            runs.append((chunk.astype(np.int32), ans.binary_freq24(int(p16[chunk_ctx[0]]))))
+            runs.append((ans.bits_to_nibbles(chunk), ans.nibble_freq24(int(p16[chunk_ctx[0]]))))
     w = Writer().u8(PYRAMID).array(p16, "<u2")
     ans.write_words(w, ans.encode(runs))
     return w.bytes()
@@ -172,7 +172,6 @@ def _decode_pyramid(r: Reader, rows: int, cols: int, what: str) -> np.ndarray:
     p16 = r.array("<u2", N_CONTEXTS, f"{what} context table").astype(np.int64)
     if np.any(p16 < 1):
         raise r.fail(f"{what}: context probabilities must be >= 1")
-    tables = [ans.binary_freq24(int(p)) for p in p16]
     dec = ans.Decoder(ans.read_words(r, what), what)
     m = np.zeros((rows, cols), np.uint8)
 
@@ -182,7 +181,7 @@ def _decode_pyramid(r: Reader, rows: int, cols: int, what: str) -> np.ndarray:
         bits = np.empty(ctx.size, np.uint8)
         start = 0
         for c in np.flatnonzero(counts):
-            bits[order[start:start + counts[c]]] = dec.decode(tables[c], counts[c])
+            bits[order[start:start + counts[c]]] = ans.decode_bits(dec, int(p16[c]), int(counts[c]))
             start += counts[c]
         return bits
 
@@ -236,7 +235,8 @@ def _encode_grid(m: np.ndarray) -> bytes | None:
     sizes = np.outer(np.diff(grid.rb), np.diff(grid.cb)).reshape(-1)
     p16 = np.clip(np.rint(ones * 65536.0 / np.maximum(sizes, 1)), 1, 65535).astype(np.int64)
     p16[sizes == 0] = 32768
-    runs = [(mp[rs, cs].reshape(-1), ans.binary_freq24(int(p16[ctx]))) for ctx, rs, cs in grid.tiles()]
+    runs = [(ans.bits_to_nibbles(mp[rs, cs]), ans.nibble_freq24(int(p16[ctx]))) for ctx, rs, cs in grid.tiles()
+            if rs.stop > rs.start and cs.stop > cs.start]
     w = Writer().u8(GRID).u8(grid.kr).u8(grid.kc)
     w.raw(symbols.encode(grid.rc, grid.kr)).raw(symbols.encode(grid.cc, grid.kc)).array(p16, "<u2")
     ans.write_words(w, ans.encode(runs))
@@ -258,7 +258,7 @@ def _decode_grid(r: Reader, rows: int, cols: int, what: str) -> np.ndarray:
     for ctx, rs, cs in grid.tiles():
         h, w = rs.stop - rs.start, cs.stop - cs.start
         if h and w:
-            mp[rs, cs] = dec.decode(ans.binary_freq24(int(p16[ctx])), h * w).reshape(h, w)
+            mp[rs, cs] = ans.decode_bits(dec, int(p16[ctx]), h * w).reshape(h, w)
     dec.finish()
     return grid.unpermute(mp).view(bool)
 

@@ -97,7 +97,8 @@ class QuantizedTensor:
         pattern = pattern_dtype(self.dtype)
         if self.bits != 8 * pattern.itemsize:
             raise EvxFormatError(f"{where}: raw {self.dtype} needs bits={8 * pattern.itemsize}, got {self.bits}")
-        if codes.dtype == np_dtype(self.dtype) or (codes.dtype.kind == "u" and codes.dtype.itemsize == pattern.itemsize):
+        same_width = codes.dtype.kind == "u" and codes.dtype.itemsize == pattern.itemsize
+        if codes.dtype == np_dtype(self.dtype) or same_width:
             self.codes = np.ascontiguousarray(codes).view(pattern) if codes.size else np.zeros(0, pattern)
         else:
             raise EvxFormatError(f"{where}: raw codes must be {self.dtype} values or {pattern} bit patterns, "

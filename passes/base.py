@@ -54,9 +54,10 @@ class PassContext:
     _engines: dict = field(default_factory=dict, repr=False)
 
     def engine(self, state: ModelState, weights: list[str] | None = None):
-        """The fitness engine of this teacher model, exposing `weights` (default: the state's targets)."""
+        """The fitness engine of this teacher model, exposing `weights` (default: every float weight, since
+        re-fitting may change biases too)."""
         from evonnx.passes.engine.fitness import FitnessEngine
-        names = tuple(weights if weights is not None else state.targets)
+        names = tuple(weights if weights is not None else state.table.weights)
         key = (id(state.model), names)
         if key not in self._engines:
             self._engines[key] = FitnessEngine(state.model, self.calib, names, device=self.device,

@@ -32,8 +32,8 @@ class BitAllocation(Pass):
 
     @dataclass
     class Config:
-        schemes: list = param(["uniform/channel/sym", "uniform/channel/asym", "codebook"],
-                              "scheme families tried per layer (see the quantize pass)")
+        schemes: list = param(["uniform/channel/sym", "uniform/channel/asym", "uniform/tensor/sym", "codebook",
+                               "codebook+refit"], "scheme families tried per layer (see the quantize pass)")
         bits: list = param([1, 2, 3, 4, 5, 6, 7, 8], "bit widths tried per scheme")
         metric: str = param("auto", "budget metric: accuracy (labels), agreement (top-1 with the incoming model), "
                             "kl (mean KL, or rel. MSE for non-classifiers); auto = accuracy, else agreement, else kl")

@@ -80,7 +80,8 @@ def test_roundtrip_every_dtype_shape_sparsity(dtype, scheme):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 2 ** 32 - 1), dtype=st.sampled_from(DTYPES), scheme=st.sampled_from(["raw", "uniform", "codebook"]),
+@given(seed=st.integers(0, 2 ** 32 - 1), dtype=st.sampled_from(DTYPES),
+       scheme=st.sampled_from(["raw", "uniform", "codebook"]),
        shape=st.lists(st.integers(0, 7), min_size=0, max_size=4).map(tuple), keep=st.sampled_from(KEEPS))
 def test_roundtrip_property(seed, dtype, scheme, shape, keep):
     t = _make(np.random.default_rng(seed), scheme, dtype, shape, keep)
@@ -95,7 +96,8 @@ def test_encoding_is_deterministic_and_sections_aligned():
     _, sections = ct._parse_frame(a)
     assert [s.kind for s in sections] == [b"MANI", b"GRPH"] + [b"TENS"] * 3
     assert all(s.offset % 64 == 0 for s in sections)
-    assert struct.unpack_from("<HH", a, 8) == (1, 0) and a[:8] == b"\x89EVX\r\n\x1a\n" and a[-16:-8] == b"EVXEND\x00\x00"
+    assert struct.unpack_from("<HH", a, 8) == (1, 0)
+    assert a[:8] == b"\x89EVX\r\n\x1a\n" and a[-16:-8] == b"EVXEND\x00\x00"
 
 
 def test_paths_bytes_bytearray_memoryview(tmp_path):

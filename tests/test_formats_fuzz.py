@@ -40,14 +40,14 @@ def _containers():
                           initializer=[helper.make_tensor("b", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0])])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 10
-    blob = _smooth(rng, (64, 48), 0.25)
+    blob = _smooth(rng, (96, 80), 0.25)
     rs, cs = np.exp(rng.normal(0, 1, (40, 1))), np.exp(rng.normal(0, 1, (1, 56)))
     w = np.abs(rng.normal(size=(40, 56)) * rs * cs)
     mag = w > np.quantile(w, 0.8)
     sparse = rng.random((16, 90)) < 0.04
     q = np.clip(np.rint(rng.normal(size=(32, 48)) * np.exp(rng.normal(0, 1, (1, 48))) + 8), 0, 15).astype(int)
     first = [
-        QuantizedTensor.uniform("pyr", (64, 48), "float32", 4, rng.integers(0, 16, blob.sum()), 0.1, 7.5, mask=blob),
+        QuantizedTensor.uniform("pyr", (96, 80), "float32", 4, rng.integers(0, 16, blob.sum()), 0.1, 7.5, mask=blob),
         QuantizedTensor.codebook("grid", (40, 56), "float16", 3, rng.integers(0, 6, mag.sum()), rng.normal(size=6),
                                  mask=mag),
         QuantizedTensor.uniform("runs", (16, 90), "bfloat16", 2, rng.integers(0, 4, sparse.sum()),
@@ -135,6 +135,13 @@ def test_resealed_damage_never_crashes(which, section, ops):
     except EvxFormatError:
         pass
     assert time.perf_counter() - start < 10
+
+
+def test_fuzzed_containers_cover_every_codec():
+    seen = {name for data, _ in CONTAINERS for t in read_evx(data).stats.tensors
+            for name in (t.mask_codec, t.value_codec)}
+    assert {"runs", "pyramid", "grid", "bitmap", "all", "ans", "ans-grid", "packed", "const", "empty",
+            "zstd-planes"} <= seen, seen
 
 
 @pytest.mark.parametrize("cut", [0, 1, 7, 8, 11, 12, 31, 32, 47, 48, 100, -17, -16, -5, -4, -1])

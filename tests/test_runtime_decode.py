@@ -163,7 +163,8 @@ def test_cli_decode(evx, tmp_path, capsys):
 
 
 TOP_KEYS = {"file", "version", "container_bytes", "graph_bytes", "graph_coded_bytes", "original_bytes", "ratio",
-            "tensor_bytes", "tensor_coded_bytes", "payload_bits", "entropy_bits", "bits_over_entropy", "meta", "tensors"}
+            "tensor_bytes", "tensor_coded_bytes", "payload_bits", "entropy_bits", "bits_over_entropy", "meta",
+            "tensors"}
 TENSOR_KEYS = {"name", "shape", "dtype", "scheme", "bits", "elements", "kept", "sparsity", "mask_codec", "value_codec",
                "coded_bytes", "payload_bits", "entropy_bits", "bits_over_entropy", "original_bytes"}
 

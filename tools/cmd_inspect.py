@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         print("  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
     print(f"total: original {_fmt_bytes(rep['original_bytes'])}, container {_fmt_bytes(rep['container_bytes'])}, "
-          f"ratio {rep['ratio']:.2f}x; graph {_fmt_bytes(rep['graph_bytes'])} -> {_fmt_bytes(rep['graph_coded_bytes'])}; "
+          f"ratio {rep['ratio']:.2f}x; graph {_fmt_bytes(rep['graph_bytes'])} -> "
+          f"{_fmt_bytes(rep['graph_coded_bytes'])}; "
           f"coded/entropy {_ratio(rep['bits_over_entropy'])}")
     return 0

@@ -1,6 +1,7 @@
 """`evonnx.compress`: load → passes → encode → decode and verify → report. The CLI's `compress` calls this."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -97,8 +98,8 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
     state = pipeline.run(state, ctx)
 
     graph, records, expected = to_container(state)
-    meta = {"source": Path(str(model)).name, "pipeline": [p.name for p in pipeline.passes], "seed": seed,
-            "history": _jsonable(state.history)}
+    meta = {"source": Path(str(model)).name, "seed": seed,  # deterministic: no timings, so runs compare by bytes
+            "pipeline": [{"name": p.name, **_jsonable(dataclasses.asdict(p.config))} for p in pipeline.passes]}
     blob = encode_evx(graph, records, meta)
     decoded = build_model(read_evx(blob))
     _check_weights(decoded, expected)

@@ -129,14 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(os, "sched_setaffinity"):
         allowed = sorted(os.sched_getaffinity(0))
         os.sched_setaffinity(0, {args.cpu if args.cpu is not None else allowed[0]})
-    rows = [bench(s, args.mb, args.repeat, args.seed) for s in (SCENARIOS if args.scenario == "all" else (args.scenario,))]
+    chosen = SCENARIOS if args.scenario == "all" else (args.scenario,)
+    rows = [bench(s, args.mb, args.repeat, args.seed) for s in chosen]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
             print(f"{r['scenario']:26s} {r['fp32_MB']:8.1f} MB fp32 -> {r['container_MB']:7.2f} MB (x{r['ratio']:<6}) "
                   f"weights {r['weights_MBps_median']:7.1f} MB/s (best {r['weights_MBps_best']:.1f})  "
-                  f"model {r['model_MBps_median']:7.1f} MB/s (best {r['model_MBps_best']:.1f})  encode {r['encode_s']} s")
+                  f"model {r['model_MBps_median']:7.1f} MB/s (best {r['model_MBps_best']:.1f})  "
+                  f"encode {r['encode_s']} s")
     return 0
 
 

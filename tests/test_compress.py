@@ -1,0 +1,76 @@
+"""`evonnx compress` end to end on a tiny model: verified output, config files, clean failures."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import corpus
+from evonnx.runtime import decode
+
+
+def evonnx(*args):
+    return subprocess.run([sys.executable, "-m", "evonnx", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    model = root / "mlp.onnx"
+    onnx.save_model(corpus.mlp(d_in=32, hidden=64, classes=10), str(model))
+    calib = root / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((128, 32)).astype(np.float32))
+    return root, model, calib
+
+
+def test_compress_decode_within_fidelity(tiny):
+    root, model, calib = tiny
+    out = root / "flags.evx"
+    result = evonnx("compress", model, "-o", out, "--calib", calib, "--sparsity", "0.5", "--bits", "4", "--json",
+                    "--quiet")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["sparsity"] == pytest.approx(0.5, abs=0.01) and summary["container_bytes"] == out.stat().st_size
+    targets = {r["name"]: r for r in summary["layers"] if r["role"] == "matrix"}
+    assert all(r["bits"] == 4 and r["scheme"] != "raw" for r in targets.values())
+    decoded = decode(out)
+    x = np.load(calib)["x"]
+    teacher = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    student = ort.InferenceSession(decoded.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    agreement = np.mean(teacher.argmax(1) == student.argmax(1))
+    assert agreement == pytest.approx(summary["top1_agreement"], abs=1e-9)
+
+
+def test_config_file_gives_the_same_container(tiny):
+    root, model, calib = tiny
+    config = root / "pipeline.toml"
+    config.write_text('[[passes]]\nname = "directed-evolution"\nsparsity = 0.5\n\n'
+                      '[[passes]]\nname = "quantize"\nbits = 4\n')
+    flags, from_file = root / "a.evx", root / "b.evx"
+    for out, extra in ((flags, ["--sparsity", "0.5", "--bits", "4"]), (from_file, ["--config", config])):
+        result = evonnx("compress", model, "-o", out, "--calib", calib, "--quiet", *extra)
+        assert result.returncode == 0, result.stderr
+    assert flags.read_bytes() == from_file.read_bytes()
+
+
+def test_bad_inputs_leave_no_file(tiny, tmp_path):
+    root, model, calib = tiny
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, x=np.ones((4, 31), np.float32))
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(model.read_bytes()[:300])
+    cases = [
+        ([model, "-o", tmp_path / "o1.evx", "--calib", wrong], "wrong.npz: array 'x' has shape (4, 31)"),
+        ([corrupt, "-o", tmp_path / "o2.evx"], "corrupt.onnx"),
+        ([model, "-o", tmp_path / "missing" / "o3.evx"], "does not exist"),
+        ([model, "-o", tmp_path / "o4.evx", "--sparsity", "1.5"], "--sparsity must be in [0, 1)"),
+        ([model, "-o", tmp_path / "o5.evx", "--bits", "12"], "--bits must be auto or 1 to 8"),
+    ]
+    for args, message in cases:
+        result = evonnx("compress", *args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert not [p for p in tmp_path.rglob("*") if p.suffix in (".evx", ".tmp")]
