@@ -306,6 +306,8 @@ def decode(r: Reader, shape: tuple[int, ...], n_kept: int, what: str) -> np.ndar
         flat = bits[:size].view(bool)
     elif codec == RUNS:
         flat = _decode_runs(r, size, n_kept, what)
+    elif codec in (PYRAMID, GRID) and size == 0:
+        raise r.fail(f"{what}: {CODEC_NAMES[codec]} mask for an empty tensor")
     elif codec == PYRAMID:
         rows, cols = view_2d(shape, size)
         flat = _decode_pyramid(r, rows, cols, what).reshape(-1)

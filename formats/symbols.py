@@ -13,7 +13,7 @@ import zstandard
 from evonnx.errors import EvxFormatError
 from evonnx.formats import ans
 from evonnx.formats.bytesio import Reader, Writer
-from evonnx.formats.contexts import MAX_CLASSES, ClassGrid, KeptGrid, rank_classes
+from evonnx.formats.contexts import MAX_CLASSES, ClassGrid, KeptGrid, rank_classes, tile_counts
 
 EMPTY, CONST, PACKED, ANS, ANS_GRID, ZSTD_PLANES = range(6)
 CODEC_NAMES = {EMPTY: "empty", CONST: "const", PACKED: "packed", ANS: "ans", ANS_GRID: "ans-grid",
@@ -128,13 +128,12 @@ def _grid_candidates(grid: KeptGrid, q: np.ndarray, sym: np.ndarray, alphabet: i
     return best
 
 
-def _context_order(grid: KeptGrid, cg: ClassGrid) -> tuple[np.ndarray | None, np.ndarray]:
-    """For a masked grid: (order, counts) with stream = symbols[order] context-major (stable);
-    for a dense grid: (None, counts) and the stream is read tile by tile of the permuted view."""
+def _tile_counts(grid: KeptGrid, cg: ClassGrid) -> tuple[np.ndarray | None, np.ndarray]:
+    """The permuted mask (None when dense) and the number of kept entries in each context's tile."""
     if grid.mask is None:
         return None, np.outer(np.diff(cg.rb), np.diff(cg.cb)).reshape(-1)
-    ctx = (cg.rc.astype(np.uint8)[:, None] * np.uint8(cg.kc) + cg.cc.astype(np.uint8)[None, :])[grid.mask]
-    return np.argsort(ctx, kind="stable"), np.bincount(ctx, minlength=cg.kr * cg.kc)
+    mp = cg.permute(grid.mask)
+    return mp, tile_counts(mp, cg)
 
 
 def _encode_ans_grid(sym: np.ndarray, alphabet: int, grid: KeptGrid) -> bytes | None:
@@ -143,14 +142,9 @@ def _encode_ans_grid(sym: np.ndarray, alphabet: int, grid: KeptGrid) -> bytes | 
     if best is None:
         return None
     cg = best[1]
-    order, counts = _context_order(grid, cg)
-    if order is None:
-        qp = cg.permute(q)
-        runs_vals = [qp[rs, cs].reshape(-1) for _, rs, cs in cg.tiles()]
-    else:
-        stream = sym[order]
-        bounds = np.cumsum(counts)
-        runs_vals = np.split(stream, bounds[:-1])
+    mp, _ = _tile_counts(grid, cg)
+    qp = cg.permute(q)
+    runs_vals = [qp[rs, cs].reshape(-1) if mp is None else qp[rs, cs][mp[rs, cs]] for _, rs, cs in cg.tiles()]
     w = Writer().u8(ANS_GRID).u8(cg.kr).u8(cg.kc).varint(alphabet)
     w.raw(encode(cg.rc, cg.kr)).raw(encode(cg.cc, cg.kc))
     runs = []
@@ -175,7 +169,12 @@ def _decode_ans_grid(r: Reader, n: int, limit: int, grid: KeptGrid | None, dtype
     rc = decode(r, grid.rows, kr, np.int64, what=f"{what} row classes")
     cc = decode(r, grid.cols, kc, np.int64, what=f"{what} column classes")
     cg = ClassGrid(rc, cc, kr, kc)
-    order, counts = _context_order(grid, cg)
+    sparse = grid.mask is not None and 4 * n < grid.mask.size  # sorting the few kept entries beats tiles
+    if sparse:
+        kept_ctx = (rc.astype(np.uint8)[:, None] * np.uint8(kc) + cc.astype(np.uint8)[None, :])[grid.mask]
+        counts = np.bincount(kept_ctx, minlength=kr * kc)
+    else:
+        mp, counts = _tile_counts(grid, cg)
     if int(counts.sum()) != n:
         raise r.fail(f"{what}: contexts hold {int(counts.sum())} symbols, expected {n}")
     tables = []
@@ -191,17 +190,22 @@ def _decode_ans_grid(r: Reader, n: int, limit: int, grid: KeptGrid | None, dtype
     parts = [dec.decode(tables[ctx], counts[ctx]) for ctx in range(kr * kc) if counts[ctx]]
     dec.finish()
     stream = np.concatenate(parts).astype(dtype, copy=False)
-    if order is not None:
+    if sparse:
         out = np.empty(n, dtype)
-        out[order] = stream
+        out[np.argsort(kept_ctx, kind="stable")] = stream
         return out
-    qp = np.empty((grid.rows, grid.cols), dtype)
+    qp = np.zeros((grid.rows, grid.cols), dtype)
     start = 0
     for ctx, rs, cs in cg.tiles():
-        if counts[ctx]:
-            qp[rs, cs] = stream[start:start + counts[ctx]].reshape(rs.stop - rs.start, cs.stop - cs.start)
-            start += counts[ctx]
-    return cg.unpermute(qp).reshape(-1)
+        count = int(counts[ctx])
+        if count:
+            if mp is None:
+                qp[rs, cs] = stream[start:start + count].reshape(rs.stop - rs.start, cs.stop - cs.start)
+            else:
+                qp[rs, cs][mp[rs, cs]] = stream[start:start + count]
+            start += count
+    q = cg.unpermute(qp)
+    return q.reshape(-1) if grid.mask is None else q[grid.mask]
 
 
 # -- entry points ---------------------------------------------------------------------------------

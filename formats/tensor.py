@@ -24,6 +24,11 @@ Conventions (also in SPEC.md):
 * ``scheme == "codebook"``: ``w = centroids[q]`` with float32 centroids, 1 <= len <= 2**bits.
 * The float32 result is cast to ``dtype`` (round to nearest-even) for float16/bfloat16/float64
   weights of the uniform and codebook schemes.
+
+Typical use in a quantize pass::
+
+    t = QuantizedTensor.uniform(name, w.shape, w.dtype.name, 4, codes, scale, zero_point, mask=keep, axis=0)
+    state_weight = dequantize(t)     # what the search measures; the decoder rebuilds exactly this
 """
 from __future__ import annotations
 

@@ -27,12 +27,13 @@ def test_symbol_codecs_roundtrip_and_are_chosen_when_they_win():
     assert _roundtrip_symbols(rng.integers(0, 8, 50), 8)[0] == "packed"
     skewed = rng.geometric(0.5, 20000) - 1
     assert _roundtrip_symbols(np.minimum(skewed, 255), 256)[0] == "ans"
-    rows, cols = 64, 128
+    rows, cols = 128, 256
     q = np.clip(np.rint(rng.normal(size=(rows, cols)) * np.exp(rng.normal(0, 1, (1, cols))) + 8), 0, 15).astype(int)
     assert _roundtrip_symbols(q.reshape(-1), 16, grid=KeptGrid(rows, cols, None))[0] == "ans-grid"
-    mask = rng.random((rows, cols)) < 0.5
-    codec, _ = _roundtrip_symbols(q[mask], 16, grid=KeptGrid(rows, cols, mask))
-    assert codec == "ans-grid"
+    for keep in (0.5, 0.15):  # both decoding paths: tiles (dense-ish) and sorting (sparse)
+        mask = rng.random((rows, cols)) < keep
+        codec, _ = _roundtrip_symbols(q[mask], 16, grid=KeptGrid(rows, cols, mask))
+        assert codec == "ans-grid"
     halfs = rng.normal(size=3000).astype(np.float16).astype(np.float32).view(np.uint32)
     assert _roundtrip_symbols(halfs, 1 << 32, itemsize=4, dtype=np.uint32)[0] == "zstd-planes"
     wide = rng.integers(0, 1 << 62, 100, dtype=np.int64).astype(np.uint64)

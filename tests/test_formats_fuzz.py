@@ -46,6 +46,8 @@ def _containers():
     mag = w > np.quantile(w, 0.8)
     sparse = rng.random((16, 90)) < 0.04
     q = np.clip(np.rint(rng.normal(size=(32, 48)) * np.exp(rng.normal(0, 1, (1, 48))) + 8), 0, 15).astype(int)
+    q2 = np.clip(np.rint(rng.normal(size=(96, 160)) * np.exp(rng.normal(0, 1.5, (1, 160))) + 8), 0, 15).astype(int)
+    keep2 = rng.random((96, 160)) < 0.2
     first = [
         QuantizedTensor.uniform("pyr", (96, 80), "float32", 4, rng.integers(0, 16, blob.sum()), 0.1, 7.5, mask=blob),
         QuantizedTensor.codebook("grid", (40, 56), "float16", 3, rng.integers(0, 6, mag.sum()), rng.normal(size=6),
@@ -63,6 +65,7 @@ def _containers():
         QuantizedTensor.raw("empty", np.zeros((0, 4), np.float16)),
         QuantizedTensor.codebook("skewed", (30, 30), "float32", 4,
                                  np.minimum(rng.geometric(0.5, 900) - 1, 9), np.linspace(-1, 1, 10)),
+        QuantizedTensor.uniform("sparse_ctx", (96, 160), "float32", 4, q2[keep2], 0.1, 8.0, mask=keep2),
     ]
     return [(encode_evx(model, ts, {"i": i}), ts) for i, ts in enumerate((first, second))]
 
