@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import onnx
@@ -10,6 +9,7 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from evonnx.errors import ModelError
+from evonnx.formats.atomic import atomic_write_bytes
 
 # Protobuf refuses single messages above 2 GiB; bigger models must keep external data.
 _PROTO_LIMIT = 2**31 - 1
@@ -94,20 +94,5 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
             os.replace(os.path.join(tmp, data_name), path.parent / data_name)
             os.replace(os.path.join(tmp, path.name), path)
         return path
-    atomic_write(path, model.SerializeToString())
+    atomic_write_bytes(path, model.SerializeToString())
     return path
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes so that `path` holds either its old content or all of `data`, never a part."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

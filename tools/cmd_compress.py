@@ -7,7 +7,7 @@ from pathlib import Path
 
 from evonnx.errors import EvonnxError
 from evonnx.passes.engine.calib import parse_input_shapes
-from evonnx.runtime.model_io import atomic_write
+from evonnx.formats.atomic import atomic_write_bytes
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         report = Path(args.report)
         report.mkdir(parents=True, exist_ok=True)
-        atomic_write(report / "summary.json", json.dumps(summary, indent=2).encode())
-        atomic_write(report / "report.md", ("# evonnx compress report\n\n```\n" + format_summary(summary) + "\n```\n").encode())
+        atomic_write_bytes(report / "summary.json", json.dumps(summary, indent=2).encode())
+        atomic_write_bytes(report / "report.md", ("# evonnx compress report\n\n```\n" + format_summary(summary) + "\n```\n").encode())
     return 0
 
 

@@ -18,7 +18,7 @@ from evonnx.passes.engine.calib import load_npz, synthetic
 from evonnx.passes.pipeline import Pipeline
 from evonnx.passes.state import ModelState, load_state
 from evonnx.runtime.decode import build_model
-from evonnx.runtime.model_io import atomic_write
+from evonnx.formats.atomic import atomic_write_bytes
 from evonnx.runtime.weights import read_weights
 
 
@@ -109,7 +109,7 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
     scale = max(float(np.max(np.abs(m))) if m.size else 0.0 for m in measured) or 1.0
     if diff > 1e-4 * scale:
         raise EvonnxError(f"verification failed: the decoded model's outputs differ from the measured ones by {diff:g}")
-    atomic_write(output, blob)
+    atomic_write_bytes(output, blob)
 
     metrics = engine.evaluate([{n: state.current(n) for n in engine.weight_names}])[0]
     original = Path(model).stat().st_size if not isinstance(model, (bytes, bytearray)) else len(model)

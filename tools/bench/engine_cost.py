@@ -16,7 +16,7 @@ import numpy as np
 from evonnx.passes.engine.calib import load_npz
 from evonnx.passes.engine.fitness import FitnessEngine, Runner
 from evonnx.passes.state import load_state
-from evonnx.runtime.model_io import atomic_write
+from evonnx.formats.atomic import atomic_write_bytes
 
 BATCH = {"lenet300": 256, "lenet5": 256, "resnet50ish": 4}
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.out:
-        atomic_write(args.out, (text + "\n").encode())
+        atomic_write_bytes(args.out, (text + "\n").encode())
     return 0
 
 

@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 
+from evonnx.formats.atomic import atomic_write_bytes
 from . import data as zdata
 
 __all__ = [
@@ -168,19 +168,11 @@ def load(
 # ----------------------------------------------------------------------------- file helpers
 
 
-def _atomic_write(path: Path, writer: Callable[[io.BufferedWriter], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; cache files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def _atomic_write(path: Path, writer: Callable[[io.BytesIO], None]) -> None:
+    """Let `writer` fill a buffer, then write it atomically (nothing is written if `writer` fails)."""
+    buffer = io.BytesIO()
+    writer(buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
