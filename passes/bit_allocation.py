@@ -38,6 +38,8 @@ class BitAllocation(Pass):
         metric: str = param("auto", "budget metric: accuracy (labels), agreement (top-1 with the incoming model), "
                             "kl (mean KL, or rel. MSE for non-classifiers); auto = accuracy, else agreement, else kl")
         max_drop: float = param(0.5, "accuracy points lost, or top-1 points changed, vs the incoming model")
+        z: float = param(1.0, "accuracy budget on the drop's upper bound: measured + z standard errors (McNemar, "
+                         "from the calibration samples that change); 0 = the raw drop, which overfits the search")
         max_kl: float = param(0.01, "mean KL (rel. MSE for non-classifiers) from the incoming model, metric = kl")
         target_bytes: int = param(0, "> 0: best fidelity within this estimated size of all weights (bytes), "
                                   "instead of a loss budget")
@@ -55,7 +57,7 @@ class BitAllocation(Pass):
         fidelity = Fidelity(engine, {n: state.current(n) for n in state.targets})
         start = fidelity.start
         metric, limit = _budget(cfg, start)
-        loss = _loss(metric, start)
+        loss = _loss(metric, cfg.z)
         quantizer = Quantizer(state, engine, cfg.refit_rows, ctx.seed)
         specs = list(dict.fromkeys([QuantSpec.parse(f, b) for f in cfg.schemes for b in cfg.bits]
                                    + [QuantSpec("raw", 32)]))
@@ -65,7 +67,7 @@ class BitAllocation(Pass):
             tried = [s for s in specs if not s.refit or quantizer.can_refit(name)]
             done = [quantizer.quantize(name, s) for s in tried]
             metrics = fidelity.evaluate([{name: q.weight} for q in done])
-            options = [Option(s, q, coded_bytes(q.tensor)["total"], m.fitness, loss(m))
+            options = [Option(s, q, coded_bytes(q.tensor)["total"], m.metrics.fitness, loss(m))
                        for s, q, m in zip(tried, done, metrics)]
             measured[name] = [(o.spec.label, round(o.bytes, 1), o.damage, o.drop) for o in options]
             table[name] = frontier(options, None if cfg.target_bytes else limit)
@@ -101,14 +103,14 @@ def _budget(cfg, start: Metrics) -> tuple[str, float]:
     return metric, (cfg.max_kl if metric == "kl" else cfg.max_drop)
 
 
-def _loss(metric: str, start: Metrics):
-    """Metrics against the incoming model -> loss: accuracy points lost, top-1 disagreement in points, or
-    KL (rel. MSE) from the incoming model."""
+def _loss(metric: str, z: float):
+    """Measure against the incoming model -> loss: accuracy points lost (upper bound), top-1 points
+    changed, or KL (rel. MSE) from the incoming model."""
     if metric == "accuracy":
-        return lambda m: 100.0 * (start.accuracy - m.accuracy)
+        return lambda m: m.accuracy_drop(z)
     if metric == "agreement":
-        return lambda m: 100.0 * (1.0 - m.top1)
-    return lambda m: m.fitness
+        return lambda m: 100.0 * (1.0 - m.metrics.top1)
+    return lambda m: m.metrics.fitness
 
 
 def _fixed_bytes(state: ModelState, planned: set[str], nontarget: str) -> float:

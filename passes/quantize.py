@@ -61,7 +61,7 @@ def quantize_plan(state: ModelState, ctx: PassContext, plan: dict[str, QuantSpec
     weights = {n: q.weight for n, q in done.items()}
     *alone, joint = fidelity.evaluate([{n: q.weight} for n, q in done.items()] + [weights])
     for r, m in zip(rows, alone):
-        r["kl_alone"] = m.fitness  # KL (or rel. MSE) from the incoming student, this layer quantized alone
+        r["kl_alone"] = m.metrics.fitness  # KL (or rel. MSE) from the incoming student, this layer quantized alone
     quant = {n: q.tensor for n, q in done.items()}
     rounded = []
     if nontarget != "exact":
@@ -76,10 +76,10 @@ def quantize_plan(state: ModelState, ctx: PassContext, plan: dict[str, QuantSpec
               "bumped": int(sum(q.bumped for q in done.values())),
               "fallbacks": [n for n, q in done.items() if q.fallback],
               "est_bytes": float(sum(r["est_bytes"] for r in rows)),
-              "fidelity": metrics_summary(joint), "before": metrics_summary(before), "after": metrics_summary(after),
+              "fidelity": metrics_summary(joint.metrics), "before": metrics_summary(before), "after": metrics_summary(after),
               **(extra or {})}
     ctx.log(f"{pass_name}: {len(done)} weights, est. {record['est_bytes'] / 1024:.1f} KiB coded, KL from the incoming "
-            f"model {joint.fitness:.3g}, fitness vs teacher {before.fitness:.4g} -> {after.fitness:.4g}, "
+            f"model {joint.metrics.fitness:.3g}, fitness vs teacher {before.fitness:.4g} -> {after.fitness:.4g}, "
             f"{record['bumped']} survivors kept off zero")
     ctx.log(format_rows(rows))
     return state.replace(weights=weights, quant=quant, record=record)

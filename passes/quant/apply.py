@@ -5,12 +5,14 @@ searched plan). Non-target tensors stay exact, or are rounded to fp16/bf16 only 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from evonnx.errors import EvonnxError
 from evonnx.formats.dtypes import np_dtype
 from evonnx.formats.tensor import QuantizedTensor, dequantize
-from evonnx.passes.engine.metrics import compare
+from evonnx.passes.engine.metrics import Metrics, compare, is_classifier
 from evonnx.passes.quant.layer import QuantSpec, Quantized, quantize_weight, survivors
 from evonnx.passes.quant.refit import gram_matrices, layer_views, refit_centroids
 from evonnx.passes.quant.sizing import coded_bytes
@@ -79,19 +81,45 @@ def nontargets(state: ModelState, exclude: set[str]) -> list[str]:
     return [w.name for w in state.table if w.name not in exclude]
 
 
+@dataclass
+class Measure:
+    """One candidate against the incoming model: its metrics, and on the labelled classifier output the
+    calibration samples it turns from right to wrong (`lost`) and from wrong to right (`gained`)."""
+
+    metrics: Metrics
+    lost: int = 0
+    gained: int = 0
+    n: int = 0
+
+    def accuracy_drop(self, z: float) -> float:
+        """Accuracy points lost, plus z standard errors of that paired difference (McNemar: the
+        variance of (lost - gained) / n is about (lost + gained) / n^2)."""
+        if self.n == 0:
+            return 0.0
+        return 100.0 * (self.lost - self.gained + z * np.sqrt(self.lost + self.gained)) / self.n
+
+
 class Fidelity:
-    """Metrics of candidates against the incoming student's outputs (not the teacher's): quantization
+    """Candidates measured against the incoming student's outputs (not the teacher's): quantization
     must keep what the sparsification produced. fitness = KL(incoming || candidate) (or rel. MSE),
     top1 = agreement with the incoming student's top-1, accuracy = against the calibration labels."""
 
     def __init__(self, engine, base: dict[str, np.ndarray]):
         self.engine, self.base = engine, base
+        self.labels = engine.calib.labels
         self.reference = engine.outputs(base)
-        self.start = self._compare(self.reference)
+        self.head = next((i for i, t in enumerate(self.reference) if is_classifier(t) and self.labels is not None
+                          and len(self.labels) == len(t)), None)
+        self.start = self._measure(self.reference).metrics
 
-    def _compare(self, outputs):
-        return compare(self.engine.output_names, self.reference, outputs, self.engine.calib.labels)
+    def _measure(self, outputs) -> Measure:
+        metrics = compare(self.engine.output_names, self.reference, outputs, self.labels)
+        if self.head is None:
+            return Measure(metrics)
+        was = self.reference[self.head].argmax(-1) == self.labels
+        now = outputs[self.head].argmax(-1) == self.labels
+        return Measure(metrics, int(np.sum(was & ~now)), int(np.sum(~was & now)), len(self.labels))
 
-    def evaluate(self, changes: list[dict[str, np.ndarray]]) -> list:
-        """Metrics of the incoming weights with each dict of `changes` applied."""
-        return [self._compare(self.engine.outputs({**self.base, **c})) for c in changes]
+    def evaluate(self, changes: list[dict[str, np.ndarray]]) -> list[Measure]:
+        """The incoming weights with each dict of `changes` applied, measured."""
+        return [self._measure(self.engine.outputs({**self.base, **c})) for c in changes]
