@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -37,11 +38,15 @@ def _interleaved_ratio(reference, other, repeats: int) -> tuple[float, float]:
     return float(np.median(ref_times)), float(np.median(ratios))
 
 
-def measure(name: str, device: str, repeats: int) -> dict:
-    from evonnx.tools.zoo.build import build
-    entry = build(name)
-    state = load_state(entry.model_path)
-    calib = load_npz(entry.calib_path, state.model).subset(BATCH[name])
+def measure(name: str, device: str, repeats: int, models_dir: str | None = None) -> dict:
+    if models_dir:  # model.onnx and calib.npz copied elsewhere (e.g. onto a GPU machine without the dataset)
+        model_path, calib_path = Path(models_dir, name, "model.onnx"), Path(models_dir, name, "calib.npz")
+    else:
+        from evonnx.tools.zoo import build
+        entry = build(name)
+        model_path, calib_path = entry.model_path, entry.calib_path
+    state = load_state(model_path)
+    calib = load_npz(calib_path, state.model).subset(BATCH[name])
     engine = FitnessEngine(state.model, calib, state.targets, device=device, batch_size=BATCH[name])
     baked = Runner(state.model, engine.providers)
     batch = engine.batches[0]
@@ -64,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", help="also write the table to this markdown file")
+    parser.add_argument("--models-dir", help="read NAME/model.onnx and NAME/calib.npz from here instead of the zoo")
     args = parser.parse_args(argv)
-    rows = [measure(m, args.device, args.repeats) for m in args.models]
+    rows = [measure(m, args.device, args.repeats, args.models_dir) for m in args.models]
     lines = [f"machine: {platform.machine()}, {platform.processor() or platform.platform()}",
              "", "| model | target params | batch | provider | baked forward (ms) | weights fed, one session | new session per candidate |",
              "|---|---:|---:|---|---:|---:|---:|"]
