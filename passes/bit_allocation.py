@@ -6,6 +6,8 @@ measured with the fitness engine against the incoming (e.g. sparsified) model's 
 joint measurements, then single-layer refinements; or a greedy descent from all-exact. The objective is the estimated *coded* size (entropy of codes and mask plus
 side information, passes/quant/sizing.py), not the nominal bit count. The budget is `max_drop`
 accuracy points (labels) or top-1 agreement points (no labels), `max_kl`, or a `target_bytes` size.
+With labels the drop is taken at its upper bound, measured + z standard errors: the search picks among
+many allocations on the same calibration set, and the raw drop lets it pick noise.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ class BitAllocation(Pass):
         metric: str = param("auto", "budget metric: accuracy (labels), agreement (top-1 with the incoming model), "
                             "kl (mean KL, or rel. MSE for non-classifiers); auto = accuracy, else agreement, else kl")
         max_drop: float = param(0.5, "accuracy points lost, or top-1 points changed, vs the incoming model")
-        z: float = param(1.0, "accuracy budget on the drop's upper bound: measured + z standard errors (McNemar, "
+        z: float = param(2.0, "accuracy budget on the drop's upper bound: measured + z standard errors (McNemar, "
                          "from the calibration samples that change); 0 = the raw drop, which overfits the search")
         max_kl: float = param(0.01, "mean KL (rel. MSE for non-classifiers) from the incoming model, metric = kl")
         target_bytes: int = param(0, "> 0: best fidelity within this estimated size of all weights (bytes), "

@@ -41,11 +41,14 @@ def raw_bytes(state):
 def test_accuracy_budget_is_met_and_the_model_shrinks(setup, search):
     state, calib = setup
     ctx = PassContext(calib=calib, log=lambda _: None)
-    out = get_pass("bit-allocation")(search=search, schemes=SCHEMES, max_drop=1.0).run(state, ctx)
+    out = get_pass("bit-allocation")(search=search, schemes=SCHEMES, max_drop=2.0).run(state, ctx)
     record = out.history[-1]
-    assert record["metric"] == "accuracy" and record["limit"] == 1.0
-    start, end = independent_metrics(state, calib, out.weights)
-    assert 100 * (start.accuracy - end.accuracy) <= 1.0
+    assert record["metric"] == "accuracy" and record["limit"] == 2.0
+    engine = FitnessEngine(state.model, calib, state.targets, device="cpu", batch_size=128)
+    was = engine.outputs({})[0].argmax(1) == calib.labels
+    now = engine.outputs({n: out.weights[n] for n in state.targets})[0].argmax(1) == calib.labels
+    lost, gained = np.sum(was & ~now), np.sum(~was & now)
+    assert 100 * (lost - gained + 2 * np.sqrt(lost + gained)) / len(was) <= 2.0  # the drop's upper bound, z = 2
     assert sum(coded_bytes(t)["total"] for t in out.quant.values()) == pytest.approx(record["est_bytes"], rel=1e-3)
     assert record["est_bytes"] < 0.35 * raw_bytes(state)  # well under fp32: 8 bits would be 0.25 + side info
     for name, t in out.quant.items():

@@ -112,7 +112,7 @@ def _check_array(path: Path, spec: InputSpec, arr: np.ndarray, override: list[in
                                    f"the model expects {_fmt(spec.shape)}")
     if np.issubdtype(spec.dtype, np.floating) != np.issubdtype(arr.dtype, np.floating):
         raise CalibrationError(f"{path}: array {spec.name!r} is {arr.dtype}, the model input is {spec.dtype}")
-    return np.ascontiguousarray(arr, dtype=spec.dtype)
+    return np.asarray(arr, dtype=spec.dtype, order="C")  # ascontiguousarray would make a 0-d flag 1-d
 
 
 def _fmt(shape: list) -> str:

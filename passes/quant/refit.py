@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from evonnx.passes.engine.fitness import Runner
+from evonnx.passes.sparsity.graph import elem_types
 from evonnx.passes.sparsity.layers import Layer, analyse
 from evonnx.passes.state import ModelState
 
@@ -30,7 +31,8 @@ def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], max_rows:
     inputs = sorted({layer.x for layer in layers.values()})
     model = state.to_onnx()
     known = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+    types = elem_types(model)
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, types.get(n, (onnx.TensorProto.FLOAT,))[0], None)
                               for n in inputs if n not in known)
     runner = Runner(model, engine.providers, f"{state.label} (activations)")
     index = {n: runner.output_names.index(n) for n in inputs}

@@ -39,7 +39,7 @@ def _interleaved_ratio(reference, other, repeats: int) -> tuple[float, float]:
 
 
 def measure(name: str, device: str, repeats: int, models_dir: str | None = None) -> dict:
-    if models_dir:  # model.onnx and calib.npz copied elsewhere (e.g. onto a GPU machine without the dataset)
+    if models_dir and Path(models_dir, name, "model.onnx").is_file():  # copied elsewhere (a GPU machine, say)
         model_path, calib_path = Path(models_dir, name, "model.onnx"), Path(models_dir, name, "calib.npz")
     else:
         from evonnx.tools.zoo import build
