@@ -3,8 +3,9 @@
 Sensitivity: every target layer is quantized alone under every scheme x bit width (plus exact) and
 measured with the fitness engine against the incoming (e.g. sparsified) model's outputs. Search
 (passes/quant/allocate.py): a knapsack on the additive damage estimate, its budget bisected against
-joint measurements, then single-layer refinements; or a greedy descent from all-exact. The objective is the estimated *coded* size (entropy of codes and mask plus
-side information, passes/quant/sizing.py), not the nominal bit count. The budget is `max_drop`
+joint measurements, then single-layer refinements; or a greedy descent from all-exact. The objective
+is the estimated *coded* size (entropy of codes and mask plus side information,
+passes/quant/sizing.py), not the nominal bit count. The budget is `max_drop`
 accuracy points (labels) or top-1 agreement points (no labels), `max_kl`, or a `target_bytes` size.
 With labels the drop is taken at its upper bound, measured + z standard errors: the search picks among
 many allocations on the same calibration set, and the raw drop lets it pick noise.
@@ -49,6 +50,7 @@ class BitAllocation(Pass):
         min_size: int = param(32, "target weights with fewer entries are kept exact")
         nontarget: str = param("exact", "biases, norms and small tensors: exact, fp16 or bf16 (rounded)")
         refit_rows: int = param(4096, "calibration rows per layer for the codebook re-fit")
+        keep: list = param([], "target weights kept exact (e.g. ones the calibration data never exercises)")
 
     def run(self, state: ModelState, ctx: PassContext) -> ModelState:
         cfg = self.config
@@ -63,7 +65,7 @@ class BitAllocation(Pass):
         quantizer = Quantizer(state, engine, cfg.refit_rows, ctx.seed)
         specs = list(dict.fromkeys([QuantSpec.parse(f, b) for f in cfg.schemes for b in cfg.bits]
                                    + [QuantSpec("raw", 32)]))
-        names = [n for n in state.targets if state.table[n].size >= cfg.min_size]
+        names = [n for n in state.targets if state.table[n].size >= cfg.min_size and n not in cfg.keep]
         table, measured = {}, {}
         for name in names:
             tried = [s for s in specs if not s.refit or quantizer.can_refit(name)]
@@ -87,7 +89,9 @@ class BitAllocation(Pass):
         plan = {n: o.spec for n, o in searcher.options(choice).items()}
         extra = {"metric": metric, "limit": limit, "joint_loss": searcher.loss(choice),
                  "joint_evaluations": len(searcher.cache), "sensitivity_evaluations": sum(map(len, measured.values())),
-                 "allocation": {n: s.label for n, s in plan.items()}, "sensitivity": measured}
+                 "allocation": {n: s.label for n, s in plan.items()}, "sensitivity": measured,
+                 "tried": [(round(searcher.bytes(c), 1), loss) for c, loss in searcher.cache.items()],
+                 "chosen_bytes": round(searcher.bytes(choice), 1)}
         ctx.log(f"bit-allocation: {metric} budget {limit:g}, {extra['sensitivity_evaluations']} sensitivity and "
                 f"{extra['joint_evaluations']} joint evaluations; " + ", ".join(f"{n}: {s}" for n, s in
                                                                                 extra["allocation"].items()))

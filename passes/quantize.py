@@ -76,7 +76,8 @@ def quantize_plan(state: ModelState, ctx: PassContext, plan: dict[str, QuantSpec
               "bumped": int(sum(q.bumped for q in done.values())),
               "fallbacks": [n for n, q in done.items() if q.fallback],
               "est_bytes": float(sum(r["est_bytes"] for r in rows)),
-              "fidelity": metrics_summary(joint.metrics), "before": metrics_summary(before), "after": metrics_summary(after),
+              "fidelity": metrics_summary(joint.metrics), "before": metrics_summary(before),
+              "after": metrics_summary(after),
               **(extra or {})}
     ctx.log(f"{pass_name}: {len(done)} weights, est. {record['est_bytes'] / 1024:.1f} KiB coded, KL from the incoming "
             f"model {joint.metrics.fitness:.3g}, fitness vs teacher {before.fitness:.4g} -> {after.fitness:.4g}, "

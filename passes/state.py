@@ -66,12 +66,12 @@ class ModelState:
         return set_weights(self.model, self.weights) if self.weights else self.model
 
 
-def load_state(source: str | os.PathLike | bytes, label: str | None = None) -> ModelState:
-    """Load, normalize and describe a model; refuse models with nothing float to compress."""
+def load_state(source: str | os.PathLike | bytes, label: str | None = None, *, allow_empty: bool = False) -> ModelState:
+    """Load, normalize and describe a model; refuse models with nothing float to compress unless `allow_empty`."""
     label = label or (str(source) if not isinstance(source, (bytes, bytearray)) else "<bytes>")
     model, origins = normalize(load_model(source, label=label))
     table = weight_table(model, origins)
-    if not table.weights:
+    if not table.weights and not allow_empty:
         reasons = "; ".join(f"{s.name}: {s.reason}" for s in table.skipped[:3])
         raise ModelError(f"{label}: the model has no float weights to compress" + (f" ({reasons})" if reasons else ""))
     return ModelState(model, table, label)

@@ -121,3 +121,39 @@ def too_new_ir() -> onnx.ModelProto:
     model = mlp()
     model.ir_version = 99
     return model
+
+
+def dynamic_dims(seed=0) -> onnx.ModelProto:
+    """x[N,T,8] with a dynamic sequence dim T -> MatMul -> Relu -> mean over T -> Gemm -> logits[N,4]."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="proj"),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("ReduceMean", ["r"], ["m"], axes=[1], keepdims=0),
+             helper.make_node("Gemm", ["m", "w2", "b2"], ["y"], name="head", transB=1)]
+    inits = [_w(rng, 8, 32, name="w1"), _w(rng, 4, 32, name="w2"), numpy_helper.from_array(np.zeros(4, np.float32), "b2")]
+    return _model(nodes, [fin("x", "N", "T", 8)], [fin("y", "N", 4)], inits)
+
+
+def cnn(seed=0) -> onnx.ModelProto:
+    """x[N,3,12,12] -> Conv+BN+Relu -> depthwise Conv -> MaxPool -> 1x1 Conv -> GlobalAveragePool -> Gemm[N,10]."""
+    rng = np.random.default_rng(seed)
+
+    def vec(name, n, loc=0.0, scale=0.1):
+        return numpy_helper.from_array((loc + scale * rng.standard_normal(n)).astype(np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["x", "c1", "c1b"], ["a"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["a", "bn_s", "bn_b", "bn_m", "bn_v"], ["an"], name="bn1"),
+             helper.make_node("Relu", ["an"], ["ar"]),
+             helper.make_node("Conv", ["ar", "dw"], ["d"], name="dwconv", group=16, pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["d"], ["dr"]),
+             helper.make_node("MaxPool", ["dr"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p", "c2", "c2b"], ["e"], name="conv2"),
+             helper.make_node("Relu", ["e"], ["er"]),
+             helper.make_node("GlobalAveragePool", ["er"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc", "fcb"], ["y"], name="fc", transB=1)]
+    inits = [_w(rng, 16, 3, 3, 3, name="c1"), vec("c1b", 16), vec("bn_s", 16, 1.0), vec("bn_b", 16),
+             vec("bn_m", 16), numpy_helper.from_array(np.ones(16, np.float32), "bn_v"),
+             _w(rng, 16, 1, 3, 3, name="dw"), _w(rng, 32, 16, 1, 1, name="c2"), vec("c2b", 32),
+             _w(rng, 10, 32, name="fc"), vec("fcb", 10)]
+    return _model(nodes, [fin("x", "N", 3, 12, 12)], [fin("y", "N", 10)], inits)

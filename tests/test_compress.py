@@ -74,3 +74,14 @@ def test_bad_inputs_leave_no_file(tiny, tmp_path):
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
     assert not [p for p in tmp_path.rglob("*") if p.suffix in (".evx", ".tmp")]
+
+
+def test_bit_allocation_alone_leaves_the_teacher_graph_intact(tiny):
+    """No pruning: the state's graph is the teacher's own, and the codebook re-fit must not add outputs to it."""
+    from evonnx.tools.compress import compress
+
+    root, model, calib = tiny
+    result = compress(model, root / "bits.evx", calib=calib, sparsity=0, bits="auto", progress=False,
+                      log=lambda *_: None)
+    assert result.sparsity == 0 and result.max_output_diff <= 1e-4
+    assert [o.name for o in decode(root / "bits.evx").graph.output] == ["y"]

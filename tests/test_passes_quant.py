@@ -188,7 +188,8 @@ def test_pass_records_decode_to_the_simulated_weights_bit_for_bit():
     mask = np.random.default_rng(2).random((256, 3)) < 0.3
     state = state.replace(weights={"w": np.where(mask, state.original("w"), 0).astype(np.float32)}, masks={"w": mask})
     ctx = PassContext(calib=synthetic(state.model, 64), log=lambda _: None)
-    out = get_pass("quantize")(scheme="codebook+refit", bits=3, min_size=1, layers={"k": "uniform/tensor/asym@5"}).run(state, ctx)
+    quantize = get_pass("quantize")(scheme="codebook+refit", bits=3, min_size=1, layers={"k": "uniform/tensor/asym@5"})
+    out = quantize.run(state, ctx)
     assert set(out.quant) == {"k", "w"} and np.array_equal(out.masks["w"], mask)
     for name, t in out.quant.items():
         data = encode_record(t)

@@ -1,25 +1,53 @@
-"""`evonnx.compress`: load → passes → encode → decode and verify → report. The CLI's `compress` calls this."""
+"""`evonnx.compress`: load → passes → encode → decode and verify → atomic write → report. The CLI's `compress`.
+
+Work dir (`workdir`): `run.json` names the run (a fingerprint of the model, calibration data, settings and
+seed) and whether it finished; the passes keep their checkpoints in sub-folders. Without `resume` a fresh
+run starts there (an unfinished run in it is refused, not overwritten); with `resume` the run recorded
+there must be this very run, and Directed Evolution continues from its checkpoint.
+
+`sparsity="auto"`: Directed Evolution climbs a ladder of global sparsities (the kept fraction halves each
+rung: 50 %, 75 %, 87.5 %, …), each rung continuing from the last accepted student, then bisects between
+the last rung within budget and the first beyond it. A rung is accepted when its drop against the teacher
+(accuracy points with labels, taken at measured + 1 standard error, else top-1 agreement points) is within
+half of `max_drop`; the bit allocation gets what is left of `max_drop`.
+"""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import shutil
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import onnx
 
 from evonnx.errors import EvonnxError
+from evonnx.formats.atomic import atomic_write_bytes
 from evonnx.formats.container import encode_evx, read_evx
 from evonnx.formats.tensor import QuantizedTensor
 from evonnx.passes.base import PassContext
+from evonnx.passes.bit_allocation import _loss
+from evonnx.passes.directed_evolution import DirectedEvolution
 from evonnx.passes.engine.calib import load_npz, synthetic
 from evonnx.passes.pipeline import Pipeline
+from evonnx.passes.quant.apply import Fidelity
+from evonnx.passes.sparsity.checkpoint import fingerprint
 from evonnx.passes.state import ModelState, load_state
 from evonnx.runtime.decode import build_model
-from evonnx.formats.atomic import atomic_write_bytes
 from evonnx.runtime.weights import read_weights
+
+RUN_FILE = "run.json"
+AUTO_DIR = "auto"
+LADDER = tuple(1 - 0.5 ** k for k in range(1, 7))  # 0.5 … 0.984: the kept fraction halves each rung
+BISECTIONS = 2
+SEARCH_SHARE = 0.7  # of --time-limit for the sparsity search; the rest is left for the bit allocation
+AUTO_SHARE = 0.5  # of --max-drop the auto sparsity may spend; the bit allocation gets what is left
+INTERNAL = ("history", "search_log")  # CompressResult fields for reports, not the JSON summary
 
 
 @dataclass
@@ -37,24 +65,34 @@ class CompressResult:
     fitness: float
     max_output_diff: float
     layers: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # tensors left untouched (already quantized, ...) and why
+    kept_exact: list[str] = field(default_factory=list)  # targets the calibration data never exercises
+    notes: list[str] = field(default_factory=list)
+    auto: list[dict] = field(default_factory=list)  # the trials of sparsity="auto"
+    history: list[dict] = field(default_factory=list, repr=False)  # the passes' records
+    search_log: list[dict] = field(default_factory=list, repr=False)  # Directed Evolution's log.jsonl entries
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The summary (JSON-ready), without the passes' records and search logs."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in INTERNAL}
 
 
-def default_pipeline(sparsity: float | str, bits: int | str, max_drop: float, time_limit: float | None,
-                     seed: int) -> Pipeline:
-    """Directed Evolution to the sparsity target, then the bit allocation (or fixed bits)."""
+def default_pipeline(sparsity: float | str, bits: int | str, max_drop: float, time_limit: float | None, *,
+                     prune: list[str] | None = None, keep: list[str] = ()) -> Pipeline:
+    """Directed Evolution to the sparsity target, then the bit allocation (or fixed bits). `prune`
+    restricts pruning to those weights (None: all targets); `keep` stays exact."""
     steps: list = []
-    if sparsity not in (0, 0.0, "0"):
-        de = {"sparsity": float(sparsity) if sparsity != "auto" else 0.9}
+    if sparsity not in (0, 0.0, "0") and prune != []:
+        de: dict = {"sparsity": float(sparsity)}
+        if prune is not None and keep:
+            de["weights"] = list(prune)
         if time_limit:  # the search stops early, then reaches the target the cheap way
-            de.update(time_limit=float(time_limit) * 0.7, on_budget="finish")
+            de.update(time_limit=float(time_limit) * SEARCH_SHARE, on_budget="finish")
         steps.append(("directed-evolution", de))
     if bits == "auto":
-        steps.append(("bit-allocation", {"max_drop": float(max_drop)}))
+        steps.append(("bit-allocation", {"max_drop": float(max_drop), **({"keep": list(keep)} if keep else {})}))
     else:
-        steps.append(("quantize", {"bits": int(bits)}))
+        steps.append(("quantize", {"bits": int(bits), **({"layers": {n: "raw" for n in keep}} if keep else {})}))
     return Pipeline(steps)
 
 
@@ -80,44 +118,235 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
              input_shapes: dict[str, list[int]] | None = None, samples: int = 256,
              sparsity: float | str = 0.9, bits: int | str = "auto", max_drop: float = 0.5,
              time_limit: float | None = None, seed: int = 0, workdir: str | Path | None = None,
-             pipeline: Pipeline | str | Path | None = None, device: str = "auto", progress: bool = True,
+             resume: bool = False, pipeline: Pipeline | str | Path | None = None, device: str = "auto",
+             progress: bool = True, report: str | Path | None = None,
              log: Callable[[str], None] = print) -> CompressResult:
-    """Compress an ONNX model into an .evx container, decode it again and verify it before returning."""
+    """Compress an ONNX model into an .evx container, decode it again and verify it before writing it;
+    with `report`, also write report.md, summary.json and plots in that folder."""
     start = time.perf_counter()
     output = Path(output)
     if not output.parent.exists():
         raise EvonnxError(f"{output}: folder {output.parent} does not exist")
-    state = load_state(model)
+    if resume and workdir is None:
+        raise EvonnxError("resuming needs the work dir of the run (--workdir)")
+    if sparsity == "auto" and pipeline is not None:
+        raise EvonnxError("--sparsity auto drives the default pipeline; it cannot be combined with --config")
+    original = _source_bytes(model)
+    state = load_state(model, allow_empty=True)
     data = load_npz(calib, state.model, input_shapes) if calib else synthetic(state.model, samples, input_shapes, seed)
-    ctx = PassContext(data, device=device, seed=seed, workdir=Path(workdir) if workdir else None,
-                      progress=progress, log=log)
     if isinstance(pipeline, (str, Path)):
         pipeline = Pipeline.from_file(pipeline)
-    pipeline = pipeline or default_pipeline(sparsity, bits, max_drop, time_limit, seed)
-    engine = ctx.engine(state)
-    state = pipeline.run(state, ctx)
+    skipped = [{"name": s.name, "reason": s.reason} for s in state.table.skipped]
+    if skipped:
+        log(f"left untouched: {len(skipped)} tensors already quantized or not weights "
+            f"({', '.join(s['name'] for s in skipped[:4])}{', …' if len(skipped) > 4 else ''})")
+    notes, trials, targets = [], [], state.targets
+    with _work_dir(workdir, report) as wd:
+        ctx = PassContext(data, device=device, seed=seed, workdir=wd, progress=progress, log=log)
+        engine = ctx.engine(state)
+        kept = _unexercised(state, engine)
+        if kept:
+            log(f"not exercised by the calibration data (a branch it never takes?): {', '.join(kept)}"
+                + ("; kept exact" if pipeline is None else "; the --config pipeline compresses them blind"))
+        if workdir is not None:
+            settings = {"sparsity": sparsity, "bits": bits, "max_drop": max_drop, "time_limit": time_limit,
+                        "pipeline": _describe(pipeline) if pipeline else None, "keep": kept}
+            labels = {} if data.labels is None else {"labels": data.labels}
+            _claim(wd, fingerprint(state.model, {**data.inputs, **labels}, settings, seed), resume, state.label, log)
+        prune = [n for n in targets if n not in kept]
+        if not targets:
+            notes.append("nothing to compress: no conv kernel, matrix or embedding among the float weights; "
+                         "the container holds the model as it is")
+            log(notes[-1])
+            steps: list[dict] = []
+        elif sparsity == "auto":
+            state, steps, trials = _auto(state, ctx, engine, bits, max_drop, time_limit, prune, kept, log)
+        else:
+            pipeline = pipeline or default_pipeline(sparsity, bits, max_drop, time_limit, prune=prune, keep=kept)
+            state = pipeline.run(state, ctx)
+            steps = _describe(pipeline)
+        search_log = _read_logs(wd) if wd is not None else []
+    meta = {"source": Path(str(model)).name, "seed": seed, "pipeline": steps,  # deterministic: runs compare by bytes
+            **({"auto": trials} if trials else {})}
+    blob, diff = _encode_and_verify(state, engine, meta)
+    atomic_write_bytes(output, blob)
+    if workdir is not None:
+        _finish_run(Path(workdir))
 
+    metrics = engine.evaluate([{n: state.current(n) for n in engine.weight_names}])[0]
+    result = CompressResult(
+        output=str(output), original_bytes=original, container_bytes=len(blob), ratio=original / len(blob),
+        sparsity=state.global_sparsity() if targets else 0.0, provider=engine.provider,
+        seconds=time.perf_counter() - start, teacher_accuracy=engine.teacher_metrics().accuracy,
+        accuracy=metrics.accuracy, top1_agreement=metrics.top1, fitness=metrics.fitness, max_output_diff=diff,
+        layers=_layers(state, to_container(state)[1]), skipped=skipped, kept_exact=kept, notes=notes, auto=trials,
+        history=state.history, search_log=search_log)
+    if report is not None:
+        from evonnx.tools.report import write_report
+        for line in write_report(result, report):
+            log(line)
+    return result
+
+
+# -- the run's pieces ----------------------------------------------------------------------------------
+
+def _encode_and_verify(state: ModelState, engine, meta: dict) -> tuple[bytes, float]:
+    """The container's bytes, after checking that they decode to the searched weights and outputs."""
     graph, records, expected = to_container(state)
-    meta = {"source": Path(str(model)).name, "seed": seed,  # deterministic: no timings, so runs compare by bytes
-            "pipeline": [{"name": p.name, **_jsonable(dataclasses.asdict(p.config))} for p in pipeline.passes]}
     blob = encode_evx(graph, records, meta)
     decoded = build_model(read_evx(blob))
     _check_weights(decoded, expected)
     measured = engine.outputs({n: state.current(n) for n in engine.weight_names})
     shipped = engine.model_outputs(decoded, "decoded")
-    diff = max(float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0 for a, b in zip(measured, shipped))
-    scale = max(float(np.max(np.abs(m))) if m.size else 0.0 for m in measured) or 1.0
+    diff = max((float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
+                for a, b in zip(measured, shipped)), default=0.0)
+    scale = max((float(np.max(np.abs(m))) if m.size else 0.0 for m in measured), default=0.0) or 1.0
     if diff > 1e-4 * scale:
         raise EvonnxError(f"verification failed: the decoded model's outputs differ from the measured ones by {diff:g}")
-    atomic_write_bytes(output, blob)
+    return blob, diff
 
-    metrics = engine.evaluate([{n: state.current(n) for n in engine.weight_names}])[0]
-    original = Path(model).stat().st_size if not isinstance(model, (bytes, bytearray)) else len(model)
-    return CompressResult(
-        output=str(output), original_bytes=original, container_bytes=len(blob), ratio=original / len(blob),
-        sparsity=state.global_sparsity(), provider=engine.provider, seconds=time.perf_counter() - start,
-        teacher_accuracy=engine.teacher_metrics().accuracy, accuracy=metrics.accuracy, top1_agreement=metrics.top1,
-        fitness=metrics.fitness, max_output_diff=diff, layers=_layers(state, records))
+
+def _unexercised(state: ModelState, engine) -> list[str]:
+    """Targets read only inside subgraphs (If/Loop/Scan bodies) whose zeroing changes no output on the
+    calibration data: a branch the data never takes, so no fidelity can be measured for them."""
+    inner = [w.name for w in state.table.targets if w.consumers and all(c.graph for c in w.consumers)]
+    if not inner:
+        return []
+    base = engine.outputs({})
+    return [n for n in inner if all(np.array_equal(a, b) for a, b in
+                                    zip(base, engine.outputs({n: np.zeros_like(state.original(n))})))]
+
+
+def _auto(state: ModelState, ctx: PassContext, engine, bits: int | str, max_drop: float, time_limit: float | None,
+          prune: list[str], kept: list[str], log) -> tuple[ModelState, list[dict], list[dict]]:
+    """sparsity="auto" (see the module docstring): the ladder and bisection of Directed Evolution runs,
+    then the bit stage with the rest of the budget. Returns the state, the passes that made it, the trials."""
+    limit = AUTO_SHARE * max_drop
+    metric = "accuracy" if ctx.calib.labels is not None else "agreement"
+    fidelity = Fidelity(engine, {n: state.current(n) for n in engine.weight_names})
+    if fidelity.start.top1 is None:
+        raise EvonnxError("--sparsity auto measures the drop on a classifier output (N, classes), which this "
+                          "model lacks; give a number")
+    loss = _loss(metric, 1.0)
+    deadline = time.perf_counter() + SEARCH_SHARE * time_limit if time_limit else None
+    best, best_drop, passed, failed, bisected = state, 0.0, 0.0, None, 0
+    steps, trials = [], []
+    while (nxt := _next_sparsity(passed, failed, bisected)) is not None:
+        target, left = nxt
+        params: dict = {"sparsity": target, **({"weights": prune} if kept else {})}
+        if deadline is not None:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            params.update(time_limit=round(remaining / left, 3), on_budget="finish")
+        de = DirectedEvolution(**params)
+        sub = ctx.workdir / AUTO_DIR / f"{len(trials):02d}-{target:.4f}" if ctx.workdir else None
+        student = de.run(best, dataclasses.replace(ctx, workdir=sub))
+        drop = float(loss(fidelity.evaluate([{n: student.current(n) for n in engine.weight_names}])[0]))
+        ok = drop <= limit
+        trials.append({"sparsity": target, "reached": round(student.global_sparsity(), 4), "drop": round(drop, 4),
+                       "limit": limit, "kept": ok})
+        log(f"auto sparsity {target:.4f}: {metric} drop {drop:.3f} points, "
+            + (f"within {limit:g}" if ok else f"beyond {limit:g}: rejected"))
+        bisected += failed is not None
+        if ok:
+            best, best_drop, passed = student, drop, target
+            steps.append({"name": de.name, **_jsonable(dataclasses.asdict(de.config))})
+        else:
+            failed = target
+    left_over = max(max_drop - best_drop, 0.0)
+    log(f"auto sparsity: kept {passed:.4f} (drop {best_drop:.3f} of {limit:g}); the bit stage gets {left_over:.3f}")
+    rest = default_pipeline(0, bits, left_over, None, keep=kept)
+    return rest.run(best, ctx), steps + _describe(rest), trials
+
+
+def _next_sparsity(passed: float, failed: float | None, bisected: int) -> tuple[float, int] | None:
+    """The next global sparsity to try and how many trials are left at most (for splitting the time)."""
+    if failed is None:
+        rungs = [s for s in LADDER if s > passed + 1e-6]
+        return (rungs[0], len(rungs) + BISECTIONS) if rungs else None
+    if bisected >= BISECTIONS:
+        return None
+    return round(1 - float(np.sqrt((1 - passed) * (1 - failed))), 4), BISECTIONS - bisected
+
+
+# -- work dir ------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _work_dir(workdir: str | Path | None, report: str | Path | None) -> Iterator[Path | None]:
+    """The given work dir; a temporary one when only a report needs the search logs; else none."""
+    if workdir is not None:
+        path = Path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+    elif report is not None:
+        with tempfile.TemporaryDirectory(prefix="evonnx-") as tmp:
+            yield Path(tmp)
+    else:
+        yield None
+
+
+def _claim(wd: Path, fp: str, resume: bool, source: str, log) -> None:
+    """Refuse what would mix two runs in one work dir; start fresh or continue (see the module docstring)."""
+    run_file = wd / RUN_FILE
+    try:
+        previous = json.loads(run_file.read_text()) if run_file.is_file() else None
+    except (OSError, ValueError):
+        previous = {"fingerprint": None, "source": "?", "finished": False}
+    if resume:
+        if previous is None:
+            raise EvonnxError(f"{wd}: no run to resume ({RUN_FILE} is missing); start it without --resume")
+        if previous.get("fingerprint") != fp:
+            raise EvonnxError(f"{wd}: holds a run of another model, calibration set or settings "
+                              f"({previous.get('source')}); --resume needs the same command line")
+        log(f"resuming the run in {wd}")
+        return
+    if previous is not None and not previous.get("finished"):
+        raise EvonnxError(f"{wd}: holds an unfinished run ({previous.get('source')}); add --resume to continue it, "
+                          "or remove the folder or use another --workdir to start over")
+    for sub in wd.iterdir():  # what an earlier finished run left: the passes' folders
+        if sub.is_dir() and (sub.name == AUTO_DIR or (sub / "checkpoint.npz").exists() or (sub / "log.jsonl").exists()):
+            shutil.rmtree(sub)
+    atomic_write_bytes(run_file, json.dumps({"fingerprint": fp, "source": source, "finished": False}).encode())
+
+
+def _finish_run(wd: Path) -> None:
+    run = json.loads((wd / RUN_FILE).read_text())
+    atomic_write_bytes(wd / RUN_FILE, json.dumps({**run, "finished": True}).encode())
+
+
+def _read_logs(wd: Path) -> list[dict]:
+    """Directed Evolution's log.jsonl entries, each tagged with its run (the folder below the work dir)."""
+    entries = []
+    for path in sorted(wd.rglob("log.jsonl")):
+        run = str(path.parent.relative_to(wd))
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                entries.append({"run": run, **json.loads(line)})
+    return entries
+
+
+# -- small helpers -------------------------------------------------------------------------------------
+
+def _source_bytes(model: str | Path | bytes) -> int:
+    """Bytes the model takes on disk: the .onnx file plus the external data files it names."""
+    if isinstance(model, (bytes, bytearray)):
+        return len(model)
+    path = Path(model)
+    if not path.is_file():
+        return 0  # load_state reports the missing file
+    total = path.stat().st_size
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - load_state reports unreadable models
+        return total
+    locations = {entry.value for t in onnx.external_data_helper._get_all_tensors(proto)
+                 for entry in t.external_data if entry.key == "location"}
+    return total + sum((path.parent / loc).stat().st_size for loc in locations if (path.parent / loc).is_file())
+
+
+def _describe(pipeline: Pipeline) -> list[dict]:
+    return [{"name": p.name, **_jsonable(dataclasses.asdict(p.config))} for p in pipeline.passes]
 
 
 def _check_weights(decoded: onnx.ModelProto, expected: dict[str, np.ndarray]) -> None:

@@ -29,7 +29,8 @@ def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], max_rows:
     if not layers:
         return {}
     inputs = sorted({layer.x for layer in layers.values()})
-    model = state.to_onnx()
+    model = onnx.ModelProto()
+    model.CopyFrom(state.to_onnx())  # to_onnx() is the teacher itself when no weight changed: never edit it
     known = {o.name for o in model.graph.output}
     types = elem_types(model)
     model.graph.output.extend(onnx.helper.make_tensor_value_info(n, types.get(n, (onnx.TensorProto.FLOAT,))[0], None)

@@ -1,9 +1,10 @@
 """Coded-size estimate of a QuantizedTensor: entropy of the codes and of the mask, plus side information.
 
 codes: zero-order entropy under the rANS frequency table the container would send, plus that table
-(`formats.ans.best_table`), or bit packing when shorter; raw codes are counted at their full width. mask: n * H2(density) + 16 bits
-for the density (dense tensors need none). side: the float32 scales, zero points or centroids, and a
-fixed per-tensor header. Context modelling in the container can only do better than this bound.
+(`formats.ans.best_table`), or bit packing when shorter; raw codes are counted at their full width
+(the container's zstd byte planes do better on floats). mask: n * H2(density) + 16 bits for the
+density (dense tensors need none). side: the float32 scales, zero points or centroids, and a fixed
+per-tensor header. The container's context modelling (masks, ANS_SEG) can only do better.
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -97,7 +98,8 @@ def ort_rows(model_path: Path, test: CalibData) -> list[dict]:
             path = Path(tmp) / "nbits.onnx"
             onnx.save(q.model.model, str(path))
             convs = ops.count("Conv")
-            rows.append({"method": label, "bits": f"4 on {done} MatMul" + (f", {convs} Conv stay fp32" if convs else ""),
+            bits = f"4 on {done} MatMul" + (f", {convs} Conv stay fp32" if convs else "")
+            rows.append({"method": label, "bits": bits,
                          "file": os.path.getsize(path), "acc": acc(path)})
     return rows
 
@@ -165,7 +167,8 @@ def bench_model(name: str, args) -> tuple[str, dict]:
                  search="greedy", **alloc_cfg)
     fixed4 = run(f"{args.prune} {args.sparsity:.0%} + quantize uniform/channel/sym@4", sparse, "quantize",
                  scheme="uniform/channel/sym", bits=4)
-    fixed3 = run(f"{args.prune} {args.sparsity:.0%} + quantize codebook@3", sparse, "quantize", scheme="codebook", bits=3)
+    fixed3 = run(f"{args.prune} {args.sparsity:.0%} + quantize codebook@3", sparse, "quantize",
+                 scheme="codebook", bits=3)
     rows += [knap, greedy, fixed4, fixed3]
     info = {"sparse": sparse, "knap": knap, "greedy": greedy, "sparse_acc": sparse_acc, "teacher_acc": rows[0]["acc"],
             "dense_bytes": sparse_est, "prune_seconds": prune_s}
@@ -179,7 +182,8 @@ def _fmt_bytes(b):
 def _render(name: str, rows: list[dict], info: dict, args) -> str:
     teacher = info["teacher_acc"]
     out = [f"### {name}", "",
-           "| method | bits per layer | est. coded weights | file (.onnx / .evx) | ratio vs fp32 file | test acc. | Δ pt |",
+           "| method | bits per layer | est. coded weights | file (.onnx / .evx) | ratio vs fp32 file | test acc. "
+           "| Δ pt |",
            "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         ratio = f"{r['fp32'] / r['file']:.1f}×" if r.get("file") else "—"
@@ -193,7 +197,8 @@ def _render(name: str, rows: list[dict], info: dict, args) -> str:
             f"{rec['limit']} pt on calibration vs the sparse model; measured {rec['joint_loss']:.2f} pt; "
             f"{rec['sensitivity_evaluations']} sensitivity + {rec['joint_evaluations']} joint evaluations, "
             f"{knap['seconds']:.1f} s):", "",
-            "| layer | kept / size | scheme | bits | est. bytes | bits / weight | bits / survivor | rel. error | KL alone |",
+            "| layer | kept / size | scheme | bits | est. bytes | bits / weight | bits / survivor | rel. error "
+            "| KL alone |",
             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rec["layers"]:
         out.append(f"| {r['name']} | {r['kept']}/{r['size']} | {r['scheme']} | {r['bits']} | {r['est_bytes']:.0f} "
@@ -226,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     import onnxruntime
-    parts = [f"# Quantization benchmark", "",
-             f"`python -m evonnx.tools.bench.quantization {' '.join(argv if argv is not None else __import__('sys').argv[1:])}`"
+    command = " ".join(sys.argv[1:] if argv is None else argv)
+    parts = ["# Quantization benchmark", "",
+             f"`python -m evonnx.tools.bench.quantization {command}`"
              f" — onnxruntime {onnxruntime.__version__}, CPU, {platform.machine()}, {os.cpu_count()} cores.", ""]
     for name in args.models:
         text, _ = bench_model(name, args)

@@ -1,0 +1,144 @@
+"""distill-finetune: the student learns from the teacher's soft outputs, its sparsity mask fixed.
+
+The ONNX graph runs as a torch module (passes/torchnet/convert.py) whose parameters are the student's
+weights; the teacher is the same graph with the original weights. Training (passes/torchnet/distill.py)
+minimises the temperature-scaled KL to the teacher on calibration inputs, optionally augmented, with
+labels optional. Pruned entries stay exactly zero; quantized weights train through a straight-through
+estimator on their fixed grid (or codebook centroids with fixed assignments), or are re-quantized
+afterwards with the same scheme and bits, so `weights[n] == dequantize(quant[n])` holds at the end.
+Budget in steps and seconds; checkpoints in the work dir, resumed bit-identically.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from evonnx.errors import EvonnxError
+from evonnx.passes.base import Pass, PassContext, param, register
+from evonnx.passes.state import ModelState
+
+
+@register
+class DistillFinetune(Pass):
+    """Fine-tune the student's surviving weights by distillation from the teacher."""
+
+    name = "distill-finetune"
+
+    @dataclass
+    class Config:
+        steps: int = param(1000, "optimizer steps (one batch each)")
+        time_limit: float = param(0.0, "stop after this many seconds, resumed runs included (0: no limit)")
+        batch_size: int = param(128, "calibration samples per step")
+        lr: float = param(3e-4, "Adam learning rate at the start of the cosine schedule")
+        temperature: float = param(2.0, "softmax temperature of the distillation KL")
+        label_weight: float = param(0.0, "weight of the cross-entropy on calibration labels (0: teacher only)")
+        augment: list = param(["noise"], "input augmentations the teacher labels: shift, noise, mixup")
+        shift: int = param(2, "largest random shift in pixels (4-D inputs)")
+        noise: float = param(0.1, "Gaussian noise, as a fraction of the input's standard deviation")
+        mixup: float = param(0.4, "mixup Beta(a, a) parameter")
+        holdout: float = param(0.0, "fraction of calibration samples held out to pick the best step (0: pick on all)")
+        eval_every: int = param(100, "steps between validations")
+        keep_best: bool = param(True, "return the weights of the best validation, not the last step")
+        trainable: str = param("all", "all (every float weight but BatchNorm statistics) | targets")
+        quant_mode: str = param("ste", "quantized weights: ste (train on the fixed grid / centroids) | "
+                                       "requantize (train in float, then same scheme and bits afresh)")
+        freeze_zeros: bool = param(True, "zero entries of unmasked target weights stay zero")
+        checkpoint_every: int = param(200, "steps between checkpoints in the work dir")
+        resume: bool = param(True, "resume from the work dir's checkpoint of the same run")
+
+    def run(self, state: ModelState, ctx: PassContext) -> ModelState:
+        from evonnx.passes.torchnet import require_torch
+        torch = require_torch(self.name)
+        from evonnx.passes.torchnet import distill
+        from evonnx.passes.torchnet.constrain import MODES
+        from evonnx.passes.torchnet.convert import OnnxModule
+
+        cfg = self.config
+        if cfg.quant_mode not in MODES or cfg.trainable not in ("all", "targets"):
+            raise EvonnxError(f"{self.name}: quant_mode must be one of {MODES}, trainable all|targets")
+        bad = set(cfg.augment) - set(distill.AUGMENTS)
+        if bad:
+            raise EvonnxError(f"{self.name}: unknown augment {sorted(bad)} (known: {distill.AUGMENTS})")
+        t_start = time.perf_counter()
+        names = trainable_names(state, cfg.trainable)
+        teacher = OnnxModule(state.model, label=state.label)
+        student = OnnxModule(state.model, names, {n: state.current(n) for n in names}, label=state.label)
+        constraints = build_constraints(state, names, cfg.quant_mode, cfg.freeze_zeros)
+        for n, c in constraints.items():
+            student.transforms[n] = c.transform
+        settings = distill.Settings(**{f.name: getattr(cfg, f.name) for f in fields(distill.Settings)})
+        folder = ctx.pass_dir(self.name)
+        fp = _fingerprint(state, ctx, asdict(cfg))
+        torch.manual_seed(ctx.seed)
+        trainer = distill.Distiller(teacher, student, constraints, ctx.calib.inputs, ctx.calib.labels, settings,
+                                    ctx.seed, folder / "checkpoint.npz" if folder else None, fp, ctx.progress, ctx.log)
+        if cfg.resume:
+            trainer.resume()
+        val_before = trainer.curve[0][1] if trainer.curve else trainer.validate()
+        stop = trainer.run()
+        weights, masks, quant = {}, {}, {}
+        for n in names:
+            latent = student.parameter(n).detach().numpy().astype(state.current(n).dtype)
+            c = constraints.get(n)
+            if c is None:
+                weights[n] = latent
+                continue
+            weights[n], record = c.finish(latent)
+            if record is not None:
+                quant[n] = record
+            if c.mask is not None and (n in state.masks or not c.mask.all()):
+                masks[n] = state.masks[n] if n in state.masks else c.mask
+        out = state.replace(weights=weights, masks=masks, quant=quant)
+        engine = ctx.engine(state)
+        base = {n: state.current(n) for n in engine.weight_names}
+        before, after = engine.evaluate([base, {n: out.current(n) for n in engine.weight_names}])
+        record = {"pass": self.name, "settings": asdict(cfg), "stop_reason": stop, "steps": trainer.step,
+                  "trained": names, "quantized": sorted(quant), "val_kl_before": val_before,
+                  "val_kl_best": trainer.best_val, "best_step": trainer.best_step, "curve": trainer.curve,
+                  "fitness_before": before.fitness, "fitness": after.fitness,
+                  "accuracy_before": before.accuracy, "accuracy": after.accuracy,
+                  "train_seconds": trainer.elapsed(), "wall_seconds": time.perf_counter() - t_start}
+        ctx.log(f"{self.name}: {trainer.step} steps ({stop}), validation KL {val_before:.4g} -> {trainer.best_val:.4g} "
+                f"(step {trainer.best_step}), calibration fitness {before.fitness:.4g} -> {after.fitness:.4g}")
+        return out.replace(record=record)
+
+
+def trainable_names(state: ModelState, which: str) -> list[str]:
+    """Float weights to train: targets, or all but BatchNorm statistics and rounded non-target records."""
+    if which == "targets":
+        return list(state.targets)
+    stats = {node.input[i] for node in state.model.graph.node if node.op_type == "BatchNormalization"
+             for i in (3, 4) if len(node.input) > i}
+    targets = set(state.targets)
+    return [w.name for w in state.table if w.name not in stats and w.dtype in ("float32", "float64")
+            and not (w.name in state.quant and w.name not in targets)]
+
+
+def build_constraints(state: ModelState, names: list[str], mode: str, freeze_zeros: bool) -> dict:
+    from evonnx.passes.torchnet.constrain import Constraint
+    out = {}
+    targets = set(state.targets)
+    for n in names:
+        mask = state.masks.get(n)
+        mask = None if mask is None else mask.astype(bool)
+        if n in targets and freeze_zeros:
+            nonzero = state.current(n) != 0
+            mask = nonzero if mask is None else mask & nonzero
+        if mask is not None and mask.all() and n not in state.quant:
+            mask = None
+        if mask is not None or n in state.quant:
+            out[n] = Constraint(n, mask, state.quant.get(n), mode, state.table[n].channel_axis)
+    return out
+
+
+def _fingerprint(state: ModelState, ctx: PassContext, settings: dict) -> str:
+    from evonnx.passes.sparsity import checkpoint
+    h = hashlib.sha256()
+    for n in sorted(state.masks):
+        h.update(n.encode() + np.packbits(state.masks[n]).tobytes())
+    for n in sorted(state.quant):
+        h.update(n.encode() + state.quant[n].codes.tobytes())
+    return checkpoint.fingerprint(state.to_onnx(), ctx.calib.inputs, {**settings, "state": h.hexdigest()}, ctx.seed)

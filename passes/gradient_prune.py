@@ -1,0 +1,62 @@
+"""gradient-prune: one-shot pruning by gradient saliency (first/second-order Taylor, SNIP); a baseline for DE.
+
+Saliencies come from the graph run in torch (passes/torchnet/saliency.py). They estimate the loss change of
+zeroing an entry, so one global threshold compares layers (scope=global); scope=layer splits the target
+like the magnitude pass. Optional survivor re-fit as in the other sparsification passes.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from evonnx.passes.base import Pass, PassContext, param, register
+from evonnx.passes.sparsity import common
+from evonnx.passes.sparsity import targets as tg
+from evonnx.passes.state import ModelState
+
+
+@register
+class GradientPrune(Pass):
+    """Zero the entries of least gradient saliency in one shot."""
+
+    name = "gradient-prune"
+
+    @dataclass
+    class Config(common.TargetConfig):
+        method: str = param("taylor2", "taylor1 |w dL/dw| | snip |w sum dL/dw| | taylor2 w^2 diag(Fisher) / 2")
+        scope: str = param("global", "global: one threshold over all layers | layer: per-layer targets")
+        allocation: str = param("uniform", "with scope=layer: how a global target is split (uniform | sensitivity)")
+        samples: int = param(256, "calibration samples the gradients are taken on")
+        refit: bool = param(False, "re-fit surviving weights (and biases) to the teacher's layer outputs")
+
+    def run(self, state: ModelState, ctx: PassContext) -> ModelState:
+        from evonnx.passes.torchnet import require_torch
+        require_torch(self.name)
+        from evonnx.passes.torchnet.convert import OnnxModule
+        from evonnx.passes.torchnet.saliency import saliency
+
+        cfg, t0 = self.config, time.perf_counter()
+        layers, ev = common.setup(state, ctx, cfg)
+        names = [l.weight for l in layers]
+        module = OnnxModule(state.model, names, {n: state.current(n) for n in names}, label=state.label)
+        raw = saliency(module, ctx.calib, cfg.method, cfg.samples, ctx.batch_size or 64, ctx.seed)
+        scores = {}
+        for l in layers:
+            alive = common.mask_of(state, l).ravel()
+            scores[l.weight] = np.where(alive, l.to_mat(raw[l.weight]).ravel(), -np.inf)  # pruned stay pruned
+        if cfg.scope == "global" and not cfg.layer_sparsity:
+            tg.resolve(names, {}, cfg.sparsity, None)
+            flat = np.concatenate([scores[n] for n in names])
+            keep = tg.keep_mask(flat, tg.zero_count(flat.size, cfg.sparsity))
+            parts = np.split(keep, np.cumsum([l.size for l in layers])[:-1])
+            masks = {l.weight: p.reshape(l.mat_shape) for l, p in zip(layers, parts)}
+        else:
+            targets, _ = common.layer_targets(state, ev, layers, cfg, "magnitude")
+            masks = {l.weight: tg.keep_mask(scores[l.weight], tg.zero_count(l.size, targets[l.weight])).reshape(l.mat_shape)
+                     for l in layers}
+        state = common.one_shot(state, ev, layers, masks, cfg.refit, cfg.ridge)
+        rec = common.record(self.name, cfg, state, layers, ev, t0, stop_reason="done")
+        ctx.log(f"{self.name} ({cfg.method}): sparsity {rec['sparsity']:.3f}, fitness {rec['fitness']:.4g}")
+        return state.replace(record=rec)

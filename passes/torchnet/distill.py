@@ -1,0 +1,234 @@
+"""The distillation loop: the student learns the teacher's soft outputs on (augmented) calibration inputs.
+
+Loss per output: T^2 * KL(teacher/T || student/T) for classifier outputs ([N, C], C >= 2), relative MSE
+otherwise, plus `label_weight` x cross-entropy when labels exist. Adam with a cosine learning rate; every
+batch and augmentation is drawn from one numpy generator whose state the checkpoint keeps, so a resumed
+run continues bit-identically. Validation (KL at T = 1 on a held-out part of the calibration set, or on
+all of it) picks the best step when `keep_best`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from evonnx.passes.sparsity import checkpoint
+from evonnx.passes.torchnet.constrain import Constraint
+from evonnx.passes.torchnet.convert import OnnxModule, run_numpy
+
+AUGMENTS = ("shift", "noise", "mixup")
+
+
+@dataclass
+class Settings:
+    steps: int = 1000
+    time_limit: float = 0.0
+    batch_size: int = 128
+    lr: float = 3e-4
+    temperature: float = 2.0
+    label_weight: float = 0.0
+    augment: list = field(default_factory=lambda: ["noise"])
+    shift: int = 2
+    noise: float = 0.1
+    mixup: float = 0.4
+    holdout: float = 0.0
+    eval_every: int = 100
+    keep_best: bool = True
+    checkpoint_every: int = 200
+
+
+def is_classifier(t: np.ndarray | torch.Tensor) -> bool:
+    return t.ndim == 2 and t.shape[1] >= 2 and t.dtype in (np.float32, np.float64, torch.float32, torch.float64)
+
+
+def distill_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    total = 0.0
+    for s, t in zip(student, teacher):
+        if is_classifier(t):
+            total = total + F.kl_div(F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1),
+                                     log_target=True, reduction="batchmean") * temperature ** 2
+        else:
+            total = total + F.mse_loss(s, t) / (t.pow(2).mean() + 1e-12)
+    return total
+
+
+class Distiller:
+    """One run: split, batches, augmentation, optimizer, validation, checkpoints."""
+
+    def __init__(self, teacher: OnnxModule, student: OnnxModule, constraints: dict[str, Constraint],
+                 inputs: dict[str, np.ndarray], labels: np.ndarray | None, s: Settings, seed: int,
+                 ckpt: Path | None, fingerprint: str, progress: bool, log):
+        self.teacher, self.student, self.constraints, self.s = teacher, student, constraints, s
+        self.ckpt, self.fp, self.progress, self.log = ckpt, fingerprint, progress, log
+        n = len(next(iter(inputs.values())))
+        order = np.random.default_rng([seed, 0x5E]).permutation(n)
+        n_val = int(round(s.holdout * n)) if s.holdout > 0 else 0
+        val, train = (order[:n_val], order[n_val:]) if n_val else (order, order)
+        names = student.input_names
+        self.train_x = [inputs[k][train] for k in names]
+        self.train_y = None if labels is None else labels[train].astype(np.int64)
+        self.val_x = {k: inputs[k][val] for k in names}
+        self.val_t = run_numpy(teacher, self.val_x)
+        self.stds = [float(np.std(x)) if np.issubdtype(x.dtype, np.floating) else 0.0 for x in self.train_x]
+        self.params = [student.parameter(n) for n in student.weight_names]
+        self.params += [c.centroids for c in constraints.values() if c.centroids is not None]
+        self.opt = torch.optim.Adam(self.params, lr=s.lr, foreach=True)
+        self.rng = np.random.default_rng([seed, 0xD1])
+        self.step, self.elapsed_before, self.curve = 0, 0.0, []
+        self.best_val, self.best_step, self.best = math.inf, 0, None
+        self.t0 = time.perf_counter()
+
+    # -- data ----------------------------------------------------------------------------------------
+    def batch(self) -> tuple[list[torch.Tensor], torch.Tensor | None, tuple | None]:
+        n = len(self.train_x[0])
+        idx = self.rng.choice(n, min(self.s.batch_size, n), replace=False)
+        xs = [x[idx].copy() for x in self.train_x]
+        ys = None if self.train_y is None else self.train_y[idx]
+        mix = None
+        for j, x in enumerate(xs):
+            if not np.issubdtype(x.dtype, np.floating):
+                continue
+            if "shift" in self.s.augment and x.ndim == 4 and self.s.shift > 0:
+                xs[j] = self._shift(x)
+            if "noise" in self.s.augment and self.s.noise > 0:
+                xs[j] = xs[j] + (self.s.noise * self.stds[j] * self.rng.standard_normal(x.shape)).astype(x.dtype)
+        if "mixup" in self.s.augment and self.s.mixup > 0:
+            lam = self.rng.beta(self.s.mixup, self.s.mixup, len(idx)).astype(np.float32)
+            perm = self.rng.permutation(len(idx))
+            for j, x in enumerate(xs):
+                if np.issubdtype(x.dtype, np.floating):
+                    shape = (-1,) + (1,) * (x.ndim - 1)
+                    xs[j] = lam.reshape(shape) * x + (1 - lam.reshape(shape)) * x[perm]
+            mix = (torch.from_numpy(lam), torch.from_numpy(perm))
+        return [torch.from_numpy(np.ascontiguousarray(x)) for x in xs], None if ys is None else torch.from_numpy(ys), mix
+
+    def _shift(self, x: np.ndarray) -> np.ndarray:
+        k = self.s.shift
+        padded = np.pad(x, ((0, 0), (0, 0), (k, k), (k, k)))
+        d = self.rng.integers(0, 2 * k + 1, size=(len(x), 2))
+        h, w = x.shape[2:]
+        return np.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(d)])
+
+    # -- training ------------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.t0
+
+    def validate(self) -> float:
+        ys = run_numpy(self.student, self.val_x)
+        vals = [F.kl_div(F.log_softmax(torch.from_numpy(s), -1), F.log_softmax(torch.from_numpy(t), -1),
+                         log_target=True, reduction="batchmean").item() if is_classifier(t)
+                else float(np.mean((s - t) ** 2) / (np.mean(t ** 2) + 1e-12)) for s, t in zip(ys, self.val_t)]
+        kls = [v for v, t in zip(vals, self.val_t) if is_classifier(t)]
+        return float(np.mean(kls if kls else vals))
+
+    def train_step(self) -> float:
+        s = self.s
+        for g in self.opt.param_groups:
+            g["lr"] = s.lr * 0.5 * (1 + math.cos(math.pi * self.step / max(s.steps, 1)))
+        xs, ys, mix = self.batch()
+        with torch.no_grad():
+            t_out = self.teacher(*xs)
+        s_out = self.student(*xs)
+        loss = distill_loss(s_out, t_out, s.temperature)
+        if s.label_weight > 0 and ys is not None:
+            head = next((o for o in s_out if is_classifier(o)), None)
+            if head is not None:
+                if mix is None:
+                    ce = F.cross_entropy(head, ys)
+                else:
+                    lam, perm = mix
+                    per = F.cross_entropy(head, ys, reduction="none")
+                    ce = (lam * per + (1 - lam) * F.cross_entropy(head, ys[perm], reduction="none")).mean()
+                loss = loss + s.label_weight * ce
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        for name in self.student.weight_names:
+            c = self.constraints.get(name)
+            if c is not None:
+                c.project(self.student.parameter(name))
+        self.step += 1
+        return float(loss.item())
+
+    def run(self) -> str:
+        s = self.s
+        if self.best is None:
+            self._evaluate()
+        bar = tqdm(total=s.steps, initial=self.step, disable=not self.progress, desc="distill-finetune", leave=False)
+        stop = "steps"
+        while self.step < s.steps:
+            if s.time_limit and self.elapsed() >= s.time_limit:
+                stop = "time_limit"
+                break
+            loss = self.train_step()
+            bar.update(1)
+            if self.step % s.eval_every == 0 or self.step == s.steps:
+                self._evaluate()
+                bar.set_postfix(loss=f"{loss:.4g}", val=f"{self.curve[-1][1]:.4g}", best=f"{self.best_val:.4g}")
+            if self.step % s.checkpoint_every == 0:
+                self.save()
+        bar.close()
+        if self.curve[-1][0] != self.step:
+            self._evaluate()
+        self.save()
+        if s.keep_best:
+            self.restore_best()
+        return stop
+
+    def _evaluate(self) -> None:
+        val = self.validate()
+        self.curve.append((self.step, val))
+        if val < self.best_val or not self.s.keep_best:
+            self.best_val, self.best_step, self.best = val, self.step, self._snapshot()
+
+    def _snapshot(self) -> dict[str, np.ndarray]:
+        return {f"p{i}": p.detach().numpy().copy() for i, p in enumerate(self.params)}
+
+    def restore_best(self) -> None:
+        with torch.no_grad():
+            for i, p in enumerate(self.params):
+                p.copy_(torch.from_numpy(self.best[f"p{i}"]))
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def save(self) -> None:
+        if self.ckpt is None:
+            return
+        arrays = {f"cur:{k}": v for k, v in self._snapshot().items()}
+        arrays.update({f"best:{k}": v for k, v in self.best.items()})
+        adam_steps = []
+        for i, p in enumerate(self.params):
+            st = self.opt.state.get(p, {})
+            adam_steps.append(float(st["step"]) if "step" in st else 0.0)
+            if "exp_avg" in st:
+                arrays[f"m{i}"], arrays[f"v{i}"] = st["exp_avg"].numpy(), st["exp_avg_sq"].numpy()
+        header = {"fingerprint": self.fp, "step": self.step, "elapsed": self.elapsed(), "adam_steps": adam_steps,
+                  "rng": self.rng.bit_generator.state, "best_val": self.best_val, "best_step": self.best_step,
+                  "curve": self.curve}
+        checkpoint.save(self.ckpt, header, arrays)
+
+    def resume(self) -> bool:
+        loaded = checkpoint.load(self.ckpt, self.fp) if self.ckpt is not None else None
+        if not loaded:
+            return False
+        header, arrays = loaded
+        with torch.no_grad():
+            for i, p in enumerate(self.params):
+                p.copy_(torch.from_numpy(arrays[f"cur:p{i}"]))
+        state = {}
+        for i, p in enumerate(self.params):
+            if f"m{i}" in arrays:
+                state[i] = {"step": torch.tensor(header["adam_steps"][i]), "exp_avg": torch.from_numpy(arrays[f"m{i}"]),
+                            "exp_avg_sq": torch.from_numpy(arrays[f"v{i}"])}
+        self.opt.load_state_dict({"state": state, "param_groups": self.opt.state_dict()["param_groups"]})
+        self.step, self.elapsed_before = header["step"], header["elapsed"]
+        self.rng.bit_generator.state = header["rng"]
+        self.best_val, self.best_step, self.curve = header["best_val"], header["best_step"], [tuple(c) for c in header["curve"]]
+        self.best = {k[5:]: v for k, v in arrays.items() if k.startswith("best:")}
+        self.log(f"distill-finetune: resumed at step {self.step}")
+        return True

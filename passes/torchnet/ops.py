@@ -1,0 +1,380 @@
+"""ONNX operators as torch functions: `OPS[op_type](inputs, attrs, opset) -> output(s)`.
+
+Inference semantics of the default domain (opsets 11-21). Inputs are tensors (None for an omitted
+optional input); attributes are plain Python values. An op whose attributes fall outside what is
+implemented raises EvonnxError naming it, so a graph is never run with wrong semantics.
+"""
+from __future__ import annotations
+
+import math
+
+import onnx
+import torch
+import torch.nn.functional as F
+
+from evonnx.errors import EvonnxError
+
+OPS: dict = {}
+
+
+def op(*names):
+    def deco(fn):
+        for n in names:
+            OPS[n] = fn
+        return fn
+    return deco
+
+
+def _refuse(op_type: str, why: str):
+    raise EvonnxError(f"torch conversion: {op_type} with {why} is not supported")
+
+
+def _ints(t) -> list[int] | None:
+    """An int list from a tensor input or a list attribute (older opsets give axes as attributes)."""
+    if t is None or isinstance(t, (list, tuple)):
+        return None if t is None else [int(v) for v in t]
+    return [int(v) for v in t.reshape(-1).tolist()]
+
+
+def _spatial_pads(op_type, size, kernel, strides, dilations, auto_pad, pads):
+    """(begin, end) padding per spatial dim, auto_pad resolved as ONNX defines it."""
+    nd = len(kernel)
+    if auto_pad in ("", "NOTSET"):
+        pads = pads or [0] * 2 * nd
+        return list(pads[:nd]), list(pads[nd:])
+    if auto_pad == "VALID":
+        return [0] * nd, [0] * nd
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        _refuse(op_type, f"auto_pad={auto_pad}")
+    begin, end = [], []
+    for n, k, s, d in zip(size, kernel, strides, dilations):
+        total = max(0, (math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n)
+        small = total // 2
+        begin.append(small if auto_pad == "SAME_UPPER" else total - small)
+        end.append(total - begin[-1])
+    return begin, end
+
+
+def _pad_arg(begin, end):
+    """F.pad's argument: last dimension first."""
+    out = []
+    for b, e in zip(reversed(begin), reversed(end)):
+        out += [b, e]
+    return out
+
+
+@op("Conv")
+def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None,
+         _opset=17):
+    nd = w.dim() - 2
+    strides, dilations = strides or [1] * nd, dilations or [1] * nd
+    begin, end = _spatial_pads("Conv", x.shape[2:], list(w.shape[2:]), strides, dilations, auto_pad, pads)
+    if begin != end:
+        x, begin = F.pad(x, _pad_arg(begin, end)), [0] * nd
+    fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}.get(nd) or _refuse("Conv", f"{nd} spatial dims")
+    return fn(x, w, b, strides, begin, dilations, group)
+
+
+@op("ConvTranspose")
+def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+                   output_padding=None, output_shape=None, pads=None, strides=None, _opset=17):
+    nd = w.dim() - 2
+    strides, dilations = strides or [1] * nd, dilations or [1] * nd
+    out_pad = output_padding or [0] * nd
+    kernel = list(w.shape[2:])
+    size = list(x.shape[2:])
+    if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        target = list(output_shape)[-nd:] if output_shape is not None else [n * s for n, s in zip(size, strides)]
+        total = [s * (n - 1) + p + (k - 1) * d + 1 - t
+                 for n, s, p, k, d, t in zip(size, strides, out_pad, kernel, dilations, target)]
+        if auto_pad == "SAME_UPPER":
+            begin, end = [t // 2 for t in total], [t - t // 2 for t in total]
+        else:
+            begin, end = [t - t // 2 for t in total], [t // 2 for t in total]
+    elif auto_pad == "VALID":
+        begin, end = [0] * nd, [0] * nd
+    else:
+        pads = pads or [0] * 2 * nd
+        begin, end = list(pads[:nd]), list(pads[nd:])
+    fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}.get(nd)
+    if fn is None or min(begin + end) < 0:
+        _refuse("ConvTranspose", f"{nd} spatial dims, pads {begin + end}")
+    y = fn(x, w, None, strides, 0, 0, group, dilations)  # full output; output_padding adds untouched rows
+    if any(out_pad):
+        y = F.pad(y, _pad_arg([0] * nd, out_pad))
+    y = y[(slice(None), slice(None)) + tuple(slice(bg, y.shape[2 + i] - e) for i, (bg, e) in enumerate(zip(begin, end)))]
+    return y if b is None else y + b.reshape([1, -1] + [1] * nd)
+
+
+@op("Gemm")
+def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, _opset=17):
+    y = (a.t() if transA else a) @ (b.t() if transB else b)
+    if alpha != 1.0:
+        y = y * alpha
+    if c is not None:
+        y = y + (c if beta == 1.0 else c * beta)
+    return y
+
+
+@op("MatMul")
+def matmul(a, b, _opset=17):
+    return torch.matmul(a, b)
+
+
+@op("BatchNormalization")
+def batch_norm(x, scale, bias, mean, var, *, epsilon=1e-5, momentum=0.9, training_mode=0, spatial=1, _opset=17):
+    if training_mode:
+        _refuse("BatchNormalization", "training_mode=1")
+    return F.batch_norm(x, mean, var, scale, bias, False, 0.0, epsilon)
+
+
+def _pool_prep(op_type, x, kernel_shape, strides, pads, dilations, auto_pad, fill):
+    nd = len(kernel_shape)
+    strides, dilations = strides or [1] * nd, dilations or [1] * nd
+    begin, end = _spatial_pads(op_type, x.shape[2:], kernel_shape, strides, dilations, auto_pad, pads)
+    native = begin == end and all(p <= k // 2 for p, k in zip(begin, kernel_shape))
+    if not native:
+        x, begin = F.pad(x, _pad_arg(begin, end), value=fill), [0] * nd
+    return x, strides, dilations, begin
+
+
+@op("MaxPool")
+def max_pool(x, *, kernel_shape, strides=None, pads=None, dilations=None, ceil_mode=0, auto_pad="NOTSET",
+             storage_order=0, _opset=17):
+    x, strides, dilations, padding = _pool_prep("MaxPool", x, kernel_shape, strides, pads, dilations, auto_pad,
+                                                float("-inf"))
+    fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[len(kernel_shape)]
+    return fn(x, kernel_shape, strides, padding, dilations, bool(ceil_mode))
+
+
+@op("AveragePool")
+def avg_pool(x, *, kernel_shape, strides=None, pads=None, dilations=None, ceil_mode=0, auto_pad="NOTSET",
+             count_include_pad=0, _opset=17):
+    if dilations and any(d != 1 for d in dilations):
+        _refuse("AveragePool", f"dilations={dilations}")
+    nd = len(kernel_shape)
+    fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[nd]
+    strides = strides or [1] * nd
+    begin, end = _spatial_pads("AveragePool", x.shape[2:], kernel_shape, strides, [1] * nd, auto_pad, pads)
+    if begin == end and all(p <= k // 2 for p, k in zip(begin, kernel_shape)):
+        return fn(x, kernel_shape, strides, begin, bool(ceil_mode), bool(count_include_pad))
+    if ceil_mode:
+        _refuse("AveragePool", "asymmetric pads and ceil_mode")
+    padded = F.pad(x, _pad_arg(begin, end))
+    total = fn(padded, kernel_shape, strides, 0)
+    if count_include_pad:
+        return total
+    ones = F.pad(torch.ones_like(x[:1, :1]), _pad_arg(begin, end))
+    return total / fn(ones, kernel_shape, strides, 0)
+
+
+@op("GlobalAveragePool")
+def global_avg_pool(x, _opset=17):
+    return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+@op("GlobalMaxPool")
+def global_max_pool(x, _opset=17):
+    return x.amax(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+@op("Relu")
+def relu(x, _opset=17):
+    return torch.relu(x)
+
+
+@op("Sigmoid")
+def sigmoid(x, _opset=17):
+    return torch.sigmoid(x)
+
+
+@op("Tanh")
+def tanh(x, _opset=17):
+    return torch.tanh(x)
+
+
+@op("LeakyRelu")
+def leaky_relu(x, *, alpha=0.01, _opset=17):
+    return F.leaky_relu(x, alpha)
+
+
+@op("Elu")
+def elu(x, *, alpha=1.0, _opset=17):
+    return F.elu(x, alpha)
+
+
+@op("Gelu")
+def gelu(x, *, approximate="none", _opset=20):
+    return F.gelu(x, approximate=approximate)
+
+
+@op("HardSigmoid")
+def hard_sigmoid(x, *, alpha=0.2, beta=0.5, _opset=17):
+    return torch.clamp(x * alpha + beta, 0.0, 1.0)
+
+
+@op("HardSwish")
+def hard_swish(x, _opset=17):
+    return F.hardswish(x)
+
+
+@op("Clip")
+def clip(x, lo=None, hi=None, *, min=None, max=None, _opset=17):  # noqa: A002 - ONNX attribute names
+    lo = min if lo is None else lo
+    hi = max if hi is None else hi
+    return torch.clamp(x, lo, hi)
+
+
+def _unary(name, fn):
+    OPS[name] = lambda x, _opset=17: fn(x)
+
+
+for _name, _fn in {"Erf": torch.erf, "Sqrt": torch.sqrt, "Exp": torch.exp, "Log": torch.log, "Neg": torch.neg,
+                   "Abs": torch.abs, "Reciprocal": torch.reciprocal, "Floor": torch.floor, "Ceil": torch.ceil}.items():
+    _unary(_name, _fn)
+
+
+@op("Identity")
+def identity(x, _opset=17):
+    return x
+
+
+@op("Dropout")
+def dropout(x, ratio=None, training_mode=None, *, seed=0, _opset=17):
+    return x
+
+
+@op("Add")
+def add(a, b, _opset=17):
+    return a + b
+
+
+@op("Sub")
+def sub(a, b, _opset=17):
+    return a - b
+
+
+@op("Mul")
+def mul(a, b, _opset=17):
+    return a * b
+
+
+@op("Div")
+def div(a, b, _opset=17):
+    if not a.is_floating_point():
+        return torch.div(a, b, rounding_mode="trunc")
+    return a / b
+
+
+@op("Pow")
+def pow_(a, b, _opset=17):
+    return torch.pow(a, b)
+
+
+def _softmax_axis(x, axis, opset):
+    if opset >= 13:
+        return axis if axis is not None else -1, None
+    axis = 1 if axis is None else axis  # opset < 13: coerce to 2-D at `axis`
+    return -1, (x.shape, math.prod(x.shape[: axis % x.dim()]))
+
+
+@op("Softmax")
+def _softmax_generic(x, *, axis=None, _opset=17, _log=False):
+    dim, coerce = _softmax_axis(x, axis, _opset)
+    y = x.reshape(coerce[1], -1) if coerce else x
+    y = F.log_softmax(y, dim) if _log else F.softmax(y, dim)
+    return y.reshape(coerce[0]) if coerce else y
+
+
+OPS["LogSoftmax"] = lambda x, axis=None, _opset=17: _softmax_generic(x, axis=axis, _opset=_opset, _log=True)
+
+
+@op("Reshape")
+def reshape(x, shape, *, allowzero=0, _opset=17):
+    dims = _ints(shape)
+    if not allowzero:
+        dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+    return x.reshape(dims)
+
+
+@op("Flatten")
+def flatten(x, *, axis=1, _opset=17):
+    axis = axis % x.dim() if x.dim() else 0
+    return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
+
+
+@op("Transpose")
+def transpose(x, *, perm=None, _opset=17):
+    return x.permute(perm if perm is not None else list(reversed(range(x.dim()))))
+
+
+@op("Concat")
+def concat(*xs, axis, _opset=17):
+    return torch.cat([t for t in xs if t is not None], dim=axis)
+
+
+@op("Shape")
+def shape(x, *, start=0, end=None, _opset=17):
+    return torch.tensor(list(x.shape)[start:end], dtype=torch.int64)
+
+
+@op("Gather")
+def gather(x, idx, *, axis=0, _opset=17):
+    idx = torch.where(idx < 0, idx + x.shape[axis], idx)
+    return torch.index_select(x, axis, idx.reshape(-1)).reshape(
+        list(x.shape[:axis % x.dim()]) + list(idx.shape) + list(x.shape[axis % x.dim() + 1:]))
+
+
+@op("Unsqueeze")
+def unsqueeze(x, axes=None, *, _opset=17):
+    axes = _ints(axes)
+    rank = x.dim() + len(axes)
+    for a in sorted(a % rank for a in axes):
+        x = x.unsqueeze(a)
+    return x
+
+
+@op("Squeeze")
+def squeeze(x, axes=None, *, _opset=17):
+    axes = _ints(axes)
+    if axes is None:
+        return x.squeeze()
+    for a in sorted((a % x.dim() for a in axes), reverse=True):
+        x = x.squeeze(a)
+    return x
+
+
+@op("Slice")
+def slice_(x, starts, ends, axes=None, steps=None, _opset=17):
+    starts, ends = _ints(starts), _ints(ends)
+    axes = _ints(axes) or list(range(len(starts)))
+    steps = _ints(steps) or [1] * len(starts)
+    index = [slice(None)] * x.dim()
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        if st <= 0:
+            _refuse("Slice", f"step {st}")
+        index[a % x.dim()] = slice(max(min(s, x.shape[a]), -x.shape[a]), max(min(e, x.shape[a]), -x.shape[a]), st)
+    return x[tuple(index)]
+
+
+_DTYPES = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64,
+           onnx.TensorProto.FLOAT16: torch.float16, onnx.TensorProto.BFLOAT16: torch.bfloat16,
+           onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.INT32: torch.int32,
+           onnx.TensorProto.INT8: torch.int8, onnx.TensorProto.UINT8: torch.uint8, onnx.TensorProto.BOOL: torch.bool}
+
+
+@op("Cast")
+def cast(x, *, to, saturate=1, _opset=17):
+    if to not in _DTYPES:
+        _refuse("Cast", f"to={to}")
+    return x.to(_DTYPES[to])
+
+
+@op("ReduceMean")
+def reduce_mean(x, axes=None, *, keepdims=1, noop_with_empty_axes=0, _opset=17):
+    axes = _ints(axes)
+    if not axes:
+        if noop_with_empty_axes:
+            return x
+        axes = list(range(x.dim()))
+    return x.mean(dim=tuple(axes), keepdim=bool(keepdims))

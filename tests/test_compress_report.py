@@ -1,0 +1,69 @@
+"""`--sparsity auto` keeps the sparsest trial within its share of --max-drop; `--report` writes markdown, a
+JSON summary and plots, and only the markdown when matplotlib is missing."""
+import json
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import corpus
+from evonnx.formats.container import read_evx
+from evonnx.tools.compress import AUTO_SHARE, LADDER, compress
+from evonnx.tools.report import write_report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def auto_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("auto")
+    teacher = corpus.mlp(d_in=32, hidden=64, classes=10)
+    onnx.save_model(teacher, str(root / "mlp.onnx"))
+    x = np.random.default_rng(0).standard_normal((256, 32)).astype(np.float32)
+    labels = ort.InferenceSession(teacher.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.savez(root / "calib.npz", x=x, labels=labels.argmax(1))
+    result = compress(root / "mlp.onnx", root / "mlp.evx", calib=root / "calib.npz", sparsity="auto", max_drop=4.0,
+                      time_limit=10, report=root / "report", progress=False, log=lambda *_: None)
+    return root, result
+
+
+def test_auto_keeps_the_sparsest_trial_within_budget(auto_run):
+    root, result = auto_run
+    trials = result.auto
+    assert trials and trials[0]["sparsity"] == LADDER[0]
+    assert all(t["limit"] == AUTO_SHARE * 4.0 and (t["drop"] <= t["limit"]) == t["kept"] for t in trials)
+    kept, failed, after_failure = 0.0, None, 0
+    for t in trials:  # the ladder climbs until a failure, then bisects (twice at most) below it
+        if failed is None:
+            assert t["sparsity"] in LADDER and t["sparsity"] > kept
+        else:
+            assert kept < t["sparsity"] < failed
+            after_failure += 1
+        kept, failed = (t["sparsity"], failed) if t["kept"] else (kept, t["sparsity"])
+    assert after_failure <= 2
+    best = max((t["reached"] for t in trials if t["kept"]), default=0.0)
+    assert result.sparsity == pytest.approx(best, abs=1e-3)
+    assert read_evx((root / "mlp.evx").read_bytes()).meta["auto"] == trials
+    assert 100 * (result.teacher_accuracy - result.accuracy) <= 4.0 + 1e-9
+
+
+def test_report_has_tables_and_plots(auto_run):
+    root, result = auto_run
+    text = (root / "report" / "report.md").read_text()
+    assert "| w1 | matrix | 64x32 | 2,048 |" in text and "## Auto sparsity" in text and "## Passes" in text
+    for name in ("layers.png", "fitness.png", "tradeoff.png", "auto.png"):
+        assert (root / "report" / name).read_bytes()[:8] == PNG and f"]({name})" in text
+    assert json.loads((root / "report" / "summary.json").read_text()) == result.as_dict()
+    assert any("generation" in e for e in result.search_log) and "search_log" not in result.as_dict()
+
+
+def test_report_without_matplotlib_is_markdown_only(auto_run, tmp_path, monkeypatch):
+    _, result = auto_run
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    lines = write_report(result, tmp_path / "plain")
+    assert any("plots skipped: matplotlib is not installed" in line for line in lines)
+    assert "plots skipped" in (tmp_path / "plain" / "report.md").read_text()
+    assert not list((tmp_path / "plain").glob("*.png"))

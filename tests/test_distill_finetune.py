@@ -1,0 +1,117 @@
+"""distill-finetune: lowers the KL to the teacher, never violates masks, keeps quantized records exact, resumes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # tiny graphs: one thread is fastest on a shared machine
+
+from evonnx.formats.tensor import dequantize  # noqa: E402
+from evonnx.passes.base import PassContext, get_pass  # noqa: E402
+from evonnx.passes.engine.calib import CalibData  # noqa: E402
+from evonnx.passes.state import load_state  # noqa: E402
+from evonnx.passes.torchnet import distill  # noqa: E402
+
+
+def mlp_state(seed=0, d_in=16, hidden=48, classes=6):
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((hidden, d_in)) / np.sqrt(d_in)).astype(np.float32)
+    w2 = (rng.standard_normal((classes, hidden)) * 2 / np.sqrt(hidden)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], transB=1)]
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(np.full(hidden, 0.1, np.float32), "b1"),
+             numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(np.zeros(classes, np.float32), "b2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", d_in])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    calib = CalibData({"x": rng.standard_normal((256, d_in)).astype(np.float32)}, None, "test")
+    return load_state(model.SerializeToString()), calib
+
+
+def ctx_for(calib, workdir=None):
+    return PassContext(calib, device="cpu", progress=False, log=lambda _: None, workdir=workdir)
+
+
+FAST = dict(steps=200, batch_size=64, lr=3e-3, eval_every=40, holdout=0.0)
+
+
+def assert_masks_hold(before, after):
+    for name, mask in before.masks.items():
+        assert after.masks[name].tobytes() == mask.tobytes(), name
+        assert not np.any(after.current(name)[~mask]), f"{name}: a pruned entry came back"
+
+
+def test_finetune_lowers_kl_to_teacher_and_keeps_masks():
+    state, calib = mlp_state()
+    ctx = ctx_for(calib)
+    pruned = get_pass("magnitude")(sparsity=0.8, refit=False).run(state, ctx)
+    out = get_pass("distill-finetune")(**FAST).run(pruned, ctx)
+    rec = out.history[-1]
+    engine = ctx.engine(state)
+    before, after = engine.fitness([{n: pruned.current(n) for n in engine.weight_names},
+                                    {n: out.current(n) for n in engine.weight_names}])
+    assert rec["fitness"] == pytest.approx(after) and rec["fitness_before"] == pytest.approx(before)
+    assert after < 0.5 * before, (before, after)
+    assert_masks_hold(pruned, out)
+    assert out.global_sparsity() == pytest.approx(pruned.global_sparsity())
+    assert "b1" in rec["trained"] and not np.array_equal(out.current("b1"), pruned.current("b1"))
+
+
+@pytest.mark.parametrize("scheme, mode", [("uniform/channel/sym", "ste"), ("codebook", "ste"),
+                                          ("uniform/tensor/asym", "requantize")])
+def test_after_quantization_weights_equal_their_records(scheme, mode):
+    state, calib = mlp_state(1)
+    ctx = ctx_for(calib)
+    pruned = get_pass("magnitude")(sparsity=0.7, refit=False).run(state, ctx)
+    quant = get_pass("quantize")(scheme=scheme, bits=3, min_size=0).run(pruned, ctx)
+    out = get_pass("distill-finetune")(**{**FAST, "steps": 60}, quant_mode=mode).run(quant, ctx)
+    assert sorted(out.quant) == sorted(quant.quant)
+    for name, record in out.quant.items():
+        old = quant.quant[name]
+        assert (record.scheme, record.bits) == (old.scheme, old.bits)
+        assert out.weights[name].tobytes() == dequantize(record).tobytes(), name
+    assert_masks_hold(pruned, out)
+    changed = [n for n in out.quant if not np.array_equal(out.weights[n], quant.weights[n])]
+    assert changed, "training changed no quantized weight"
+    assert out.history[-1]["fitness"] <= quant.history[-1]["after"]["fitness"] * 1.05
+
+
+def test_resume_continues_bit_identically(tmp_path):
+    state, calib = mlp_state(2)
+    pruned = get_pass("magnitude")(sparsity=0.8, refit=False).run(state, ctx_for(calib))
+    cfg = dict(FAST, steps=60, checkpoint_every=20, eval_every=20, augment=["noise", "mixup"])
+    straight = get_pass("distill-finetune")(**cfg).run(pruned, ctx_for(calib))
+
+    real_step, calls = distill.Distiller.train_step, []
+
+    def crashing_step(self):
+        calls.append(self.step)
+        if self.step == 30:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    distill.Distiller.train_step = crashing_step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            get_pass("distill-finetune")(**cfg).run(pruned, ctx_for(calib, tmp_path))
+    finally:
+        distill.Distiller.train_step = real_step
+    assert (tmp_path / "distill-finetune" / "checkpoint.npz").is_file() and 30 in calls
+    resumed = get_pass("distill-finetune")(**cfg).run(pruned, ctx_for(calib, tmp_path))
+    for name in straight.history[-1]["trained"]:
+        assert resumed.weights[name].tobytes() == straight.weights[name].tobytes(), name
+    assert resumed.history[-1]["curve"] == straight.history[-1]["curve"]
+
+
+def test_shift_augmentation_moves_images_within_bounds():
+    rng = np.random.default_rng(0)
+    x = np.zeros((8, 1, 6, 6), np.float32)
+    x[:, :, 3, 3] = 1.0
+    d = distill.Distiller.__new__(distill.Distiller)
+    d.s, d.rng = distill.Settings(shift=2), rng
+    y = d._shift(x)
+    assert y.shape == x.shape and np.all(y.sum(axis=(1, 2, 3)) == 1.0)
+    pos = np.argwhere(y[:, 0] == 1.0)[:, 1:]
+    assert np.all(np.abs(pos - 3) <= 2) and len({tuple(p) for p in pos}) > 1
