@@ -54,8 +54,8 @@ class GradientPrune(Pass):
             masks = {l.weight: p.reshape(l.mat_shape) for l, p in zip(layers, parts)}
         else:
             targets, _ = common.layer_targets(state, ev, layers, cfg, "magnitude")
-            masks = {l.weight: tg.keep_mask(scores[l.weight], tg.zero_count(l.size, targets[l.weight])).reshape(l.mat_shape)
-                     for l in layers}
+            masks = {l.weight: tg.keep_mask(scores[l.weight], tg.zero_count(l.size, targets[l.weight]))
+                     .reshape(l.mat_shape) for l in layers}
         state = common.one_shot(state, ev, layers, masks, cfg.refit, cfg.ridge)
         rec = common.record(self.name, cfg, state, layers, ev, t0, stop_reason="done")
         ctx.log(f"{self.name} ({cfg.method}): sparsity {rec['sparsity']:.3f}, fitness {rec['fitness']:.4g}")

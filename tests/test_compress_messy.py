@@ -140,7 +140,7 @@ def test_several_inputs_outputs_and_token_ids(tmp_path):
 
 
 def test_conv_model(tmp_path):
-    model, calib = save(tmp_path, "cnn", corpus.cnn(), x=normal(64, 3, 12, 12))
+    model, calib = save(tmp_path, "cnn", corpus.cnn(), x=normal(32, 3, 12, 12))
     result = compress(model, tmp_path / "cnn.evx", calib=calib, pipeline=Pipeline(LIGHT), **quiet())
     layers = {r["name"]: r for r in result.layers}
     assert {n for n, r in layers.items() if r["role"] == "conv"} == {"c1", "dw", "c2"}

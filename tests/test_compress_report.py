@@ -22,10 +22,10 @@ def auto_run(tmp_path_factory):
     teacher = corpus.mlp(d_in=32, hidden=64, classes=10)
     onnx.save_model(teacher, str(root / "mlp.onnx"))
     x = np.random.default_rng(0).standard_normal((256, 32)).astype(np.float32)
-    labels = ort.InferenceSession(teacher.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.savez(root / "calib.npz", x=x, labels=labels.argmax(1))
+    session = ort.InferenceSession(teacher.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.savez(root / "calib.npz", x=x, labels=session.run(None, {"x": x})[0].argmax(1))
     result = compress(root / "mlp.onnx", root / "mlp.evx", calib=root / "calib.npz", sparsity="auto", max_drop=4.0,
-                      time_limit=10, report=root / "report", progress=False, log=lambda *_: None)
+                      time_limit=6, report=root / "report", progress=False, log=lambda *_: None)
     return root, result
 
 

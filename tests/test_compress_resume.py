@@ -8,11 +8,14 @@ import time
 
 import numpy as np
 import onnx
+import pytest
 
 import corpus
+from evonnx.errors import EvonnxError
+from evonnx.tools.compress import compress
 
 # an evaluation budget, not a time limit: the run is deterministic, so bytes can be compared
-CONFIG = {"passes": [{"name": "directed-evolution", "sparsity": 0.8, "max_evaluations": 3000, "on_budget": "finish"},
+CONFIG = {"passes": [{"name": "directed-evolution", "sparsity": 0.8, "max_evaluations": 2000, "on_budget": "finish"},
                      {"name": "quantize", "bits": 4}]}
 
 
@@ -37,8 +40,8 @@ def wait_for_first_step(proc, folder, timeout=120.0):
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     model, calib, config = tmp_path / "mlp.onnx", tmp_path / "calib.npz", tmp_path / "pipeline.json"
-    onnx.save_model(corpus.mlp(d_in=32, hidden=64, classes=10), str(model))
-    np.savez(calib, x=np.random.default_rng(0).standard_normal((128, 32)).astype(np.float32))
+    onnx.save_model(corpus.mlp(d_in=16, hidden=48, classes=10), str(model))
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32))
     config.write_text(json.dumps(CONFIG))
     common = [model, "--calib", calib, "--config", config]
 
@@ -59,10 +62,11 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
 
     again = evonnx(*common, "-o", out, "--workdir", work)
     assert again.returncode == 2 and "add --resume" in again.stderr and not out.exists()
-    other = evonnx(*common, "-o", out, "--workdir", work, "--resume", "--seed", "1")
-    assert other.returncode == 2 and "another model, calibration set or settings" in other.stderr
-    nothing = evonnx(*common, "-o", out, "--workdir", tmp_path / "empty", "--resume")
-    assert nothing.returncode == 2 and "no run to resume" in nothing.stderr
+    api = dict(calib=calib, pipeline=config, progress=False, log=lambda *_: None)
+    with pytest.raises(EvonnxError, match="another model, calibration set or settings"):
+        compress(model, out, workdir=work, resume=True, seed=1, **api)
+    with pytest.raises(EvonnxError, match="no run to resume"):
+        compress(model, out, workdir=tmp_path / "empty", resume=True, **api)
 
     resumed = evonnx(*common, "-o", out, "--workdir", work, "--resume")
     assert resumed.returncode == 0, resumed.stderr

@@ -24,10 +24,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--sparsity", default="0.9", metavar="S|auto", help=AUTO_HELP)
     parser.add_argument("--bits", default="auto", help="auto (searched per layer) or a fixed 1-8")
     parser.add_argument("--max-drop", type=float, default=0.5,
-                        help="accuracy points the result may lose against the teacher (with labels; measured + 1 "
-                             "standard error), else top-1 agreement points")
-    parser.add_argument("--time-limit", type=float, help="seconds for the search (70 %% for the sparsity search, which "
-                        "then reaches its target by the prior; the bit allocation is not timed)")
+                        help="accuracy points (with labels; measured + 1 standard error), else top-1 agreement "
+                             "points, the bit allocation may lose against the pruned model; with --sparsity auto, "
+                             "the whole run against the teacher")
+    parser.add_argument("--time-limit", type=float, help="seconds for the search: 70 %% for Directed Evolution (then "
+                        "the targets are reached by the prior), the rest for the bit allocation; both are trimmed to "
+                        "fit from the measured time of one forward pass (a target, not a hard limit)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", metavar="DIR", help="checkpoints and logs; a fresh run starts there, and an "
                         "unfinished run found there is refused unless --resume is given")

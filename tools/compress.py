@@ -47,11 +47,15 @@ LADDER = tuple(1 - 0.5 ** k for k in range(1, 7))  # 0.5 … 0.984: the kept fra
 BISECTIONS = 2
 SEARCH_SHARE = 0.7  # of --time-limit for the sparsity search; the rest is left for the bit allocation
 AUTO_SHARE = 0.5  # of --max-drop the auto sparsity may spend; the bit allocation gets what is left
+LIGHT_BITS = {"schemes": ["uniform/channel/sym"], "bits": [2, 3, 4, 5, 6, 8]}  # the bit allocation when time is short
+JOINT_EVALUATIONS = 40  # about what the bit allocation's joint search measures
 INTERNAL = ("history", "search_log")  # CompressResult fields for reports, not the JSON summary
 
 
 @dataclass
 class CompressResult:
+    """What `compress` did: sizes, fidelity against the teacher, per-layer rows, what it left alone and why."""
+
     output: str
     original_bytes: int
     container_bytes: int
@@ -77,22 +81,63 @@ class CompressResult:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in INTERNAL}
 
 
+@dataclass
+class Budget:
+    """Settings that fit a time limit, from the measured time of one forward pass over the calibration set.
+
+    Directed Evolution's sensitivity curves (one evaluation a target per level, plus re-fits) are not
+    bounded by its time limit: when they would take over a quarter of it, a global target is split
+    uniformly and survivors are not re-fitted. The bit allocation measures every scheme x bit width per
+    target, then searches jointly: when the time left after the sparsity search cannot pay for that, it
+    tries uniform per-channel 2-8 bits only, and when not even that, every target gets 8 bits.
+    """
+
+    de: dict = field(default_factory=dict)
+    bits: dict | None = field(default_factory=dict)  # None: fixed 8 bits instead of the bit allocation
+
+    @classmethod
+    def fit(cls, targets: int, forward_seconds: float, time_limit: float) -> "Budget":
+        from evonnx.passes.bit_allocation import BitAllocation
+        from evonnx.passes.sparsity.common import LEVELS
+
+        budget = cls()
+        if targets * len(LEVELS) * forward_seconds > 0.25 * SEARCH_SHARE * time_limit:
+            budget.de = {"allocation": "uniform", "refit": False}
+        defaults = BitAllocation.Config()
+        full, light = len(defaults.schemes) * len(defaults.bits) + 1, len(LIGHT_BITS["bits"]) + 1
+        affordable = (1 - SEARCH_SHARE) * time_limit / max(forward_seconds, 1e-9)
+        if affordable < targets * full + JOINT_EVALUATIONS:
+            budget.bits = dict(LIGHT_BITS) if affordable >= targets * light + JOINT_EVALUATIONS else None
+        return budget
+
+    def describe(self) -> str:
+        parts = [f"{k}={v}" for k, v in self.de.items()]
+        if self.bits is None:
+            parts.append("every target at 8 bits (no time for the bit allocation)")
+        elif self.bits:
+            parts.append("bit allocation over " + ", ".join(f"{k}={v}" for k, v in self.bits.items()))
+        return ", ".join(parts)
+
+
 def default_pipeline(sparsity: float | str, bits: int | str, max_drop: float, time_limit: float | None, *,
-                     prune: list[str] | None = None, keep: list[str] = ()) -> Pipeline:
+                     prune: list[str] | None = None, keep: list[str] = (), budget: Budget | None = None) -> Pipeline:
     """Directed Evolution to the sparsity target, then the bit allocation (or fixed bits). `prune`
-    restricts pruning to those weights (None: all targets); `keep` stays exact."""
+    restricts pruning to those weights (None: all targets); `keep` stays exact; `budget` fits a time limit."""
+    budget = budget or Budget()
     steps: list = []
     if sparsity not in (0, 0.0, "0") and prune != []:
         de: dict = {"sparsity": float(sparsity)}
         if prune is not None and keep:
             de["weights"] = list(prune)
         if time_limit:  # the search stops early, then reaches the target the cheap way
-            de.update(time_limit=float(time_limit) * SEARCH_SHARE, on_budget="finish")
+            de.update(time_limit=float(time_limit) * SEARCH_SHARE, on_budget="finish", **budget.de)
         steps.append(("directed-evolution", de))
-    if bits == "auto":
-        steps.append(("bit-allocation", {"max_drop": float(max_drop), **({"keep": list(keep)} if keep else {})}))
+    if bits == "auto" and budget.bits is not None:
+        steps.append(("bit-allocation", {"max_drop": float(max_drop), **({"keep": list(keep)} if keep else {}),
+                                         **budget.bits}))
     else:
-        steps.append(("quantize", {"bits": int(bits), **({"layers": {n: "raw" for n in keep}} if keep else {})}))
+        steps.append(("quantize", {"bits": 8 if bits == "auto" else int(bits),
+                                   **({"layers": {n: "raw" for n in keep}} if keep else {})}))
     return Pipeline(steps)
 
 
@@ -154,15 +199,21 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
             labels = {} if data.labels is None else {"labels": data.labels}
             _claim(wd, fingerprint(state.model, {**data.inputs, **labels}, settings, seed), resume, state.label, log)
         prune = [n for n in targets if n not in kept]
+        budget = Budget()
+        if time_limit and targets and pipeline is None:
+            budget = Budget.fit(len(prune), _forward_seconds(engine), time_limit)
+            if budget.describe():
+                log(f"time limit {time_limit:g} s: {budget.describe()}")
         if not targets:
             notes.append("nothing to compress: no conv kernel, matrix or embedding among the float weights; "
                          "the container holds the model as it is")
             log(notes[-1])
             steps: list[dict] = []
         elif sparsity == "auto":
-            state, steps, trials = _auto(state, ctx, engine, bits, max_drop, time_limit, prune, kept, log)
+            state, steps, trials = _auto(state, ctx, engine, bits, max_drop, time_limit, prune, kept, budget, log)
         else:
-            pipeline = pipeline or default_pipeline(sparsity, bits, max_drop, time_limit, prune=prune, keep=kept)
+            pipeline = pipeline or default_pipeline(sparsity, bits, max_drop, time_limit, prune=prune, keep=kept,
+                                                    budget=budget)
             state = pipeline.run(state, ctx)
             steps = _describe(pipeline)
         search_log = _read_logs(wd) if wd is not None else []
@@ -218,7 +269,7 @@ def _unexercised(state: ModelState, engine) -> list[str]:
 
 
 def _auto(state: ModelState, ctx: PassContext, engine, bits: int | str, max_drop: float, time_limit: float | None,
-          prune: list[str], kept: list[str], log) -> tuple[ModelState, list[dict], list[dict]]:
+          prune: list[str], kept: list[str], budget: Budget, log) -> tuple[ModelState, list[dict], list[dict]]:
     """sparsity="auto" (see the module docstring): the ladder and bisection of Directed Evolution runs,
     then the bit stage with the rest of the budget. Returns the state, the passes that made it, the trials."""
     limit = AUTO_SHARE * max_drop
@@ -238,7 +289,7 @@ def _auto(state: ModelState, ctx: PassContext, engine, bits: int | str, max_drop
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
-            params.update(time_limit=round(remaining / left, 3), on_budget="finish")
+            params.update(time_limit=round(remaining / left, 3), on_budget="finish", **budget.de)
         de = DirectedEvolution(**params)
         sub = ctx.workdir / AUTO_DIR / f"{len(trials):02d}-{target:.4f}" if ctx.workdir else None
         student = de.run(best, dataclasses.replace(ctx, workdir=sub))
@@ -256,7 +307,7 @@ def _auto(state: ModelState, ctx: PassContext, engine, bits: int | str, max_drop
             failed = target
     left_over = max(max_drop - best_drop, 0.0)
     log(f"auto sparsity: kept {passed:.4f} (drop {best_drop:.3f} of {limit:g}); the bit stage gets {left_over:.3f}")
-    rest = default_pipeline(0, bits, left_over, None, keep=kept)
+    rest = default_pipeline(0, bits, left_over, None, keep=kept, budget=budget)
     return rest.run(best, ctx), steps + _describe(rest), trials
 
 
@@ -327,6 +378,16 @@ def _read_logs(wd: Path) -> list[dict]:
 
 
 # -- small helpers -------------------------------------------------------------------------------------
+
+def _forward_seconds(engine) -> float:
+    """Seconds of one evaluation over the calibration set (the better of two runs: the first warms up)."""
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        engine.outputs({})
+        times.append(time.perf_counter() - start)
+    return min(times)
+
 
 def _source_bytes(model: str | Path | bytes) -> int:
     """Bytes the model takes on disk: the .onnx file plus the external data files it names."""

@@ -52,7 +52,8 @@ def markdown(result, plots: list[str], skipped: str | None) -> str:
                      f"{'' if coded is None else f'{coded:,.0f}'} |")
     lines += _passes(result.history)
     if s["auto"]:
-        lines += ["", "## Auto sparsity", "", "| target | reached | drop (points) | limit | kept |", "|---:|---:|---:|---:|---|"]
+        lines += ["", "## Auto sparsity", "", "| target | reached | drop (points) | limit | kept |",
+                  "|---:|---:|---:|---:|---|"]
         lines += [f"| {100 * t['sparsity']:.2f} % | {100 * t['reached']:.2f} % | {t['drop']:.3f} | {t['limit']:g} | "
                   f"{'yes' if t['kept'] else 'no'} |" for t in s["auto"]]
     notes = [f"- left untouched: `{k['name']}` ({k['reason']})" for k in s["skipped"]]

@@ -50,7 +50,7 @@ def priors(view: LayerView, kinds: list[str], ridge: float, x: np.ndarray | None
     """Per-entry saliencies of the layer's current weights (lower = safer to zero), flat [out*K].
 
     magnitude |w|; wanda |w| * ||x_k|| (input-activation norm); hessian w^2 / [(H + lam I)^-1]_kk, the OBS
-    cost of zeroing one entry when the rest of its row is re-fitted (layers with K <= 2048).
+    cost of zeroing one entry when the rest of its row is re-fitted (layers with K <= 2048; wider ones get wanda).
     """
     w = np.abs(view.w_mat.astype(np.float64))
     out = {}
@@ -66,6 +66,8 @@ def priors(view: LayerView, kinds: list[str], ridge: float, x: np.ndarray | None
             h = x.T.astype(np.float64) @ x.astype(np.float64)
             h[np.diag_indices_from(h)] += ridge * (np.mean(np.diag(h)) or 1.0)
             out[kind] = (w ** 2 / np.diag(np.linalg.inv(h))[None]).ravel()
+        elif kind == "hessian":  # too wide to invert (or no activations): fall back to wanda
+            out[kind] = (w * norms[None]).ravel()
     return out
 
 

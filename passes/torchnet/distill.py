@@ -106,7 +106,8 @@ class Distiller:
                     shape = (-1,) + (1,) * (x.ndim - 1)
                     xs[j] = lam.reshape(shape) * x + (1 - lam.reshape(shape)) * x[perm]
             mix = (torch.from_numpy(lam), torch.from_numpy(perm))
-        return [torch.from_numpy(np.ascontiguousarray(x)) for x in xs], None if ys is None else torch.from_numpy(ys), mix
+        labels = None if ys is None else torch.from_numpy(ys)
+        return [torch.from_numpy(np.ascontiguousarray(x)) for x in xs], labels, mix
 
     def _shift(self, x: np.ndarray) -> np.ndarray:
         k = self.s.shift
@@ -228,7 +229,8 @@ class Distiller:
         self.opt.load_state_dict({"state": state, "param_groups": self.opt.state_dict()["param_groups"]})
         self.step, self.elapsed_before = header["step"], header["elapsed"]
         self.rng.bit_generator.state = header["rng"]
-        self.best_val, self.best_step, self.curve = header["best_val"], header["best_step"], [tuple(c) for c in header["curve"]]
+        self.best_val, self.best_step = header["best_val"], header["best_step"]
+        self.curve = [tuple(c) for c in header["curve"]]
         self.best = {k[5:]: v for k, v in arrays.items() if k.startswith("best:")}
         self.log(f"distill-finetune: resumed at step {self.step}")
         return True

@@ -102,7 +102,8 @@ def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, 
     y = fn(x, w, None, strides, 0, 0, group, dilations)  # full output; output_padding adds untouched rows
     if any(out_pad):
         y = F.pad(y, _pad_arg([0] * nd, out_pad))
-    y = y[(slice(None), slice(None)) + tuple(slice(bg, y.shape[2 + i] - e) for i, (bg, e) in enumerate(zip(begin, end)))]
+    crop = tuple(slice(bg, y.shape[2 + i] - e) for i, (bg, e) in enumerate(zip(begin, end)))
+    y = y[(slice(None), slice(None)) + crop]
     return y if b is None else y + b.reshape([1, -1] + [1] * nd)
 
 

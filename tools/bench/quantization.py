@@ -159,19 +159,20 @@ def bench_model(name: str, args) -> tuple[str, dict]:
     sparse = get_pass(args.prune)(**prune_cfg).run(base, ctx)
     prune_s = time.perf_counter() - t0
     sparse_acc = engine.accuracy(test, {n: sparse.current(n) for n in base.targets})
-    sparse_est = sum(w.size * 4 for w in base.table)
     rows.append({"method": f"{args.prune} {args.sparsity:.0%}, fp32 survivors", "bits": "32",
                  "est": None, "file": None, "acc": sparse_acc, "fp32": fp32, "seconds": prune_s})
     knap = run(f"{args.prune} {args.sparsity:.0%} + bit-allocation (knapsack)", sparse, "bit-allocation", **alloc_cfg)
     greedy = run(f"{args.prune} {args.sparsity:.0%} + bit-allocation (greedy)", sparse, "bit-allocation",
                  search="greedy", **alloc_cfg)
+    raw_drop = run(f"{args.prune} {args.sparsity:.0%} + bit-allocation (knapsack, z=0: raw calibration drop)", sparse,
+                   "bit-allocation", z=0.0, **alloc_cfg)
     fixed4 = run(f"{args.prune} {args.sparsity:.0%} + quantize uniform/channel/sym@4", sparse, "quantize",
                  scheme="uniform/channel/sym", bits=4)
     fixed3 = run(f"{args.prune} {args.sparsity:.0%} + quantize codebook@3", sparse, "quantize",
                  scheme="codebook", bits=3)
-    rows += [knap, greedy, fixed4, fixed3]
-    info = {"sparse": sparse, "knap": knap, "greedy": greedy, "sparse_acc": sparse_acc, "teacher_acc": rows[0]["acc"],
-            "dense_bytes": sparse_est, "prune_seconds": prune_s}
+    rows += [knap, greedy, raw_drop, fixed4, fixed3]
+    info = {"sparse": sparse, "knap": knap, "greedy": greedy, "raw_drop": raw_drop, "sparse_acc": sparse_acc,
+            "teacher_acc": rows[0]["acc"], "prune_seconds": prune_s}
     return _render(name, rows, info, args), info
 
 
@@ -215,7 +216,8 @@ def _render(name: str, rows: list[dict], info: dict, args) -> str:
     g = info["greedy"]["record"]
     out += ["", f"Search: knapsack {_fmt_bytes(knap['est'])} with {rec['joint_evaluations']} joint evaluations "
             f"(test acc. {knap['acc']:.4f}); greedy {_fmt_bytes(info['greedy']['est'])} with "
-            f"{g['joint_evaluations']} (test acc. {info['greedy']['acc']:.4f}). Pruning took "
+            f"{g['joint_evaluations']} (test acc. {info['greedy']['acc']:.4f}); knapsack on the raw calibration drop "
+            f"(z=0) {_fmt_bytes(info['raw_drop']['est'])}, test acc. {info['raw_drop']['acc']:.4f}. Pruning took "
             f"{info['prune_seconds']:.0f} s; sparse fp32 test acc. {info['sparse_acc']:.4f}.", ""]
     return "\n".join(out)
 

@@ -91,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
                 row["drop_pt"] = 100 * (dense[model] - row["accuracy"])
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    text = table(rows, dense, args)
+    ft = get_pass("distill-finetune")(**opts["ft"]).config
+    settings = (f"DE {opts['de'] or 'defaults'}; FT steps={ft.steps} lr={ft.lr} batch={ft.batch_size} "
+                f"T={ft.temperature} augment={ft.augment} label_weight={ft.label_weight}; after BA: "
+                f"{kv(args.qft) or 'same'}; BA {opts['ba']}")
+    text = table(rows, dense, settings)
     print(text)
     if args.out:
         args.out.write_text(text)
@@ -99,14 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def table(rows: list[dict], dense: dict[str, float], args) -> str:
+def table(rows: list[dict], dense: dict[str, float], settings: str) -> str:
     lines = ["| model | sparsity | pipeline | test acc | Δ pt vs dense | .evx bytes | ratio vs fp32 file | ≥100× & ≤0.5 pt "
              "| cumulative s |", "|---|---|---|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         ok = "**yes**" if r["ratio"] >= 100 and r["drop_pt"] <= 0.5 else "no"
         lines.append(f"| {r['model']} | {r['sparsity']:.2f} | {r['pipeline']} | {r['accuracy']:.4f} | "
                      f"{-r['drop_pt']:+.2f} | {r['bytes']} | {r['ratio']:.1f}× | {ok} | {r['seconds']:.0f} |")
-    settings = f"DE {args.de or 'defaults'}; FT {args.ft or 'defaults'}; BA max_drop 0.5 {args.ba or ''}"
     dense_line = ", ".join(f"{m}: {a:.4f}" for m, a in dense.items())
     return "\n".join(lines) + f"\n\nDense test accuracy: {dense_line}. Settings: {settings}.\n"
 

@@ -1,0 +1,101 @@
+"""evonnx against its peers on the zoo models, side by side in one run.
+
+    python -m evonnx.tools.bench.peers [--models lenet300 lenet5] [--time-limit 120] [--out FILE.md]
+
+Rows: zstd of the fp32 ONNX file; ORT dynamic int8; ORT 4-bit MatMulNBits; a Deep-Compression-style recipe
+built from our passes (one-shot magnitude + k-means + our entropy coding); evonnx default; evonnx with
+--max-drop 0.5 and 1.0 at higher sparsity. Accuracy is on the zoo's held-out test set; the ratio is against
+the fp32 ONNX file.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zstandard
+
+from evonnx.formats.atomic import atomic_write_bytes
+from evonnx.passes.pipeline import Pipeline
+from evonnx.runtime import decode
+from evonnx.tools.bench.quantization import ort_rows
+from evonnx.tools.compress import compress
+from evonnx.tools.zoo import build
+from evonnx.tools.zoo.build import ort_predict, ort_session
+
+DEEP_COMPRESSION = [("magnitude", {"sparsity": 0.9, "refit": False}), ("quantize", {"scheme": "codebook", "bits": 5})]
+
+
+def evonnx_rows(model_path: Path, calib: Path, x: np.ndarray, y: np.ndarray, time_limit: float) -> list[dict]:
+    configs = [
+        ("Deep-Compression recipe (magnitude 90 % + k-means 5 bit + our coding)", {"pipeline": Pipeline(DEEP_COMPRESSION)}),
+        ("evonnx default (DE 90 %, bits auto, --max-drop 0.5)", {}),
+        ("evonnx --sparsity 0.95 --max-drop 0.5", {"sparsity": 0.95, "max_drop": 0.5}),
+        ("evonnx --sparsity 0.95 --max-drop 1.0", {"sparsity": 0.95, "max_drop": 1.0}),
+    ]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, kwargs in configs:
+            out = Path(tmp) / "m.evx"
+            start = time.perf_counter()
+            compress(model_path, out, calib=calib, time_limit=time_limit, progress=False, log=lambda *_: None, **kwargs)
+            seconds = time.perf_counter() - start
+            logits = ort_predict(ort_session(decode(out)), x)
+            rows.append({"method": label, "file": out.stat().st_size, "acc": float(np.mean(logits.argmax(1) == y)),
+                         "seconds": seconds})
+    return rows
+
+
+def bench(name: str, time_limit: float) -> list[dict]:
+    entry = build(name, log=lambda *_: None)
+    test = entry.load_test()
+    x, y = test["input"], test["labels"]
+    from evonnx.passes.engine.calib import CalibData
+    start = time.perf_counter()
+    data = Path(entry.model_path).read_bytes()
+    zstd_size = len(zstandard.ZstdCompressor(level=19).compress(data))
+    rows = [{"method": "zstd -19 of the fp32 ONNX file", "file": zstd_size, "acc": entry.meta["test_accuracy"],
+             "seconds": time.perf_counter() - start}]
+    for row in ort_rows(Path(entry.model_path), CalibData({"input": x}, y, "test")):
+        if row["method"] != "fp32 (ORT)":
+            rows.append(row)
+    rows += evonnx_rows(Path(entry.model_path), Path(entry.calib_path), x, y, time_limit)
+    fp32 = os.path.getsize(entry.model_path)
+    for row in rows:
+        row.update(model=name, fp32=fp32, dense=entry.meta["test_accuracy"])
+    return rows
+
+
+def render(rows: list[dict]) -> str:
+    lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores", "",
+             "| model | method | bytes | ratio | test acc | drop (pts) | wall s |", "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r.get("file") is None:
+            lines.append(f"| {r['model']} | {r['method']} | n/a | – | – | – | – |")
+            continue
+        drop = 100 * (r["dense"] - r["acc"])
+        seconds = f"{r['seconds']:.1f}" if "seconds" in r else "–"
+        lines.append(f"| {r['model']} | {r['method']} | {r['file']:,} | {r['fp32'] / r['file']:.1f}× | "
+                     f"{r['acc']:.4f} | {drop:.2f} | {seconds} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5"])
+    parser.add_argument("--time-limit", type=float, default=120.0, help="seconds for each evonnx search")
+    parser.add_argument("--out", help="also write the table to this markdown file")
+    args = parser.parse_args(argv)
+    text = render([row for name in args.models for row in bench(name, args.time_limit)])
+    print(text)
+    if args.out:
+        atomic_write_bytes(args.out, (text + "\n").encode())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
