@@ -1,6 +1,7 @@
 """Quantization helpers shared by the `quantize` and `bit-allocation` passes.
 
 uniform: affine grids per tensor or per channel; kmeans: 1-D Lloyd codebooks; layer: one weight to a
-QuantizedTensor; refit: least-squares codebook re-fit on layer activations; sizing: coded-size estimate;
-search: sensitivity tables and the multiple-choice knapsack over per-layer options.
+QuantizedTensor (specs, never-zero guard); refit: least-squares codebook re-fit on layer activations;
+sizing: coded-size estimate; apply: plans, fidelity against the incoming model; search: the
+multiple-choice knapsack; allocate: sensitivity frontiers and the searches; report: markdown rows.
 """
