@@ -17,7 +17,7 @@ import numpy as np
 from evonnx.passes.engine.calib import load_npz
 from evonnx.passes.engine.fitness import FitnessEngine, Runner
 from evonnx.passes.state import load_state
-from evonnx.formats.atomic import atomic_write_bytes
+from evonnx.tools.bench import emit
 
 BATCH = {"lenet300": 256, "lenet5": 256, "resnet50ish": 4}
 
@@ -78,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| {r['model']} | {r['params']:,} | {r['batch']} | {r['provider']} | {r['baked_ms']:.2f} | "
               f"{r['fed']:.2f}× | {r['fresh']:.2f}× |" for r in rows]
     text = "\n".join(lines)
-    print(text)
-    if args.out:
-        atomic_write_bytes(args.out, (text + "\n").encode())
-    return 0
+    return emit(text, args.out)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
-from evonnx.formats.atomic import atomic_write_bytes
 from evonnx.passes.pipeline import Pipeline
+from evonnx.tools.bench import emit
 from evonnx.runtime import decode
 from evonnx.tools.bench.quantization import ort_rows
 from evonnx.tools.compress import compress
@@ -91,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="also write the table to this markdown file")
     args = parser.parse_args(argv)
     text = render([row for name in args.models for row in bench(name, args.time_limit)])
-    print(text)
-    if args.out:
-        atomic_write_bytes(args.out, (text + "\n").encode())
-    return 0
+    return emit(text, args.out)
 
 
 if __name__ == "__main__":
