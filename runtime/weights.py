@@ -294,4 +294,4 @@ def set_weights(model: onnx.ModelProto, arrays: dict[str, np.ndarray], add_missi
 
 def _to_tensor(arr: np.ndarray, name: str, data_type: int) -> onnx.TensorProto:
     np_type = onnx.helper.tensor_dtype_to_np_dtype(data_type)
-    return numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np_type), name)
+    return numpy_helper.from_array(np.asarray(arr, dtype=np_type, order="C"), name)  # keeps 0-d shapes

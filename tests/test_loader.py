@@ -111,3 +111,11 @@ def test_truncated_file_is_refused(tmp_path):
 def test_model_without_float_weights_is_refused():
     with pytest.raises(ModelError, match="no float weights"):
         load_state(corpus.int8_parts_only().SerializeToString(), label="q.onnx")
+
+
+def test_scalar_weight_keeps_its_shape():
+    model = corpus.mlp()
+    model.graph.initializer.append(numpy_helper.from_array(np.array(2.0, np.float32), "s"))
+    new = set_weights(model, {"s": np.array(3.0, np.float32)})
+    tensor = next(t for t in new.graph.initializer if t.name == "s")
+    assert list(tensor.dims) == [] and numpy_helper.to_array(tensor) == 3.0
