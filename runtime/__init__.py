@@ -1,8 +1,8 @@
 """Light runtime: rebuild ONNX models from .evx files with numpy and onnx only.
 
-`decode` returns an onnx.ModelProto; `session` (onnxruntime, imported only when called) returns an
+`decode` returns an onnx.ModelProto; `evonnx.tools.session.session` (which needs onnxruntime) returns an
 InferenceSession of it.
 """
-from evonnx.runtime.decode import FORMATS, decode, session
+from evonnx.runtime.decode import FORMATS, decode
 
-__all__ = ["decode", "session", "FORMATS"]
+__all__ = ["decode", "FORMATS"]

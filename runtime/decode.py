@@ -13,7 +13,7 @@ Output forms:
   (mid-rise grids) use doubled codes. Raw and codebook weights, and uniform ones the opset or zero
   points cannot express, stay dense.
 
-Imports only numpy and onnx; `session` loads onnxruntime when called.
+Imports only numpy and onnx (the onnxruntime session helper is evonnx.tools.session).
 """
 from __future__ import annotations
 
@@ -39,26 +39,6 @@ def decode(path_or_bytes, format: str = "fp32", *,  # noqa: A002 - the public na
     if format not in FORMATS:
         raise EvonnxError(f"unknown output format {format!r} (choose from {', '.join(FORMATS)})")
     return build_model(read_evx(path_or_bytes, max_output_bytes=max_output_bytes), format)
-
-
-def session(path_or_bytes, providers=None, format: str = "fp32", sess_options=None):  # noqa: A002
-    """An onnxruntime InferenceSession of the decoded model (CPU unless `providers` says otherwise).
-
-    For the qdq form without `sess_options`, 4-bit blocked MatMuls that onnxruntime fuses into
-    MatMulNBits keep float32 accuracy (session.qdq_matmulnbits_accuracy_level = 1; onnxruntime's
-    default, 4, would quantize their activations to int8).
-    """
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise EvonnxError("onnxruntime is not installed (pip install onnxruntime); "
-                          "evonnx.runtime.decode gives the ONNX model without it") from None
-    model = decode(path_or_bytes, format)
-    if sess_options is None and format == "qdq":
-        sess_options = ort.SessionOptions()
-        sess_options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
-    return ort.InferenceSession(model.SerializeToString(), sess_options=sess_options,
-                                providers=list(providers) if providers else ["CPUExecutionProvider"])
 
 
 def build_model(c: Container, format: str = "fp32") -> onnx.ModelProto:  # noqa: A002

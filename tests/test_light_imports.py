@@ -23,23 +23,19 @@ def test_runtime_and_formats_import_neither_torch_onnxruntime_nor_passes():
 
 
 def test_decode_works_without_onnxruntime():
-    """With onnxruntime made unimportable, decode still works and session() says what is missing."""
+    """With onnxruntime made unimportable, decode still works."""
     code = r"""
 import sys
 sys.modules["onnxruntime"] = None  # any import of it now fails
 import numpy as np
 from onnx import helper
-from evonnx.errors import EvonnxError
 from evonnx.formats import QuantizedTensor, encode_evx
-from evonnx.runtime import decode, session
+from evonnx.runtime import decode
 graph = helper.make_model(helper.make_graph([], "g", [], []))
 blob = encode_evx(graph, [QuantizedTensor.raw("w", np.ones(3, np.float32))])
 assert decode(blob).graph.initializer[0].name == "w"
-try:
-    session(blob)
-except EvonnxError as e:
-    print("ok", e)
+print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("ok onnxruntime is not installed")
+    assert out.stdout.strip() == "ok"

@@ -11,7 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from evonnx.errors import EvonnxError, EvxFormatError
 from evonnx.formats import QuantizedTensor, dequantize, encode_evx, write_evx
-from evonnx.runtime import FORMATS, decode, session
+from evonnx.runtime import FORMATS, decode
+from evonnx.tools.session import session
 from evonnx.tools import cmd_decode, cmd_inspect
 from evonnx.tools.cli import main as cli_main
 

@@ -34,6 +34,7 @@ from evonnx.passes.base import PassContext
 from evonnx.passes.bit_allocation import _loss
 from evonnx.passes.directed_evolution import DirectedEvolution
 from evonnx.passes.engine.calib import load_npz, synthetic
+from evonnx.passes.engine.metrics import compare
 from evonnx.passes.pipeline import Pipeline
 from evonnx.passes.quant.apply import Fidelity
 from evonnx.passes.sparsity.checkpoint import fingerprint
@@ -219,18 +220,18 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
         search_log = _read_logs(wd) if wd is not None else []
     meta = {"source": Path(str(model)).name, "seed": seed, "pipeline": steps,  # deterministic: runs compare by bytes
             **({"auto": trials} if trials else {})}
-    blob, diff = _encode_and_verify(state, engine, meta)
+    blob, records, measured, diff = _encode_and_verify(state, engine, meta)
     atomic_write_bytes(output, blob)
     if workdir is not None:
         _finish_run(Path(workdir))
 
-    metrics = engine.evaluate([{n: state.current(n) for n in engine.weight_names}])[0]
+    metrics = compare(engine.output_names, engine.teacher, measured, engine.calib.labels)
     result = CompressResult(
         output=str(output), original_bytes=original, container_bytes=len(blob), ratio=original / len(blob),
         sparsity=state.global_sparsity() if targets else 0.0, provider=engine.provider,
         seconds=time.perf_counter() - start, teacher_accuracy=engine.teacher_metrics().accuracy,
         accuracy=metrics.accuracy, top1_agreement=metrics.top1, fitness=metrics.fitness, max_output_diff=diff,
-        layers=_layers(state, to_container(state)[1]), skipped=skipped, kept_exact=kept, notes=notes, auto=trials,
+        layers=_layers(state, records), skipped=skipped, kept_exact=kept, notes=notes, auto=trials,
         history=state.history, search_log=search_log)
     if report is not None:
         from evonnx.tools.report import write_report
@@ -241,8 +242,9 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
 
 # -- the run's pieces ----------------------------------------------------------------------------------
 
-def _encode_and_verify(state: ModelState, engine, meta: dict) -> tuple[bytes, float]:
-    """The container's bytes, after checking that they decode to the searched weights and outputs."""
+def _encode_and_verify(state: ModelState, engine, meta: dict) -> tuple[bytes, list, list[np.ndarray], float]:
+    """The container's bytes, after checking that they decode to the searched weights and outputs; also
+    its records, the measured outputs (for the final metrics) and the largest output difference."""
     graph, records, expected = to_container(state)
     blob = encode_evx(graph, records, meta)
     decoded = build_model(read_evx(blob))
@@ -254,7 +256,7 @@ def _encode_and_verify(state: ModelState, engine, meta: dict) -> tuple[bytes, fl
     scale = max((float(np.max(np.abs(m))) if m.size else 0.0 for m in measured), default=0.0) or 1.0
     if diff > 1e-4 * scale:
         raise EvonnxError(f"verification failed: the decoded model's outputs differ from the measured ones by {diff:g}")
-    return blob, diff
+    return blob, records, measured, diff
 
 
 def _unexercised(state: ModelState, engine) -> list[str]:
