@@ -6,7 +6,8 @@ minimises the temperature-scaled KL to the teacher on calibration inputs, option
 labels optional. Pruned entries stay exactly zero; quantized weights train through a straight-through
 estimator on their fixed grid (or codebook centroids with fixed assignments), or are re-quantized
 afterwards with the same scheme and bits, so `weights[n] == dequantize(quant[n])` holds at the end.
-Budget in steps and seconds; checkpoints in the work dir, resumed bit-identically.
+Budget in steps and seconds; checkpoints in the work dir, resumed bit-identically. Optionally Weight
+Evolution (passes/torchnet/weight_evolution.py) crosses inferior filters with important ones during training.
 """
 from __future__ import annotations
 
@@ -46,8 +47,19 @@ class DistillFinetune(Pass):
         quant_mode: str = param("ste", "quantized weights: ste (train on the fixed grid / centroids) | "
                                        "requantize (train in float, then same scheme and bits afresh)")
         freeze_zeros: bool = param(True, "zero entries of unmasked target weights stay zero")
+        data: str = param("", "an .npz of training inputs (optional `labels`) used instead of the calibration "
+                              "set, e.g. a large unlabeled set; the calibration set then validates")
         checkpoint_every: int = param(200, "steps between checkpoints in the work dir")
         resume: bool = param(True, "resume from the work dir's checkpoint of the same run")
+        weight_evolution: bool = param(False, "Weight Evolution (Lin et al. 2021): cross inferior filters with "
+                                              "important ones of the same layer, on allowed entries only")
+        we_every: int = param(100, "steps between weight evolutions")
+        we_fraction: float = param(0.2, "global share of evolvable filters under the norm threshold (paper: 0.2)")
+        we_relative: float = param(0.1, "a filter is inferior only if its norm is <= this x its layer's largest")
+        we_decay: bool = param(True, "scale we_fraction by the cosine learning-rate factor (the paper shrinks "
+                                     "it as the learning rate drops)")
+        we_layers: str = param("conv", "conv (Conv/ConvTranspose filters, as the paper) | all (also 2-D "
+                                       "Gemm/MatMul weights); never a weight whose channels are graph outputs")
 
     def run(self, state: ModelState, ctx: PassContext) -> ModelState:
         from evonnx.passes.torchnet import require_torch
@@ -62,6 +74,8 @@ class DistillFinetune(Pass):
         bad = set(cfg.augment) - set(distill.AUGMENTS)
         if bad:
             raise EvonnxError(f"{self.name}: unknown augment {sorted(bad)} (known: {distill.AUGMENTS})")
+        if cfg.we_layers not in ("conv", "all") or cfg.we_every < 1 or not 0 <= cfg.we_fraction <= 1:
+            raise EvonnxError(f"{self.name}: we_layers must be conv|all, we_every >= 1, 0 <= we_fraction <= 1")
         t_start = time.perf_counter()
         names = trainable_names(state, cfg.trainable)
         teacher = OnnxModule(state.model, label=state.label)
@@ -71,10 +85,17 @@ class DistillFinetune(Pass):
             student.transforms[n] = c.transform
         settings = distill.Settings(**{f.name: getattr(cfg, f.name) for f in fields(distill.Settings)})
         folder = ctx.pass_dir(self.name)
-        fp = _fingerprint(state, ctx, asdict(cfg))
+        train = None
+        if cfg.data:
+            from evonnx.passes.engine.calib import load_npz
+            extra = load_npz(cfg.data, state.model)
+            train = (extra.inputs, extra.labels)
+        fp = _fingerprint(state, ctx, asdict(cfg), train)
         torch.manual_seed(ctx.seed)
         trainer = distill.Distiller(teacher, student, constraints, ctx.calib.inputs, ctx.calib.labels, settings,
-                                    ctx.seed, folder / "checkpoint.npz" if folder else None, fp, ctx.progress, ctx.log)
+                                    ctx.seed, folder / "checkpoint.npz" if folder else None, fp, ctx.progress, ctx.log,
+                                    train=train, evolve_axes=evolution_axes(state, names, constraints, cfg.we_layers)
+                                    if cfg.weight_evolution else None)
         if cfg.resume:
             trainer.resume()
         val_before = trainer.curve[0][1] if trainer.curve else trainer.validate()
@@ -101,6 +122,8 @@ class DistillFinetune(Pass):
                   "fitness_before": before.fitness, "fitness": after.fitness,
                   "accuracy_before": before.accuracy, "accuracy": after.accuracy,
                   "train_seconds": trainer.elapsed(), "wall_seconds": time.perf_counter() - t_start}
+        if cfg.weight_evolution:
+            record.update(evolvable=sorted(trainer.evolve_axes), evolved_filters=dict(trainer.evolved))
         ctx.log(f"{self.name}: {trainer.step} steps ({stop}), validation KL {val_before:.4g} -> {trainer.best_val:.4g} "
                 f"(step {trainer.best_step}), calibration fitness {before.fitness:.4g} -> {after.fitness:.4g}")
         return out.replace(record=record)
@@ -134,9 +157,49 @@ def build_constraints(state: ModelState, names: list[str], mode: str, freeze_zer
     return out
 
 
-def _fingerprint(state: ModelState, ctx: PassContext, settings: dict) -> str:
+_PASS_THROUGH = {"Add", "Sub", "Mul", "Div", "Relu", "Sigmoid", "Softmax", "LogSoftmax", "Identity", "Cast",
+                 "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
+
+
+def evolution_axes(state: ModelState, names: list[str], constraints: dict, which: str) -> dict[str, int]:
+    """Weights Weight Evolution may change, with their filter axes: trained conv filters (`which` "all":
+    also 2-D matrices), read in the main graph only, not codebook-coded (their latent is unused), and not
+    heads (output channels reaching a graph output through elementwise / reshaping ops only: classes)."""
+    graph = state.model.graph
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for t in node.input:
+            readers.setdefault(t, []).append(node)
+    outputs = {o.name for o in graph.output}
+
+    def head(nodes) -> bool:
+        todo, seen = [t for node in nodes for t in node.output], set()
+        while todo:
+            t = todo.pop()
+            if t in outputs:
+                return True
+            if t not in seen:
+                seen.add(t)
+                todo += [o for node in readers.get(t, []) if node.op_type in _PASS_THROUGH for o in node.output]
+        return False
+
+    out = {}
+    for n in names:
+        info = state.table[n]
+        kind_ok = info.role == "conv" or (which == "all" and info.role == "matrix" and len(info.shape) == 2)
+        c = constraints.get(n)
+        if (not kind_ok or info.channel_axis is None or any(u.graph for u in info.consumers)
+                or (c is not None and c.scheme == "codebook") or head(readers.get(n, []))):
+            continue
+        out[n] = info.channel_axis
+    return out
+
+
+def _fingerprint(state: ModelState, ctx: PassContext, settings: dict, train: tuple | None) -> str:
     from evonnx.passes.sparsity import checkpoint
     h = hashlib.sha256()
+    for array in [] if train is None else [*train[0].values(), *([] if train[1] is None else [train[1]])]:
+        h.update(np.ascontiguousarray(array).tobytes())
     for n in sorted(state.masks):
         h.update(n.encode() + np.packbits(state.masks[n]).tobytes())
     for n in sorted(state.quant):

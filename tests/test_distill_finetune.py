@@ -115,3 +115,34 @@ def test_shift_augmentation_moves_images_within_bounds():
     assert y.shape == x.shape and np.all(y.sum(axis=(1, 2, 3)) == 1.0)
     pos = np.argwhere(y[:, 0] == 1.0)[:, 1:]
     assert np.all(np.abs(pos - 3) <= 2) and len({tuple(p) for p in pos}) > 1
+
+
+def test_training_on_a_separate_data_file_validates_on_the_calibration_set(tmp_path):
+    state, calib = mlp_state(3)
+    pruned = get_pass("magnitude")(sparsity=0.8, refit=False).run(state, ctx_for(calib))
+    data = tmp_path / "train.npz"
+    np.savez(data, x=np.random.default_rng(9).standard_normal((512, 16)).astype(np.float32))
+    own = get_pass("distill-finetune")(**FAST).run(pruned, ctx_for(calib))
+    extra = get_pass("distill-finetune")(**FAST, data=str(data)).run(pruned, ctx_for(calib))
+    assert not np.array_equal(own.current("w1"), extra.current("w1"))  # other batches were drawn
+    assert extra.history[-1]["val_kl_best"] < 0.5 * extra.history[-1]["val_kl_before"]
+    assert_masks_hold(pruned, extra)
+    np.savez(data, y=np.zeros((4, 16), np.float32))
+    with pytest.raises(Exception, match="train.npz"):
+        get_pass("distill-finetune")(**FAST, data=str(data)).run(pruned, ctx_for(calib))
+
+
+def test_iterative_magnitude_reaches_the_target_retrains_each_round_and_resumes(tmp_path):
+    state, calib = mlp_state(4)
+    ft = dict(FAST, steps=40, eval_every=20)
+    out = get_pass("iterative-magnitude")(sparsity=0.9, rounds=3, finetune=ft).run(state, ctx_for(calib, tmp_path))
+    rec = out.history[-1]
+    assert [r["round"] for r in rec["rounds"]] == [1, 2, 3]
+    spars = [r["sparsity"] for r in rec["rounds"]]
+    assert spars == sorted(spars) and spars[-1] == pytest.approx(0.9, abs=1e-3)
+    assert out.global_sparsity() == pytest.approx(0.9, abs=1e-3)
+    assert all(r["fitness_retrained"] < r["fitness_pruned"] for r in rec["rounds"])
+    one_shot = get_pass("magnitude")(sparsity=0.9, refit=False).run(state, ctx_for(calib))
+    assert rec["fitness"] < one_shot.history[-1]["fitness"]
+    again = get_pass("iterative-magnitude")(sparsity=0.9, rounds=3, finetune=ft).run(state, ctx_for(calib, tmp_path))
+    assert again.weights["w1"].tobytes() == out.weights["w1"].tobytes()  # resumed from the round checkpoints

@@ -4,7 +4,10 @@ Loss per output: T^2 * KL(teacher/T || student/T) for classifier outputs ([N, C]
 otherwise, plus `label_weight` x cross-entropy when labels exist. Adam with a cosine learning rate; every
 batch and augmentation is drawn from one numpy generator whose state the checkpoint keeps, so a resumed
 run continues bit-identically. Validation (KL at T = 1 on a held-out part of the calibration set, or on
-all of it) picks the best step when `keep_best`.
+all of it) picks the best step when `keep_best`. With `weight_evolution`, every `we_every` steps the
+evolvable weights' inferior filters are crossed with important ones (passes/torchnet/weight_evolution.py)
+before the step, then projected back onto their constraints; it depends only on the step and the weights,
+so resuming stays bit-identical.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from evonnx.passes.sparsity import checkpoint
+from evonnx.passes.torchnet import weight_evolution
 from evonnx.passes.torchnet.constrain import Constraint
 from evonnx.passes.torchnet.convert import OnnxModule, run_numpy
 
@@ -41,6 +45,11 @@ class Settings:
     eval_every: int = 100
     keep_best: bool = True
     checkpoint_every: int = 200
+    weight_evolution: bool = False
+    we_every: int = 100
+    we_fraction: float = 0.2
+    we_relative: float = 0.1
+    we_decay: bool = True
 
 
 def is_classifier(t: np.ndarray | torch.Tensor) -> bool:
@@ -63,16 +72,26 @@ class Distiller:
 
     def __init__(self, teacher: OnnxModule, student: OnnxModule, constraints: dict[str, Constraint],
                  inputs: dict[str, np.ndarray], labels: np.ndarray | None, s: Settings, seed: int,
-                 ckpt: Path | None, fingerprint: str, progress: bool, log):
+                 ckpt: Path | None, fingerprint: str, progress: bool, log,
+                 train: tuple[dict[str, np.ndarray], np.ndarray | None] | None = None,
+                 evolve_axes: dict[str, int] | None = None):
+        """`inputs`/`labels`: the calibration set, split by `holdout` into training and validation;
+        `train`: a separate (inputs, labels) training set, in which case all of `inputs` validates;
+        `evolve_axes`: weights that Weight Evolution may change, with their filter axes."""
+        self.evolve_axes, self.evolved = dict(evolve_axes or {}), {}
         self.teacher, self.student, self.constraints, self.s = teacher, student, constraints, s
         self.ckpt, self.fp, self.progress, self.log = ckpt, fingerprint, progress, log
-        n = len(next(iter(inputs.values())))
-        order = np.random.default_rng([seed, 0x5E]).permutation(n)
-        n_val = int(round(s.holdout * n)) if s.holdout > 0 else 0
-        val, train = (order[:n_val], order[n_val:]) if n_val else (order, order)
         names = student.input_names
-        self.train_x = [inputs[k][train] for k in names]
-        self.train_y = None if labels is None else labels[train].astype(np.int64)
+        if train is None:
+            n = len(next(iter(inputs.values())))
+            order = np.random.default_rng([seed, 0x5E]).permutation(n)
+            n_val = int(round(s.holdout * n)) if s.holdout > 0 else 0
+            val, rows = (order[:n_val], order[n_val:]) if n_val else (order, order)
+            train_inputs, train_labels = {k: inputs[k][rows] for k in names}, None if labels is None else labels[rows]
+        else:
+            val, (train_inputs, train_labels) = slice(None), train
+        self.train_x = [train_inputs[k] for k in names]
+        self.train_y = None if train_labels is None else train_labels.astype(np.int64)
         self.val_x = {k: inputs[k][val] for k in names}
         self.val_t = run_numpy(teacher, self.val_x)
         self.stds = [float(np.std(x)) if np.issubdtype(x.dtype, np.floating) else 0.0 for x in self.train_x]
@@ -128,8 +147,24 @@ class Distiller:
         kls = [v for v, t in zip(vals, self.val_t) if is_classifier(t)]
         return float(np.mean(kls if kls else vals))
 
+    def evolve(self) -> dict[str, int]:
+        """Weight Evolution on the evolvable weights, then their constraints; adds up the counts per layer."""
+        s = self.s
+        frac = s.we_fraction * (0.5 * (1 + math.cos(math.pi * self.step / max(s.steps, 1))) if s.we_decay else 1.0)
+        weights = {n: self.student.parameter(n) for n in self.evolve_axes}
+        masks = {n: self.constraints[n].mask if n in self.constraints else None for n in self.evolve_axes}
+        stats = weight_evolution.evolve(weights, masks, self.evolve_axes, frac, s.we_relative)
+        for n, k in stats.items():
+            if n in self.constraints:
+                self.constraints[n].project(weights[n])
+            if k:
+                self.evolved[n] = self.evolved.get(n, 0) + k
+        return stats
+
     def train_step(self) -> float:
         s = self.s
+        if s.weight_evolution and self.evolve_axes and self.step and self.step % max(s.we_every, 1) == 0:
+            self.evolve()
         for g in self.opt.param_groups:
             g["lr"] = s.lr * 0.5 * (1 + math.cos(math.pi * self.step / max(s.steps, 1)))
         xs, ys, mix = self.batch()
@@ -210,7 +245,7 @@ class Distiller:
                 arrays[f"m{i}"], arrays[f"v{i}"] = st["exp_avg"].numpy(), st["exp_avg_sq"].numpy()
         header = {"fingerprint": self.fp, "step": self.step, "elapsed": self.elapsed(), "adam_steps": adam_steps,
                   "rng": self.rng.bit_generator.state, "best_val": self.best_val, "best_step": self.best_step,
-                  "curve": self.curve}
+                  "curve": self.curve, "we_evolved": self.evolved}
         checkpoint.save(self.ckpt, header, arrays)
 
     def resume(self) -> bool:
@@ -231,6 +266,7 @@ class Distiller:
         self.rng.bit_generator.state = header["rng"]
         self.best_val, self.best_step = header["best_val"], header["best_step"]
         self.curve = [tuple(c) for c in header["curve"]]
+        self.evolved = dict(header.get("we_evolved", {}))
         self.best = {k[5:]: v for k, v in arrays.items() if k.startswith("best:")}
         self.log(f"distill-finetune: resumed at step {self.step}")
         return True

@@ -19,6 +19,7 @@ from .build import (
     ort_predict,
     ort_session,
     train_model,
+    train_split,
     verify_onnx,
 )
 from .data import Dataset, load_dataset, load_digits28, load_fashion_mnist, read_idx
@@ -40,6 +41,7 @@ __all__ = [
     "ort_predict",
     "ort_session",
     "train_model",
+    "train_split",
     "verify_onnx",
     "Dataset",
     "load_dataset",

@@ -57,6 +57,7 @@ TORCH_THREADS = 2
 VERIFY_ATOL = 1e-4
 
 MODEL_FILE, CALIB_FILE, TEST_FILE, META_FILE = "model.onnx", "calib.npz", "test.npz", "meta.json"
+TRAIN_FILE = "train.npz"  # the whole train split, for distillation / retraining; written on first use
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,11 @@ class ZooEntry:
             return None
         with np.load(self.test_path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
+
+    @property
+    def train_path(self) -> Path | None:
+        """The whole train split (``input``, ``labels``) of a trained model, see :func:`train_split`."""
+        return self.model_path.parent / TRAIN_FILE if self.meta.get("trained") else None
 
 
 def available() -> list[str]:
@@ -384,6 +390,21 @@ def build(
             log(f"zoo: {name} built concurrently in {out}")
             return hit
         return _build_locked(name, out, seed, input_shape, log)
+
+
+def train_split(entry: ZooEntry, seed: int = 0) -> Path:
+    """Write (once) and return ``train.npz``: the full train split the model was trained on, the data a
+    user would distil or retrain with (the calibration set is a 1,000-sample subset of it; the test
+    set stays held out). Deterministic, so it is made on demand rather than with every build."""
+    path = entry.train_path
+    if path is None:
+        raise ValueError(f"{entry.name} is untrained: it has no train split")
+    if not path.is_file():
+        with _dir_lock(path.parent):
+            if not path.is_file():
+                ds = zdata.load_dataset(seed=seed)
+                _atomic_write(path, lambda fh: np.savez_compressed(fh, input=ds.x_train, labels=ds.y_train))
+    return path
 
 
 def _build_locked(name: str, out: Path, seed: int, input_shape: list[int], log) -> ZooEntry:
