@@ -80,7 +80,11 @@ class _Run:
     # -- setup / checkpoint -------------------------------------------------------------------------------
     def _start(self, state: ModelState) -> None:
         prior = "hessian" if self.cfg.refit else "wanda"
-        self.targets, self.curves = common.layer_targets(state, self.ev, self.layers, self.cfg, prior)
+        self.targets, self.curves = common.layer_targets(state, self.ev, self.layers, self.cfg, prior,
+                                                         stop=lambda: self.exhausted() is not None)
+        if len(self.curves) < len(self.layers) and self.cfg.allocation == "sensitivity" and not self.cfg.layer_sparsity:
+            self.ctx.log(f"directed-evolution: the budget ran out measuring sensitivities "
+                         f"({len(self.curves)}/{len(self.layers)} layers): the target is split uniformly")
         self.student = state
         self.density0 = {l.weight: float(common.mask_of(state, l).mean()) for l in self.layers}
         self.position = (1, 0)
@@ -247,7 +251,7 @@ class _Run:
             n = tg.zero_count(layer.size, self.targets[layer.weight]) - int((~mask).sum())
             if n <= 0:
                 continue
-            view = self.ev.visit(layer, self.student)
+            view = self.ev.visit(layer, self.student)  # no suffix session: nothing is evaluated here
             data = view.refit_data() if layer.fast else None
             pri = common.priors(view, ["hessian" if self.cfg.refit else "wanda"], self.cfg.ridge, data[0] if data else None)
             score = np.where(mask.ravel(), next(iter(pri.values())), -np.inf)  # zeros stay zero

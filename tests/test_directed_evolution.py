@@ -73,6 +73,18 @@ def test_evaluation_budget_stops_with_a_valid_state():
     assert finished["stop_reason"] == "max_evaluations" and finished["sparsity"] == pytest.approx(0.9, abs=1e-3)
 
 
+
+def test_time_limit_during_the_sensitivity_phase_splits_uniformly_and_finishes():
+    logs = []
+    state = load_state(model().SerializeToString())
+    ctx = PassContext(synthetic(state.model, 160, seed=5), device="cpu", progress=False, log=logs.append)
+    out = get_pass("directed-evolution")(**SMALL, sparsity=0.8, time_limit=1e-9, on_budget="finish").run(state, ctx)
+    rec = out.history[-1]
+    assert rec["stop_reason"] == "time_limit" and rec["sensitivity"] == {}
+    assert rec["layer_sparsity"]["w1"] == pytest.approx(0.8, abs=1e-3) == rec["layer_sparsity"]["w2"]
+    assert any("split uniformly" in line for line in logs)
+
+
 CHILD = """
 import sys
 sys.path.insert(0, {tests!r})

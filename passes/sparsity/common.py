@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,16 +111,24 @@ def one_shot(state: ModelState, ev: Evaluator, layers: list[Layer], masks: dict[
     return state
 
 
-def layer_targets(state: ModelState, ev: Evaluator, layers: list[Layer], cfg: TargetConfig,
-                  prior: str) -> tuple[dict[str, float], dict]:
-    """Per-layer sparsities: explicit, uniform, or a global target allocated by measured sensitivity."""
+def layer_targets(state: ModelState, ev: Evaluator, layers: list[Layer], cfg: TargetConfig, prior: str,
+                  stop: Callable[[], bool] | None = None) -> tuple[dict[str, float], dict]:
+    """Per-layer sparsities: explicit, uniform, or a global target allocated by measured sensitivity.
+
+    `stop()` turning true while the sensitivities are measured (a time budget) ends the measuring: the
+    target is then split uniformly, and the curves returned are those measured."""
     sizes = {l.weight: l.size for l in layers}
     explicit = tg.resolve(list(sizes), sizes, cfg.sparsity, cfg.layer_sparsity)
     if explicit is not None:
         return explicit, {}
+    uniform = {n: float(cfg.sparsity) for n in sizes}
     if cfg.allocation == "uniform":
-        return {n: float(cfg.sparsity) for n in sizes}, {}
-    curves = {l.weight: sensitivity(state, ev, l, prior, cfg.refit, cfg.ridge) for l in layers}
+        return uniform, {}
+    curves = {}
+    for l in layers:
+        if stop is not None and stop():
+            return uniform, {n: c.tolist() for n, c in curves.items()}
+        curves[l.weight] = sensitivity(state, ev, l, prior, cfg.refit, cfg.ridge)
     return tg.allocate(LEVELS, curves, sizes, float(cfg.sparsity)), {n: c.tolist() for n, c in curves.items()}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -159,11 +160,27 @@ class LayerView:
         self.y_shape = (n, *acts[layer.y].shape[1:])
         self.x_t = np.ascontiguousarray(layer.x_mat(x[:n]).T)  # [K, rows]
         self.y_flat = layer.y_flat(acts[layer.y][:n]).astype(np.float32)
-        suffix = build_suffix(ev.state.model, layer.y, weights, ev.types)
-        self.suffix = suffix
-        self.side = {name: acts[name][:n] if acts[name].ndim else acts[name] for name in suffix.inputs[1:]}
-        self.runner = Runner(suffix.model, ev.providers, ev.state.label) if suffix.model is not None else None
-        self.stack = self._check_stacking()
+
+    # -- the suffix, built on the first evaluation (re-fit-only visits never build a session) ------------
+    @cached_property
+    def suffix(self):
+        """The sub-model downstream of the layer, with this visit's weights baked in."""
+        return build_suffix(self.ev.state.model, self.layer.y, self.weights, self.ev.types)
+
+    @cached_property
+    def side(self) -> dict[str, np.ndarray]:
+        """The suffix's other inputs (activations from outside the layer's path), fixed for the visit."""
+        n = self.ev.n_fit
+        return {k: self.acts[k][:n] if self.acts[k].ndim else self.acts[k] for k in self.suffix.inputs[1:]}
+
+    @cached_property
+    def runner(self) -> Runner | None:
+        model = self.suffix.model
+        return Runner(model, self.ev.providers, self.ev.state.label) if model is not None else None
+
+    @cached_property
+    def stack(self) -> int:
+        return self._check_stacking()
 
     # -- refit data -------------------------------------------------------------------------------------
     def refit_data(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -197,9 +214,10 @@ class LayerView:
         """Fitness of candidates given as a bool matrix [candidates, pool] over the pool of use_pool."""
         if not self.layer.fast:
             return self.evaluate([np.sort(self.pool[row]) for row in members])
+        stack = self.stack  # builds the suffix session on first use: a cost of the visit, not of a candidate
         t0 = time.perf_counter()
         z = members[:, self.pool_order].astype(np.float32)
-        scores = np.concatenate([self._fast_pool(z[i:i + self.stack]) for i in range(0, len(z), self.stack)])
+        scores = np.concatenate([self._fast_pool(z[i:i + stack]) for i in range(0, len(z), stack)])
         self._count(len(members), t0)
         return scores
 
@@ -220,12 +238,12 @@ class LayerView:
 
     def evaluate(self, zero_sets: list[np.ndarray]) -> np.ndarray:
         """Fitness of zeroing each set of flat [out, K] indices on top of the current weights."""
-        t0 = time.perf_counter()
         if not zero_sets:
             return np.zeros(0)
+        stack = self.stack if self.layer.fast else 1  # (see evaluate_members)
+        t0 = time.perf_counter()
         if self.layer.fast:
-            scores = np.concatenate([self._fast(zero_sets[i:i + self.stack])
-                                     for i in range(0, len(zero_sets), self.stack)])
+            scores = np.concatenate([self._fast(zero_sets[i:i + stack]) for i in range(0, len(zero_sets), stack)])
         else:
             scores = np.array([self._full(idx) for idx in zero_sets])
         self._count(len(zero_sets), t0)

@@ -1,10 +1,12 @@
-"""Benchmark gradient recovery: Directed Evolution alone vs DE + distill-finetune, then + bit-allocation.
+"""Benchmark gradient recovery: DE alone, DE + distill-finetune, DE + fine-tune + Weight Evolution, IMP.
 
     python -m evonnx.tools.bench.recovery --models lenet300 lenet5 --sparsities 0.9 0.95 0.97 --out recovery.md
 
-For each (model, sparsity): DE (checkpointed in --workdir, so a rerun reuses it), then the pipelines
-DE | DE+FT | DE+BA | DE+FT+BA | DE+FT+BA+FT (the last fine-tune on the quantized grid). Training and
-searches use the zoo's calibration set only; accuracy is measured on the zoo's held-out test set.
+For each (model, sparsity) the pipelines of PIPELINES run, sharing prefixes (DE and IMP checkpoint in
+--workdir, so a rerun reuses them). `ba` is bit-allocation, `qft` a fine-tune on the quantized grid
+afterwards. Searches use the zoo's calibration set; fine-tuning trains on the zoo's train split (`--data
+train`, written by `evonnx zoo build NAME --train-split`) or the calibration set (`--data calib`) and
+validates on the calibration set; accuracy is measured on the held-out test set.
 Size = len(encode_evx(*to_container(state))) against the fp32 model file.
 """
 from __future__ import annotations
@@ -24,7 +26,11 @@ from evonnx.passes.state import load_state
 from evonnx.tools.bench.sparsity import logits
 from evonnx.tools.compress import to_container
 
-PIPELINES = {"de": [], "de+ft": ["ft"], "de+ba": ["ba"], "de+ft+ba": ["ft", "ba"], "de+ft+ba+ft": ["ft", "ba", "qft"]}
+PIPELINES = {"de": ["de"], "de+ba": ["de", "ba"], "de+ft": ["de", "ft"], "de+ft+ba+qft": ["de", "ft", "ba", "qft"],
+             "de+we": ["de", "we"], "de+we+ba+qft": ["de", "we", "ba", "qft"],
+             "imp": ["imp"], "imp+ba+qft": ["imp", "ba", "qft"]}
+PASSES = {"de": "directed-evolution", "imp": "iterative-magnitude", "ft": "distill-finetune",
+          "we": "distill-finetune", "qft": "distill-finetune", "ba": "bit-allocation"}
 
 
 def container_bytes(state) -> int:
@@ -35,13 +41,15 @@ def container_bytes(state) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5"])
-    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.95])
-    parser.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=list(PIPELINES))
-    parser.add_argument("--de", nargs="*", default=[], metavar="KEY=VALUE", help="directed-evolution overrides")
-    parser.add_argument("--ft", nargs="*", default=[], metavar="KEY=VALUE", help="distill-finetune overrides")
-    parser.add_argument("--qft", nargs="*", default=[], metavar="KEY=VALUE", help="overrides of the fine-tune "
-                        "after the bit allocation (default: those of --ft)")
-    parser.add_argument("--ba", nargs="*", default=[], metavar="KEY=VALUE", help="bit-allocation overrides")
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.9, 0.95, 0.97])
+    parser.add_argument("--pipelines", nargs="+", default=["de", "de+ba", "de+ft+ba+qft", "de+we+ba+qft",
+                                                           "imp+ba+qft"], choices=list(PIPELINES))
+    parser.add_argument("--data", choices=("train", "calib"), default="train", help="what fine-tuning trains on")
+    for key, what in [("de", "directed-evolution"), ("ft", "distill-finetune"), ("we", "the Weight Evolution "
+                      "fine-tune (default: --ft with weight_evolution=True, we_layers='all')"),
+                      ("qft", "the fine-tune after bit-allocation (default: --ft)"), ("ba", "bit-allocation"),
+                      ("imp", "iterative-magnitude (default finetune: --ft, split over the rounds)")]:
+        parser.add_argument(f"--{key}", nargs="*", default=[], metavar="KEY=VALUE", help=f"{what} overrides")
     parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "evonnx" / "bench-recovery")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -49,13 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from evonnx.tools.zoo.build import build
+    from evonnx.tools.zoo.build import build, train_split
     torch.set_num_threads(args.threads)
     kv = lambda items: {k: ast.literal_eval(v) for k, v in (i.split("=", 1) for i in items)}  # noqa: E731
-    opts = {"de": kv(args.de), "ft": kv(args.ft), "ba": {"max_drop": 0.5, **kv(args.ba)}}
-    opts["qft"] = {**opts["ft"], **kv(args.qft)}
-    names = {"ft": "distill-finetune", "qft": "distill-finetune", "ba": "bit-allocation"}
-    rows, dense = [], {}
+    rows, dense, opts = [], {}, {}
     for model in args.models:
         entry = build(model)
         state = load_state(str(entry.model_path))
@@ -65,24 +70,29 @@ def main(argv: list[str] | None = None) -> int:
         acc = lambda s: float(np.mean(logits(s.to_onnx(), inputs).argmax(1) == test["labels"]))  # noqa: E731
         dense[model] = acc(state)
         fp32 = entry.model_path.stat().st_size
+        ft = {**({"data": str(train_split(entry))} if args.data == "train" else {}), **kv(args.ft)}
+        imp = kv(args.imp)
+        rounds = imp.get("rounds", 5)
+        opts = {"de": kv(args.de), "ft": ft, "we": {**ft, "weight_evolution": True, "we_layers": "all", **kv(args.we)},
+                "qft": {**ft, **kv(args.qft)}, "ba": {"max_drop": 0.5, **kv(args.ba)},
+                "imp": {"rounds": rounds, "finetune": {**ft, "steps": max(ft.get("steps", 1000) // rounds, 1)}, **imp}}
         for sparsity in args.sparsities:
             work = args.workdir / model / f"s{sparsity:g}"
-            ctx = PassContext(calib, device="cpu", seed=args.seed, workdir=work, progress=False, log=lambda _: None)
-            t0 = time.perf_counter()
-            de = get_pass("directed-evolution")(sparsity=sparsity, **opts["de"]).run(state, ctx)
-            de_s = time.perf_counter() - t0
-            cache = {(): (de, de_s)}
+            cache: dict[tuple, tuple] = {}
             for pipe in args.pipelines:
                 steps = PIPELINES[pipe]
-                for i in range(1, len(steps) + 1):  # reuse shared prefixes (DE+FT is the start of DE+FT+BA)
+                for i in range(1, len(steps) + 1):  # reuse shared prefixes (DE is the start of DE+FT+BA)
                     key = tuple(steps[:i])
-                    if key not in cache:
-                        prev, secs = cache[key[:-1]]
-                        step_ctx = PassContext(calib, device="cpu", seed=args.seed, progress=False, log=lambda _: None,
-                                               workdir=work / "-".join(key))
-                        t0 = time.perf_counter()
-                        out = get_pass(names[key[-1]])(**opts[key[-1]]).run(prev, step_ctx)
-                        cache[key] = (out, secs + time.perf_counter() - t0)
+                    if key in cache:
+                        continue
+                    prev, secs = cache[key[:-1]] if i > 1 else (state, 0.0)
+                    folder = work / "-".join(key) if i > 1 else work
+                    step_ctx = PassContext(calib, device="cpu", seed=args.seed, progress=False, log=lambda _: None,
+                                           workdir=folder)
+                    extra = {"sparsity": sparsity} if key[-1] in ("de", "imp") else {}
+                    t0 = time.perf_counter()
+                    out = get_pass(PASSES[key[-1]])(**extra, **opts[key[-1]]).run(prev, step_ctx)
+                    cache[key] = (out, secs + time.perf_counter() - t0)
                 out, secs = cache[tuple(steps)]
                 size = container_bytes(out)
                 row = {"model": model, "sparsity": sparsity, "pipeline": pipe, "accuracy": acc(out),
@@ -91,10 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["drop_pt"] = 100 * (dense[model] - row["accuracy"])
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    ft = get_pass("distill-finetune")(**opts["ft"]).config
-    settings = (f"DE {opts['de'] or 'defaults'}; FT steps={ft.steps} lr={ft.lr} batch={ft.batch_size} "
-                f"T={ft.temperature} augment={ft.augment} label_weight={ft.label_weight}; after BA: "
-                f"{kv(args.qft) or 'same'}; BA {opts['ba']}")
+    shown = {k: {**v, **({"data": Path(v["data"]).name} if "data" in v else {})} for k, v in opts.items()}
+    settings = f"{args.data} split for fine-tuning; options {json.dumps(shown)}"
     text = table(rows, dense, settings)
     print(text)
     if args.out:
