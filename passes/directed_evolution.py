@@ -233,7 +233,7 @@ class _Run:
         w_mat, bias = view.w_mat, None
         fit_refit = None
         if cfg.refit and layer.fast:
-            w_mat, bias, _ = common.refit_layer(view, new_mask, view.w_mat, cfg.ridge, data)
+            w_mat, bias, _ = common.refit_layer(view, new_mask, view.w_mat, cfg, data)
             fit_refit = view.evaluate_dense(w_mat, bias)
         self.student = common.commit(self.student, layer, new_mask, w_mat, bias)
         entry = {"round": t, "layer": layer.weight, "zeroed": int(n - remaining), "sparsity": float(1 - new_mask.mean()),
@@ -258,7 +258,7 @@ class _Run:
             new_mask = tg.keep_mask(score, int((~mask).sum()) + n).reshape(mask.shape)
             w_mat, bias = np.where(new_mask, view.w_mat, 0), None
             if self.cfg.refit and layer.fast:
-                w_mat, bias, _ = common.refit_layer(view, new_mask, view.w_mat, self.cfg.ridge, data)
+                w_mat, bias, _ = common.refit_layer(view, new_mask, view.w_mat, self.cfg, data)
             self.student = common.commit(self.student, layer, new_mask, w_mat, bias)
 
     def _log(self, entry: dict) -> None:

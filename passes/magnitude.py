@@ -37,7 +37,7 @@ class MagnitudePrune(Pass):
             targets, _ = common.layer_targets(state, ev, layers, cfg, "magnitude")
             masks = {l.weight: tg.keep_mask(mags[l.weight], tg.zero_count(l.size, targets[l.weight])).reshape(l.mat_shape)
                      for l in layers}
-        state = common.one_shot(state, ev, layers, masks, cfg.refit, cfg.ridge)
+        state = common.one_shot(state, ev, layers, masks, cfg)
         rec = common.record(self.name, cfg, state, layers, ev, t0, stop_reason="done")
         ctx.log(f"magnitude: sparsity {rec['sparsity']:.3f}, fitness {rec['fitness']:.4g}")
         return state.replace(record=rec)

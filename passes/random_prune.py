@@ -29,7 +29,7 @@ class RandomPrune(Pass):
         rng = np.random.default_rng([ctx.seed, 0x5EED])
         masks = {l.weight: tg.keep_mask(rng.random(l.size), tg.zero_count(l.size, targets[l.weight])).reshape(l.mat_shape)
                  for l in layers}
-        state = common.one_shot(state, ev, layers, masks, cfg.refit, cfg.ridge)
+        state = common.one_shot(state, ev, layers, masks, cfg)
         rec = common.record(self.name, cfg, state, layers, ev, t0, stop_reason="done")
         ctx.log(f"random: sparsity {rec['sparsity']:.3f}, fitness {rec['fitness']:.4g}")
         return state.replace(record=rec)

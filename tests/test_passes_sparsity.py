@@ -71,6 +71,30 @@ def test_refit_never_increases_reconstruction_error(with_bias):
         assert np.array_equal(new_w != 0, mask)  # exactly the mask's sparsity
 
 
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_relu_aware_refit_lowers_the_post_relu_error_below_plain_least_squares(with_bias):
+    rng = np.random.default_rng(3)
+    x = np.maximum(rng.standard_normal((600, 40)), 0).astype(np.float32)
+    w = rng.standard_normal((16, 40)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32) - 1.0
+    t = x @ w.T + b
+    relu_err = lambda nw, nb: np.sum((np.maximum(x @ nw.T + nb, 0) - np.maximum(t, 0)) ** 2, axis=0)  # noqa: E731
+    floor = np.zeros(16, np.float32)
+    for sparsity in (0.5, 0.9):
+        mask = tg.keep_mask(np.abs(w), tg.zero_count(w.size, sparsity))
+        bias = b if with_bias else None
+        plain_w, plain_b, _ = rf.refit(w, mask, x, t - (0 if with_bias else b), bias)
+        relu_w, relu_b, stats = rf.refit(w, mask, x, t - (0 if with_bias else b), bias,
+                                         relu_floor=floor if with_bias else -b)
+        pb, rb = (plain_b, relu_b) if with_bias else (b, b)
+        hinge = lambda nw, nb: rf.hinge_errors(x @ nw.T + nb, t, 0.0, t > 0)  # noqa: E731 - what it minimises
+        before, after = hinge(np.where(mask, w, 0), b), hinge(relu_w, rb)
+        assert np.all(after <= before * (1 + 1e-5) + 1e-3)  # never worse per output than the pruned layer
+        assert relu_err(relu_w, rb).sum() < relu_err(plain_w, pb).sum()  # the error that matters after the Relu
+        assert stats["error_after"] <= stats["error_before"]
+        assert np.array_equal(relu_w != 0, mask)
+
+
 def test_refit_matches_least_squares_for_one_row():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((300, 20)).astype(np.float32)

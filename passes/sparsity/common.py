@@ -27,6 +27,8 @@ class TargetConfig:
     allocation: str = param("sensitivity", "how a global target is split: sensitivity (measured) | uniform")
     refit: bool = param(True, "re-fit surviving weights (and biases) to the teacher's layer outputs")
     ridge: float = param(1e-3, "ridge of the re-fit, relative to the mean input energy")
+    refit_relu: bool = param(True, "a layer read only by a Relu is re-fitted to the teacher's Relu output "
+                                   "(negative pre-activations free), not its pre-activation")
     fitness_samples: int = param(256, "calibration samples the fitness is measured on")
     refit_samples: int = param(1024, "calibration samples the re-fit and the allocation use")
     weights: list = param([], "restrict pruning to these weights (default: all targets)")
@@ -72,19 +74,20 @@ def priors(view: LayerView, kinds: list[str], ridge: float, x: np.ndarray | None
     return out
 
 
-def refit_layer(view: LayerView, mask: np.ndarray, w_mat: np.ndarray, ridge: float,
+def refit_layer(view: LayerView, mask: np.ndarray, w_mat: np.ndarray, cfg: TargetConfig,
                 data: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Re-fit the kept entries (and the layer's own bias) to the teacher's layer output on the student's inputs."""
     layer = view.layer
     x, t = data
     beta = layer.bias_scale
-    bias = None
+    bias, floor = None, np.zeros(layer.out, np.float32)
     if layer.bias and beta != 0:
         bias = view.weights[layer.bias].astype(np.float32) * np.float32(beta)
     else:  # a bias we may not change: fit W to the teacher output minus the student's constant offset
         offset = np.mean(view.y_flat - view.x_t.T @ view.w_mat.T, axis=0)
-        t = t - offset[None]
-    new_w, new_b, stats = rf.refit(w_mat, mask, x, t, bias, ridge)
+        t, floor = t - offset[None], -offset.astype(np.float32)
+    relu = floor if cfg.refit_relu and layer.relu_out else None
+    new_w, new_b, stats = rf.refit(w_mat, mask, x, t, bias, cfg.ridge, relu_floor=relu)
     if new_b is not None:
         new_b = (new_b / np.float32(beta)).astype(view.weights[layer.bias].dtype)
     return new_w, new_b, stats
@@ -97,16 +100,16 @@ def commit(state: ModelState, layer: Layer, mask: np.ndarray, w_mat: np.ndarray,
     return state.replace(weights=weights, masks={layer.weight: layer.from_mat(mask).astype(bool)})
 
 
-def one_shot(state: ModelState, ev: Evaluator, layers: list[Layer], masks: dict[str, np.ndarray], refit: bool,
-             ridge: float) -> ModelState:
+def one_shot(state: ModelState, ev: Evaluator, layers: list[Layer], masks: dict[str, np.ndarray],
+             cfg: TargetConfig) -> ModelState:
     """Apply keep-masks ([out, K]) to all layers; with re-fit, layer by layer in graph order on the student's inputs."""
     for layer in layers:
         mask = masks[layer.weight]
         w_mat = layer.to_mat(state.current(layer.weight))
         bias = None
-        if refit and layer.fast:
+        if cfg.refit and layer.fast:
             view = ev.visit(layer, state)
-            w_mat, bias, _ = refit_layer(view, mask, view.w_mat, ridge, view.refit_data())
+            w_mat, bias, _ = refit_layer(view, mask, view.w_mat, cfg, view.refit_data())
         state = commit(state, layer, mask, w_mat, bias)
     return state
 
@@ -128,18 +131,18 @@ def layer_targets(state: ModelState, ev: Evaluator, layers: list[Layer], cfg: Ta
     for l in layers:
         if stop is not None and stop():
             return uniform, {n: c.tolist() for n, c in curves.items()}
-        curves[l.weight] = sensitivity(state, ev, l, prior, cfg.refit, cfg.ridge)
+        curves[l.weight] = sensitivity(state, ev, l, prior, cfg)
     return tg.allocate(LEVELS, curves, sizes, float(cfg.sparsity)), {n: c.tolist() for n, c in curves.items()}
 
 
-def sensitivity(state: ModelState, ev: Evaluator, layer: Layer, prior: str, refit: bool, ridge: float) -> np.ndarray:
+def sensitivity(state: ModelState, ev: Evaluator, layer: Layer, prior: str, cfg: TargetConfig) -> np.ndarray:
     """Fitness of pruning this layer alone (by `prior`, re-fitted or not) at each of LEVELS."""
     view = ev.visit(layer, state)
     data = view.refit_data() if layer.fast else None
-    score = next(iter(priors(view, [prior], ridge, data[0] if data else None).values()))
+    score = next(iter(priors(view, [prior], cfg.ridge, data[0] if data else None).values()))
     order = np.argsort(score, kind="stable")
     counts = [tg.zero_count(layer.size, s) for s in LEVELS]
-    if not (refit and layer.fast):
+    if not (cfg.refit and layer.fast):
         return view.evaluate([order[:c] for c in counts])
     out = []
     for c in counts:
@@ -149,7 +152,7 @@ def sensitivity(state: ModelState, ev: Evaluator, layer: Layer, prior: str, refi
         mask = np.ones(layer.size, bool)
         mask[order[:c]] = False
         mask = mask.reshape(layer.mat_shape)
-        w, b, _ = refit_layer(view, mask, view.w_mat, ridge, data)
+        w, b, _ = refit_layer(view, mask, view.w_mat, cfg, data)
         out.append(view.evaluate_dense(w, b))
     return np.array(out)
 

@@ -29,6 +29,7 @@ class Layer:
     trans_a: bool = False
     trans_w: bool = False  # True when W is stored [out, K] (Gemm transB=1)
     conv: dict | None = None  # kernel, strides, pads, dilations
+    relu_out: bool = False  # Y is read only by a Relu (and is no graph output): only max(Y, 0) matters
 
     @property
     def fast(self) -> bool:
@@ -99,10 +100,12 @@ def analyse(state: ModelState, names: list[str]) -> list[Layer]:
     """Layer views of the named weights, in graph order of their consumers."""
     graph = state.model.graph
     inits = {t.name: t for t in graph.initializer}
-    readers: dict[str, int] = {}
+    readers: dict[str, list[str]] = {}  # name -> op types of the main-graph nodes reading it
     for node in graph.node:
         for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+            readers.setdefault(name, []).append(node.op_type)
+    for name in _subgraph_reads(graph) | {o.name for o in graph.output}:
+        readers.setdefault(name, []).append("")  # read elsewhere: counts, but is no known op
     order = {}
     layers = []
     for name in names:
@@ -115,6 +118,16 @@ def analyse(state: ModelState, names: list[str]) -> list[Layer]:
             order[name] = list(graph.node).index(node)
         layers.append(layer)
     return sorted(layers, key=lambda l: order.get(l.weight, 1 << 30))
+
+
+def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names read by nodes inside the subgraphs (If/Loop/Scan bodies) of `graph`, at any depth."""
+    out: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                out |= {i for n in sub.node for i in n.input} | _subgraph_reads(sub)
+    return out
 
 
 def _auto(graph: onnx.GraphProto, node: onnx.NodeProto) -> str:
@@ -147,8 +160,9 @@ def _fill(layer: Layer, node: onnx.NodeProto, index: int, inits: dict, readers: 
     else:
         return
     layer.node, layer.x, layer.y = node, node.input[0], node.output[0]
+    layer.relu_out = readers.get(layer.y) == ["Relu"]
     out = layer.mat_shape[0]
-    if bias and bias in inits and readers.get(bias) == 1 and tuple(inits[bias].dims) == (out,):
+    if bias and bias in inits and len(readers.get(bias, [])) == 1 and tuple(inits[bias].dims) == (out,):
         layer.bias = bias
 
 

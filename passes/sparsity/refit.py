@@ -3,13 +3,15 @@
 For a layer Y = X @ W.T + b with keep-mask M, each output row r solves
     min_w ||X[:, S_r] w + b_r - T[:, r]||^2 + lam ||w||^2,   S_r = {k : M[r, k]}
 from the Gram matrix H = [X 1]^T [X 1] (one pass over the data). All rows are solved together by
-preconditioned conjugate gradients (matrix products, no per-row Python loop). A row keeps its old values when the solution does not lower
-its reconstruction error, so re-fitting never increases the error it minimises.
+preconditioned conjugate gradients (matrix products, no per-row Python loop). A layer read only by a Relu
+is fitted ReLU-aware (see `refit`). A row keeps its old values when the solution does not lower its
+error, so re-fitting never increases the error it minimises.
 """
 from __future__ import annotations
 
 import numpy as np
 
+RELU_ITERS = 4  # majorise-minimise steps of the ReLU-aware re-fit
 
 
 def gram(x: np.ndarray, t: np.ndarray, with_bias: bool) -> tuple[np.ndarray, np.ndarray, float]:
@@ -21,16 +23,26 @@ def gram(x: np.ndarray, t: np.ndarray, with_bias: bool) -> tuple[np.ndarray, np.
     return h, g, float(np.mean(np.diag(h)[: x.shape[1]])) or 1.0
 
 
+def hinge_errors(y: np.ndarray, t: np.ndarray, floor: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """Per output: sum of (y - t)^2 where the teacher is above the floor, (y - floor)_+^2 elsewhere."""
+    d = np.where(active, y - t, np.maximum(y - floor, 0.0))
+    return np.einsum("ij,ij->j", d, d)
+
+
 def row_errors(h: np.ndarray, g: np.ndarray, tt: np.ndarray, coef: np.ndarray) -> np.ndarray:
     """||A c_r - T_r||^2 for every row r of coef [out, K(+1)], from the Gram matrices (tt = diag T^T T)."""
     return np.sum((coef @ h) * coef, axis=1) - 2 * np.sum(coef * g.T, axis=1) + tt
 
 
 def refit(w_mat: np.ndarray, mask: np.ndarray, x: np.ndarray, t: np.ndarray, bias: np.ndarray | None = None,
-          ridge: float = 1e-3) -> tuple[np.ndarray, np.ndarray | None, dict]:
+          ridge: float = 1e-3, relu_floor: np.ndarray | None = None,
+          relu_iters: int = RELU_ITERS) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Re-fit the kept entries of `w_mat` [out, K] (and `bias` [out], if given) so X @ W.T + b matches T.
 
     `x` [rows, K] are the layer's (student) inputs, `t` [rows, out] the teacher's layer outputs.
+    With `relu_floor` [out] (the output is read through max(Y, floor)), the error is ReLU-aware: where
+    the teacher is at or below the floor, only a student above it counts — squared hinge, minimised by
+    majorise-minimise steps that each re-solve the least squares with targets min(Y, floor) there.
     Returns the new weight (zeros where the mask is False), the new bias and error figures.
     """
     with_bias = bias is not None
@@ -43,7 +55,18 @@ def refit(w_mat: np.ndarray, mask: np.ndarray, x: np.ndarray, t: np.ndarray, bia
     if with_bias:
         old = np.concatenate([old, bias.astype(np.float64)[:, None]], axis=1)
     new = _solve_masked(h, g, keep, ridge * scale, w_mat.shape[1], old)
-    err_old, err_new = row_errors(h, g, tt, old), row_errors(h, g, tt, new)
+    if relu_floor is None:
+        err_old, err_new = row_errors(h, g, tt, old), row_errors(h, g, tt, new)
+    else:
+        a = np.concatenate([x, np.ones((len(x), 1), x.dtype)], axis=1) if with_bias else x
+        a, t64, floor = a.astype(np.float64), t.astype(np.float64), relu_floor.astype(np.float64)[None]
+        active = t64 > floor
+        for _ in range(relu_iters):
+            y = a @ new.T
+            new = _solve_masked(h, a.T @ np.where(active, t64, np.minimum(y, floor)), keep, ridge * scale,
+                                w_mat.shape[1], new)
+        err_old, err_new = (hinge_errors(a @ c.T, t64, floor, active) for c in (old, new))
+        tt = np.einsum("ij,ij->j", np.where(active, t64, 0), np.where(active, t64, 0))  # the part that counts
     better = err_new < err_old
     coef = np.where(better[:, None], new, old)
     k = w_mat.shape[1]
