@@ -8,7 +8,7 @@ from evonnx.formats.tensor import QuantizedTensor, dequantize
 from evonnx.passes.base import PassContext, get_pass
 from evonnx.passes.engine.calib import synthetic
 from evonnx.passes.quant.kmeans import kmeans_1d
-from evonnx.passes.quant.layer import QuantSpec, _never_zero, quantize_weight, survivors
+from evonnx.passes.quant.layer import QuantSpec, never_zero, quantize_weight, survivors
 from evonnx.passes.quant.refit import refit_centroids
 from evonnx.passes.quant.search import knapsack
 from evonnx.passes.quant.sizing import coded_bytes
@@ -124,12 +124,12 @@ def test_a_survivor_on_a_zero_level_is_bumped_to_its_side():
     keep = survivors(w, None)
     codes = np.array([2, 2, 3, 1, 2])  # mid-tread grid: code 2 is 0.0
     t = QuantizedTensor.uniform("w", w.shape, "float32", 2, codes, np.float32(0.5), np.float32(2.0), keep)
-    q = _never_zero(t, w, keep)
+    q = never_zero(t, w, keep)
     assert q.bumped == 3 and not q.fallback
     np.testing.assert_array_equal(q.weight, np.array([[0.5, -0.5, 0.5, -0.5, 0.5, 0.0]], np.float32))
     cb = QuantizedTensor.codebook("w", w.shape, "float32", 2, np.array([1, 1, 2, 0, 1]),
                                   np.array([-1.0, 0.0, 0.8], np.float32), keep)
-    q = _never_zero(cb, w, keep)
+    q = never_zero(cb, w, keep)
     assert q.bumped == 3
     np.testing.assert_array_equal(q.weight, np.array([[0.8, -1.0, 0.8, -1.0, 0.8, 0.0]], np.float32))
 

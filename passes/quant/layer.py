@@ -97,10 +97,12 @@ def quantize_weight(name: str, array: np.ndarray, keep: np.ndarray, spec: QuantS
                 raise EvonnxError(f"{name}: {spec.label} needs layer activations, which this weight has none of")
             centroids = refit(codes, centroids)
         t = QuantizedTensor.codebook(name, array.shape, array.dtype.name, spec.bits, codes, centroids, mask)
-    return _never_zero(t, array, keep)
+    return never_zero(t, array, keep)
 
 
-def _never_zero(t: QuantizedTensor, array: np.ndarray, keep: np.ndarray) -> Quantized:
+def never_zero(t: QuantizedTensor, array: np.ndarray, keep: np.ndarray) -> Quantized:
+    """`t` with every survivor (keep True) that decodes to 0 moved one level towards its sign in `array`
+    (or, for a codebook, to the nearest non-zero centroid on its side), so masks stay exact."""
     weight = dequantize(t)
     bad = np.flatnonzero(weight[keep] == 0)
     if bad.size == 0:

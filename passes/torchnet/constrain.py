@@ -20,7 +20,7 @@ import torch
 
 from evonnx.errors import EvonnxError
 from evonnx.formats.tensor import QuantizedTensor, dequantize
-from evonnx.passes.quant.layer import QuantSpec, _never_zero, quantize_weight
+from evonnx.passes.quant.layer import QuantSpec, never_zero, quantize_weight
 
 MODES = ("ste", "requantize")
 
@@ -103,14 +103,14 @@ class Constraint:
         if self.scheme == "codebook":
             t = QuantizedTensor.codebook(r.name, r.shape, r.dtype, r.bits, r.codes,
                                          self.centroids.detach().numpy().astype(np.float32), r.mask)
-            q = _never_zero(t, np.where(keep, w, 0), keep)  # w: the record's values, signs of the survivors
+            q = never_zero(t, np.where(keep, w, 0), keep)  # w: the record's values, signs of the survivors
         elif self.scheme == "uniform":
             v = w[keep].astype(np.float64)
             scale, zero = param_map(r, r.scale)[keep], param_map(r, r.zero_point)[keep]
             codes = np.clip(np.rint(v / scale + zero), 0, 2 ** r.bits - 1).astype(np.int64)
             t = QuantizedTensor.uniform(r.name, r.shape, r.dtype, r.bits, codes, r.scale, r.zero_point, r.mask,
                                         r.axis, r.block_size)
-            q = _never_zero(t, np.where(keep, w, 0), keep)
+            q = never_zero(t, np.where(keep, w, 0), keep)
         else:  # requantize: same scheme and bits, fitted to the trained survivors
             w_keep = np.where(keep, w, 0).astype(w.dtype)
             keep = keep & (w_keep != 0)

@@ -1,6 +1,7 @@
 """Benchmark the sparsification passes on zoo models: held-out test accuracy, KL to the teacher, time, evaluations.
 
     python -m evonnx.tools.bench.sparsity --models lenet300 lenet5 --sparsities 0.8 0.9 0.95 --out bench.md
+    python -m evonnx.tools.bench.sparsity --models lenet300 --sparsities 0.95 --refit yes --ablation --seeds 0 1
 
 Each (model, sparsity, method, re-fit) runs the pass on the zoo's calibration set and is scored on the
 zoo's test set, never on the calibration set.
@@ -22,6 +23,13 @@ from evonnx.passes.engine.metrics import kl_divergence
 from evonnx.passes.state import load_state
 
 METHODS = {"de": "directed-evolution", "magnitude": "magnitude", "random": "random"}
+ABLATION = {  # --ablation: Directed Evolution with one setting changed from the defaults
+    "defaults": {}, "prior magnitude only": {"priors": ["magnitude"]}, "prior wanda only": {"priors": ["wanda"]},
+    "prior hessian only": {"priors": ["hessian"]}, "no survival credit": {"credit": 0.0},
+    "population 8": {"population": 8}, "population 32": {"population": 32}, "generations 3": {"generations": 3},
+    "steps 4": {"steps": 4}, "steps 16": {"steps": 16}, "nest magnitude": {"nest": "magnitude"},
+    "nest hessian": {"nest": "hessian"}, "plain (not ReLU-aware) re-fit": {"refit_relu": False},
+}
 
 
 def logits(model, inputs: dict[str, np.ndarray], batch: int = 1000) -> np.ndarray:
@@ -47,12 +55,12 @@ def run_one(entry, state, calib, test, teacher, method: str, sparsity: float, re
 
 
 def table(rows: list[dict], dense: dict[str, float]) -> str:
-    head = ("| model | sparsity | method | refit | test acc | Δ vs dense | KL(test) | wall s | evals | evals/s "
-            "| cost/fwd |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| model | sparsity | method | seed | refit | test acc | Δ vs dense | KL(test) | wall s | evals | evals/s "
+            "| cost/fwd |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
-        lines.append(f"| {r['model']} | {r['sparsity']:.2f} | {r['method']} | {'yes' if r['refit'] else 'no'} | "
+        lines.append(f"| {r['model']} | {r['sparsity']:.2f} | {r['method']} | {r['seed']} | {'yes' if r['refit'] else 'no'} | "
                      f"{r['accuracy']:.4f} | {r['accuracy'] - dense[r['model']]:+.4f} | {r['kl_test']:.4f} | "
                      f"{r['wall_s']:.1f} | {r['evaluations']} | {fmt(r['evals_per_s'], '.0f')} | "
                      f"{fmt(r['cost_ratio'], '.2f')} |")
@@ -67,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--refit", nargs="+", default=["no", "yes"], choices=["no", "yes"])
     parser.add_argument("--de", nargs="*", default=[], metavar="KEY=VALUE", help="directed-evolution overrides")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ablation", action="store_true", help="DE variants (ABLATION) instead of --methods")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--out", type=Path, help="write the markdown table here (and rows as .json beside it)")
     args = parser.parse_args(argv)
     from evonnx.tools.zoo.build import build
@@ -84,12 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         teacher = logits(state.model, inputs)
         dense[name] = float(np.mean(teacher.argmax(1) == test["labels"]))
         for sparsity in args.sparsities:
+            runs = ([(f"de: {label}", "de", {**overrides, **o}) for label, o in ABLATION.items()] if args.ablation
+                    else [(m, m, overrides) for m in args.methods])
             for refit in args.refit:
-                for method in args.methods:
-                    row = run_one(entry, state, calib, test, teacher, method, sparsity, refit == "yes", args.seed,
-                                  overrides)
-                    rows.append(row)
-                    print(json.dumps({k: v for k, v in row.items() if k != "layer_sparsity"}), flush=True)
+                for label, method, config in runs:
+                    for seed in args.seeds:
+                        row = run_one(entry, state, calib, test, teacher, method, sparsity, refit == "yes", seed,
+                                      config)
+                        rows.append({**row, "method": label, "seed": seed})
+                        print(json.dumps({k: v for k, v in rows[-1].items() if k != "layer_sparsity"}), flush=True)
     text = table(rows, dense)
     print(text)
     if args.out:
