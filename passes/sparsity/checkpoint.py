@@ -1,4 +1,5 @@
-"""Atomic checkpoints of a search: arrays and a JSON header in one .npz, replaced in one rename."""
+"""Atomic checkpoints of a search: a JSON header and small arrays in one .npz replaced in one rename,
+large arrays content-addressed beside it."""
 from __future__ import annotations
 
 import hashlib
@@ -8,6 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
+BLOB_BYTES = 1 << 20
+BLOB_KEY = "__blobs__"
 
 
 def fingerprint(model: onnx.ModelProto, inputs: dict[str, np.ndarray], settings: dict, seed: int) -> str:
@@ -21,13 +25,40 @@ def fingerprint(model: onnx.ModelProto, inputs: dict[str, np.ndarray], settings:
     return h.hexdigest()[:32]
 
 
-def save(path: Path, header: dict, arrays: dict[str, np.ndarray]) -> None:
+def _blobs(path: Path) -> Path:
+    return path.with_name(path.name + ".blobs")
+
+
+def _write(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
-        np.savez(fh, __header__=np.array(json.dumps(header)), **arrays)
+        write(fh)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def save(path: Path, header: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Replace the checkpoint at `path`. Arrays of BLOB_BYTES or more are stored once per content in
+    `path.blobs/` (a step that changes one layer of a large model rewrites only that layer); the header
+    names them, blobs are written before it and unreferenced ones removed after it."""
+    inline, refs = {}, {}
+    for name, value in arrays.items():
+        if value.nbytes < BLOB_BYTES:
+            inline[name] = value
+            continue
+        value = np.ascontiguousarray(value)
+        digest = hashlib.blake2b(f"{value.dtype.str}{value.shape}".encode() + value.data, digest_size=20).hexdigest()
+        refs[name] = digest
+        blob = _blobs(path) / f"{digest}.npy"
+        if not blob.is_file():
+            blob.parent.mkdir(exist_ok=True)
+            _write(blob, lambda fh, v=value: np.save(fh, v, allow_pickle=False))
+    _write(path, lambda fh: np.savez(fh, __header__=np.array(json.dumps({**header, BLOB_KEY: refs})), **inline))
+    if _blobs(path).is_dir():
+        for f in _blobs(path).iterdir():
+            if f.stem not in refs.values() or f.suffix != ".npy":
+                f.unlink(missing_ok=True)
 
 
 def load(path: Path, fp: str) -> tuple[dict, dict[str, np.ndarray]] | None:
@@ -37,7 +68,11 @@ def load(path: Path, fp: str) -> tuple[dict, dict[str, np.ndarray]] | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             header = json.loads(str(z["__header__"]))
+            if header.get("fingerprint") != fp:
+                return None
             arrays = {k: z[k] for k in z.files if k != "__header__"}
+        for name, digest in header.pop(BLOB_KEY, {}).items():
+            arrays[name] = np.load(_blobs(path) / f"{digest}.npy", allow_pickle=False)
     except (OSError, ValueError, KeyError):
         return None
-    return (header, arrays) if header.get("fingerprint") == fp else None
+    return header, arrays

@@ -29,14 +29,14 @@ from evonnx.tools.zoo import build
 from evonnx.tools.zoo.build import ort_predict, ort_session, train_split
 
 DEEP_COMPRESSION = [("magnitude", {"sparsity": 0.9, "refit": False}), ("quantize", {"scheme": "codebook", "bits": 5})]
-FINETUNE = {"steps": 3000, "lr": 1e-3, "label_weight": 0.5, "augment": []}  # on the zoo's train split
+FINETUNE = {"steps": 1500, "lr": 1e-3, "label_weight": 0.5, "augment": []}  # on the zoo's train split
 
 
 def deep_compression_retrained(train: str) -> Pipeline:
     """Deep Compression as published: iterative pruning with retraining, k-means weight sharing, centroid
     fine-tuning (here with the teacher's soft outputs plus labels on the train split), then our coding."""
     ft = {**FINETUNE, "data": train}
-    return Pipeline([("iterative-magnitude", {"sparsity": 0.9, "rounds": 3, "finetune": {**ft, "steps": 1000}}),
+    return Pipeline([("iterative-magnitude", {"sparsity": 0.9, "rounds": 3, "finetune": {**ft, "steps": 500}}),
                      ("quantize", {"scheme": "codebook", "bits": 5}), ("distill-finetune", ft)])
 
 
