@@ -44,7 +44,8 @@ class DirectedEvolution(Pass):
         pool: float = param(2.0, "candidates draw from the pool x n entries the priors rate safest")
         mutation: float = param(0.05, "fraction of a child's entries swapped by mutation")
         priors: list = param(list(PRIORS), "priors that direct proposals: magnitude, wanda, hessian")
-        credit: float = param(0.5, "weight of the learned per-entry survival credit in proposals")
+        credit: float = param(0.0, "weight of the learned per-entry survival credit in proposals (0.5 measured "
+                                   "worse with re-fitting: credits learned before a re-fit go stale)")
         nest: str = param("none", "after DE picks a set larger by nest_ratio, zero its subset of smallest "
                                   "magnitude | hessian saliency (none: zero DE's set)")
         nest_ratio: float = param(0.25, "how much larger DE's set is when nesting")
