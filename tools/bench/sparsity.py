@@ -25,7 +25,7 @@ from evonnx.passes.state import load_state
 METHODS = {"de": "directed-evolution", "magnitude": "magnitude", "random": "random"}
 ABLATION = {  # --ablation: Directed Evolution with one setting changed from the defaults
     "defaults": {}, "prior magnitude only": {"priors": ["magnitude"]}, "prior wanda only": {"priors": ["wanda"]},
-    "prior hessian only": {"priors": ["hessian"]}, "survival credit 0.5": {"credit": 0.5},
+    "prior hessian only": {"priors": ["hessian"]}, "no survival credit": {"credit": 0.0},
     "population 8": {"population": 8}, "population 32": {"population": 32}, "generations 3": {"generations": 3},
     "steps 4": {"steps": 4}, "steps 16": {"steps": 16}, "nest magnitude": {"nest": "magnitude"},
     "nest hessian": {"nest": "hessian"}, "plain (not ReLU-aware) re-fit": {"refit_relu": False},
