@@ -105,12 +105,25 @@ def test_whole_filter_blend_for_matrices_on_the_last_axis():
     assert torch.allclose(w[:, 1], a * before[:, 1] + (1 - a) * before[:, 0])
     assert torch.equal(w[:, [0, 2]], before[:, [0, 2]])
 
-    w, mask = before.clone(), np.ones(before.shape, bool)
-    mask[1, 1] = False
-    w[1, 1] = 0
+    w = torch.stack([t(0.0, -2.0, 3.0), t(0.1, 0.0, -0.15), t(1.0, 1.0, 1.0)], dim=1)
+    mask = (w != 0).numpy()  # filter 0 is pruned at entry 0, filter 1 at entry 1
     evolve({"m": w}, {"m": mask}, {"m": 1}, fraction=0.34)
-    a = 0.25 / (0.25 + 6.0)
-    assert w[1, 1] == 0 and w[0, 1] == pytest.approx(a * 0.1 + (1 - a) * 1.0)
+    a = 0.25 / (0.25 + 5.0)  # filter 1 (norm .083) is matched with filter 0 (norm 1.67)
+    assert w[0, 1] == pytest.approx(0.1)  # the important filter is pruned there: the survivor stays
+    assert w[1, 1] == 0  # pruned stays pruned
+    assert w[2, 1] == pytest.approx(a * -0.15 + (1 - a) * 3.0)
+
+
+def test_repeated_evolution_never_zeroes_a_survivor():
+    (w, masks, axes) = random_layers(1)
+    for n in w:  # important filters pruned where inferior ones survive: the case that shrank them to 0
+        masks[n] = masks[n] & (np.arange(masks[n].size).reshape(masks[n].shape) % 2 == 0)
+        w[n] = w[n] * torch.from_numpy(masks[n])
+        w[n][torch.from_numpy(masks[n]) & (w[n] == 0)] = 1e-3
+    for _ in range(200):
+        evolve(w, masks, axes, fraction=0.5, relative=1.0)
+    for n, m in masks.items():
+        assert torch.all(w[n][torch.from_numpy(m)] != 0), n
 
 
 def random_layers(seed):
