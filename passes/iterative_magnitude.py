@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from evonnx.errors import EvonnxError
 from evonnx.passes.base import Pass, PassContext, get_pass, param, register
+from evonnx.passes.magnitude import MagnitudePrune
 from evonnx.passes.sparsity import common
 from evonnx.passes.state import ModelState
 
@@ -25,9 +26,7 @@ class IterativeMagnitude(Pass):
     name = "iterative-magnitude"
 
     @dataclass
-    class Config(common.TargetConfig):
-        scope: str = param("global", "global: one magnitude threshold over all layers | layer: per-layer targets")
-        allocation: str = param("uniform", "with scope=layer: how a global target is split (uniform | sensitivity)")
+    class Config(MagnitudePrune.Config):
         rounds: int = param(5, "prune-retrain rounds; each prunes the same fraction of the survivors")
         finetune: dict = param({"steps": 1000, "lr": 1e-3},
                                "distill-finetune settings of each round's retraining (steps, lr, data, ...)")

@@ -78,31 +78,37 @@ def test_after_quantization_weights_equal_their_records(scheme, mode):
     assert out.history[-1]["fitness"] <= quant.history[-1]["after"]["fitness"] * 1.05
 
 
-def test_resume_continues_bit_identically(tmp_path):
-    state, calib = mlp_state(2)
-    pruned = get_pass("magnitude")(sparsity=0.8, refit=False).run(state, ctx_for(calib))
-    cfg = dict(FAST, steps=60, checkpoint_every=20, eval_every=20, augment=["noise", "mixup"])
+def crash_and_resume(cfg: dict, pruned, calib, workdir, crash_at: int):
+    """(uninterrupted run, run killed at step `crash_at` then resumed from `workdir`), asserting both
+    trained the same weights bit for bit along the same validation curve."""
     straight = get_pass("distill-finetune")(**cfg).run(pruned, ctx_for(calib))
-
     real_step, calls = distill.Distiller.train_step, []
 
     def crashing_step(self):
         calls.append(self.step)
-        if self.step == 30:
+        if self.step == crash_at:
             raise KeyboardInterrupt
         return real_step(self)
 
     distill.Distiller.train_step = crashing_step
     try:
         with pytest.raises(KeyboardInterrupt):
-            get_pass("distill-finetune")(**cfg).run(pruned, ctx_for(calib, tmp_path))
+            get_pass("distill-finetune")(**cfg).run(pruned, ctx_for(calib, workdir))
     finally:
         distill.Distiller.train_step = real_step
-    assert (tmp_path / "distill-finetune" / "checkpoint.npz").is_file() and 30 in calls
-    resumed = get_pass("distill-finetune")(**cfg).run(pruned, ctx_for(calib, tmp_path))
+    assert (workdir / "distill-finetune" / "checkpoint.npz").is_file() and crash_at in calls
+    resumed = get_pass("distill-finetune")(**cfg).run(pruned, ctx_for(calib, workdir))
     for name in straight.history[-1]["trained"]:
         assert resumed.weights[name].tobytes() == straight.weights[name].tobytes(), name
     assert resumed.history[-1]["curve"] == straight.history[-1]["curve"]
+    return straight, resumed
+
+
+def test_resume_continues_bit_identically(tmp_path):
+    state, calib = mlp_state(2)
+    pruned = get_pass("magnitude")(sparsity=0.8, refit=False).run(state, ctx_for(calib))
+    cfg = dict(FAST, steps=60, checkpoint_every=20, eval_every=20, augment=["noise", "mixup"])
+    crash_and_resume(cfg, pruned, calib, tmp_path, crash_at=30)
 
 
 def test_shift_augmentation_moves_images_within_bounds():

@@ -13,8 +13,9 @@ from evonnx.passes.base import PassContext, get_pass  # noqa: E402
 from evonnx.passes.distill_finetune import evolution_axes  # noqa: E402
 from evonnx.passes.engine.calib import CalibData  # noqa: E402
 from evonnx.passes.state import load_state  # noqa: E402
-from evonnx.passes.torchnet import distill, weight_evolution  # noqa: E402
+from evonnx.passes.torchnet import weight_evolution  # noqa: E402
 from evonnx.passes.torchnet.weight_evolution import evolve, select  # noqa: E402
+from test_distill_finetune import crash_and_resume  # noqa: E402
 
 
 def pairs(sel):
@@ -203,23 +204,5 @@ def test_off_leaves_training_unchanged(monkeypatch):
 
 def test_resume_with_evolution_is_bit_identical(tmp_path):
     pruned, calib = cnn_state()
-    cfg = dict(FAST, **WE)
-    straight = get_pass("distill-finetune")(**cfg).run(pruned, ctx_for(calib))
-    real_step = distill.Distiller.train_step
-
-    def crashing_step(self):
-        if self.step == 13:
-            raise KeyboardInterrupt
-        return real_step(self)
-
-    distill.Distiller.train_step = crashing_step
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            get_pass("distill-finetune")(**cfg).run(pruned, ctx_for(calib, tmp_path))
-    finally:
-        distill.Distiller.train_step = real_step
-    resumed = get_pass("distill-finetune")(**cfg).run(pruned, ctx_for(calib, tmp_path))
-    for name in straight.history[-1]["trained"]:
-        assert resumed.weights[name].tobytes() == straight.weights[name].tobytes(), name
-    assert resumed.history[-1]["curve"] == straight.history[-1]["curve"]
+    straight, resumed = crash_and_resume(dict(FAST, **WE), pruned, calib, tmp_path, crash_at=13)
     assert resumed.history[-1]["evolved_filters"] == straight.history[-1]["evolved_filters"]
