@@ -60,7 +60,8 @@ def table(rows: list[dict], dense: dict[str, float]) -> str:
     lines = [head]
     for r in rows:
         fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
-        lines.append(f"| {r['model']} | {r['sparsity']:.2f} | {r['method']} | {r['seed']} | {'yes' if r['refit'] else 'no'} | "
+        refit = "yes" if r["refit"] else "no"
+        lines.append(f"| {r['model']} | {r['sparsity']:.2f} | {r['method']} | {r['seed']} | {refit} | "
                      f"{r['accuracy']:.4f} | {r['accuracy'] - dense[r['model']]:+.4f} | {r['kl_test']:.4f} | "
                      f"{r['wall_s']:.1f} | {r['evaluations']} | {fmt(r['evals_per_s'], '.0f')} | "
                      f"{fmt(r['cost_ratio'], '.2f')} |")
