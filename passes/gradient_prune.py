@@ -13,7 +13,6 @@ import numpy as np
 
 from evonnx.passes.base import Pass, PassContext, param, register
 from evonnx.passes.sparsity import common
-from evonnx.passes.sparsity import targets as tg
 from evonnx.passes.state import ModelState
 
 
@@ -24,10 +23,8 @@ class GradientPrune(Pass):
     name = "gradient-prune"
 
     @dataclass
-    class Config(common.TargetConfig):
+    class Config(common.ScopedTargetConfig):
         method: str = param("taylor2", "taylor1 |w dL/dw| | snip |w sum dL/dw| | taylor2 w^2 diag(Fisher) / 2")
-        scope: str = param("global", "global: one threshold over all layers | layer: per-layer targets")
-        allocation: str = param("uniform", "with scope=layer: how a global target is split (uniform | sensitivity)")
         samples: int = param(256, "calibration samples the gradients are taken on")
         refit: bool = param(False, "re-fit surviving weights (and biases) to the teacher's layer outputs")
 
@@ -46,16 +43,7 @@ class GradientPrune(Pass):
         for l in layers:
             alive = common.mask_of(state, l).ravel()
             scores[l.weight] = np.where(alive, l.to_mat(raw[l.weight]).ravel(), -np.inf)  # pruned stay pruned
-        if cfg.scope == "global" and not cfg.layer_sparsity:
-            tg.resolve(names, {}, cfg.sparsity, None)
-            flat = np.concatenate([scores[n] for n in names])
-            keep = tg.keep_mask(flat, tg.zero_count(flat.size, cfg.sparsity))
-            parts = np.split(keep, np.cumsum([l.size for l in layers])[:-1])
-            masks = {l.weight: p.reshape(l.mat_shape) for l, p in zip(layers, parts)}
-        else:
-            targets, _ = common.layer_targets(state, ev, layers, cfg, "magnitude")
-            masks = {l.weight: tg.keep_mask(scores[l.weight], tg.zero_count(l.size, targets[l.weight]))
-                     .reshape(l.mat_shape) for l in layers}
+        masks = common.masks_by_score(self.name, state, ev, layers, cfg, scores)
         state = common.one_shot(state, ev, layers, masks, cfg)
         rec = common.record(self.name, cfg, state, layers, ev, t0, stop_reason="done")
         ctx.log(f"{self.name} ({cfg.method}): sparsity {rec['sparsity']:.3f}, fitness {rec['fitness']:.4g}")

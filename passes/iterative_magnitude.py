@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from evonnx.errors import EvonnxError
 from evonnx.passes.base import Pass, PassContext, get_pass, param, register
-from evonnx.passes.magnitude import MagnitudePrune
 from evonnx.passes.sparsity import common
 from evonnx.passes.state import ModelState
 
@@ -26,7 +25,7 @@ class IterativeMagnitude(Pass):
     name = "iterative-magnitude"
 
     @dataclass
-    class Config(MagnitudePrune.Config):
+    class Config(common.ScopedTargetConfig):
         rounds: int = param(5, "prune-retrain rounds; each prunes the same fraction of the survivors")
         finetune: dict = param({"steps": 1000, "lr": 1e-3},
                                "distill-finetune settings of each round's retraining (steps, lr, data, ...)")
@@ -35,8 +34,7 @@ class IterativeMagnitude(Pass):
         cfg, t0 = self.config, time.perf_counter()
         if cfg.rounds < 1:
             raise EvonnxError(f"{self.name}: rounds must be >= 1, got {cfg.rounds}")
-        if cfg.scope not in ("global", "layer"):
-            raise EvonnxError(f"{self.name}: scope must be global or layer, got {cfg.scope!r}")
+        common.check_scope(self.name, cfg)
         final = self._final_targets(state, ctx)
         prune = {k: getattr(cfg, k) for k in ("weights", "refit", "ridge", "fitness_samples", "refit_samples")}
         folder = ctx.pass_dir(self.name)
@@ -44,11 +42,11 @@ class IterativeMagnitude(Pass):
         for r in range(1, cfg.rounds + 1):
             def at(s: float) -> float:
                 return 1.0 - (1.0 - s) ** (r / cfg.rounds)
-            targets = ({"sparsity": at(final)} if isinstance(final, float) else
+            targets = ({"sparsity": at(final), "scope": "global"} if isinstance(final, float) else
                        {"layer_sparsity": {n: at(s) for n, s in final.items()}, "scope": "layer"})
             sub = PassContext(ctx.calib, ctx.device, ctx.seed, None if folder is None else folder / f"round{r}",
                               ctx.progress, lambda _: None, ctx.batch_size)
-            state = get_pass("magnitude")(scope=cfg.scope, **targets, **prune).run(state, sub)
+            state = get_pass("magnitude")(**targets, **prune).run(state, sub)
             pruned = state.history[-1]
             state = get_pass("distill-finetune")(**cfg.finetune).run(state, sub)
             tuned = state.history[-1]

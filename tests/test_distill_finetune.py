@@ -152,3 +152,13 @@ def test_iterative_magnitude_reaches_the_target_retrains_each_round_and_resumes(
     assert rec["fitness"] < one_shot.history[-1]["fitness"]
     again = get_pass("iterative-magnitude")(sparsity=0.9, rounds=3, finetune=ft).run(state, ctx_for(calib, tmp_path))
     assert again.weights["w1"].tobytes() == out.weights["w1"].tobytes()  # resumed from the round checkpoints
+
+
+def test_iterative_magnitude_reaches_per_layer_targets():
+    state, calib = mlp_state(5)
+    ft = dict(FAST, steps=20, eval_every=10)
+    out = get_pass("iterative-magnitude")(layer_sparsity={"w1": 0.9, "w2": 0.5}, scope="layer", rounds=2,
+                                          finetune=ft).run(state, ctx_for(calib))
+    assert out.sparsity("w1") == pytest.approx(0.9, abs=1e-3) and out.sparsity("w2") == pytest.approx(0.5, abs=1e-3)
+    with pytest.raises(Exception, match="scope must be global or layer"):
+        get_pass("iterative-magnitude")(sparsity=0.5, scope="rows", finetune=ft).run(state, ctx_for(calib))

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from evonnx.errors import EvonnxError
 from evonnx.passes.base import PassContext, param
 from evonnx.passes.engine import providers as prov
 from evonnx.passes.sparsity import refit as rf
@@ -32,6 +33,35 @@ class TargetConfig:
     fitness_samples: int = param(256, "calibration samples the fitness is measured on")
     refit_samples: int = param(1024, "calibration samples the re-fit and the allocation use")
     weights: list = param([], "restrict pruning to these weights (default: all targets)")
+
+
+@dataclass
+class ScopedTargetConfig(TargetConfig):
+    """Targets of the score-based one-shot passes (magnitude, gradient saliency)."""
+
+    scope: str = param("global", "global: one threshold over all layers | layer: per-layer targets")
+    allocation: str = param("uniform", "with scope=layer: how a global target is split (uniform | sensitivity)")
+
+
+def check_scope(pass_name: str, cfg: ScopedTargetConfig) -> None:
+    if cfg.scope not in ("global", "layer"):
+        raise EvonnxError(f"{pass_name}: scope must be global or layer, got {cfg.scope!r}")
+
+
+def masks_by_score(pass_name: str, state: ModelState, ev: Evaluator, layers: list[Layer], cfg: ScopedTargetConfig,
+                   scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Keep-masks [out, K] zeroing the lowest flat `scores` of each layer: one threshold over all layers
+    (scope=global, exact global count), else each layer to its own target (explicit, uniform or measured)."""
+    check_scope(pass_name, cfg)
+    if cfg.scope == "global" and not cfg.layer_sparsity:
+        tg.resolve([l.weight for l in layers], {}, cfg.sparsity, None)  # validates the target
+        flat = np.concatenate([scores[l.weight] for l in layers])
+        keep = tg.keep_mask(flat, tg.zero_count(flat.size, cfg.sparsity))
+        parts = np.split(keep, np.cumsum([l.size for l in layers])[:-1])
+        return {l.weight: p.reshape(l.mat_shape) for l, p in zip(layers, parts)}
+    targets, _ = layer_targets(state, ev, layers, cfg, "magnitude")
+    return {l.weight: tg.keep_mask(scores[l.weight], tg.zero_count(l.size, targets[l.weight])).reshape(l.mat_shape)
+            for l in layers}
 
 
 def setup(state: ModelState, ctx: PassContext, cfg: TargetConfig) -> tuple[list[Layer], Evaluator]:
