@@ -18,7 +18,7 @@ from evonnx.errors import EvonnxError
 from evonnx.passes.base import Pass, PassContext, param, register
 from evonnx.passes.engine.metrics import Metrics
 from evonnx.passes.quant.allocate import Option, Searcher, frontier
-from evonnx.passes.quant.apply import NONTARGET, Fidelity, Quantizer
+from evonnx.passes.quant.apply import NONTARGET, Fidelity, Quantizer, nontargets, round_nontarget
 from evonnx.passes.quant.layer import QuantSpec
 from evonnx.passes.quant.sizing import HEADER_BYTES, coded_bytes
 from evonnx.passes.quantize import quantize_plan
@@ -48,13 +48,16 @@ class BitAllocation(Pass):
                                   "instead of a loss budget")
         search: str = param("knapsack", "knapsack (bisected on joint measurements, then refined) or greedy")
         min_size: int = param(32, "target weights with fewer entries are kept exact")
-        nontarget: str = param("exact", "biases, norms and small tensors: exact, fp16 or bf16 (rounded)")
+        nontarget: str = param("auto", "biases, norms and small tensors: exact, fp16 or bf16 (rounded), int8 "
+                                           "(uniform per tensor), or auto: the smallest of int8, fp16, exact "
+                                           "whose joint loss stays within the budget")
         refit_rows: int = param(4096, "calibration rows per layer for the codebook re-fit")
         keep: list = param([], "target weights kept exact (e.g. ones the calibration data never exercises)")
 
     def run(self, state: ModelState, ctx: PassContext) -> ModelState:
         cfg = self.config
-        if cfg.search not in ("knapsack", "greedy") or cfg.nontarget not in NONTARGET or cfg.metric not in METRICS:
+        if (cfg.search not in ("knapsack", "greedy") or cfg.nontarget not in NONTARGET + ("auto",)
+                or cfg.metric not in METRICS):
             raise EvonnxError(f"bit-allocation: search must be knapsack|greedy, nontarget {NONTARGET}, "
                               f"metric {METRICS}")
         engine = ctx.engine(state)
@@ -78,7 +81,7 @@ class BitAllocation(Pass):
         searcher = Searcher(table, lambda opts: loss(fidelity.evaluate(
             [{n: o.quantized.weight for n, o in opts.items()}])[0]), limit)
         if cfg.target_bytes > 0:
-            fixed = _fixed_bytes(state, set(names), cfg.nontarget)
+            fixed = _fixed_bytes(state, set(names), "exact" if cfg.nontarget == "auto" else cfg.nontarget)
             choice = searcher.by_size(cfg.target_bytes - fixed)
             if choice is None:
                 least = fixed + sum(opts[0].bytes for opts in table.values())
@@ -86,16 +89,38 @@ class BitAllocation(Pass):
                                   f"allocation found ({least:.0f} estimated bytes)")
         else:
             choice = searcher.knapsack() if cfg.search == "knapsack" else searcher.greedy()
-        plan = {n: o.spec for n, o in searcher.options(choice).items()}
+        chosen = searcher.options(choice)
+        plan = {n: o.spec for n, o in chosen.items()}
+        nontarget, tried_modes = cfg.nontarget, {}
+        if nontarget == "auto":
+            weights = {n: o.quantized.weight for n, o in chosen.items()}
+            nontarget, tried_modes = _nontarget_mode(state, fidelity, loss, weights, set(plan) | set(cfg.keep),
+                                                     max(limit, searcher.loss(choice)))
         extra = {"metric": metric, "limit": limit, "joint_loss": searcher.loss(choice),
                  "joint_evaluations": len(searcher.cache), "sensitivity_evaluations": sum(map(len, measured.values())),
                  "allocation": {n: s.label for n, s in plan.items()}, "sensitivity": measured,
                  "tried": [(round(searcher.bytes(c), 1), loss) for c, loss in searcher.cache.items()],
-                 "chosen_bytes": round(searcher.bytes(choice), 1)}
+                 "chosen_bytes": round(searcher.bytes(choice), 1), "nontarget_mode": nontarget,
+                 "nontarget_losses": tried_modes}
         ctx.log(f"bit-allocation: {metric} budget {limit:g}, {extra['sensitivity_evaluations']} sensitivity and "
                 f"{extra['joint_evaluations']} joint evaluations; " + ", ".join(f"{n}: {s}" for n, s in
                                                                                 extra["allocation"].items()))
-        return quantize_plan(state, ctx, plan, cfg.nontarget, cfg.refit_rows, self.name, asdict(cfg), extra, quantizer)
+        return quantize_plan(state, ctx, plan, nontarget, cfg.refit_rows, self.name, asdict(cfg), extra, quantizer,
+                             exact=set(cfg.keep))
+
+
+def _nontarget_mode(state: ModelState, fidelity: Fidelity, loss, weights: dict, exclude: set[str],
+                    limit: float) -> tuple[str, dict[str, float]]:
+    """The first of int8, fp16 whose rounding of the other float tensors, on top of the chosen
+    allocation, keeps the joint loss within `limit`; else exact. Returns (mode, loss of each mode tried)."""
+    names = nontargets(state, exclude)
+    tried = {}
+    for mode in ("int8", "fp16") if names else ():
+        rounded = {n: round_nontarget(state, n, mode)[1] for n in names}
+        tried[mode] = loss(fidelity.evaluate([{**weights, **rounded}])[0])
+        if tried[mode] <= limit:
+            return mode, tried
+    return "exact", tried
 
 
 def _budget(cfg, start: Metrics) -> tuple[str, float]:
@@ -120,10 +145,10 @@ def _loss(metric: str, z: float):
 
 
 def _fixed_bytes(state: ModelState, planned: set[str], nontarget: str) -> float:
-    """Estimated bytes of the weights the plan does not code: raw, or 2 bytes an entry when rounded."""
+    """Estimated bytes of the weights the plan does not code: raw, 2 bytes an entry when rounded, 1 in int8."""
     total = 0.0
     for w in state.table:
         if w.name not in planned:
-            item = 2 if nontarget != "exact" else state.current(w.name).dtype.itemsize
+            item = {"exact": state.current(w.name).dtype.itemsize, "int8": 1}.get(nontarget, 2)
             total += w.size * item + HEADER_BYTES + len(w.name)
     return total

@@ -14,6 +14,7 @@ from evonnx.errors import EvonnxError
 from evonnx.passes.base import Pass, PassContext, param, register
 from evonnx.passes.quant.apply import NONTARGET, Fidelity, Quantizer, nontargets, round_nontarget, row
 from evonnx.passes.quant.layer import QuantSpec
+from evonnx.passes.quant.sizing import coded_bytes
 from evonnx.passes.quant.report import format_rows, metrics_summary
 from evonnx.passes.state import ModelState
 
@@ -31,7 +32,8 @@ class Quantize(Pass):
         bits: int = param(4, "bits per surviving weight (1-8)")
         layers: dict = param({}, "per-weight overrides, e.g. {'fc1.weight': 'codebook@3', 'fc3.weight': 'raw'}")
         min_size: int = param(32, "target weights with fewer entries are kept exact")
-        nontarget: str = param("exact", "biases, norms and small tensors: exact, fp16 or bf16 (rounded)")
+        nontarget: str = param("exact", "biases, norms and small tensors: exact, fp16 or bf16 (rounded), "
+                                            "or int8 (uniform per tensor)")
         refit_rows: int = param(4096, "calibration rows per layer for the codebook re-fit")
 
     def run(self, state: ModelState, ctx: PassContext) -> ModelState:
@@ -49,9 +51,9 @@ class Quantize(Pass):
 
 def quantize_plan(state: ModelState, ctx: PassContext, plan: dict[str, QuantSpec], nontarget: str,
                   refit_rows: int, pass_name: str, settings: dict, extra: dict | None = None,
-                  quantizer: Quantizer | None = None) -> ModelState:
-    """Quantize the planned weights, measure each alone and all together against the incoming model, the
-    result against the teacher, and record it."""
+                  quantizer: Quantizer | None = None, exact: set[str] = frozenset()) -> ModelState:
+    """Quantize the planned weights, round the other float tensors but `exact` as `nontarget` says, measure
+    each alone and all together against the incoming model, the result against the teacher, and record it."""
     engine = ctx.engine(state)
     base = {n: state.current(n) for n in state.targets}
     quantizer = quantizer or Quantizer(state, engine, refit_rows, ctx.seed)
@@ -65,10 +67,11 @@ def quantize_plan(state: ModelState, ctx: PassContext, plan: dict[str, QuantSpec
     quant = {n: q.tensor for n, q in done.items()}
     rounded = []
     if nontarget != "exact":
-        for name in nontargets(state, set(plan)):
+        for name in nontargets(state, set(plan) | set(exact)):
             t, w = round_nontarget(state, name, nontarget)
             quant[name], weights[name] = t, w
-            rounded.append({"name": name, "scheme": nontarget, "bits": 16, "est_bytes": 2.0 * t.size})
+            rounded.append({"name": name, "scheme": nontarget, "bits": 8 if nontarget == "int8" else 16,
+                            "est_bytes": round(coded_bytes(t)["total"], 1)})
         engine = ctx.engine(state, state.targets + [n for n in weights if n not in base])
         base = {n: state.current(n) for n in engine.weight_names}
     before, after = engine.evaluate([base, {**base, **weights}])

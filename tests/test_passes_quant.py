@@ -219,3 +219,10 @@ def test_nontarget_tensors_exact_by_default_and_rounded_only_on_request():
     assert half.weights["b1"].tobytes() == b1.astype(np.float16).astype(np.float32).tobytes()
     assert dequantize(half.quant["b1"]).tobytes() == half.weights["b1"].tobytes()
     assert [r["name"] for r in half.history[-1]["nontarget"]] == ["b1", "b2"]
+    eight = get_pass("quantize")(bits=6, min_size=1, nontarget="int8").run(state, ctx)
+    t = eight.quant["b1"]
+    assert (t.scheme, t.bits, t.axis) == ("uniform", 8, None)
+    assert dequantize(t).tobytes() == eight.weights["b1"].tobytes()
+    step = (b1.max() - b1.min()) / 255
+    assert np.abs(eight.weights["b1"] - b1).max() <= step / 2 + 1e-6
+    assert {r["bits"] for r in eight.history[-1]["nontarget"]} == {8}

@@ -28,8 +28,8 @@ def setup():
 
 
 def independent_metrics(state, calib, weights):
-    engine = FitnessEngine(state.model, calib, state.targets, device="cpu", batch_size=128)
-    start, end = engine.evaluate([{}, {n: weights[n] for n in state.targets}])
+    engine = FitnessEngine(state.model, calib, state.table.weights, device="cpu", batch_size=128)
+    start, end = engine.evaluate([{}, weights])  # every changed tensor: rounded biases too
     return start, end
 
 
@@ -44,16 +44,18 @@ def test_accuracy_budget_is_met_and_the_model_shrinks(setup, search):
     out = get_pass("bit-allocation")(search=search, schemes=SCHEMES, max_drop=2.0).run(state, ctx)
     record = out.history[-1]
     assert record["metric"] == "accuracy" and record["limit"] == 2.0
-    engine = FitnessEngine(state.model, calib, state.targets, device="cpu", batch_size=128)
+    names = state.table.weights  # biases too: bit-allocation rounds them when the budget allows (nontarget auto)
+    engine = FitnessEngine(state.model, calib, names, device="cpu", batch_size=128)
     was = engine.outputs({})[0].argmax(1) == calib.labels
-    now = engine.outputs({n: out.weights[n] for n in state.targets})[0].argmax(1) == calib.labels
+    now = engine.outputs({n: out.current(n) for n in names})[0].argmax(1) == calib.labels
     lost, gained = np.sum(was & ~now), np.sum(~was & now)
     assert 100 * (lost - gained + 2 * np.sqrt(lost + gained)) / len(was) <= 2.0  # the drop's upper bound, z = 2
-    assert sum(coded_bytes(t)["total"] for t in out.quant.values()) == pytest.approx(record["est_bytes"], rel=1e-3)
+    assert sum(coded_bytes(out.quant[n])["total"] for n in record["allocation"]) == pytest.approx(record["est_bytes"],
+                                                                                                  rel=1e-3)
     assert record["est_bytes"] < 0.35 * raw_bytes(state)  # well under fp32: 8 bits would be 0.25 + side info
     for name, t in out.quant.items():
         assert dequantize(t).tobytes() == out.weights[name].tobytes()
-        assert record["allocation"][name].startswith(t.scheme)
+        assert name not in record["allocation"] or record["allocation"][name].startswith(t.scheme)
 
 
 def test_kl_budget_is_met(setup):
@@ -93,3 +95,19 @@ def test_allocation_after_pruning_keeps_masks_and_zeros(setup):
     ref = engine.outputs({"w1": sparse.current("w1")})[0]
     got = engine.outputs({n: out.weights[n] for n in state.targets})[0]
     assert kl_divergence(ref, got) <= 5e-3
+
+
+def test_nontarget_auto_rounds_the_other_tensors_only_within_the_budget(setup):
+    state, calib = setup
+    ctx = PassContext(calib=calib, log=lambda _: None)
+    loose = get_pass("bit-allocation")(schemes=SCHEMES, max_drop=2.0).run(state, ctx)
+    record = loose.history[-1]
+    assert record["nontarget_mode"] == "int8" and record["nontarget_losses"]["int8"] <= 2.0
+    assert {r["name"] for r in record["nontarget"]} == {"b1", "b2"}
+    assert loose.quant["b1"].bits == 8 and dequantize(loose.quant["b1"]).tobytes() == loose.weights["b1"].tobytes()
+    kept = get_pass("bit-allocation")(schemes=SCHEMES, max_drop=2.0, keep=["w2"]).run(state, ctx)
+    assert "w2" not in kept.quant and "w2" not in {r["name"] for r in kept.history[-1]["nontarget"]}
+    exact = get_pass("bit-allocation")(schemes=SCHEMES, metric="kl", max_kl=1e-12).run(state, ctx)
+    record = exact.history[-1]
+    assert record["nontarget_mode"] == "exact" and record["nontarget_losses"]["fp16"] > 1e-12
+    assert "b1" not in exact.quant and "b1" not in exact.weights

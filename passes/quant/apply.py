@@ -18,7 +18,8 @@ from evonnx.passes.quant.refit import gram_matrices, layer_views, refit_centroid
 from evonnx.passes.quant.sizing import coded_bytes
 from evonnx.passes.state import ModelState
 
-NONTARGET = ("exact", "fp16", "bf16")
+NONTARGET = ("exact", "fp16", "bf16", "int8")
+INT8 = QuantSpec.parse("uniform/tensor/asym", 8)
 
 
 class Quantizer:
@@ -66,10 +67,14 @@ def row(q: Quantized, spec: QuantSpec, original: np.ndarray) -> dict:
 
 def round_nontarget(state: ModelState, name: str, mode: str) -> tuple[QuantizedTensor, np.ndarray]:
     """A float tensor rounded to fp16/bf16 (values kept in the tensor's dtype, as the record's contract
-    has no separate storage dtype: the record is raw in the original dtype, holding the rounded values)."""
+    has no separate storage dtype: the record is raw in the original dtype, holding the rounded values),
+    or quantized to 8 bits (`int8`: uniform, per tensor, asymmetric; zeros stay exactly zero)."""
     if mode not in NONTARGET[1:]:
         raise EvonnxError(f"nontarget must be one of {NONTARGET}, got {mode!r}")
     array = state.current(name)
+    if mode == "int8":
+        q = quantize_weight(name, array, survivors(array, None), INT8, None)
+        return q.tensor, q.weight
     low = np_dtype("float16" if mode == "fp16" else "bfloat16")
     rounded = array.astype(low).astype(array.dtype)
     t = QuantizedTensor.raw(name, rounded)

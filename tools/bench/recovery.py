@@ -33,9 +33,14 @@ PASSES = {"de": "directed-evolution", "imp": "iterative-magnitude", "ft": "disti
           "we": "distill-finetune", "qft": "distill-finetune", "ba": "bit-allocation"}
 
 
-def container_bytes(state) -> int:
+def container_bytes(state, save: Path | None = None) -> int:
+    """Size of the state's container; written to `save` too when given."""
     graph, records, _ = to_container(state)
-    return len(encode_evx(graph, records, {}))
+    blob = encode_evx(graph, records, {})
+    if save:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        save.write_bytes(blob)
+    return len(blob)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", type=Path, help="markdown table here, rows as .json beside it")
+    parser.add_argument("--save", type=Path, help="write each row's container here (MODEL-SPARSITY-PIPELINE.evx)")
     args = parser.parse_args(argv)
     import torch
 
@@ -94,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                     out = get_pass(PASSES[key[-1]])(**extra, **opts[key[-1]]).run(prev, step_ctx)
                     cache[key] = (out, secs + time.perf_counter() - t0)
                 out, secs = cache[tuple(steps)]
-                size = container_bytes(out)
+                size = container_bytes(out, args.save and args.save / f"{model}-{sparsity:g}-{pipe}.evx")
                 row = {"model": model, "sparsity": sparsity, "pipeline": pipe, "accuracy": acc(out),
                        "dense": dense[model], "bytes": size, "ratio": fp32 / size, "seconds": secs,
                        "real_sparsity": out.global_sparsity()}
