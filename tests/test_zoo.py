@@ -219,3 +219,17 @@ def test_build_end_to_end_on_digits(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == [".lock", "calib.npz", "meta.json", "model.onnx", "test.npz"]
     assert zoo.build("lenet300", out_dir=out, log=logs.append).meta == meta  # cache hit
     assert "cached" in logs[-1]
+
+
+def test_rows_in_finds_exactly_the_calibration_samples():
+    from evonnx.tools.zoo.build import rows_in
+    rng = np.random.default_rng(1)
+    x = rng.random((50, 1, 4, 4)).astype(np.float32)
+    x[7] = x[3]  # a duplicate of a calibration sample goes too
+    calib = x[[3, 10, 42]]
+    hit = rows_in(x, calib)
+    assert np.flatnonzero(hit).tolist() == [3, 7, 10, 42]
+    near = calib.copy()
+    near[1, 0, 0, 0] = np.nextafter(near[1, 0, 0, 0], 2)  # one ulp off: not in x
+    with pytest.raises(ValueError, match="not all in the train split"):
+        rows_in(x, near)

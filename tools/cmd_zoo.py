@@ -13,7 +13,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     build.add_argument("--out", metavar="DIR", help="output folder (default: $EVONNX_ZOO or ~/.cache/evonnx/zoo/NAME)")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
     build.add_argument("--train-split", action="store_true",
-                       help="also write train.npz, the whole train split (for distill-finetune's `data`)")
+                       help="also write the train split less the calibration samples "
+                            "(train-minus-calib.npz, for distill-finetune's `data`)")
     zoo.add_parser("list", help="list the zoo models")
     return parser
 

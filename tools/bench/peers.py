@@ -5,8 +5,8 @@
 Rows: zstd of the fp32 ONNX file; ORT dynamic int8; ORT 4-bit MatMulNBits; Deep Compression built from our
 passes, one-shot and with retraining (iterative magnitude pruning, k-means, centroid fine-tune, our entropy
 coding); evonnx default; evonnx with --max-drop 0.5 and 1.0 at higher sparsity; evonnx with gradient recovery.
-Searches use the zoo's calibration set, training its train split (`train.npz`); accuracy is on the held-out
-test set; the ratio is against the fp32 ONNX file.
+Searches use the zoo's calibration set, training on its train split less the calibration samples
+(`train-minus-calib.npz`); accuracy is on the held-out test set; the ratio is against the fp32 ONNX file.
 """
 from __future__ import annotations
 

@@ -4,10 +4,11 @@
 
 For each (model, sparsity) the pipelines of PIPELINES run, sharing prefixes (DE and IMP checkpoint in
 --workdir, so a rerun reuses them). `ft` alone fine-tunes the dense model the same way: the control for how
-much of a recovery comes from training longer than the zoo's teacher was trained. `ba` is bit-allocation, `qft` a fine-tune on the quantized grid
-afterwards. Searches use the zoo's calibration set; fine-tuning trains on the zoo's train split (`--data
-train`, written by `evonnx zoo build NAME --train-split`) or the calibration set (`--data calib`) and
-validates on the calibration set; accuracy is measured on the held-out test set.
+much of a recovery comes from training longer than the zoo's teacher was trained. `ba` is bit-allocation,
+`qft` a fine-tune on the quantized grid afterwards. Searches use the zoo's calibration set; fine-tuning trains
+on the zoo's train split less the calibration samples (`--data train`, written by `evonnx zoo build NAME
+--train-split`) or the calibration set (`--data calib`) and validates on the calibration set; accuracy is
+measured on the held-out test set.
 Size = len(encode_evx(*to_container(state))) against the fp32 model file.
 """
 from __future__ import annotations
@@ -57,9 +58,6 @@ def main(argv: list[str] | None = None) -> int:
                       ("imp", "iterative-magnitude (default finetune: --ft, split over the rounds)")]:
         parser.add_argument(f"--{key}", nargs="*", default=[], metavar="KEY=VALUE", help=f"{what} overrides")
     parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "evonnx" / "bench-recovery")
-    parser.add_argument("--ba-calib", type=int, default=0, metavar="N",
-                        help="bit-allocation measures on the first N train-split samples instead of the calibration "
-                             "set: a larger set tightens the drop's error bar, so lower bit widths fit (0: calibration set)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", type=Path, help="markdown table here, rows as .json beside it")
@@ -80,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         acc = lambda s: float(np.mean(logits(s.to_onnx(), inputs).argmax(1) == test["labels"]))  # noqa: E731
         dense[model] = acc(state)
         fp32 = entry.model_path.stat().st_size
-        ba_calib = load_npz(train_split(entry), state.model).subset(args.ba_calib) if args.ba_calib else calib
         ft = {**({"data": str(train_split(entry))} if args.data == "train" else {}), **kv(args.ft)}
         imp = kv(args.imp)
         rounds = imp.get("rounds", 5)
@@ -98,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     prev, secs = cache[key[:-1]] if i > 1 else (state, 0.0)
                     folder = work / "-".join(key) if i > 1 else work
-                    step_ctx = PassContext(ba_calib if key[-1] == "ba" else calib, device="cpu", seed=args.seed,
-                                           progress=False, log=lambda _: None, workdir=folder)
+                    step_ctx = PassContext(calib, device="cpu", seed=args.seed, progress=False, log=lambda _: None,
+                                           workdir=folder)
                     extra = {"sparsity": sparsity} if key[-1] in ("de", "imp") else {}
                     t0 = time.perf_counter()
                     out = get_pass(PASSES[key[-1]])(**extra, **opts[key[-1]]).run(prev, step_ctx)
@@ -113,9 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     shown = {k: {**v, **({"data": Path(v["data"]).name} if "data" in v else {})} for k, v in opts.items()}
-    settings = (f"{args.data} split for fine-tuning; bit-allocation measured on "
-                f"{f'{args.ba_calib} train-split samples' if args.ba_calib else 'the calibration set'}; "
-                f"options {json.dumps(shown)}")
+    settings = f"{args.data} split (less the calibration set) for fine-tuning; options {json.dumps(shown)}"
     text = table(rows, dense, settings)
     print(text)
     if args.out:
