@@ -79,7 +79,8 @@ class DistillFinetune(Pass):
         t_start = time.perf_counter()
         names = trainable_names(state, cfg.trainable)
         teacher = OnnxModule(state.model, label=state.label)
-        student = OnnxModule(state.model, names, {n: state.current(n) for n in names}, label=state.label)
+        # every changed weight at its current value, frozen ones too (re-fitted or rounded biases)
+        student = OnnxModule(state.model, names, state.weights, label=state.label)
         constraints = build_constraints(state, names, cfg.quant_mode, cfg.freeze_zeros)
         for n, c in constraints.items():
             student.transforms[n] = c.transform

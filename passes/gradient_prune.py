@@ -37,7 +37,7 @@ class GradientPrune(Pass):
         cfg, t0 = self.config, time.perf_counter()
         layers, ev = common.setup(state, ctx, cfg)
         names = [l.weight for l in layers]
-        module = OnnxModule(state.model, names, {n: state.current(n) for n in names}, label=state.label)
+        module = OnnxModule(state.model, names, state.weights, label=state.label)  # all at their current values
         raw = saliency(module, ctx.calib, cfg.method, cfg.samples, ctx.batch_size or 64, ctx.seed)
         scores = {}
         for l in layers:

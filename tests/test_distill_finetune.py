@@ -59,6 +59,23 @@ def test_finetune_lowers_kl_to_teacher_and_keeps_masks():
     assert "b1" in rec["trained"] and not np.array_equal(out.current("b1"), pruned.current("b1"))
 
 
+@pytest.mark.parametrize("trainable, nontarget", [("targets", "exact"), ("all", "int8")])
+def test_frozen_weights_train_at_their_current_values(trainable, nontarget):
+    """Weights the fine-tune does not train (biases with trainable=targets, rounded non-target records) enter
+    the student as they are now, not as in the model file: with a zero learning rate nothing changes."""
+    state, calib = mlp_state(2)
+    ctx = ctx_for(calib)
+    pruned = get_pass("magnitude")(sparsity=0.7).run(state, ctx)  # the re-fit changes the biases
+    assert not np.array_equal(pruned.current("b1"), state.current("b1"))
+    quant = get_pass("quantize")(bits=4, min_size=0, nontarget=nontarget).run(pruned, ctx)
+    out = get_pass("distill-finetune")(**{**FAST, "steps": 5, "lr": 0.0}, trainable=trainable).run(quant, ctx)
+    engine = ctx.engine(state)
+    start, end = engine.fitness([{n: quant.current(n) for n in engine.weight_names},
+                                 {n: out.current(n) for n in engine.weight_names}])
+    assert out.history[-1]["val_kl_before"] == pytest.approx(start, rel=1e-4)
+    assert end == pytest.approx(start, rel=1e-6)
+
+
 @pytest.mark.parametrize("scheme, mode", [("uniform/channel/sym", "ste"), ("codebook", "ste"),
                                           ("uniform/tensor/asym", "requantize")])
 def test_after_quantization_weights_equal_their_records(scheme, mode):
