@@ -4,11 +4,12 @@
 
 For each (model, sparsity) the pipelines of PIPELINES run, sharing prefixes (DE and IMP checkpoint in
 --workdir, so a rerun reuses them). `ft` alone fine-tunes the dense model the same way: the control for how
-much of a recovery comes from training longer than the zoo's teacher was trained. `ba` is bit-allocation,
-`qft` a fine-tune on the quantized grid afterwards. Searches use the zoo's calibration set; fine-tuning trains
-on the zoo's train split less the calibration samples (`--data train`, written by `evonnx zoo build NAME
---train-split`) or the calibration set (`--data calib`) and validates on the calibration set; accuracy is
-measured on the held-out test set.
+much of a recovery comes from training longer than the zoo's teacher was trained (run it with `--ft
+keep_best=False`: validation keeps the step closest to the teacher, which for the teacher itself is step 0).
+`ba` is bit-allocation, `qft` a fine-tune on the quantized grid afterwards. Searches use the zoo's calibration
+set; fine-tuning trains on the zoo's train split less the calibration samples (`--data train`, written by
+`evonnx zoo build NAME --train-split`) or the calibration set (`--data calib`) and validates on the
+calibration set; accuracy is measured on the held-out test set.
 Size = len(encode_evx(*to_container(state))) against the fp32 model file.
 """
 from __future__ import annotations
