@@ -58,7 +58,7 @@ class BitAllocation(Pass):
         cfg = self.config
         if (cfg.search not in ("knapsack", "greedy") or cfg.nontarget not in NONTARGET + ("auto",)
                 or cfg.metric not in METRICS):
-            raise EvonnxError(f"bit-allocation: search must be knapsack|greedy, nontarget {NONTARGET}, "
+            raise EvonnxError(f"bit-allocation: search must be knapsack|greedy, nontarget {NONTARGET + ('auto',)}, "
                               f"metric {METRICS}")
         engine = ctx.engine(state)
         fidelity = Fidelity(engine, {n: state.current(n) for n in state.targets})

@@ -31,7 +31,8 @@ from evonnx.tools.zoo.build import ort_predict, ort_session, train_split
 DEEP_COMPRESSION = [("magnitude", {"sparsity": 0.9, "refit": False}), ("quantize", {"scheme": "codebook", "bits": 5})]
 FINETUNE = {"steps": 1500, "lr": 1e-3, "label_weight": 0.5, "augment": []}  # on the zoo's train split
 # recovery's distillation steps (batch 128; 13 epochs of lenet5, 32 of lenet300). Longer training helped at 97 %
-# (`recovery` bench): lenet5 -0.99 pt after 1,500 steps, -0.48 after 6,000; lenet300 -1.74 / -1.25 after 3,000 / 15,000
+# (`recovery` bench, after bits and grid fine-tune): lenet5 -0.99 pt after 1,500 steps, -0.70 after 6,000 (12,000:
+# no better); lenet300 -1.74 after 3,000, -1.15 after 15,000
 RECOVERY_STEPS = {"lenet300": 15000, "lenet5": 6000}
 
 

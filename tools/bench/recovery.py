@@ -29,7 +29,8 @@ from evonnx.passes.state import load_state
 from evonnx.tools.bench.sparsity import logits
 from evonnx.tools.compress import to_container
 
-PIPELINES = {"ft": ["ft"], "de": ["de"], "de+ba": ["de", "ba"], "de+ft": ["de", "ft"], "de+ft+ba": ["de", "ft", "ba"], "de+ft+ba+qft": ["de", "ft", "ba", "qft"],
+PIPELINES = {"ft": ["ft"], "de": ["de"], "de+ba": ["de", "ba"], "de+ft": ["de", "ft"], "de+ft+ba": ["de", "ft", "ba"],
+             "de+ft+ba+qft": ["de", "ft", "ba", "qft"],
              "de+we": ["de", "we"], "de+we+ba+qft": ["de", "we", "ba", "qft"],
              "imp": ["imp"], "imp+ba+qft": ["imp", "ba", "qft"]}
 PASSES = {"de": "directed-evolution", "imp": "iterative-magnitude", "ft": "distill-finetune",

@@ -397,9 +397,8 @@ def train_split(entry: ZooEntry, seed: int = 0) -> Path:
     """Write (once) and return the train split the model was trained on, less the calibration samples (a
     1,000-sample subset of it): the data a user would distil or retrain with. The calibration set then stays
     unseen by the student, so fine-tuning's validation and the bit allocation's budget, both measured on it,
-    are not flattered by samples the student was fitted to (measured: a budget of 0.5 point on 10,000 train
-    samples cost 0.85 point on the test set). The test set stays held out. Deterministic, so it is made on
-    demand rather than with every build."""
+    are not flattered by samples the student was fitted to. The test set stays held out. Deterministic, so it
+    is made on demand rather than with every build."""
     path = entry.train_path
     if path is None:
         raise ValueError(f"{entry.name} is untrained: it has no train split")
