@@ -62,7 +62,7 @@ class DistillFinetune(Pass):
                                        "Gemm/MatMul weights); never a weight whose channels are graph outputs")
 
     def run(self, state: ModelState, ctx: PassContext) -> ModelState:
-        from evonnx.passes.torchnet import require_torch
+        from evonnx.passes.torchnet import require_torch, torch_device
         torch = require_torch(self.name)
         from evonnx.passes.torchnet import distill
         from evonnx.passes.torchnet.constrain import MODES
@@ -78,12 +78,13 @@ class DistillFinetune(Pass):
             raise EvonnxError(f"{self.name}: we_layers must be conv|all, we_every >= 1, 0 <= we_fraction <= 1")
         t_start = time.perf_counter()
         names = trainable_names(state, cfg.trainable)
-        teacher = OnnxModule(state.model, label=state.label)
+        device = torch_device(torch, ctx.device)
+        teacher = OnnxModule(state.model, label=state.label).to(device)
         # every changed weight at its current value, frozen ones too (re-fitted or rounded biases)
-        student = OnnxModule(state.model, names, state.weights, label=state.label)
+        student = OnnxModule(state.model, names, state.weights, label=state.label).to(device)
         constraints = build_constraints(state, names, cfg.quant_mode, cfg.freeze_zeros)
         for n, c in constraints.items():
-            student.transforms[n] = c.transform
+            student.transforms[n] = c.to(device).transform
         settings = distill.Settings(**{f.name: getattr(cfg, f.name) for f in fields(distill.Settings)})
         folder = ctx.pass_dir(self.name)
         train = None
@@ -103,7 +104,7 @@ class DistillFinetune(Pass):
         stop = trainer.run()
         weights, masks, quant = {}, {}, {}
         for n in names:
-            latent = student.parameter(n).detach().numpy().astype(state.current(n).dtype)
+            latent = student.parameter(n).detach().cpu().numpy().astype(state.current(n).dtype)
             c = constraints.get(n)
             if c is None:
                 weights[n] = latent
@@ -122,10 +123,11 @@ class DistillFinetune(Pass):
                   "val_kl_best": trainer.best_val, "best_step": trainer.best_step, "curve": trainer.curve,
                   "fitness_before": before.fitness, "fitness": after.fitness,
                   "accuracy_before": before.accuracy, "accuracy": after.accuracy,
-                  "train_seconds": trainer.elapsed(), "wall_seconds": time.perf_counter() - t_start}
+                  "train_seconds": trainer.elapsed(), "wall_seconds": time.perf_counter() - t_start,
+                  "torch_device": device.type}
         if cfg.weight_evolution:
             record.update(evolvable=sorted(trainer.evolve_axes), evolved_filters=dict(trainer.evolved))
-        ctx.log(f"{self.name}: {trainer.step} steps ({stop}), validation KL {val_before:.4g} -> {trainer.best_val:.4g} "
+        ctx.log(f"{self.name}: {trainer.step} steps ({stop}, torch on {device.type}), validation KL {val_before:.4g} -> {trainer.best_val:.4g} "
                 f"(step {trainer.best_step}), calibration fitness {before.fitness:.4g} -> {after.fitness:.4g}")
         return out.replace(record=record)
 

@@ -29,8 +29,8 @@ class GradientPrune(Pass):
         refit: bool = param(False, "re-fit surviving weights (and biases) to the teacher's layer outputs")
 
     def run(self, state: ModelState, ctx: PassContext) -> ModelState:
-        from evonnx.passes.torchnet import require_torch
-        require_torch(self.name)
+        from evonnx.passes.torchnet import require_torch, torch_device
+        torch = require_torch(self.name)
         from evonnx.passes.torchnet.convert import OnnxModule
         from evonnx.passes.torchnet.saliency import saliency
 
@@ -38,6 +38,7 @@ class GradientPrune(Pass):
         layers, ev = common.setup(state, ctx, cfg)
         names = [l.weight for l in layers]
         module = OnnxModule(state.model, names, state.weights, label=state.label)  # all at their current values
+        module.to(torch_device(torch, ctx.device))
         raw = saliency(module, ctx.calib, cfg.method, cfg.samples, ctx.batch_size or 64, ctx.seed)
         scores = {}
         for l in layers:

@@ -12,7 +12,8 @@ from evonnx.formats.tensor import dequantize  # noqa: E402
 from evonnx.passes.base import PassContext, get_pass  # noqa: E402
 from evonnx.passes.engine.calib import CalibData  # noqa: E402
 from evonnx.passes.state import load_state  # noqa: E402
-from evonnx.passes.torchnet import distill  # noqa: E402
+from evonnx.errors import EvonnxError  # noqa: E402
+from evonnx.passes.torchnet import distill, torch_device  # noqa: E402
 
 
 def mlp_state(seed=0, d_in=16, hidden=48, classes=6):
@@ -30,8 +31,8 @@ def mlp_state(seed=0, d_in=16, hidden=48, classes=6):
     return load_state(model.SerializeToString()), calib
 
 
-def ctx_for(calib, workdir=None):
-    return PassContext(calib, device="cpu", progress=False, log=lambda _: None, workdir=workdir)
+def ctx_for(calib, workdir=None, device="cpu"):
+    return PassContext(calib, device=device, progress=False, log=lambda _: None, workdir=workdir)
 
 
 FAST = dict(steps=200, batch_size=64, lr=3e-3, eval_every=40, holdout=0.0)
@@ -95,10 +96,10 @@ def test_after_quantization_weights_equal_their_records(scheme, mode):
     assert out.history[-1]["fitness"] <= quant.history[-1]["after"]["fitness"] * 1.05
 
 
-def crash_and_resume(cfg: dict, pruned, calib, workdir, crash_at: int):
+def crash_and_resume(cfg: dict, pruned, calib, workdir, crash_at: int, device: str = "cpu"):
     """(uninterrupted run, run killed at step `crash_at` then resumed from `workdir`), asserting both
     trained the same weights bit for bit along the same validation curve."""
-    straight = get_pass("distill-finetune")(**cfg).run(pruned, ctx_for(calib))
+    straight = get_pass("distill-finetune")(**cfg).run(pruned, ctx_for(calib, device=device))
     real_step, calls = distill.Distiller.train_step, []
 
     def crashing_step(self):
@@ -110,11 +111,11 @@ def crash_and_resume(cfg: dict, pruned, calib, workdir, crash_at: int):
     distill.Distiller.train_step = crashing_step
     try:
         with pytest.raises(KeyboardInterrupt):
-            get_pass("distill-finetune")(**cfg).run(pruned, ctx_for(calib, workdir))
+            get_pass("distill-finetune")(**cfg).run(pruned, ctx_for(calib, workdir, device))
     finally:
         distill.Distiller.train_step = real_step
     assert (workdir / "distill-finetune" / "checkpoint.npz").is_file() and crash_at in calls
-    resumed = get_pass("distill-finetune")(**cfg).run(pruned, ctx_for(calib, workdir))
+    resumed = get_pass("distill-finetune")(**cfg).run(pruned, ctx_for(calib, workdir, device))
     for name in straight.history[-1]["trained"]:
         assert resumed.weights[name].tobytes() == straight.weights[name].tobytes(), name
     assert resumed.history[-1]["curve"] == straight.history[-1]["curve"]
@@ -126,6 +127,32 @@ def test_resume_continues_bit_identically(tmp_path):
     pruned = get_pass("magnitude")(sparsity=0.8, refit=False).run(state, ctx_for(calib))
     cfg = dict(FAST, steps=60, checkpoint_every=20, eval_every=20, augment=["noise", "mixup"])
     crash_and_resume(cfg, pruned, calib, tmp_path, crash_at=30)
+
+
+def test_torch_device_is_chosen_quietly_and_refused_clearly():
+    assert torch_device(torch, "cpu").type == "cpu"
+    assert torch_device(torch, "auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(EvonnxError, match="auto, cpu or cuda"):
+        torch_device(torch, "gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(EvonnxError, match="CUDA was requested"):
+            torch_device(torch, "cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no GPU here")
+def test_on_cuda_masks_and_grids_hold_and_resume_is_bit_identical(tmp_path):
+    """The whole loop on the GPU (device auto: torch on CUDA, the engine wherever ORT can run)."""
+    state, calib = mlp_state(3)
+    ctx = ctx_for(calib, device="auto")
+    pruned = get_pass("magnitude")(sparsity=0.75).run(state, ctx)
+    quant = get_pass("quantize")(scheme="codebook", bits=3, min_size=0).run(pruned, ctx)
+    cfg = dict(FAST, steps=60, checkpoint_every=20, eval_every=20, augment=["noise", "mixup"])
+    straight, _ = crash_and_resume(cfg, quant, calib, tmp_path, crash_at=30, device="auto")
+    rec = straight.history[-1]
+    assert rec["torch_device"] == "cuda" and rec["fitness"] < rec["fitness_before"]
+    assert_masks_hold(pruned, straight)
+    for name, record in straight.quant.items():
+        assert straight.weights[name].tobytes() == dequantize(record).tobytes(), name
 
 
 def test_shift_augmentation_moves_images_within_bounds():

@@ -26,14 +26,15 @@ def ort_outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np
     return sess.run(None, feeds)
 
 
-def assert_matches_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> None:
+def assert_matches_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray], device: str = "cpu") -> None:
     expected = ort_outputs(model, feeds)
-    got = run_numpy(OnnxModule(model), feeds)
+    got = run_numpy(OnnxModule(model).to(device), feeds)
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
         assert g.shape == e.shape
         scale = max(1.0, float(np.abs(e).max()))
-        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5 * scale)
+        tol = 1e-5 if device == "cpu" else 2e-3  # cuDNN convolutions run in TF32 by default
+        np.testing.assert_allclose(g, e, rtol=tol, atol=tol * scale)
 
 
 class SmallLeNet5(nn.Module):
@@ -89,13 +90,18 @@ def export(module: nn.Module, shape) -> onnx.ModelProto:
     return export_onnx(module, shape)
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                               reason="torch sees no GPU here"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("module, shape", [(SmallLeNet5, (1, 28, 28)), (SmallLeNet300, (1, 28, 28)),
                                            (Mixed, (3, 16, 16))])
-def test_exported_models_match_onnxruntime(module, shape):
+def test_exported_models_match_onnxruntime(module, shape, device):
     torch.manual_seed(0)
     model = export(module(), shape)
     x = np.random.default_rng(0).standard_normal((16, *shape)).astype(np.float32)
-    assert_matches_ort(model, {model.graph.input[0].name: x})
+    assert_matches_ort(model, {model.graph.input[0].name: x}, device)
 
 
 @pytest.mark.parametrize("build, shape", [(corpus.mlp, (5, 8)), (corpus.conv_net, (5, 1, 8, 8)),

@@ -37,3 +37,15 @@ def test_taylor1_is_abs_weight_times_label_gradient():
     loss = torch.nn.functional.cross_entropy(module(x)[0], torch.from_numpy(labels[:32]), reduction="sum")
     g = torch.autograd.grad(loss, [module.parameter("w1")])[0]
     np.testing.assert_allclose(got["w1"], (module.parameter("w1").detach() * g).abs().numpy(), rtol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no GPU here")
+@pytest.mark.parametrize("method", ["taylor1", "snip", "taylor2"])
+def test_saliency_on_cuda_equals_cpu(method):
+    state, calib = mlp_state(5)
+    labels = np.random.default_rng(1).integers(0, 6, calib.num_samples)
+    data = CalibData(calib.inputs, labels, "t")
+    cpu = saliency(OnnxModule(state.model, ["w1", "w2"]), data, method, samples=64, batch=32, seed=0)
+    gpu = saliency(OnnxModule(state.model, ["w1", "w2"]).to("cuda"), data, method, samples=64, batch=32, seed=0)
+    for name in cpu:
+        np.testing.assert_allclose(gpu[name], cpu[name], rtol=1e-3, atol=1e-6 * float(np.abs(cpu[name]).max()))

@@ -72,6 +72,15 @@ class Constraint:
             self._codes = torch.from_numpy(codes.reshape(record.shape))
         self.scheme = scheme
 
+    def to(self, device: torch.device) -> "Constraint":
+        """Move the constraint's tensors (and its centroids, in place) to `device`, before the optimizer."""
+        for key in ("_mask_t", "_scale", "_zero", "_codes"):
+            if getattr(self, key, None) is not None:
+                setattr(self, key, getattr(self, key).to(device))
+        if self.centroids is not None:
+            self.centroids.data = self.centroids.data.to(device)
+        return self
+
     def _masked(self, w: torch.Tensor) -> torch.Tensor:
         return w if self._mask_t is None else w * self._mask_t
 
@@ -102,7 +111,7 @@ class Constraint:
             return dequantize(t), t
         if self.scheme == "codebook":
             t = QuantizedTensor.codebook(r.name, r.shape, r.dtype, r.bits, r.codes,
-                                         self.centroids.detach().numpy().astype(np.float32), r.mask)
+                                         self.centroids.detach().cpu().numpy().astype(np.float32), r.mask)
             q = never_zero(t, np.where(keep, w, 0), keep)  # w: the record's values, signs of the survivors
         elif self.scheme == "uniform":
             v = w[keep].astype(np.float64)

@@ -105,6 +105,11 @@ class OnnxModule(nn.Module):
             self.nodes.append((node.op_type, OPS[node.op_type], list(node.input), node.output[0], attrs, opset))
 
     @property
+    def device(self) -> torch.device:
+        """Where the module's tensors live (the CPU for a graph without any)."""
+        return next(iter(self.buffers()), next(iter(self.parameters()), torch.empty(0))).device
+
+    @property
     def weight_names(self) -> list[str]:
         return list(self._keys)
 
@@ -144,9 +149,11 @@ class OnnxModule(nn.Module):
 def run_numpy(module: OnnxModule, inputs: dict[str, np.ndarray], batch: int = 1024) -> list[np.ndarray]:
     """Forward a dict of numpy inputs in batches without gradients."""
     n = len(next(iter(inputs.values())))
+    device = module.device
     outs: list[list[np.ndarray]] = []
     with torch.no_grad():
         for i in range(0, max(n, 1), batch):
-            ys = module(*[torch.from_numpy(np.ascontiguousarray(inputs[k][i:i + batch])) for k in module.input_names])
-            outs.append([y.numpy() for y in ys])
+            ys = module(*[torch.from_numpy(np.ascontiguousarray(inputs[k][i:i + batch])).to(device)
+                          for k in module.input_names])
+            outs.append([y.cpu().numpy() for y in ys])
     return [np.concatenate([o[j] for o in outs]) for j in range(len(module.output_names))]

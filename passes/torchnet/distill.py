@@ -93,6 +93,7 @@ class Distiller:
         self.train_x = [train_inputs[k] for k in names]
         self.train_y = None if train_labels is None else train_labels.astype(np.int64)
         self.val_x = {k: inputs[k][val] for k in names}
+        self.device = student.device
         self.val_t = run_numpy(teacher, self.val_x)
         self.stds = [float(np.std(x)) if np.issubdtype(x.dtype, np.floating) else 0.0 for x in self.train_x]
         self.params = [student.parameter(n) for n in student.weight_names]
@@ -124,9 +125,9 @@ class Distiller:
                 if np.issubdtype(x.dtype, np.floating):
                     shape = (-1,) + (1,) * (x.ndim - 1)
                     xs[j] = lam.reshape(shape) * x + (1 - lam.reshape(shape)) * x[perm]
-            mix = (torch.from_numpy(lam), torch.from_numpy(perm))
-        labels = None if ys is None else torch.from_numpy(ys)
-        return [torch.from_numpy(np.ascontiguousarray(x)) for x in xs], labels, mix
+            mix = (torch.from_numpy(lam).to(self.device), torch.from_numpy(perm).to(self.device))
+        labels = None if ys is None else torch.from_numpy(ys).to(self.device)
+        return [torch.from_numpy(np.ascontiguousarray(x)).to(self.device) for x in xs], labels, mix
 
     def _shift(self, x: np.ndarray) -> np.ndarray:
         k = self.s.shift
@@ -224,7 +225,7 @@ class Distiller:
             self.best_val, self.best_step, self.best = val, self.step, self._snapshot()
 
     def _snapshot(self) -> dict[str, np.ndarray]:
-        return {f"p{i}": p.detach().numpy().copy() for i, p in enumerate(self.params)}
+        return {f"p{i}": p.detach().cpu().numpy().copy() for i, p in enumerate(self.params)}
 
     def restore_best(self) -> None:
         with torch.no_grad():
@@ -242,7 +243,7 @@ class Distiller:
             st = self.opt.state.get(p, {})
             adam_steps.append(float(st["step"]) if "step" in st else 0.0)
             if "exp_avg" in st:
-                arrays[f"m{i}"], arrays[f"v{i}"] = st["exp_avg"].numpy(), st["exp_avg_sq"].numpy()
+                arrays[f"m{i}"], arrays[f"v{i}"] = st["exp_avg"].cpu().numpy(), st["exp_avg_sq"].cpu().numpy()
         header = {"fingerprint": self.fp, "step": self.step, "elapsed": self.elapsed(), "adam_steps": adam_steps,
                   "rng": self.rng.bit_generator.state, "best_val": self.best_val, "best_step": self.best_step,
                   "curve": self.curve, "we_evolved": self.evolved}

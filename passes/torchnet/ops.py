@@ -316,7 +316,7 @@ def concat(*xs, axis, _opset=17):
 
 @op("Shape")
 def shape(x, *, start=0, end=None, _opset=17):
-    return torch.tensor(list(x.shape)[start:end], dtype=torch.int64)
+    return torch.tensor(list(x.shape)[start:end], dtype=torch.int64, device=x.device)
 
 
 @op("Gather")

@@ -31,11 +31,12 @@ def saliency(module: OnnxModule, calib: CalibData, method: str, samples: int, ba
     if method not in METHODS:
         raise EvonnxError(f"gradient saliency: method must be one of {METHODS}, got {method!r}")
     n = min(samples, calib.num_samples)
-    xs = [torch.from_numpy(np.ascontiguousarray(calib.inputs[k][:n])) for k in module.input_names]
+    device = module.device
+    xs = [torch.from_numpy(np.ascontiguousarray(calib.inputs[k][:n])).to(device) for k in module.input_names]
     params = {name: module.parameter(name) for name in module.weight_names}
     acc = {name: torch.zeros_like(p) for name, p in params.items()}
     if calib.labels is not None:
-        labels = torch.from_numpy(calib.labels[:n].astype(np.int64))
+        labels = torch.from_numpy(calib.labels[:n].astype(np.int64)).to(device)
     else:
         with torch.no_grad():
             labels = _head(module(*xs)).argmax(-1)
@@ -44,7 +45,7 @@ def saliency(module: OnnxModule, calib: CalibData, method: str, samples: int, ba
     for i in range(0, n, step):
         out = _head(module(*[x[i:i + step] for x in xs]))
         if method == "taylor2":
-            y = torch.multinomial(F.softmax(out.detach(), -1), 1, generator=gen)[:, 0]
+            y = torch.multinomial(F.softmax(out.detach(), -1).cpu(), 1, generator=gen)[:, 0].to(device)
             loss = F.cross_entropy(out, y)
         else:
             loss = F.cross_entropy(out, labels[i:i + step], reduction="sum")
@@ -61,5 +62,5 @@ def saliency(module: OnnxModule, calib: CalibData, method: str, samples: int, ba
         w = p.detach()
         score = (w * acc[name]).abs() if method == "snip" else acc[name] if method == "taylor1" else \
             0.5 * w * w * acc[name] / n
-        out[name] = score.numpy().astype(np.float64)
+        out[name] = score.cpu().numpy().astype(np.float64)
     return out
