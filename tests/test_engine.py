@@ -86,6 +86,15 @@ def test_cpu_fallback_is_quiet_and_reported(capfd):
     assert "libcu" not in capfd.readouterr().err
 
 
+def test_session_threads_follow_the_environment(monkeypatch):
+    monkeypatch.setenv("EVONNX_ORT_THREADS", "1")
+    runner = Runner(corpus.mlp(), ["CPUExecutionProvider"])
+    assert runner.session.get_session_options().intra_op_num_threads == 1
+    monkeypatch.setenv("EVONNX_ORT_THREADS", "two")
+    with pytest.raises(EvonnxError, match="EVONNX_ORT_THREADS='two'"):
+        Runner(corpus.mlp(), ["CPUExecutionProvider"])
+
+
 def test_unrunnable_ir_version_is_a_clear_error():
     model = corpus.too_new_ir()
     with pytest.raises(ModelError, match="cannot run this model .IR 99"):

@@ -7,6 +7,7 @@ its weights baked in.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 
@@ -14,13 +15,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from evonnx.errors import CalibrationError, ModelError
+from evonnx.errors import CalibrationError, EvonnxError, ModelError
 from evonnx.passes.engine import providers as prov
 from evonnx.passes.engine.calib import CalibData, input_specs
 from evonnx.passes.engine.metrics import Metrics, compare
 from evonnx.runtime.weights import read_weights
 
 DEFAULT_BATCH = 256
+THREADS_ENV = "EVONNX_ORT_THREADS"  # intra-op threads per session (unset or 0: ONNX Runtime's default)
 
 
 def expose_weights(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
@@ -47,6 +49,10 @@ class Runner:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        threads = os.environ.get(THREADS_ENV, "0")
+        if not threads.isdigit():
+            raise EvonnxError(f"{THREADS_ENV}={threads!r}: expected a number of threads")
+        options.intra_op_num_threads = int(threads)
         try:
             self.session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for bad models

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import numpy as np
 from evonnx.formats.container import encode_evx
 from evonnx.passes.base import PassContext, get_pass
 from evonnx.passes.engine.calib import load_npz
+from evonnx.passes.engine.fitness import THREADS_ENV
 from evonnx.passes.state import load_state
 from evonnx.tools.bench.sparsity import logits
 from evonnx.tools.compress import to_container
@@ -61,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{key}", nargs="*", default=[], metavar="KEY=VALUE", help=f"{what} overrides")
     parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "evonnx" / "bench-recovery")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, and ONNX Runtime's unless "
+                        "EVONNX_ORT_THREADS is set")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="torch training and ONNX Runtime searches (auto: CUDA where it works)")
     parser.add_argument("--out", type=Path, help="markdown table here, rows as .json beside it")
     parser.add_argument("--save", type=Path, help="write each row's container here (MODEL-SPARSITY-PIPELINE.evx)")
     args = parser.parse_args(argv)
@@ -69,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from evonnx.tools.zoo.build import build, train_split
     torch.set_num_threads(args.threads)
+    os.environ.setdefault(THREADS_ENV, str(args.threads))
     kv = lambda items: {k: ast.literal_eval(v) for k, v in (i.split("=", 1) for i in items)}  # noqa: E731
     rows, dense, opts = [], {}, {}
     for model in args.models:
@@ -97,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     prev, secs = cache[key[:-1]] if i > 1 else (state, 0.0)
                     folder = work / "-".join(key) if i > 1 else work
-                    step_ctx = PassContext(calib, device="cpu", seed=args.seed, progress=False, log=lambda _: None,
+                    step_ctx = PassContext(calib, device=args.device, seed=args.seed, progress=False, log=lambda _: None,
                                            workdir=folder)
                     extra = {"sparsity": sparsity} if key[-1] in ("de", "imp") else {}
                     t0 = time.perf_counter()
@@ -107,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                 size = container_bytes(out, args.save and args.save / f"{model}-{sparsity:g}-{pipe}.evx")
                 row = {"model": model, "sparsity": sparsity, "pipeline": pipe, "accuracy": acc(out),
                        "dense": dense[model], "bytes": size, "ratio": fp32 / size, "seconds": secs,
-                       "real_sparsity": out.global_sparsity()}
+                       "real_sparsity": out.global_sparsity(),
+                       "torch_device": next((r["torch_device"] for r in out.history if "torch_device" in r), None)}
                 row["drop_pt"] = 100 * (dense[model] - row["accuracy"])
                 rows.append(row)
                 print(json.dumps(row), flush=True)
