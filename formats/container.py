@@ -25,22 +25,22 @@ from evonnx.formats.tensor import QuantizedTensor
 
 MAGIC = b"\x89EVX\r\n\x1a\n"
 END_MAGIC = b"EVXEND\x00\x00"
-MAJOR, MINOR = 1, 0
+MAJOR, MINOR = 1, 1
 ALIGN = 64
 HEADER = struct.Struct("<8sHHIQII")      # magic, major, minor, section_count, file_size, flags, header_crc
 SECTION = struct.Struct("<4sIQQII")      # kind, flags, offset, length, crc32, reserved
 TRAILER = struct.Struct("<8sII")         # end magic, reserved, file_crc
 REQUIRED = 1                             # section flag: a reader that does not know the kind must fail
 
-KIND_MANIFEST, KIND_GRAPH, KIND_TENSOR = b"MANI", b"GRPH", b"TENS"
-KIND_NAMES = {KIND_MANIFEST: "manifest", KIND_GRAPH: "graph", KIND_TENSOR: "tensor record"}
+KIND_MANIFEST, KIND_GRAPH, KIND_TENSOR, KIND_META = b"MANI", b"GRPH", b"TENS", b"META"
+KIND_NAMES = {KIND_MANIFEST: "manifest", KIND_GRAPH: "graph", KIND_TENSOR: "tensor record", KIND_META: "meta"}
 
 MAX_SECTIONS = 1 << 20
 MAX_MANIFEST_BYTES = 64 << 20
 MAX_GRAPH_BYTES = (1 << 31) - 1          # protobuf's own limit
 MIN_OUTPUT_LIMIT = 256 << 20            # default decoded-size limit: max(256 MiB, 4096 x file size)
 OUTPUT_LIMIT_RATIO = 4096
-_GRAPH_SIZE = struct.Struct("<Q")
+_RAW_SIZE = struct.Struct("<Q")          # prefix of a zstd-framed section: the uncompressed size
 
 
 @dataclass
@@ -96,28 +96,47 @@ def encode_evx(graph: onnx.ModelProto, tensors: list[QuantizedTensor], meta: dic
     if meta is not None and not isinstance(meta, dict):
         raise EvxFormatError(f"meta must be a dict, got {type(meta).__name__}")
     manifest = {"format": "evx", "version": f"{MAJOR}.{MINOR}", "producer": _producer(),
-                "tensor_count": len(tensors), "meta": meta or {}}
-    try:
-        manifest_bytes = json.dumps(manifest, sort_keys=True, allow_nan=False, ensure_ascii=False).encode("utf-8")
-    except (TypeError, ValueError) as exc:
-        raise EvxFormatError(f"meta is not JSON-serialisable ({exc})") from None
-    if len(manifest_bytes) > MAX_MANIFEST_BYTES:
-        raise EvxFormatError(f"manifest is {len(manifest_bytes)} bytes, over the {MAX_MANIFEST_BYTES} limit")
+                "tensor_count": len(tensors)}
+    manifest_bytes = _json(manifest, "manifest")
     graph_bytes = graph.SerializeToString()
     if len(graph_bytes) > MAX_GRAPH_BYTES:
         raise EvxFormatError("the graph without the recorded tensors exceeds 2 GiB")
-    sections = [(KIND_MANIFEST, manifest_bytes),
-                (KIND_GRAPH, _GRAPH_SIZE.pack(len(graph_bytes)) + zstd_compress(graph_bytes))]
-    sections += [(KIND_TENSOR, record.encode_record(t)) for t in tensors]
+    sections = [(KIND_MANIFEST, manifest_bytes, REQUIRED), (KIND_GRAPH, _framed(graph_bytes), REQUIRED)]
+    if meta:  # optional, so a 1.0 reader skips it (and sees no meta)
+        sections.append((KIND_META, _framed(_json(meta, "meta")), 0))
+    sections += [(KIND_TENSOR, record.encode_record(t), REQUIRED) for t in tensors]
     return _assemble(sections)
 
 
-def _assemble(sections: list[tuple[bytes, bytes]], flags: list[int] | None = None) -> bytes:
+def _json(obj: dict, what: str) -> bytes:
+    try:
+        out = json.dumps(obj, sort_keys=True, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise EvxFormatError(f"{what} is not JSON-serialisable ({exc})") from None
+    if len(out) > MAX_MANIFEST_BYTES:
+        raise EvxFormatError(f"{what} is {len(out)} bytes of JSON, over the {MAX_MANIFEST_BYTES} limit")
+    return out
+
+
+def _framed(raw: bytes) -> bytes:
+    return _RAW_SIZE.pack(len(raw)) + zstd_compress(raw)
+
+
+def _unframed(data, limit: int, what: str) -> bytes:
+    r = Reader(data, what)
+    size = r.u64(f"{what} size")
+    if size > limit:
+        raise EvxFormatError(f"{what} declares {size} bytes, over the {limit}-byte limit")
+    return zstd_decompress(r.take(r.left, f"{what} frame"), size, what)
+
+
+def _assemble(sections: list[tuple[bytes, bytes, int]]) -> bytes:
+    """The file from (kind, data, flags) sections, in order."""
     table_end = HEADER.size + SECTION.size * len(sections)
     offset = table_end + _pad(table_end)
     entries, body = [], [b"\x00" * (offset - table_end)]
-    for i, (kind, data) in enumerate(sections):
-        entries.append(SECTION.pack(kind, REQUIRED if flags is None else flags[i], offset, len(data), _crc(data), 0))
+    for kind, data, flags in sections:
+        entries.append(SECTION.pack(kind, flags, offset, len(data), _crc(data), 0))
         body += [data, b"\x00" * _pad(len(data))]
         offset += len(data) + _pad(len(data))
     file_size = offset + TRAILER.size
@@ -223,24 +242,35 @@ def _parse_frame(data) -> tuple[tuple[int, int], list[_Section]]:
     return (major, minor), sections
 
 
-def _read_manifest(data) -> dict:
+def _read_json(data, what: str) -> dict:
     if len(data) > MAX_MANIFEST_BYTES:
-        raise EvxFormatError(f"manifest of {len(data)} bytes exceeds the {MAX_MANIFEST_BYTES}-byte limit")
+        raise EvxFormatError(f"{what} of {len(data)} bytes exceeds the {MAX_MANIFEST_BYTES}-byte limit")
     try:
-        manifest = json.loads(bytes(data).decode("utf-8"))
+        obj = json.loads(bytes(data).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise EvxFormatError(f"manifest is not valid UTF-8 JSON ({exc})") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("meta", {}), dict):
-        raise EvxFormatError("manifest must be a JSON object whose 'meta' is an object")
-    return manifest
+        raise EvxFormatError(f"{what} is not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise EvxFormatError(f"{what} must be a JSON object")
+    return obj
+
+
+def _read_meta(manifest: dict, meta_sections: list[_Section], view) -> dict:
+    """The writer's meta: the META section (1.1) or the manifest's `meta` key (1.0), never both."""
+    if len(meta_sections) > 1:
+        raise EvxFormatError(f"expected at most one meta section, found {len(meta_sections)}")
+    if meta_sections:
+        if "meta" in manifest:
+            raise EvxFormatError("meta is given twice: in the manifest and in a meta section")
+        return _read_json(_unframed(view(meta_sections[0]), MAX_MANIFEST_BYTES, "meta section"), "meta section")
+    meta = manifest.get("meta", {})
+    if not isinstance(meta, dict):
+        raise EvxFormatError("the manifest's 'meta' must be a JSON object")
+    return meta
 
 
 def _read_graph(data) -> tuple[onnx.ModelProto, int]:
-    r = Reader(data, "graph section")
-    size = r.u64("graph size")
-    if size > MAX_GRAPH_BYTES:
-        raise EvxFormatError(f"graph section declares {size} bytes, over the 2 GiB limit")
-    raw = zstd_decompress(r.take(r.left, "graph frame"), size, "graph section")
+    raw = _unframed(data, MAX_GRAPH_BYTES, "graph section")
+    size = len(raw)
     model = onnx.ModelProto()
     try:
         model.ParseFromString(raw)
@@ -276,7 +306,8 @@ def read_evx(source, *, max_output_bytes: int | None = None) -> Container:
         if len(by_kind.get(kind, [])) != 1:
             raise EvxFormatError(f"expected one {KIND_NAMES[kind]} section, found {len(by_kind.get(kind, []))}")
     view = lambda s: data[s.offset:s.offset + s.length]  # noqa: E731
-    manifest = _read_manifest(view(by_kind[KIND_MANIFEST][0]))
+    manifest = _read_json(view(by_kind[KIND_MANIFEST][0]), "manifest")
+    meta = _read_meta(manifest, by_kind.get(KIND_META, []), view)
     tensor_sections = by_kind.get(KIND_TENSOR, [])
     if manifest.get("tensor_count") != len(tensor_sections):
         raise EvxFormatError(f"manifest lists {manifest.get('tensor_count')} tensors, file has "
@@ -305,5 +336,5 @@ def read_evx(source, *, max_output_bytes: int | None = None) -> Container:
             raise EvxFormatError(f"{where}: malformed record ({exc})") from exc
         tensors.append(t)
         sizes_list.append(sizes)
-    return Container(graph, tensors, manifest.get("meta", {}), version, len(data), graph_size,
+    return Container(graph, tensors, meta, version, len(data), graph_size,
                      by_kind[KIND_GRAPH][0].length, sizes_list)

@@ -1,6 +1,7 @@
 """The .evx file: round trips of every dtype / shape / sparsity / scheme, layout rules, errors, atomic writes."""
 from __future__ import annotations
 
+import json
 import os
 import struct
 import tracemalloc
@@ -73,7 +74,7 @@ def test_roundtrip_every_dtype_shape_sparsity(dtype, scheme):
           for i, shape in enumerate(SHAPES) for j, keep in enumerate(KEEPS)]
     meta = {"pipeline": {"bits": [2, 4]}, "metric": 0.5, "name": "ünï"}
     c = read_evx(encode_evx(_model(), ts, meta))
-    assert c.meta == meta and c.version == (1, 0) and c.graph == _model()
+    assert c.meta == meta and c.version == (ct.MAJOR, ct.MINOR) == (1, 1) and c.graph == _model()
     assert [t.name for t in c.tensors] == [t.name for t in ts]
     for a, b in zip(ts, c.tensors):
         _same(a, b)
@@ -94,9 +95,9 @@ def test_encoding_is_deterministic_and_sections_aligned():
     a, b = encode_evx(_model(), ts, {"x": 1}), encode_evx(_model(), ts, {"x": 1})
     assert a == b
     _, sections = ct._parse_frame(a)
-    assert [s.kind for s in sections] == [b"MANI", b"GRPH"] + [b"TENS"] * 3
+    assert [s.kind for s in sections] == [b"MANI", b"GRPH", b"META"] + [b"TENS"] * 3
     assert all(s.offset % 64 == 0 for s in sections)
-    assert struct.unpack_from("<HH", a, 8) == (1, 0)
+    assert struct.unpack_from("<HH", a, 8) == (1, 1)
     assert a[:8] == b"\x89EVX\r\n\x1a\n" and a[-16:-8] == b"EVXEND\x00\x00"
 
 
@@ -161,7 +162,7 @@ def blob():
 
 def _sections(data):
     _, secs = ct._parse_frame(data)
-    return [(s.kind, bytes(data[s.offset:s.offset + s.length])) for s in secs]
+    return [(s.kind, bytes(data[s.offset:s.offset + s.length]), s.flags) for s in secs]
 
 
 def test_clear_errors_for_broken_files(blob, tmp_path):
@@ -193,7 +194,7 @@ def test_corruption_is_located(blob):
     for offset, msg in ((tens.offset + tens.length // 2, "section 3 \\(tensor record\\): checksum mismatch"),
                         (secs[1].offset + 3, "section 1 \\(graph\\): checksum mismatch"),
                         (25, "header checksum mismatch"),
-                        (HEADER_TABLE_END(secs), "file checksum mismatch"),
+                        (first_padding_byte(secs), "file checksum mismatch"),
                         (len(blob) - 12, "bad trailer")):
         bad = bytearray(blob)
         bad[offset] ^= 0x10
@@ -201,17 +202,37 @@ def test_corruption_is_located(blob):
             read_evx(bytes(bad))
 
 
-def HEADER_TABLE_END(secs):  # a padding byte between the section table and the first section
-    return ct.HEADER.size + ct.SECTION.size * len(secs) + 1
+def first_padding_byte(secs):  # covered by the file checksum only
+    return next(s.offset + s.length for s in secs if s.length % ct.ALIGN)
 
 
 def test_unknown_sections(blob):
     secs = _sections(blob)
-    optional = ct._assemble(secs + [(b"XTRA", b"future data")], [1] * len(secs) + [0])
+    optional = ct._assemble(secs + [(b"XTRA", b"future data", 0)])
     assert read_evx(optional).meta == {"m": 1}
-    required = ct._assemble(secs + [(b"XTRA", b"future data")], [1] * (len(secs) + 1))
+    required = ct._assemble(secs + [(b"XTRA", b"future data", 1)])
     with pytest.raises(EvxFormatError, match="unknown required section"):
         read_evx(required)
+
+
+def test_meta_section_is_optional_compressed_and_single(blob):
+    secs = _sections(blob)
+    meta = [s for s in secs if s[0] == b"META"]
+    assert len(meta) == 1 and meta[0][2] == 0  # optional: a 1.0 reader skips it
+    assert b'"meta"' not in secs[0][1]
+    manifest = json.loads(secs[0][1])
+    legacy = [s for s in secs if s[0] != b"META"]  # a 1.0 file: meta inside the manifest
+    legacy[0] = (b"MANI", json.dumps({**manifest, "meta": {"m": 1}}).encode(), 1)
+    assert read_evx(ct._assemble(legacy)).meta == {"m": 1}
+    both = [legacy[0]] + secs[1:]
+    with pytest.raises(EvxFormatError, match="meta is given twice"):
+        read_evx(ct._assemble(both))
+    with pytest.raises(EvxFormatError, match="at most one meta section"):
+        read_evx(ct._assemble(secs + meta))
+    assert not any(s[0] == b"META" for s in _sections(encode_evx(_model(), [], {})))
+    big = {"pipeline": [{"pass": "directed-evolution", "params": {f"p{i}": i * 0.5 for i in range(200)}}]}
+    plain = len(json.dumps(big, sort_keys=True))
+    assert len(encode_evx(_model(), [], big)) - len(encode_evx(_model(), [], {})) < plain / 2
 
 
 def test_spliced_or_missing_sections(blob):
@@ -239,8 +260,8 @@ def test_spliced_or_missing_sections(blob):
 
 def _container_with_record(record_bytes, count=1):
     secs = _sections(encode_evx(_model(), [], {}))
-    secs[0] = (b"MANI", secs[0][1].replace(b'"tensor_count": 0', f'"tensor_count": {count}'.encode()))
-    return ct._assemble(secs + [(b"TENS", record_bytes)] * count)
+    secs[0] = (b"MANI", secs[0][1].replace(b'"tensor_count": 0', f'"tensor_count": {count}'.encode()), 1)
+    return ct._assemble(secs + [(b"TENS", record_bytes, 1)] * count)
 
 
 def test_absurd_sizes_are_refused_before_allocating():
@@ -279,15 +300,15 @@ def test_record_level_errors_name_the_tensor():
 
 def test_graph_section_errors():
     secs = _sections(encode_evx(_model(), [], {}))
-    bad = [(k, v if k != b"GRPH" else struct.pack("<Q", 10) + b"not zstd") for k, v in secs]
+    bad = [(k, v if k != b"GRPH" else struct.pack("<Q", 10) + b"not zstd", f) for k, v, f in secs]
     with pytest.raises(EvxFormatError, match="graph section"):
         read_evx(ct._assemble(bad))
     from evonnx.formats.symbols import zstd_compress
     junk = b"\xff" * 32
-    bad = [(k, v if k != b"GRPH" else struct.pack("<Q", len(junk)) + zstd_compress(junk)) for k, v in secs]
+    bad = [(k, v if k != b"GRPH" else struct.pack("<Q", len(junk)) + zstd_compress(junk), f) for k, v, f in secs]
     with pytest.raises(EvxFormatError, match="not an ONNX model"):
         read_evx(ct._assemble(bad))
-    bad = [(k, v if k != b"MANI" else b"[1, 2]") for k, v in secs]
+    bad = [(k, v if k != b"MANI" else b"[1, 2]", f) for k, v, f in secs]
     with pytest.raises(EvxFormatError, match="manifest"):
         read_evx(ct._assemble(bad))
 

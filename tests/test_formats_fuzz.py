@@ -129,9 +129,9 @@ def test_resealed_damage_never_crashes(which, section, ops):
     """Mutate one section's body, recompute every checksum, and decode: EvxFormatError or a result."""
     data, _ = CONTAINERS[which]
     _, secs = ct._parse_frame(data)
-    parts = [(s.kind, bytes(data[s.offset:s.offset + s.length])) for s in secs]
+    parts = [(s.kind, bytes(data[s.offset:s.offset + s.length]), s.flags) for s in secs]
     k = section % len(parts)
-    parts[k] = (parts[k][0], _mutate(parts[k][1], CONTAINERS[1 - which][0], ops))
+    parts[k] = (parts[k][0], _mutate(parts[k][1], CONTAINERS[1 - which][0], ops), parts[k][2])
     start = time.perf_counter()
     try:
         read_evx(ct._assemble(parts), max_output_bytes=LIMIT)

@@ -302,7 +302,12 @@ def reference_decode(data: bytes):
         body = data[offset:offset + length]
         assert offset % 64 == 0 and zlib.crc32(body) == crc
         if kind == b"MANI":
-            meta = json.loads(body.decode())["meta"]
+            meta = json.loads(body.decode()).get("meta", meta)
+        elif kind == b"META":
+            size = struct.unpack_from("<Q", body)[0]
+            raw = zstandard.ZstdDecompressor().decompress(body[8:])
+            assert len(raw) == size
+            meta = json.loads(raw.decode())
         elif kind == b"GRPH":
             size = struct.unpack_from("<Q", body)[0]
             raw = zstandard.ZstdDecompressor().decompress(body[8:])
