@@ -92,7 +92,7 @@ class DistillFinetune(Pass):
             from evonnx.passes.engine.calib import load_npz
             extra = load_npz(cfg.data, state.model)
             train = (extra.inputs, extra.labels)
-        fp = _fingerprint(state, ctx, asdict(cfg), train)
+        fp = _fingerprint(state, ctx, {k: v for k, v in asdict(cfg).items() if k != "data"}, train)  # data: by content
         torch.manual_seed(ctx.seed)
         trainer = distill.Distiller(teacher, student, constraints, ctx.calib.inputs, ctx.calib.labels, settings,
                                     ctx.seed, folder / "checkpoint.npz" if folder else None, fp, ctx.progress, ctx.log,

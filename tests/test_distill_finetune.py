@@ -182,6 +182,28 @@ def test_training_on_a_separate_data_file_validates_on_the_calibration_set(tmp_p
         get_pass("distill-finetune")(**FAST, data=str(data)).run(pruned, ctx_for(calib))
 
 
+def test_a_checkpoint_follows_the_data_by_content_not_by_path(tmp_path):
+    """A work dir moved to another machine, where the same training file lives elsewhere, still resumes;
+    other content under the same path starts afresh."""
+    state, calib = mlp_state(3)
+    pruned = get_pass("magnitude")(sparsity=0.8, refit=False).run(state, ctx_for(calib))
+    x = np.random.default_rng(9).standard_normal((256, 16)).astype(np.float32)
+    here, there = tmp_path / "a.npz", tmp_path / "b.npz"
+    np.savez(here, x=x)
+    np.savez(there, x=x)
+    cfg = dict(FAST, steps=20, eval_every=10, checkpoint_every=10)
+    work = tmp_path / "work"
+    get_pass("distill-finetune")(**cfg, data=str(here)).run(pruned, ctx_for(calib, work))
+    lines = []
+    ctx = PassContext(calib, device="cpu", progress=False, log=lines.append, workdir=work)
+    get_pass("distill-finetune")(**cfg, data=str(there)).run(pruned, ctx)
+    assert any("resumed at step 20" in line for line in lines), lines
+    np.savez(there, x=x[::-1].copy())
+    lines.clear()
+    get_pass("distill-finetune")(**cfg, data=str(there)).run(pruned, ctx)
+    assert not any("resumed" in line for line in lines), lines
+
+
 def test_iterative_magnitude_reaches_the_target_retrains_each_round_and_resumes(tmp_path):
     state, calib = mlp_state(4)
     ft = dict(FAST, steps=40, eval_every=20)
