@@ -196,7 +196,7 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
                 + ("; kept exact" if pipeline is None else "; the --config pipeline compresses them blind"))
         if workdir is not None:
             settings = {"sparsity": sparsity, "bits": bits, "max_drop": max_drop, "time_limit": time_limit,
-                        "pipeline": _describe(pipeline) if pipeline else None, "keep": kept}
+                        "pipeline": describe(pipeline) if pipeline else None, "keep": kept}
             labels = {} if data.labels is None else {"labels": data.labels}
             _claim(wd, fingerprint(state.model, {**data.inputs, **labels}, settings, seed), resume, state.label, log)
         prune = [n for n in targets if n not in kept]
@@ -216,10 +216,9 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
             pipeline = pipeline or default_pipeline(sparsity, bits, max_drop, time_limit, prune=prune, keep=kept,
                                                     budget=budget)
             state = pipeline.run(state, ctx)
-            steps = _describe(pipeline)
+            steps = describe(pipeline)
         search_log = _read_logs(wd) if wd is not None else []
-    meta = {"source": Path(str(model)).name, "seed": seed, "pipeline": steps,  # deterministic: runs compare by bytes
-            **({"auto": trials} if trials else {})}
+    meta = run_meta(Path(str(model)).name, seed, steps, trials)
     blob, records, measured, diff = _encode_and_verify(state, engine, meta)
     atomic_write_bytes(output, blob)
     if workdir is not None:
@@ -310,7 +309,7 @@ def _auto(state: ModelState, ctx: PassContext, engine, bits: int | str, max_drop
     left_over = max(max_drop - best_drop, 0.0)
     log(f"auto sparsity: kept {passed:.4f} (drop {best_drop:.3f} of {limit:g}); the bit stage gets {left_over:.3f}")
     rest = default_pipeline(0, bits, left_over, None, keep=kept, budget=budget)
-    return rest.run(best, ctx), steps + _describe(rest), trials
+    return rest.run(best, ctx), steps + describe(rest), trials
 
 
 def _next_sparsity(passed: float, failed: float | None, bisected: int) -> tuple[float, int] | None:
@@ -408,8 +407,14 @@ def _source_bytes(model: str | Path | bytes) -> int:
     return total + sum((path.parent / loc).stat().st_size for loc in locations if (path.parent / loc).is_file())
 
 
-def _describe(pipeline: Pipeline) -> list[dict]:
+def describe(pipeline: Pipeline) -> list[dict]:
+    """Each pass with its whole configuration, as the container's metadata records it."""
     return [{"name": p.name, **_jsonable(dataclasses.asdict(p.config))} for p in pipeline.passes]
+
+
+def run_meta(source: str, seed: int, steps: list[dict], trials: list | None = None) -> dict:
+    """The metadata a compressed file carries (deterministic: runs compare by bytes)."""
+    return {"source": source, "seed": seed, "pipeline": steps, **({"auto": trials} if trials else {})}
 
 
 def _check_weights(decoded: onnx.ModelProto, expected: dict[str, np.ndarray]) -> None:

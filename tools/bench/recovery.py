@@ -10,7 +10,8 @@ keep_best=False`: validation keeps the step closest to the teacher, which for th
 set; fine-tuning trains on the zoo's train split less the calibration samples (`--data train`, written by
 `evonnx zoo build NAME --train-split`) or the calibration set (`--data calib`) and validates on the
 calibration set; accuracy is measured on the held-out test set.
-Size = len(encode_evx(*to_container(state))) against the fp32 model file.
+Size: the container as `evonnx compress` would write it for the same passes (metadata included), against the
+fp32 model file.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ from evonnx.passes.engine.calib import load_npz
 from evonnx.passes.engine.fitness import THREADS_ENV
 from evonnx.passes.state import load_state
 from evonnx.tools.bench.sparsity import logits
-from evonnx.tools.compress import to_container
+from evonnx.passes.pipeline import Pipeline
+from evonnx.tools.compress import describe, run_meta, to_container
 
 PIPELINES = {"ft": ["ft"], "de": ["de"], "de+ba": ["de", "ba"], "de+ft": ["de", "ft"], "de+ft+ba": ["de", "ft", "ba"],
              "de+ft+ba+qft": ["de", "ft", "ba", "qft"],
@@ -39,10 +41,10 @@ PASSES = {"de": "directed-evolution", "imp": "iterative-magnitude", "ft": "disti
           "we": "distill-finetune", "qft": "distill-finetune", "ba": "bit-allocation"}
 
 
-def container_bytes(state, save: Path | None = None) -> int:
-    """Size of the state's container; written to `save` too when given."""
+def container_bytes(state, meta: dict, save: Path | None = None) -> int:
+    """Size of the state's container with `meta`; written to `save` too when given."""
     graph, records, _ = to_container(state)
-    blob = encode_evx(graph, records, {})
+    blob = encode_evx(graph, records, meta)
     if save:
         save.parent.mkdir(parents=True, exist_ok=True)
         save.write_bytes(blob)
@@ -95,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         for sparsity in args.sparsities:
             work = args.workdir / model / f"s{sparsity:g}"
             cache: dict[tuple, tuple] = {}
+
+            def step(k: str, sparsity: float = sparsity) -> tuple[str, dict]:
+                """(pass name, configuration) of the pipeline step `k`."""
+                return PASSES[k], {**({"sparsity": sparsity} if k in ("de", "imp") else {}), **opts[k]}
+
             for pipe in args.pipelines:
                 steps = PIPELINES[pipe]
                 for i in range(1, len(steps) + 1):  # reuse shared prefixes (DE is the start of DE+FT+BA)
@@ -105,12 +112,13 @@ def main(argv: list[str] | None = None) -> int:
                     folder = work / "-".join(key) if i > 1 else work
                     step_ctx = PassContext(calib, device=args.device, seed=args.seed, progress=False, log=lambda _: None,
                                            workdir=folder)
-                    extra = {"sparsity": sparsity} if key[-1] in ("de", "imp") else {}
+                    name, config = step(key[-1])
                     t0 = time.perf_counter()
-                    out = get_pass(PASSES[key[-1]])(**extra, **opts[key[-1]]).run(prev, step_ctx)
+                    out = get_pass(name)(**config).run(prev, step_ctx)
                     cache[key] = (out, secs + time.perf_counter() - t0)
                 out, secs = cache[tuple(steps)]
-                size = container_bytes(out, args.save and args.save / f"{model}-{sparsity:g}-{pipe}.evx")
+                meta = run_meta(entry.model_path.name, args.seed, describe(Pipeline([step(k) for k in steps])))
+                size = container_bytes(out, meta, args.save and args.save / f"{model}-{sparsity:g}-{pipe}.evx")
                 row = {"model": model, "sparsity": sparsity, "pipeline": pipe, "accuracy": acc(out),
                        "dense": dense[model], "bytes": size, "ratio": fp32 / size, "seconds": secs,
                        "real_sparsity": out.global_sparsity(),
