@@ -51,6 +51,7 @@ class PassContext:
     progress: bool = True
     log: Callable[[str], None] = print
     batch_size: int | None = None
+    folders: dict[str, str] = field(default_factory=dict)  # pass name -> its folder's name, if not the name
     _engines: dict = field(default_factory=dict, repr=False)
 
     def engine(self, state: ModelState, weights: list[str] | None = None):
@@ -68,7 +69,7 @@ class PassContext:
         """A per-pass folder in the work dir for checkpoints and logs (None without a work dir)."""
         if self.workdir is None:
             return None
-        path = Path(self.workdir) / name
+        path = Path(self.workdir) / self.folders.get(name, name)
         path.mkdir(parents=True, exist_ok=True)
         return path
 

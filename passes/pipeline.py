@@ -50,10 +50,19 @@ class Pipeline:
         return cls([(s["name"], {k: v for k, v in s.items() if k != "name"}) for s in steps])
 
     def run(self, state: ModelState, ctx: PassContext) -> ModelState:
-        for p in self.passes:
-            start = time.perf_counter()
-            state = p.run(state, ctx)
-            ctx.log(f"{p.name}: done in {time.perf_counter() - start:.1f} s")
+        """Each pass in turn; a pass that occurs again keeps its checkpoints in its own folder ("NAME.2")."""
+        seen: dict[str, int] = {}
+        before = dict(ctx.folders)
+        try:
+            for p in self.passes:
+                seen[p.name] = seen.get(p.name, 0) + 1
+                ctx.folders[p.name] = p.name if seen[p.name] == 1 else f"{p.name}.{seen[p.name]}"
+                start = time.perf_counter()
+                state = p.run(state, ctx)
+                ctx.log(f"{p.name}: done in {time.perf_counter() - start:.1f} s")
+        finally:
+            ctx.folders.clear()
+            ctx.folders.update(before)
         return state
 
     def __repr__(self) -> str:

@@ -204,6 +204,26 @@ def test_a_checkpoint_follows_the_data_by_content_not_by_path(tmp_path):
     assert not any("resumed" in line for line in lines), lines
 
 
+def test_a_pass_that_occurs_twice_in_a_pipeline_keeps_its_own_checkpoint(tmp_path):
+    """Fine-tune, quantize, fine-tune on the grid: a rerun resumes both fine-tunes (one shared folder
+    would hold only the second, and the first would start over)."""
+    from evonnx.passes.pipeline import Pipeline
+    state, calib = mlp_state(3)
+    cfg = dict(FAST, steps=20, eval_every=10, checkpoint_every=10)
+    steps = [("magnitude", {"sparsity": 0.8}), ("distill-finetune", cfg), ("quantize", {"bits": 4, "min_size": 0}),
+             ("distill-finetune", {**cfg, "lr": 1e-3})]
+    first = Pipeline(steps).run(state, ctx_for(calib, tmp_path))
+    assert (tmp_path / "distill-finetune" / "checkpoint.npz").is_file()
+    assert (tmp_path / "distill-finetune.2" / "checkpoint.npz").is_file()
+    lines = []
+    ctx = PassContext(calib, device="cpu", progress=False, log=lines.append, workdir=tmp_path)
+    again = Pipeline(steps).run(state, ctx)
+    assert sum("resumed at step 20" in line for line in lines) == 2, lines
+    assert ctx.folders == {}
+    for name in first.weights:
+        assert again.weights[name].tobytes() == first.weights[name].tobytes(), name
+
+
 def test_iterative_magnitude_reaches_the_target_retrains_each_round_and_resumes(tmp_path):
     state, calib = mlp_state(4)
     ft = dict(FAST, steps=40, eval_every=20)
