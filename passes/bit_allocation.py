@@ -50,7 +50,8 @@ class BitAllocation(Pass):
         min_size: int = param(32, "target weights with fewer entries are kept exact")
         nontarget: str = param("auto", "biases, norms and small tensors: exact, fp16 or bf16 (rounded), int8 "
                                            "(uniform per tensor), or auto: the smallest of int8, fp16, exact "
-                                           "whose joint loss stays within the budget")
+                                           "whose joint loss stays within the budget (with target_bytes: whose "
+                                           "own loss does, decided first so that the size counts it)")
         refit_rows: int = param(4096, "calibration rows per layer for the codebook re-fit")
         keep: list = param([], "target weights kept exact (e.g. ones the calibration data never exercises)")
 
@@ -80,8 +81,11 @@ class BitAllocation(Pass):
             table[name] = frontier(options, None if cfg.target_bytes else limit)
         searcher = Searcher(table, lambda opts: loss(fidelity.evaluate(
             [{n: o.quantized.weight for n, o in opts.items()}])[0]), limit)
+        nontarget, tried_modes = cfg.nontarget, {}
         if cfg.target_bytes > 0:
-            fixed = _fixed_bytes(state, set(names), "exact" if cfg.nontarget == "auto" else cfg.nontarget)
+            if nontarget == "auto":  # decided first, so that the size budget counts the other tensors as coded
+                nontarget, tried_modes = _nontarget_mode(state, fidelity, loss, {}, set(names) | set(cfg.keep), limit)
+            fixed = _fixed_bytes(state, set(names), nontarget)
             choice = searcher.by_size(cfg.target_bytes - fixed)
             if choice is None:
                 least = fixed + sum(opts[0].bytes for opts in table.values())
@@ -91,7 +95,6 @@ class BitAllocation(Pass):
             choice = searcher.knapsack() if cfg.search == "knapsack" else searcher.greedy()
         chosen = searcher.options(choice)
         plan = {n: o.spec for n, o in chosen.items()}
-        nontarget, tried_modes = cfg.nontarget, {}
         if nontarget == "auto":
             weights = {n: o.quantized.weight for n, o in chosen.items()}
             nontarget, tried_modes = _nontarget_mode(state, fidelity, loss, weights, set(plan) | set(cfg.keep),

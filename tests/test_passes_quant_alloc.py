@@ -70,13 +70,19 @@ def test_kl_budget_is_met(setup):
 def test_size_budget_is_met_and_a_larger_budget_is_no_worse(setup):
     state, calib = setup
     ctx = PassContext(calib=calib, log=lambda _: None)
-    fixed = sum(state.table[n].size * 4 + HEADER_BYTES + len(n) for n in ("b1", "b2"))
     fits = {}
     for target in (1200, 2400):
         out = get_pass("bit-allocation")(schemes=SCHEMES, target_bytes=target).run(state, ctx)
+        item = {"exact": 4, "int8": 1}.get(out.history[-1]["nontarget_mode"], 2)
+        fixed = sum(state.table[n].size * item + HEADER_BYTES + len(n) for n in ("b1", "b2"))
         assert out.history[-1]["est_bytes"] + fixed <= target
         fits[target] = independent_metrics(state, calib, out.weights)[1].fitness
     assert fits[2400] <= fits[1200]
+    # auto decides the biases' rounding first, so the weights get the bytes int8 biases leave free
+    rounded, exact = (get_pass("bit-allocation")(schemes=SCHEMES, target_bytes=1200, nontarget=mode).run(state, ctx)
+                      for mode in ("auto", "exact"))
+    assert rounded.history[-1]["nontarget_mode"] == "int8" and rounded.quant["b1"].bits == 8
+    assert rounded.history[-1]["est_bytes"] > exact.history[-1]["est_bytes"]
     with pytest.raises(EvonnxError, match="target_bytes"):
         get_pass("bit-allocation")(schemes=SCHEMES, bits=[2, 3], target_bytes=300).run(state, ctx)
 
