@@ -68,6 +68,9 @@ def test_bad_inputs_leave_no_file(tiny, tmp_path):
         ([model, "-o", tmp_path / "missing" / "o3.evx"], "does not exist"),
         ([model, "-o", tmp_path / "o4.evx", "--sparsity", "1.5"], "--sparsity must be in [0, 1)"),
         ([model, "-o", tmp_path / "o5.evx", "--bits", "12"], "--bits must be auto or 1 to 8"),
+        ([model, "-o", tmp_path / "o6.evx", "--max-bytes", "ten"], "--max-bytes must be a byte count or a ratio"),
+        ([model, "-o", tmp_path / "o7.evx", "--max-bytes", "100x", "--bits", "4"], "--max-bytes sizes the default"),
+        ([model, "-o", tmp_path / "o8.evx", "--calib", calib, "--max-bytes", "400"], "--max-bytes 400: the graph"),
     ]
     for args, message in cases:
         result = evonnx("compress", *args)
@@ -85,3 +88,19 @@ def test_bit_allocation_alone_leaves_the_teacher_graph_intact(tiny):
                       log=lambda *_: None)
     assert result.sparsity == 0 and result.max_output_diff <= 1e-4
     assert [o.name for o in decode(root / "bits.evx").graph.output] == ["y"]
+
+
+def test_max_bytes_bounds_the_file_and_a_larger_bound_is_no_worse(tiny):
+    from evonnx.tools.compress import compress
+
+    root, model, calib = tiny
+    fits = {}
+    for limit in ("3000", "2.8x"):
+        out = root / f"size-{limit}.evx"
+        result = compress(model, out, calib=calib, sparsity=0.5, max_bytes=limit, progress=False, log=lambda *_: None)
+        bound = int(limit) if limit.isdigit() else int(result.original_bytes / 2.8)
+        assert result.container_bytes == out.stat().st_size <= bound
+        assert result.history[-1]["settings"]["target_bytes"] < bound  # room left for graph, metadata, framing
+        fits[bound] = result.fitness
+    small, large = sorted(fits)
+    assert small < large and fits[large] <= fits[small]

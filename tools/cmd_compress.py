@@ -27,6 +27,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         help="accuracy points (with labels; measured + 1 standard error), else top-1 agreement "
                              "points, the bit allocation may lose against the pruned model; with --sparsity auto, "
                              "the whole run against the teacher")
+    parser.add_argument("--max-bytes", metavar="N|Rx", help="bound the file: N bytes, or the model file's size / R "
+                        "(e.g. 100x); the bit allocation fits it instead of --max-drop")
     parser.add_argument("--time-limit", type=float, help="seconds for the search: 70 %% for Directed Evolution (then "
                         "the targets are reached by the prior), the rest for the bit allocation; both are trimmed to "
                         "fit from the measured time of one forward pass (a target, not a hard limit)")
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                       samples=args.samples, sparsity=_sparsity(args.sparsity), bits=_bits(args.bits),
                       max_drop=args.max_drop, time_limit=args.time_limit, seed=args.seed, workdir=args.workdir,
                       resume=args.resume, pipeline=args.config, device=args.device, progress=not args.quiet,
-                      report=args.report, log=(lambda *_: None) if args.quiet else print)
+                      report=args.report, max_bytes=args.max_bytes, log=(lambda *_: None) if args.quiet else print)
     summary = result.as_dict()
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0

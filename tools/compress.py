@@ -121,9 +121,11 @@ class Budget:
 
 
 def default_pipeline(sparsity: float | str, bits: int | str, max_drop: float, time_limit: float | None, *,
-                     prune: list[str] | None = None, keep: list[str] = (), budget: Budget | None = None) -> Pipeline:
+                     prune: list[str] | None = None, keep: list[str] = (), budget: Budget | None = None,
+                     target_bytes: int = 0) -> Pipeline:
     """Directed Evolution to the sparsity target, then the bit allocation (or fixed bits). `prune`
-    restricts pruning to those weights (None: all targets); `keep` stays exact; `budget` fits a time limit."""
+    restricts pruning to those weights (None: all targets); `keep` stays exact; `budget` fits a time limit;
+    `target_bytes` > 0 makes the bit allocation fit that size instead of `max_drop`."""
     budget = budget or Budget()
     steps: list = []
     if sparsity not in (0, 0.0, "0") and prune != []:
@@ -133,9 +135,10 @@ def default_pipeline(sparsity: float | str, bits: int | str, max_drop: float, ti
         if time_limit:  # the search stops early, then reaches the target the cheap way
             de.update(time_limit=float(time_limit) * SEARCH_SHARE, on_budget="finish", **budget.de)
         steps.append(("directed-evolution", de))
-    if bits == "auto" and budget.bits is not None:
+    if bits == "auto" and (budget.bits is not None or target_bytes):
         steps.append(("bit-allocation", {"max_drop": float(max_drop), **({"keep": list(keep)} if keep else {}),
-                                         **budget.bits}))
+                                         **(budget.bits or {}), **({"target_bytes": target_bytes} if target_bytes
+                                                                   else {})}))
     else:
         steps.append(("quantize", {"bits": 8 if bits == "auto" else int(bits),
                                    **({"layers": {n: "raw" for n in keep}} if keep else {})}))
@@ -165,10 +168,12 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
              sparsity: float | str = 0.9, bits: int | str = "auto", max_drop: float = 0.5,
              time_limit: float | None = None, seed: int = 0, workdir: str | Path | None = None,
              resume: bool = False, pipeline: Pipeline | str | Path | None = None, device: str = "auto",
-             progress: bool = True, report: str | Path | None = None,
+             progress: bool = True, report: str | Path | None = None, max_bytes: int | str | None = None,
              log: Callable[[str], None] = print) -> CompressResult:
     """Compress an ONNX model into an .evx container, decode it again and verify it before writing it;
-    with `report`, also write report.md, summary.json and plots in that folder."""
+    with `report`, also write report.md, summary.json and plots in that folder. `max_bytes` (a byte count,
+    or "100x": a ratio against the model's file) bounds the file: the bit allocation fits it instead of
+    `max_drop`."""
     start = time.perf_counter()
     output = Path(output)
     if not output.parent.exists():
@@ -178,6 +183,7 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
     if sparsity == "auto" and pipeline is not None:
         raise EvonnxError("--sparsity auto drives the default pipeline; it cannot be combined with --config")
     original = _source_bytes(model)
+    limit_bytes = _max_bytes(max_bytes, original, sparsity, bits, pipeline)
     state = load_state(model, allow_empty=True)
     data = load_npz(calib, state.model, input_shapes) if calib else synthetic(state.model, samples, input_shapes, seed)
     if isinstance(pipeline, (str, Path)):
@@ -196,6 +202,7 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
                 + ("; kept exact" if pipeline is None else "; the --config pipeline compresses them blind"))
         if workdir is not None:
             settings = {"sparsity": sparsity, "bits": bits, "max_drop": max_drop, "time_limit": time_limit,
+                        **({"max_bytes": limit_bytes} if limit_bytes else {}),
                         "pipeline": describe(pipeline) if pipeline else None, "keep": kept}
             labels = {} if data.labels is None else {"labels": data.labels}
             _claim(wd, fingerprint(state.model, {**data.inputs, **labels}, settings, seed), resume, state.label, log)
@@ -212,6 +219,14 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
             steps: list[dict] = []
         elif sparsity == "auto":
             state, steps, trials = _auto(state, ctx, engine, bits, max_drop, time_limit, prune, kept, budget, log)
+        elif limit_bytes:
+            pipeline = default_pipeline(sparsity, bits, max_drop, time_limit, prune=prune, keep=kept, budget=budget,
+                                        target_bytes=limit_bytes)
+            *head, bit_step = pipeline.passes
+            state = Pipeline(head).run(state, ctx)
+            state, pipeline = _fit_size(state, ctx, head, bit_step, limit_bytes,
+                                        lambda p: run_meta(Path(str(model)).name, seed, describe(p)), log)
+            steps = describe(pipeline)
         else:
             pipeline = pipeline or default_pipeline(sparsity, bits, max_drop, time_limit, prune=prune, keep=kept,
                                                     budget=budget)
@@ -310,6 +325,51 @@ def _auto(state: ModelState, ctx: PassContext, engine, bits: int | str, max_drop
     log(f"auto sparsity: kept {passed:.4f} (drop {best_drop:.3f} of {limit:g}); the bit stage gets {left_over:.3f}")
     rest = default_pipeline(0, bits, left_over, None, keep=kept, budget=budget)
     return rest.run(best, ctx), steps + describe(rest), trials
+
+
+def _max_bytes(value: int | str | None, original: int, sparsity, bits, pipeline) -> int:
+    """`max_bytes` as a byte count (0: no size bound); "Rx" is the model file's size / R."""
+    if value is None:
+        return 0
+    text = str(value).strip()
+    try:
+        out = int(original / float(text[:-1])) if text.lower().endswith("x") else int(text)
+    except (ValueError, ZeroDivisionError):
+        raise EvonnxError(f"--max-bytes must be a byte count or a ratio like 100x, not {value!r}") from None
+    if out <= 0:
+        raise EvonnxError(f"--max-bytes must be positive, not {value!r}")
+    if pipeline is not None or sparsity == "auto" or bits != "auto":
+        raise EvonnxError("--max-bytes sizes the default pipeline's bit allocation: it needs --bits auto, a numeric "
+                          "--sparsity and no --config (set target_bytes of bit-allocation in a config instead)")
+    return out
+
+
+def _fit_size(state: ModelState, ctx: PassContext, head: list, bit_step, max_bytes: int, meta_of,
+              log) -> tuple[ModelState, Pipeline]:
+    """The bit allocation with a size target that leaves room for the file's other bytes (graph, metadata,
+    section table and padding); run again with less when the encoded file would still be too large."""
+    from evonnx.formats.container import ALIGN, SECTION
+    from evonnx.passes.bit_allocation import BitAllocation
+
+    graph, records, _ = to_container(state)
+    framing = len(records) * (SECTION.size + ALIGN - 1)  # a table entry and at most 63 bytes of padding each
+    overhead = len(encode_evx(graph, [], meta_of(Pipeline([*head, bit_step])))) + framing
+    target = max_bytes - overhead
+    for _ in range(3):
+        if target <= 0:
+            raise EvonnxError(f"--max-bytes {max_bytes}: the graph, metadata and record framing alone take about "
+                              f"{overhead} bytes")
+        step = BitAllocation(**{**dataclasses.asdict(bit_step.config), "target_bytes": target})
+        out = step.run(state, ctx)
+        pipeline = Pipeline([*head, step])
+        size = len(encode_evx(*to_container(out)[:2], meta_of(pipeline)))
+        if size <= max_bytes:
+            log(f"max bytes {max_bytes}: the file takes {size} (weights target {target})")
+            return out, pipeline
+        log(f"max bytes {max_bytes}: {size} bytes with a weights target of {target}; trying again with less")
+        target -= size - max_bytes
+    raise EvonnxError(f"--max-bytes {max_bytes}: the bit allocation's size estimate stayed above the limit "
+                      f"({size} bytes); allow a little more")
 
 
 def _next_sparsity(passed: float, failed: float | None, bisected: int) -> tuple[float, int] | None:
