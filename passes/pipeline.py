@@ -49,17 +49,24 @@ class Pipeline:
             raise EvonnxError(f"{path}: expected a list 'passes' of tables with a 'name'")
         return cls([(s["name"], {k: v for k, v in s.items() if k != "name"}) for s in steps])
 
-    def run(self, state: ModelState, ctx: PassContext) -> ModelState:
-        """Each pass in turn; a pass that occurs again keeps its checkpoints in its own folder ("NAME.2")."""
+    def folders(self) -> list[str]:
+        """Each pass's folder in the work dir: its name, then "NAME.2", "NAME.3" for a pass that occurs again."""
         seen: dict[str, int] = {}
+        out = []
+        for p in self.passes:
+            seen[p.name] = seen.get(p.name, 0) + 1
+            out.append(p.name if seen[p.name] == 1 else f"{p.name}.{seen[p.name]}")
+        return out
+
+    def run(self, state: ModelState, ctx: PassContext, start: int = 0, stop: int | None = None) -> ModelState:
+        """Passes `start` to `stop` (default: all) in turn, each keeping its checkpoints in its own folder."""
         before = dict(ctx.folders)
         try:
-            for p in self.passes:
-                seen[p.name] = seen.get(p.name, 0) + 1
-                ctx.folders[p.name] = p.name if seen[p.name] == 1 else f"{p.name}.{seen[p.name]}"
-                start = time.perf_counter()
+            for p, folder in list(zip(self.passes, self.folders()))[start:stop]:
+                ctx.folders[p.name] = folder
+                t0 = time.perf_counter()
                 state = p.run(state, ctx)
-                ctx.log(f"{p.name}: done in {time.perf_counter() - start:.1f} s")
+                ctx.log(f"{p.name}: done in {time.perf_counter() - t0:.1f} s")
         finally:
             ctx.folders.clear()
             ctx.folders.update(before)

@@ -69,7 +69,7 @@ def test_bad_inputs_leave_no_file(tiny, tmp_path):
         ([model, "-o", tmp_path / "o4.evx", "--sparsity", "1.5"], "--sparsity must be in [0, 1)"),
         ([model, "-o", tmp_path / "o5.evx", "--bits", "12"], "--bits must be auto or 1 to 8"),
         ([model, "-o", tmp_path / "o6.evx", "--max-bytes", "ten"], "--max-bytes must be a byte count or a ratio"),
-        ([model, "-o", tmp_path / "o7.evx", "--max-bytes", "100x", "--bits", "4"], "--max-bytes sizes the default"),
+        ([model, "-o", tmp_path / "o7.evx", "--max-bytes", "100x", "--bits", "4"], "--max-bytes sizes the bit"),
         ([model, "-o", tmp_path / "o8.evx", "--calib", calib, "--max-bytes", "400"], "--max-bytes 400: the graph"),
     ]
     for args, message in cases:
@@ -104,3 +104,23 @@ def test_max_bytes_bounds_the_file_and_a_larger_bound_is_no_worse(tiny):
         fits[bound] = result.fitness
     small, large = sorted(fits)
     assert small < large and fits[large] <= fits[small]
+
+
+def test_max_bytes_fits_the_bit_allocation_of_a_config_and_runs_what_follows(tiny):
+    """Directed Evolution, bits sized to the file, a fine-tune on the grid after them (needs torch)."""
+    pytest.importorskip("torch")
+    from evonnx.passes.pipeline import Pipeline
+    from evonnx.tools.compress import compress
+
+    root, model, calib = tiny
+    ft = {"steps": 20, "batch_size": 32, "eval_every": 10}
+    pipe = Pipeline([("directed-evolution", {"sparsity": 0.5}), ("bit-allocation", {}), ("distill-finetune", ft)])
+    out = root / "config-size.evx"
+    result = compress(model, out, calib=calib, pipeline=pipe, max_bytes=3000, progress=False, log=lambda *_: None)
+    assert result.container_bytes <= 3000
+    assert [r["pass"] for r in result.history[-2:]] == ["bit-allocation", "distill-finetune"]
+    assert result.history[-2]["settings"]["target_bytes"] < 3000
+    two = Pipeline([("bit-allocation", {}), ("bit-allocation", {})])
+    with pytest.raises(Exception, match="exactly one bit-allocation"):
+        compress(model, root / "no.evx", calib=calib, pipeline=two, max_bytes=3000, progress=False,
+                 log=lambda *_: None)

@@ -220,11 +220,9 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
         elif sparsity == "auto":
             state, steps, trials = _auto(state, ctx, engine, bits, max_drop, time_limit, prune, kept, budget, log)
         elif limit_bytes:
-            pipeline = default_pipeline(sparsity, bits, max_drop, time_limit, prune=prune, keep=kept, budget=budget,
-                                        target_bytes=limit_bytes)
-            *head, bit_step = pipeline.passes
-            state = Pipeline(head).run(state, ctx)
-            state, pipeline = _fit_size(state, ctx, head, bit_step, limit_bytes,
+            pipeline = pipeline or default_pipeline(sparsity, bits, max_drop, time_limit, prune=prune, keep=kept,
+                                                    budget=budget, target_bytes=limit_bytes)
+            state, pipeline = _fit_size(state, ctx, pipeline, limit_bytes,
                                         lambda p: run_meta(Path(str(model)).name, seed, describe(p)), log)
             steps = describe(pipeline)
         else:
@@ -338,38 +336,51 @@ def _max_bytes(value: int | str | None, original: int, sparsity, bits, pipeline)
         raise EvonnxError(f"--max-bytes must be a byte count or a ratio like 100x, not {value!r}") from None
     if out <= 0:
         raise EvonnxError(f"--max-bytes must be positive, not {value!r}")
-    if pipeline is not None or sparsity == "auto" or bits != "auto":
-        raise EvonnxError("--max-bytes sizes the default pipeline's bit allocation: it needs --bits auto, a numeric "
-                          "--sparsity and no --config (set target_bytes of bit-allocation in a config instead)")
+    if sparsity == "auto" or (pipeline is None and bits != "auto"):
+        raise EvonnxError("--max-bytes sizes the bit allocation: it needs --bits auto and a numeric --sparsity, "
+                          "or a --config with one bit-allocation pass")
     return out
 
 
-def _fit_size(state: ModelState, ctx: PassContext, head: list, bit_step, max_bytes: int, meta_of,
+def _fit_size(state: ModelState, ctx: PassContext, pipeline: Pipeline, max_bytes: int, meta_of,
               log) -> tuple[ModelState, Pipeline]:
-    """The bit allocation with a size target that leaves room for the file's other bytes (graph, metadata,
-    section table and padding); run again with less when the encoded file would still be too large."""
+    """Run `pipeline` with its one bit-allocation fitted to `max_bytes`: its size target leaves room for the
+    file's other bytes (graph, metadata, section table and padding), and it runs again with less when the
+    encoded file is still too large. Passes after it must not change the size (a fine-tune on the grid)."""
     from evonnx.formats.container import ALIGN, SECTION
     from evonnx.passes.bit_allocation import BitAllocation
 
+    at = [i for i, p in enumerate(pipeline.passes) if p.name == BitAllocation.name]
+    if len(at) != 1:
+        raise EvonnxError(f"--max-bytes needs exactly one bit-allocation pass in the pipeline, found {len(at)}")
+    i = at[0]
+    state = pipeline.run(state, ctx, stop=i)
     graph, records, _ = to_container(state)
     framing = len(records) * (SECTION.size + ALIGN - 1)  # a table entry and at most 63 bytes of padding each
-    overhead = len(encode_evx(graph, [], meta_of(Pipeline([*head, bit_step])))) + framing
+    overhead = len(encode_evx(graph, [], meta_of(pipeline))) + framing
     target = max_bytes - overhead
     for _ in range(3):
         if target <= 0:
             raise EvonnxError(f"--max-bytes {max_bytes}: the graph, metadata and record framing alone take about "
                               f"{overhead} bytes")
-        step = BitAllocation(**{**dataclasses.asdict(bit_step.config), "target_bytes": target})
-        out = step.run(state, ctx)
-        pipeline = Pipeline([*head, step])
-        size = len(encode_evx(*to_container(out)[:2], meta_of(pipeline)))
+        step = BitAllocation(**{**dataclasses.asdict(pipeline.passes[i].config), "target_bytes": target})
+        fitted = Pipeline([*pipeline.passes[:i], step, *pipeline.passes[i + 1:]])
+        out = fitted.run(state, ctx, start=i, stop=i + 1)
+        size = len(encode_evx(*to_container(out)[:2], meta_of(fitted)))
         if size <= max_bytes:
             log(f"max bytes {max_bytes}: the file takes {size} (weights target {target})")
-            return out, pipeline
+            break
         log(f"max bytes {max_bytes}: {size} bytes with a weights target of {target}; trying again with less")
         target -= size - max_bytes
-    raise EvonnxError(f"--max-bytes {max_bytes}: the bit allocation's size estimate stayed above the limit "
-                      f"({size} bytes); allow a little more")
+    else:
+        raise EvonnxError(f"--max-bytes {max_bytes}: the bit allocation's size estimate stayed above the limit "
+                          f"({size} bytes); allow a little more")
+    out = fitted.run(out, ctx, start=i + 1)
+    size = len(encode_evx(*to_container(out)[:2], meta_of(fitted)))
+    if size > max_bytes:
+        raise EvonnxError(f"--max-bytes {max_bytes}: the passes after the bit allocation grew the file to {size} "
+                          "bytes")
+    return out, fitted
 
 
 def _next_sparsity(passed: float, failed: float | None, bisected: int) -> tuple[float, int] | None:
