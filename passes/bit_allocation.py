@@ -86,12 +86,16 @@ class BitAllocation(Pass):
             if nontarget == "auto":  # decided first, so that the size budget counts the other tensors as coded
                 nontarget, tried_modes = _nontarget_mode(state, fidelity, loss, {}, set(names) | set(cfg.keep), limit)
             fixed = _fixed_bytes(state, set(names), nontarget)
-            choice = searcher.by_size(cfg.target_bytes - fixed)
+            others = {} if nontarget == "exact" else {n: round_nontarget(state, n, nontarget)[1]
+                                                      for n in nontargets(state, set(names) | set(cfg.keep))}
+            choice, size_scores = searcher.by_size(cfg.target_bytes - fixed, lambda opts: fidelity.evaluate(
+                [{**others, **{n: o.quantized.weight for n, o in opts.items()}}])[0].metrics.fitness)
             if choice is None:
                 least = fixed + sum(opts[0].bytes for opts in table.values())
                 raise EvonnxError(f"bit-allocation: target_bytes={cfg.target_bytes} is below the smallest "
                                   f"allocation found ({least:.0f} estimated bytes)")
         else:
+            size_scores = {}
             choice = searcher.knapsack() if cfg.search == "knapsack" else searcher.greedy()
         chosen = searcher.options(choice)
         plan = {n: o.spec for n, o in chosen.items()}
@@ -104,7 +108,8 @@ class BitAllocation(Pass):
                  "allocation": {n: s.label for n, s in plan.items()}, "sensitivity": measured,
                  "tried": [(round(searcher.bytes(c), 1), loss) for c, loss in searcher.cache.items()],
                  "chosen_bytes": round(searcher.bytes(choice), 1), "nontarget_mode": nontarget,
-                 "nontarget_losses": tried_modes}
+                 "nontarget_losses": tried_modes,
+                 "size_candidates": [(round(searcher.bytes(c), 1), kl) for c, kl in size_scores.items()]}
         ctx.log(f"bit-allocation: {metric} budget {limit:g}, {extra['sensitivity_evaluations']} sensitivity and "
                 f"{extra['joint_evaluations']} joint evaluations; " + ", ".join(f"{n}: {s}" for n, s in
                                                                                 extra["allocation"].items()))

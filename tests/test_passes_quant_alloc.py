@@ -117,3 +117,22 @@ def test_nontarget_auto_rounds_the_other_tensors_only_within_the_budget(setup):
     record = exact.history[-1]
     assert record["nontarget_mode"] == "exact" and record["nontarget_losses"]["fp16"] > 1e-12
     assert "b1" not in exact.quant and "b1" not in exact.weights
+
+
+def test_by_size_keeps_the_best_measured_of_the_answers_that_fit():
+    """Summed single-layer damages favour shrinking layer a; the joint measurement says a must stay large."""
+    from evonnx.passes.quant.allocate import Option, Searcher
+    from evonnx.passes.quant.layer import QuantSpec
+
+    def layer(sizes_damages):
+        return [Option(QuantSpec("uniform", b), None, s, d, 0.0) for b, (s, d) in enumerate(sizes_damages, 2)]
+
+    table = {"a": layer([(10, 3.0), (20, 1.0), (40, 0.0)]), "b": layer([(10, 2.5), (20, 2.0), (40, 0.0)])}
+    searcher = Searcher(table, lambda opts: 0.0, 0.0)
+    plain, _ = searcher.by_size(60)
+    assert searcher.bytes(plain) <= 60
+    joint = {"a": {10: 9.0, 20: 5.0, 40: 0.0}, "b": {10: 0.1, 20: 0.1, 40: 0.0}}
+    measured = lambda opts: sum(joint[n][o.bytes] for n, o in opts.items())  # noqa: E731
+    chosen, scores = searcher.by_size(60, measured, tries=8, step=0.1)
+    assert all(searcher.bytes(c) <= 60 for c in scores) and len(scores) > 1
+    assert scores[chosen] == min(scores.values()) and searcher.options(chosen)["a"].bytes == 40

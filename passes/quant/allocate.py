@@ -4,7 +4,8 @@ Every layer gets a list of options (spec, estimated coded bytes, measured damage
 cut to its Pareto frontier and sorted by bytes; `raw` (exact) always stays last, so keeping every layer
 exact is always a feasible allocation. Searches return one option index per layer:
 
-* `by_size`: least summed damage within a byte budget (exact knapsack: bytes are additive).
+* `by_size`: least summed damage within a byte budget (exact knapsack: bytes are additive); with a joint
+  measurement, the best-measured of the knapsack answers at slightly smaller budgets.
 * `knapsack`: least bytes whose *measured* joint loss meets the budget. The knapsack runs on the
   additive damage estimate under a damage budget that is bisected against joint measurements, then
   `descend` tries single-layer downgrades on the best feasible point.
@@ -126,8 +127,19 @@ class Searcher:
                 frozen.add(layer)
         return choice
 
-    def by_size(self, budget: float) -> Choice | None:
+    def by_size(self, budget: float, measure: Callable[[dict[str, Option]], float] | None = None,
+                tries: int = 8, step: float = 0.02) -> tuple[Choice | None, dict[Choice, float]]:
+        """The least additive damage within `budget` bytes; with `measure`, the choice it scores lowest among
+        the knapsack's answers at budget x (1, 1 - step, ...): the sum of single-layer damages misjudges
+        joint effects, and every answer fits. Returns (choice, {candidate: measured})."""
         sizes = [np.array([o.bytes for o in self.table[n]]) for n in self.names]
         damage = [np.array([max(o.damage, 0.0) for o in self.table[n]]) for n in self.names]
         found = knapsack(sizes, damage, budget)
-        return None if found is None else tuple(found)
+        if found is None or measure is None:
+            return (None if found is None else tuple(found)), {}
+        scores: dict[Choice, float] = {}
+        for k in range(tries):
+            alt = knapsack(sizes, damage, budget * (1 - step * k))
+            if alt is not None and tuple(alt) not in scores:
+                scores[tuple(alt)] = measure(self.options(tuple(alt)))
+        return min(scores, key=scores.get), scores
