@@ -62,7 +62,7 @@ class BitAllocation(Pass):
             raise EvonnxError(f"bit-allocation: search must be knapsack|greedy, nontarget {NONTARGET + ('auto',)}, "
                               f"metric {METRICS}")
         engine = ctx.engine(state)
-        fidelity = Fidelity(engine, {n: state.current(n) for n in state.targets})
+        fidelity = Fidelity(engine, {n: state.current(n) for n in engine.weight_names})  # re-fitted biases too
         start = fidelity.start
         metric, limit = _budget(cfg, start)
         loss = _loss(metric, cfg.z)
@@ -83,15 +83,10 @@ class BitAllocation(Pass):
             [{n: o.quantized.weight for n, o in opts.items()}])[0]), limit)
         nontarget, tried_modes = cfg.nontarget, {}
         if cfg.target_bytes > 0:
-            if nontarget == "auto":  # decided first, so that the size budget counts the other tensors as coded
-                nontarget, tried_modes = _nontarget_mode(state, fidelity, loss, {}, set(names) | set(cfg.keep), limit)
-            fixed = _fixed_bytes(state, set(names), nontarget)
-            others = {} if nontarget == "exact" else {n: round_nontarget(state, n, nontarget)[1]
-                                                      for n in nontargets(state, set(names) | set(cfg.keep))}
-            choice, size_scores = searcher.by_size(cfg.target_bytes - fixed, lambda opts: fidelity.evaluate(
-                [{**others, **{n: o.quantized.weight for n, o in opts.items()}}])[0].metrics.fitness)
+            nontarget, choice, size_scores, tried_modes = _fit_size(state, fidelity, searcher, set(names),
+                                                                    set(cfg.keep), cfg.target_bytes, nontarget)
             if choice is None:
-                least = fixed + sum(opts[0].bytes for opts in table.values())
+                least = _fixed_bytes(state, set(names), "int8", set(cfg.keep)) + sum(o[0].bytes for o in table.values())
                 raise EvonnxError(f"bit-allocation: target_bytes={cfg.target_bytes} is below the smallest "
                                   f"allocation found ({least:.0f} estimated bytes)")
         else:
@@ -115,6 +110,27 @@ class BitAllocation(Pass):
                                                                                 extra["allocation"].items()))
         return quantize_plan(state, ctx, plan, nontarget, cfg.refit_rows, self.name, asdict(cfg), extra, quantizer,
                              exact=set(cfg.keep))
+
+
+def _fit_size(state: ModelState, fidelity: Fidelity, searcher: Searcher, names: set[str], keep: set[str],
+              target: int, nontarget: str) -> tuple[str, tuple | None, dict, dict[str, float]]:
+    """The allocation within `target` bytes with the lowest measured KL, the other tensors' rounding
+    (`nontarget` auto: int8, fp16 or exact) chosen with it: rounding them frees bytes for the weights.
+    Returns (mode, choice or None, the chosen mode's candidates and KLs, the best KL of each mode tried)."""
+    best, tried = (nontarget, None, {}), {}
+    for mode in ("int8", "fp16", "exact") if nontarget == "auto" else (nontarget,):
+        others = {} if mode == "exact" else {n: round_nontarget(state, n, mode)[1]
+                                             for n in nontargets(state, names | keep)}
+
+        def measure(opts: dict, others: dict = others) -> float:
+            return fidelity.evaluate([{**others, **{n: o.quantized.weight for n, o in opts.items()}}])[0].metrics.fitness
+
+        choice, scores = searcher.by_size(target - _fixed_bytes(state, names, mode, keep), measure)
+        if choice is not None:
+            tried[mode] = scores[choice]
+            if best[1] is None or scores[choice] < tried[best[0]]:
+                best = (mode, choice, scores)
+    return (*best, tried)
 
 
 def _nontarget_mode(state: ModelState, fidelity: Fidelity, loss, weights: dict, exclude: set[str],
@@ -152,11 +168,13 @@ def _loss(metric: str, z: float):
     return lambda m: m.metrics.fitness
 
 
-def _fixed_bytes(state: ModelState, planned: set[str], nontarget: str) -> float:
-    """Estimated bytes of the weights the plan does not code: raw, 2 bytes an entry when rounded, 1 in int8."""
+def _fixed_bytes(state: ModelState, planned: set[str], nontarget: str, keep: set[str] = frozenset()) -> float:
+    """Estimated bytes of the weights the plan does not code: raw (and `keep` always), 2 bytes an entry when
+    rounded, 1 in int8."""
     total = 0.0
     for w in state.table:
         if w.name not in planned:
-            item = {"exact": state.current(w.name).dtype.itemsize, "int8": 1}.get(nontarget, 2)
+            mode = "exact" if w.name in keep else nontarget
+            item = {"exact": state.current(w.name).dtype.itemsize, "int8": 1}.get(mode, 2)
             total += w.size * item + HEADER_BYTES + len(w.name)
     return total

@@ -55,7 +55,7 @@ def quantize_plan(state: ModelState, ctx: PassContext, plan: dict[str, QuantSpec
     """Quantize the planned weights, round the other float tensors but `exact` as `nontarget` says, measure
     each alone and all together against the incoming model, the result against the teacher, and record it."""
     engine = ctx.engine(state)
-    base = {n: state.current(n) for n in state.targets}
+    base = {n: state.current(n) for n in engine.weight_names}  # every weight as it comes in, biases too
     quantizer = quantizer or Quantizer(state, engine, refit_rows, ctx.seed)
     fidelity = Fidelity(engine, base)
     done = {n: quantizer.quantize(n, spec) for n, spec in plan.items()}
@@ -72,8 +72,6 @@ def quantize_plan(state: ModelState, ctx: PassContext, plan: dict[str, QuantSpec
             quant[name], weights[name] = t, w
             rounded.append({"name": name, "scheme": nontarget, "bits": 8 if nontarget == "int8" else 16,
                             "est_bytes": round(coded_bytes(t)["total"], 1)})
-        engine = ctx.engine(state, state.targets + [n for n in weights if n not in base])
-        base = {n: state.current(n) for n in engine.weight_names}
     before, after = engine.evaluate([base, {**base, **weights}])
     record = {"pass": pass_name, "settings": settings, "layers": rows, "nontarget": rounded,
               "bumped": int(sum(q.bumped for q in done.values())),

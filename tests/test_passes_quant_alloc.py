@@ -136,3 +136,18 @@ def test_by_size_keeps_the_best_measured_of_the_answers_that_fit():
     chosen, scores = searcher.by_size(60, measured, tries=8, step=0.1)
     assert all(searcher.bytes(c) <= 60 for c in scores) and len(scores) > 1
     assert scores[chosen] == min(scores.values()) and searcher.options(chosen)["a"].bytes == 40
+
+
+def test_measured_against_the_incoming_model_with_its_refitted_biases(setup):
+    """Pruning with re-fit changes the biases: the allocation's reference and candidates must use them
+    (not the model file's), so its measured joint KL is the KL between the model it got and the one it gives."""
+    state, calib = setup
+    ctx = PassContext(calib=calib, log=lambda _: None)
+    pruned = get_pass("magnitude")(sparsity=0.6, refit=True).run(state, ctx)
+    assert not np.array_equal(pruned.current("b1"), state.current("b1"))
+    out = get_pass("bit-allocation")(schemes=["uniform/channel/sym"], bits=[3], metric="kl", max_kl=10.0,
+                                     nontarget="exact").run(pruned, ctx)
+    engine = FitnessEngine(state.model, calib, state.table.weights, device="cpu")
+    incoming, given = engine.outputs({n: pruned.current(n) for n in state.table.weights}), \
+        engine.outputs({n: out.current(n) for n in state.table.weights})
+    assert out.history[-1]["joint_loss"] == pytest.approx(kl_divergence(incoming[0], given[0]), rel=1e-4)
