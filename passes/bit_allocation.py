@@ -105,7 +105,9 @@ class BitAllocation(Pass):
                  "chosen_bytes": round(searcher.bytes(choice), 1), "nontarget_mode": nontarget,
                  "nontarget_losses": tried_modes,
                  "size_candidates": [(round(searcher.bytes(c), 1), kl) for c, kl in size_scores.items()]}
-        ctx.log(f"bit-allocation: {metric} budget {limit:g}, {extra['sensitivity_evaluations']} sensitivity and "
+        goal = (f"size target {cfg.target_bytes} bytes (lowest KL of {len(size_scores)} allocations, other tensors "
+                f"{nontarget})" if cfg.target_bytes > 0 else f"{metric} budget {limit:g}")
+        ctx.log(f"bit-allocation: {goal}, {extra['sensitivity_evaluations']} sensitivity and "
                 f"{extra['joint_evaluations']} joint evaluations; " + ", ".join(f"{n}: {s}" for n, s in
                                                                                 extra["allocation"].items()))
         return quantize_plan(state, ctx, plan, nontarget, cfg.refit_rows, self.name, asdict(cfg), extra, quantizer,
