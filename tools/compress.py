@@ -222,8 +222,8 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
         elif limit_bytes:
             pipeline = pipeline or default_pipeline(sparsity, bits, max_drop, time_limit, prune=prune, keep=kept,
                                                     budget=budget, target_bytes=limit_bytes)
-            state, pipeline = _fit_size(state, ctx, pipeline, limit_bytes,
-                                        lambda p: run_meta(Path(str(model)).name, seed, describe(p)), log)
+            state, pipeline = _fit_file_size(state, ctx, pipeline, limit_bytes,
+                                             lambda p: run_meta(Path(str(model)).name, seed, describe(p)), log)
             steps = describe(pipeline)
         else:
             pipeline = pipeline or default_pipeline(sparsity, bits, max_drop, time_limit, prune=prune, keep=kept,
@@ -342,8 +342,8 @@ def _max_bytes(value: int | str | None, original: int, sparsity, bits, pipeline)
     return out
 
 
-def _fit_size(state: ModelState, ctx: PassContext, pipeline: Pipeline, max_bytes: int, meta_of,
-              log) -> tuple[ModelState, Pipeline]:
+def _fit_file_size(state: ModelState, ctx: PassContext, pipeline: Pipeline, max_bytes: int, meta_of,
+                   log) -> tuple[ModelState, Pipeline]:
     """Run `pipeline` with its one bit-allocation fitted to `max_bytes`: its size target leaves room for the
     file's other bytes (graph, metadata, section table and padding), and it runs again with less when the
     encoded file is still too large. Passes after it must not change the size (a fine-tune on the grid)."""
