@@ -1,4 +1,4 @@
-"""distill-finetune: the student learns from the teacher's soft outputs, its sparsity mask fixed.
+"""distill-finetune: the student learns from the teacher's soft outputs, its sparsity mask fixed (or regrown).
 
 The ONNX graph runs as a torch module (passes/torchnet/convert.py) whose parameters are the student's
 weights; the teacher is the same graph with the original weights. Training (passes/torchnet/distill.py)
@@ -7,7 +7,8 @@ labels optional. Pruned entries stay exactly zero; quantized weights train throu
 estimator on their fixed grid (or codebook centroids with fixed assignments), or are re-quantized
 afterwards with the same scheme and bits, so `weights[n] == dequantize(quant[n])` holds at the end.
 Budget in steps and seconds; checkpoints in the work dir, resumed bit-identically. Optionally Weight
-Evolution (passes/torchnet/weight_evolution.py) crosses inferior filters with important ones during training.
+Evolution (passes/torchnet/weight_evolution.py) crosses inferior filters with important ones during training,
+and optionally prune-and-regrow (passes/torchnet/regrow.py) moves kept entries of the float weights' masks.
 """
 from __future__ import annotations
 
@@ -60,6 +61,11 @@ class DistillFinetune(Pass):
                                      "it as the learning rate drops)")
         we_layers: str = param("conv", "conv (Conv/ConvTranspose filters, as the paper) | all (also 2-D "
                                        "Gemm/MatMul weights); never a weight whose channels are graph outputs")
+        regrow: float = param(0.0, "prune-and-regrow (RigL, Evci et al. 2020): share of each pruned float weight's "
+                                   "kept entries moved every regrow_every steps, from the smallest |w| to the "
+                                   "largest |dL/dw|, cosine-decayed to 0 at regrow_until of the run (0: masks fixed)")
+        regrow_every: int = param(100, "steps between mask updates")
+        regrow_until: float = param(0.75, "fraction of the run after which masks stay fixed")
 
     def run(self, state: ModelState, ctx: PassContext) -> ModelState:
         from evonnx.passes.torchnet import require_torch, torch_device
@@ -74,6 +80,8 @@ class DistillFinetune(Pass):
         bad = set(cfg.augment) - set(distill.AUGMENTS)
         if bad:
             raise EvonnxError(f"{self.name}: unknown augment {sorted(bad)} (known: {distill.AUGMENTS})")
+        if not 0 <= cfg.regrow <= 1 or cfg.regrow_every < 1 or not 0 < cfg.regrow_until <= 1:
+            raise EvonnxError(f"{self.name}: regrow must be in [0, 1], regrow_every >= 1, 0 < regrow_until <= 1")
         if cfg.we_layers not in ("conv", "all") or cfg.we_every < 1 or not 0 <= cfg.we_fraction <= 1:
             raise EvonnxError(f"{self.name}: we_layers must be conv|all, we_every >= 1, 0 <= we_fraction <= 1")
         t_start = time.perf_counter()
@@ -112,7 +120,9 @@ class DistillFinetune(Pass):
             weights[n], record = c.finish(latent)
             if record is not None:
                 quant[n] = record
-            if c.mask is not None and (n in state.masks or not c.mask.all()):
+            if n in trainer.regrown:
+                masks[n] = c.mask
+            elif c.mask is not None and (n in state.masks or not c.mask.all()):
                 masks[n] = state.masks[n] if n in state.masks else c.mask
         out = state.replace(weights=weights, masks=masks, quant=quant)
         engine = ctx.engine(state)
@@ -127,6 +137,8 @@ class DistillFinetune(Pass):
                   "torch_device": device.type}
         if cfg.weight_evolution:
             record.update(evolvable=sorted(trainer.evolve_axes), evolved_filters=dict(trainer.evolved))
+        if cfg.regrow > 0:
+            record.update(regrown=dict(trainer.regrown))
         ctx.log(f"{self.name}: {trainer.step} steps ({stop}, torch on {device.type}), validation KL {val_before:.4g} -> {trainer.best_val:.4g} "
                 f"(step {trainer.best_step}), calibration fitness {before.fitness:.4g} -> {after.fitness:.4g}")
         return out.replace(record=record)

@@ -248,3 +248,31 @@ def test_iterative_magnitude_reaches_per_layer_targets():
     assert out.sparsity("w1") == pytest.approx(0.9, abs=1e-3) and out.sparsity("w2") == pytest.approx(0.5, abs=1e-3)
     with pytest.raises(Exception, match="scope must be global or layer"):
         get_pass("iterative-magnitude")(sparsity=0.5, scope="rows", finetune=ft).run(state, ctx_for(calib))
+
+
+def test_regrow_moves_kept_entries_keeps_counts_and_resumes_bit_identically(tmp_path):
+    state, calib = mlp_state(5)
+    pruned = get_pass("magnitude")(sparsity=0.85, refit=False).run(state, ctx_for(calib))
+    cfg = dict(FAST, steps=60, checkpoint_every=20, eval_every=20, regrow=0.3, regrow_every=10, regrow_until=0.8,
+               keep_best=False)
+    straight, resumed = crash_and_resume(cfg, pruned, calib, tmp_path, crash_at=30)
+    rec = straight.history[-1]
+    assert rec["regrown"] and all(k > 0 for k in rec["regrown"].values())
+    for name, mask in pruned.masks.items():
+        new = straight.masks[name]
+        assert new.sum() == mask.sum() and not np.array_equal(new, mask), name
+        assert not np.any(straight.current(name)[~new]), f"{name}: an entry outside the regrown mask is not zero"
+        assert np.array_equal(resumed.masks[name], new)
+    assert rec["fitness"] < rec["fitness_before"]
+
+
+def test_regrow_grows_where_the_gradient_is_largest():
+    from evonnx.passes.torchnet.regrow import fraction, regrow
+    w = torch.tensor([[0.5, -0.1, 0.0, 0.0], [0.3, 0.0, 0.0, 2.0]])
+    mask = w != 0
+    grad = torch.tensor([[9.0, 9.0, 0.2, 5.0], [9.0, 0.1, 0.3, 9.0]])
+    new, dropped, grown = regrow(w, grad, mask, share=0.5)  # 4 kept: move 2
+    assert sorted(dropped.tolist()) == [1, 4]  # |-0.1| and |0.3|: the smallest kept
+    assert sorted(grown.tolist()) == [3, 6]  # the largest gradients among the pruned (5.0, 0.3)
+    assert new.sum() == mask.sum() and not new.view(-1)[dropped].any() and new.view(-1)[grown].all()
+    assert fraction(0, 100, 0.3, 0.75) == pytest.approx(0.3) and fraction(75, 100, 0.3, 0.75) == 0.0

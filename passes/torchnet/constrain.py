@@ -81,6 +81,12 @@ class Constraint:
             self.centroids.data = self.centroids.data.to(device)
         return self
 
+    def set_mask(self, mask: np.ndarray) -> None:
+        """A new keep-mask (prune-and-regrow), on the device of the old one."""
+        device = self._mask_t.device if self._mask_t is not None else "cpu"
+        self.mask = mask
+        self._mask_t = torch.from_numpy(mask.astype(np.float32)).to(device)
+
     def _masked(self, w: torch.Tensor) -> torch.Tensor:
         return w if self._mask_t is None else w * self._mask_t
 

@@ -7,7 +7,9 @@ run continues bit-identically. Validation (KL at T = 1 on a held-out part of the
 all of it) picks the best step when `keep_best`. With `weight_evolution`, every `we_every` steps the
 evolvable weights' inferior filters are crossed with important ones (passes/torchnet/weight_evolution.py)
 before the step, then projected back onto their constraints; it depends only on the step and the weights,
-so resuming stays bit-identical.
+so resuming stays bit-identical. With `regrow`, every `regrow_every` steps a decaying share of each pruned
+weight's kept entries moves to where the gradient is largest (passes/torchnet/regrow.py); the masks are part
+of the snapshots and checkpoints.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from evonnx.passes.sparsity import checkpoint
-from evonnx.passes.torchnet import weight_evolution
+from evonnx.passes.torchnet import regrow, weight_evolution
 from evonnx.passes.torchnet.constrain import Constraint
 from evonnx.passes.torchnet.convert import OnnxModule, run_numpy
 
@@ -50,6 +52,9 @@ class Settings:
     we_fraction: float = 0.2
     we_relative: float = 0.1
     we_decay: bool = True
+    regrow: float = 0.0
+    regrow_every: int = 100
+    regrow_until: float = 0.75
 
 
 def is_classifier(t: np.ndarray | torch.Tensor) -> bool:
@@ -96,6 +101,9 @@ class Distiller:
         self.device = student.device
         self.val_t = run_numpy(teacher, self.val_x)
         self.stds = [float(np.std(x)) if np.issubdtype(x.dtype, np.floating) else 0.0 for x in self.train_x]
+        self.regrow_names = [n for n in student.weight_names if s.regrow > 0 and n in constraints
+                             and constraints[n].mask is not None and constraints[n].record is None]
+        self.regrown: dict[str, int] = {}
         self.params = [student.parameter(n) for n in student.weight_names]
         self.params += [c.centroids for c in constraints.values() if c.centroids is not None]
         self.opt = torch.optim.Adam(self.params, lr=s.lr, foreach=True)
@@ -168,10 +176,15 @@ class Distiller:
             self.evolve()
         for g in self.opt.param_groups:
             g["lr"] = s.lr * 0.5 * (1 + math.cos(math.pi * self.step / max(s.steps, 1)))
+        share = regrow.fraction(self.step, s.steps, s.regrow, s.regrow_until) \
+            if self.regrow_names and self.step and self.step % max(s.regrow_every, 1) == 0 else 0.0
+        taps = self._tap() if share > 0 else {}
         xs, ys, mix = self.batch()
         with torch.no_grad():
             t_out = self.teacher(*xs)
         s_out = self.student(*xs)
+        for name in taps:
+            self.student.transforms[name] = self.constraints[name].transform
         loss = distill_loss(s_out, t_out, s.temperature)
         if s.label_weight > 0 and ys is not None:
             head = next((o for o in s_out if is_classifier(o)), None)
@@ -190,8 +203,40 @@ class Distiller:
             c = self.constraints.get(name)
             if c is not None:
                 c.project(self.student.parameter(name))
+        if taps:
+            self._regrow(taps, share)
         self.step += 1
         return float(loss.item())
+
+    def _tap(self) -> dict[str, torch.Tensor]:
+        """Keep the masked weights of this step's forward, to read their (dense) gradients after backward."""
+        taps: dict[str, torch.Tensor] = {}
+        for name in self.regrow_names:
+            def tapped(w: torch.Tensor, name: str = name) -> torch.Tensor:
+                eff = self.constraints[name].transform(w)
+                eff.retain_grad()
+                taps[name] = eff
+                return eff
+            self.student.transforms[name] = tapped
+        return taps
+
+    def _regrow(self, taps: dict[str, torch.Tensor], share: float) -> None:
+        """Move `share` of each mask's kept entries (regrow.py); moved entries and their Adam moments start at 0."""
+        for name, eff in taps.items():
+            c, p = self.constraints[name], self.student.parameter(name)
+            if eff.grad is None:
+                continue
+            new, dropped, grown = regrow.regrow(p, eff.grad, torch.from_numpy(c.mask).to(p.device), share)
+            if not len(dropped):
+                continue
+            moved = torch.cat([dropped, grown])
+            with torch.no_grad():
+                p.view(-1)[moved] = 0
+                for moments in (self.opt.state.get(p, {}).get(k) for k in ("exp_avg", "exp_avg_sq")):
+                    if moments is not None:
+                        moments.view(-1)[moved] = 0
+            c.set_mask(new.cpu().numpy())
+            self.regrown[name] = self.regrown.get(name, 0) + len(dropped)
 
     def run(self) -> str:
         s = self.s
@@ -225,12 +270,20 @@ class Distiller:
             self.best_val, self.best_step, self.best = val, self.step, self._snapshot()
 
     def _snapshot(self) -> dict[str, np.ndarray]:
-        return {f"p{i}": p.detach().cpu().numpy().copy() for i, p in enumerate(self.params)}
+        out = {f"p{i}": p.detach().cpu().numpy().copy() for i, p in enumerate(self.params)}
+        out.update({f"mask{j}": self.constraints[n].mask.copy() for j, n in enumerate(self.regrow_names)})
+        return out
 
-    def restore_best(self) -> None:
+    def _load(self, arrays: dict[str, np.ndarray]) -> None:
+        """Parameters (and regrown masks) from a snapshot."""
         with torch.no_grad():
             for i, p in enumerate(self.params):
-                p.copy_(torch.from_numpy(self.best[f"p{i}"]))
+                p.copy_(torch.from_numpy(arrays[f"p{i}"]))
+        for j, n in enumerate(self.regrow_names):
+            self.constraints[n].set_mask(arrays[f"mask{j}"].astype(bool))
+
+    def restore_best(self) -> None:
+        self._load(self.best)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def save(self) -> None:
@@ -246,7 +299,7 @@ class Distiller:
                 arrays[f"m{i}"], arrays[f"v{i}"] = st["exp_avg"].cpu().numpy(), st["exp_avg_sq"].cpu().numpy()
         header = {"fingerprint": self.fp, "step": self.step, "elapsed": self.elapsed(), "adam_steps": adam_steps,
                   "rng": self.rng.bit_generator.state, "best_val": self.best_val, "best_step": self.best_step,
-                  "curve": self.curve, "we_evolved": self.evolved}
+                  "curve": self.curve, "we_evolved": self.evolved, "regrown": self.regrown}
         checkpoint.save(self.ckpt, header, arrays)
 
     def resume(self) -> bool:
@@ -254,9 +307,7 @@ class Distiller:
         if not loaded:
             return False
         header, arrays = loaded
-        with torch.no_grad():
-            for i, p in enumerate(self.params):
-                p.copy_(torch.from_numpy(arrays[f"cur:p{i}"]))
+        self._load({k[4:]: v for k, v in arrays.items() if k.startswith("cur:")})
         state = {}
         for i, p in enumerate(self.params):
             if f"m{i}" in arrays:
@@ -268,6 +319,7 @@ class Distiller:
         self.best_val, self.best_step = header["best_val"], header["best_step"]
         self.curve = [tuple(c) for c in header["curve"]]
         self.evolved = dict(header.get("we_evolved", {}))
+        self.regrown = dict(header.get("regrown", {}))
         self.best = {k[5:]: v for k, v in arrays.items() if k.startswith("best:")}
         self.log(f"distill-finetune: resumed at step {self.step}")
         return True
