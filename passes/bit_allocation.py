@@ -18,7 +18,7 @@ from evonnx.errors import EvonnxError
 from evonnx.passes.base import Pass, PassContext, param, register
 from evonnx.passes.engine.metrics import Metrics
 from evonnx.passes.quant.allocate import Option, Searcher, frontier
-from evonnx.passes.quant.apply import NONTARGET, Fidelity, Quantizer, nontargets, round_nontarget
+from evonnx.passes.quant.apply import NONTARGET, Fidelity, Quantizer, nontargets, rounded_nontargets
 from evonnx.passes.quant.layer import QuantSpec
 from evonnx.passes.quant.sizing import HEADER_BYTES, coded_bytes
 from evonnx.passes.quantize import quantize_plan
@@ -50,8 +50,8 @@ class BitAllocation(Pass):
         min_size: int = param(32, "target weights with fewer entries are kept exact")
         nontarget: str = param("auto", "biases, norms and small tensors: exact, fp16 or bf16 (rounded), int8 "
                                            "(uniform per tensor), or auto: the smallest of int8, fp16, exact "
-                                           "whose joint loss stays within the budget (with target_bytes: whose "
-                                           "own loss does, decided first so that the size counts it)")
+                                           "whose joint loss stays within the budget (with target_bytes: chosen "
+                                           "with the allocation, by the lowest measured KL within the size)")
         refit_rows: int = param(4096, "calibration rows per layer for the codebook re-fit")
         keep: list = param([], "target weights kept exact (e.g. ones the calibration data never exercises)")
 
@@ -121,8 +121,7 @@ def _fit_size(state: ModelState, fidelity: Fidelity, searcher: Searcher, names: 
     Returns (mode, choice or None, the chosen mode's candidates and KLs, the best KL of each mode tried)."""
     best, tried = (nontarget, None, {}), {}
     for mode in ("int8", "fp16", "exact") if nontarget == "auto" else (nontarget,):
-        others = {} if mode == "exact" else {n: round_nontarget(state, n, mode)[1]
-                                             for n in nontargets(state, names | keep)}
+        others = rounded_nontargets(state, names | keep, mode)
 
         def measure(opts: dict, others: dict = others) -> float:
             return fidelity.evaluate([{**others, **{n: o.quantized.weight for n, o in opts.items()}}])[0].metrics.fitness
@@ -139,11 +138,9 @@ def _nontarget_mode(state: ModelState, fidelity: Fidelity, loss, weights: dict, 
                     limit: float) -> tuple[str, dict[str, float]]:
     """The first of int8, fp16 whose rounding of the other float tensors, on top of the chosen
     allocation, keeps the joint loss within `limit`; else exact. Returns (mode, loss of each mode tried)."""
-    names = nontargets(state, exclude)
     tried = {}
-    for mode in ("int8", "fp16") if names else ():
-        rounded = {n: round_nontarget(state, n, mode)[1] for n in names}
-        tried[mode] = loss(fidelity.evaluate([{**weights, **rounded}])[0])
+    for mode in ("int8", "fp16") if nontargets(state, exclude) else ():
+        tried[mode] = loss(fidelity.evaluate([{**weights, **rounded_nontargets(state, exclude, mode)}])[0])
         if tried[mode] <= limit:
             return mode, tried
     return "exact", tried

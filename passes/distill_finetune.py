@@ -139,7 +139,8 @@ class DistillFinetune(Pass):
             record.update(evolvable=sorted(trainer.evolve_axes), evolved_filters=dict(trainer.evolved))
         if cfg.regrow > 0:
             record.update(regrown=dict(trainer.regrown))
-        ctx.log(f"{self.name}: {trainer.step} steps ({stop}, torch on {device.type}), validation KL {val_before:.4g} -> {trainer.best_val:.4g} "
+        ctx.log(f"{self.name}: {trainer.step} steps ({stop}, torch on {device.type}), validation KL "
+                f"{val_before:.4g} -> {trainer.best_val:.4g} "
                 f"(step {trainer.best_step}), calibration fitness {before.fitness:.4g} -> {after.fitness:.4g}")
         return out.replace(record=record)
 

@@ -29,7 +29,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                              "points, the bit allocation may lose against the pruned model; with --sparsity auto, "
                              "the whole run against the teacher")
     parser.add_argument("--max-bytes", metavar="N|Rx", help="bound the file: N bytes, or the model file's size / R "
-                        "(e.g. 100x); the bit allocation (the default pipeline's, or the one of --config) fits it instead of --max-drop")
+                        "(e.g. 100x); the bit allocation (the default pipeline's, or the one of --config) fits it "
+                        "instead of --max-drop")
     parser.add_argument("--time-limit", type=float, help="seconds for the search: 70 %% for Directed Evolution (then "
                         "the targets are reached by the prior), the rest for the bit allocation; both are trimmed to "
                         "fit from the measured time of one forward pass (a target, not a hard limit)")

@@ -86,6 +86,11 @@ def nontargets(state: ModelState, exclude: set[str]) -> list[str]:
     return [w.name for w in state.table if w.name not in exclude]
 
 
+def rounded_nontargets(state: ModelState, exclude: set[str], mode: str) -> dict[str, np.ndarray]:
+    """The values of every non-target float tensor (see `nontargets`) rounded as `mode` says ({} when exact)."""
+    return {} if mode == "exact" else {n: round_nontarget(state, n, mode)[1] for n in nontargets(state, exclude)}
+
+
 @dataclass
 class Measure:
     """One candidate against the incoming model: its metrics, and on the labelled classifier output the
