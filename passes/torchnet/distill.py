@@ -55,6 +55,7 @@ class Settings:
     regrow: float = 0.0
     regrow_every: int = 100
     regrow_until: float = 0.75
+    regrow_cost: bool = False
 
 
 def is_classifier(t: np.ndarray | torch.Tensor) -> bool:
@@ -226,7 +227,8 @@ class Distiller:
             c, p = self.constraints[name], self.student.parameter(name)
             if eff.grad is None:
                 continue
-            new, dropped, grown = regrow.regrow(p, eff.grad, torch.from_numpy(c.mask).to(p.device), share)
+            new, dropped, grown = regrow.regrow(p, eff.grad, torch.from_numpy(c.mask).to(p.device), share,
+                                                 self.s.regrow_cost)
             if not len(dropped):
                 continue
             moved = torch.cat([dropped, grown])
