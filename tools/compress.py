@@ -203,7 +203,7 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
         if workdir is not None:
             settings = {"sparsity": sparsity, "bits": bits, "max_drop": max_drop, "time_limit": time_limit,
                         **({"max_bytes": limit_bytes} if limit_bytes else {}),
-                        "pipeline": describe(pipeline) if pipeline else None, "keep": kept}
+                        "pipeline": describe(pipeline, full=True) if pipeline else None, "keep": kept}
             labels = {} if data.labels is None else {"labels": data.labels}
             _claim(wd, fingerprint(state.model, {**data.inputs, **labels}, settings, seed), resume, state.label, log)
         prune = [n for n in targets if n not in kept]
@@ -478,9 +478,17 @@ def _source_bytes(model: str | Path | bytes) -> int:
     return total + sum((path.parent / loc).stat().st_size for loc in locations if (path.parent / loc).is_file())
 
 
-def describe(pipeline: Pipeline) -> list[dict]:
-    """Each pass with its whole configuration, as the container's metadata records it."""
-    return [{"name": p.name, **_jsonable(dataclasses.asdict(p.config))} for p in pipeline.passes]
+def describe(pipeline: Pipeline, full: bool = False) -> list[dict]:
+    """Each pass with the settings that differ from its defaults, as the container's metadata records it
+    (the manifest's `producer` names the version whose defaults the rest are); `full`: every setting."""
+    steps = []
+    for p in pipeline.passes:
+        settings = _jsonable(dataclasses.asdict(p.config))
+        if not full:
+            defaults = _jsonable(dataclasses.asdict(type(p.config)()))
+            settings = {k: v for k, v in settings.items() if v != defaults[k]}
+        steps.append({"name": p.name, **settings})
+    return steps
 
 
 def run_meta(source: str, seed: int, steps: list[dict], trials: list | None = None) -> dict:
