@@ -66,9 +66,6 @@ class DistillFinetune(Pass):
                                    "largest |dL/dw|, cosine-decayed to 0 at regrow_until of the run (0: masks fixed)")
         regrow_every: int = param(100, "steps between mask updates")
         regrow_until: float = param(0.75, "fraction of the run after which masks stay fixed")
-        regrow_cost: bool = param(False, "rank drops and grows per estimated coded bit (value bits + the mask bits "
-                                         "of the entry's row and column density), gathering kept entries in fewer "
-                                         "rows and columns, which the mask coder stores cheaper")
 
     def run(self, state: ModelState, ctx: PassContext) -> ModelState:
         from evonnx.passes.torchnet import require_torch, torch_device

@@ -276,21 +276,3 @@ def test_regrow_grows_where_the_gradient_is_largest():
     assert sorted(grown.tolist()) == [3, 6]  # the largest gradients among the pruned (5.0, 0.3)
     assert new.sum() == mask.sum() and not new.view(-1)[dropped].any() and new.view(-1)[grown].all()
     assert fraction(0, 100, 0.3, 0.75) == pytest.approx(0.3) and fraction(75, 100, 0.3, 0.75) == 0.0
-
-
-def test_regrow_cost_gathers_kept_entries_in_dense_rows_and_columns():
-    from evonnx.passes.torchnet.regrow import coded_bits, regrow
-    mask = torch.zeros(4, 8, dtype=torch.bool)
-    mask[0, :6] = True  # a dense row
-    mask[3, 7] = True  # a lone entry in an otherwise empty row and column
-    w = torch.where(mask, torch.ones(4, 8), torch.zeros(4, 8))
-    w[0, 5] = 0.9  # smaller than the lone entry, but cheap to keep
-    bits = coded_bits(mask)
-    assert bits[0, 0] < bits[3, 7] and bits[1, 0] < bits[2, 6]  # dense row/column < empty row and column
-    grad = torch.ones(4, 8)
-    grad[2, 6] = 1.2  # the largest gradient, in an empty row and column
-    _, dropped, grown = regrow(w, grad, mask, share=1 / 7)  # 7 kept: move 1
-    assert dropped.tolist() == [5] and grown.tolist() == [6 + 2 * 8]  # plain: smallest |w|, largest |grad|
-    _, dropped, grown = regrow(w, grad, mask, share=1 / 7, cost=True)
-    assert dropped.tolist() == [3 * 8 + 7]  # the lone entry costs the most bits per unit of magnitude
-    assert grown.tolist()[0] // 8 == 0  # in the dense row, not at the larger gradient in the empty one

@@ -55,7 +55,6 @@ class Settings:
     regrow: float = 0.0
     regrow_every: int = 100
     regrow_until: float = 0.75
-    regrow_cost: bool = False
 
 
 def is_classifier(t: np.ndarray | torch.Tensor) -> bool:
@@ -227,8 +226,7 @@ class Distiller:
             c, p = self.constraints[name], self.student.parameter(name)
             if eff.grad is None:
                 continue
-            new, dropped, grown = regrow.regrow(p, eff.grad, torch.from_numpy(c.mask).to(p.device), share,
-                                                 self.s.regrow_cost)
+            new, dropped, grown = regrow.regrow(p, eff.grad, torch.from_numpy(c.mask).to(p.device), share)
             if not len(dropped):
                 continue
             moved = torch.cat([dropped, grown])
