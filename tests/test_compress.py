@@ -39,7 +39,7 @@ def test_compress_decode_within_fidelity(tiny):
     assert all(r["bits"] == 4 and r["scheme"] != "raw" for r in targets.values())
     # the metadata records the settings that differ from the defaults of the producer's version
     assert read_evx(out).meta["pipeline"] == [{"name": "directed-evolution", "sparsity": 0.5},
-                                              {"name": "quantize"}]  # 4 bits: its default
+                                              {"name": "dead-units"}, {"name": "quantize"}]  # 4 bits: default
     decoded = decode(out)
     x = np.load(calib)["x"]
     teacher = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
@@ -52,7 +52,7 @@ def test_config_file_gives_the_same_container(tiny):
     root, model, calib = tiny
     config = root / "pipeline.toml"
     config.write_text('[[passes]]\nname = "directed-evolution"\nsparsity = 0.5\n\n'
-                      '[[passes]]\nname = "quantize"\nbits = 4\n')
+                      '[[passes]]\nname = "dead-units"\n\n[[passes]]\nname = "quantize"\nbits = 4\n')
     flags, from_file = root / "a.evx", root / "b.evx"
     for out, extra in ((flags, ["--sparsity", "0.5", "--bits", "4"]), (from_file, ["--config", config])):
         result = evonnx("compress", model, "-o", out, "--calib", calib, "--quiet", *extra)

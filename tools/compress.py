@@ -30,8 +30,9 @@ from evonnx.errors import EvonnxError
 from evonnx.formats.atomic import atomic_write_bytes
 from evonnx.formats.container import encode_evx, read_evx
 from evonnx.formats.tensor import QuantizedTensor
-from evonnx.passes.base import PassContext
+from evonnx.passes.base import Pass, PassContext
 from evonnx.passes.bit_allocation import _loss
+from evonnx.passes.dead_units import DeadUnits
 from evonnx.passes.directed_evolution import DirectedEvolution
 from evonnx.passes.engine.calib import load_npz, synthetic
 from evonnx.passes.engine.metrics import compare
@@ -123,9 +124,9 @@ class Budget:
 def default_pipeline(sparsity: float | str, bits: int | str, max_drop: float, time_limit: float | None, *,
                      prune: list[str] | None = None, keep: list[str] = (), budget: Budget | None = None,
                      target_bytes: int = 0) -> Pipeline:
-    """Directed Evolution to the sparsity target, then the bit allocation (or fixed bits). `prune`
-    restricts pruning to those weights (None: all targets); `keep` stays exact; `budget` fits a time limit;
-    `target_bytes` > 0 makes the bit allocation fit that size instead of `max_drop`."""
+    """Directed Evolution to the sparsity target, dead units cleared, then the bit allocation (or fixed bits).
+    `prune` restricts pruning to those weights (None: all targets); `keep` stays exact; `budget` fits a time
+    limit; `target_bytes` > 0 makes the bit allocation fit that size instead of `max_drop`."""
     budget = budget or Budget()
     steps: list = []
     if sparsity not in (0, 0.0, "0") and prune != []:
@@ -135,6 +136,7 @@ def default_pipeline(sparsity: float | str, bits: int | str, max_drop: float, ti
         if time_limit:  # the search stops early, then reaches the target the cheap way
             de.update(time_limit=float(time_limit) * SEARCH_SHARE, on_budget="finish", **budget.de)
         steps.append(("directed-evolution", de))
+        steps.append(("dead-units", {}))
     if bits == "auto" and (budget.bits is not None or target_bytes):
         steps.append(("bit-allocation", {"max_drop": float(max_drop), **({"keep": list(keep)} if keep else {}),
                                          **(budget.bits or {}), **({"target_bytes": target_bytes} if target_bytes
@@ -316,12 +318,12 @@ def _auto(state: ModelState, ctx: PassContext, engine, bits: int | str, max_drop
         bisected += failed is not None
         if ok:
             best, best_drop, passed = student, drop, target
-            steps.append({"name": de.name, **_jsonable(dataclasses.asdict(de.config))})
+            steps.append(_step(de))
         else:
             failed = target
     left_over = max(max_drop - best_drop, 0.0)
     log(f"auto sparsity: kept {passed:.4f} (drop {best_drop:.3f} of {limit:g}); the bit stage gets {left_over:.3f}")
-    rest = default_pipeline(0, bits, left_over, None, keep=kept, budget=budget)
+    rest = Pipeline([DeadUnits(), *default_pipeline(0, bits, left_over, None, keep=kept, budget=budget).passes])
     return rest.run(best, ctx), steps + describe(rest), trials
 
 
@@ -481,14 +483,15 @@ def _source_bytes(model: str | Path | bytes) -> int:
 def describe(pipeline: Pipeline, full: bool = False) -> list[dict]:
     """Each pass with the settings that differ from its defaults, as the container's metadata records it
     (the manifest's `producer` names the version whose defaults the rest are); `full`: every setting."""
-    steps = []
-    for p in pipeline.passes:
-        settings = _jsonable(dataclasses.asdict(p.config))
-        if not full:
-            defaults = _jsonable(dataclasses.asdict(type(p.config)()))
-            settings = {k: v for k, v in settings.items() if v != defaults[k]}
-        steps.append({"name": p.name, **settings})
-    return steps
+    return [_step(p, full) for p in pipeline.passes]
+
+
+def _step(p: Pass, full: bool = False) -> dict:
+    settings = _jsonable(dataclasses.asdict(p.config))
+    if not full:
+        defaults = _jsonable(dataclasses.asdict(type(p.config)()))
+        settings = {k: v for k, v in settings.items() if v != defaults[k]}
+    return {"name": p.name, **settings}
 
 
 def run_meta(source: str, seed: int, steps: list[dict], trials: list | None = None) -> dict:

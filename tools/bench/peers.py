@@ -46,9 +46,10 @@ def deep_compression_retrained(train: str) -> Pipeline:
 
 
 def recovery(train: str, sparsity: float, ft: dict) -> Pipeline:
-    """evonnx with gradient recovery: DE, distillation on the train split, bit allocation, fine-tune on the grid."""
+    """evonnx with gradient recovery: DE, distillation on the train split, dead units cleared, bit allocation,
+    fine-tune on the grid."""
     ft = {**FINETUNE, "data": train, **ft}
-    return Pipeline([("directed-evolution", {"sparsity": sparsity}), ("distill-finetune", ft),
+    return Pipeline([("directed-evolution", {"sparsity": sparsity}), ("distill-finetune", ft), ("dead-units", {}),
                      ("bit-allocation", {"max_drop": 0.5}), ("distill-finetune", {**ft, "lr": 3e-4,
                                                                                    "steps": ft["steps"] // 4})])
 

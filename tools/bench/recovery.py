@@ -6,7 +6,7 @@ For each (model, sparsity) the pipelines of PIPELINES run, sharing prefixes (DE 
 --workdir, so a rerun reuses them). `ft` alone fine-tunes the dense model the same way: the control for how
 much of a recovery comes from training longer than the zoo's teacher was trained (run it with `--ft
 keep_best=False`: validation keeps the step closest to the teacher, which for the teacher itself is step 0).
-`ba` is bit-allocation, `qft` a fine-tune on the quantized grid afterwards. Searches use the zoo's calibration
+`ba` is dead-units then bit-allocation, `qft` a fine-tune on the quantized grid afterwards. Searches use the zoo's calibration
 set; fine-tuning trains on the zoo's train split less the calibration samples (`--data train`, written by
 `evonnx zoo build NAME --train-split`) or the calibration set (`--data calib`) and validates on the
 calibration set; accuracy is measured on the held-out test set.
@@ -98,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             work = args.workdir / model / f"s{sparsity:g}"
             cache: dict[tuple, tuple] = {}
 
-            def step(k: str, sparsity: float = sparsity) -> tuple[str, dict]:
-                """(pass name, configuration) of the pipeline step `k`."""
-                return PASSES[k], {**({"sparsity": sparsity} if k in ("de", "imp") else {}), **opts[k]}
+            def step(k: str, sparsity: float = sparsity) -> list[tuple[str, dict]]:
+                """(pass name, configuration) of each pass of the pipeline step `k` (dead units go before bits)."""
+                return [("dead-units", {})] * (k == "ba") + \
+                    [(PASSES[k], {**({"sparsity": sparsity} if k in ("de", "imp") else {}), **opts[k]})]
 
             for pipe in args.pipelines:
                 steps = PIPELINES[pipe]
@@ -112,12 +113,12 @@ def main(argv: list[str] | None = None) -> int:
                     folder = work / "-".join(key) if i > 1 else work
                     step_ctx = PassContext(calib, device=args.device, seed=args.seed, progress=False, log=lambda _: None,
                                            workdir=folder)
-                    name, config = step(key[-1])
-                    t0 = time.perf_counter()
-                    out = get_pass(name)(**config).run(prev, step_ctx)
+                    t0, out = time.perf_counter(), prev
+                    for name, config in step(key[-1]):
+                        out = get_pass(name)(**config).run(out, step_ctx)
                     cache[key] = (out, secs + time.perf_counter() - t0)
                 out, secs = cache[tuple(steps)]
-                meta = run_meta(entry.model_path.name, args.seed, describe(Pipeline([step(k) for k in steps])))
+                meta = run_meta(entry.model_path.name, args.seed, describe(Pipeline([s for k in steps for s in step(k)])))
                 size = container_bytes(out, meta, args.save and args.save / f"{model}-{sparsity:g}-{pipe}.evx")
                 row = {"model": model, "sparsity": sparsity, "pipeline": pipe, "accuracy": acc(out),
                        "dense": dense[model], "bytes": size, "ratio": fp32 / size, "seconds": secs,
