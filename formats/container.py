@@ -1,4 +1,4 @@
-"""The .evx file: header, section table, 64-byte aligned sections, trailer; CRC-32 everywhere.
+"""The .evx file: header, section table, sections back to back (1.x: aligned), trailer; CRC-32 everywhere.
 
 Layout and rules are in SPEC.md. `encode_evx` / `write_evx` build a file from the ONNX graph (with
 the recorded weights taken out of graph.initializer), the QuantizedTensor records and a JSON-able
@@ -25,8 +25,8 @@ from evonnx.formats.tensor import QuantizedTensor
 
 MAGIC = b"\x89EVX\r\n\x1a\n"
 END_MAGIC = b"EVXEND\x00\x00"
-MAJOR, MINOR = 1, 1
-ALIGN = 64
+MAJOR, MINOR = 2, 0
+ALIGN = {1: 64, 2: 1}                    # section alignment by major version (2.0 dropped the padding)
 HEADER = struct.Struct("<8sHHIQII")      # magic, major, minor, section_count, file_size, flags, header_crc
 SECTION = struct.Struct("<4sIQQII")      # kind, flags, offset, length, crc32, reserved
 TRAILER = struct.Struct("<8sII")         # end magic, reserved, file_crc
@@ -68,8 +68,8 @@ def _crc(data) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
-def _pad(n: int) -> int:
-    return -n % ALIGN
+def _pad(n: int, major: int = MAJOR) -> int:
+    return -n % ALIGN[major]
 
 
 def _check_graph(graph: onnx.ModelProto, names: set[str]) -> None:
@@ -130,18 +130,19 @@ def _unframed(data, limit: int, what: str) -> bytes:
     return zstd_decompress(r.take(r.left, f"{what} frame"), size, what)
 
 
-def _assemble(sections: list[tuple[bytes, bytes, int]]) -> bytes:
-    """The file from (kind, data, flags) sections, in order."""
+def _assemble(sections: list[tuple[bytes, bytes, int]], version: tuple[int, int] = (MAJOR, MINOR)) -> bytes:
+    """The file from (kind, data, flags) sections, in order; `version` (tests) frames it as an older one."""
+    major, minor = version
     table_end = HEADER.size + SECTION.size * len(sections)
-    offset = table_end + _pad(table_end)
+    offset = table_end + _pad(table_end, major)
     entries, body = [], [b"\x00" * (offset - table_end)]
     for kind, data, flags in sections:
         entries.append(SECTION.pack(kind, flags, offset, len(data), _crc(data), 0))
-        body += [data, b"\x00" * _pad(len(data))]
-        offset += len(data) + _pad(len(data))
+        body += [data, b"\x00" * _pad(len(data), major)]
+        offset += len(data) + _pad(len(data), major)
     file_size = offset + TRAILER.size
     table = b"".join(entries)
-    head = HEADER.pack(MAGIC, MAJOR, MINOR, len(sections), file_size, 0, 0)[:HEADER.size - 4]
+    head = HEADER.pack(MAGIC, major, minor, len(sections), file_size, 0, 0)[:HEADER.size - 4]
     head += struct.pack("<I", _crc(head + table))
     out = bytearray(head + table + b"".join(body))
     out += TRAILER.pack(END_MAGIC, 0, 0)[:-4]
@@ -221,16 +222,19 @@ def _parse_frame(data) -> tuple[tuple[int, int], list[_Section]]:
     if _crc(head) != header_crc:
         raise EvxFormatError("header checksum mismatch: the header or section table is corrupt")
     sections = []
-    body_start = table_end + _pad(table_end)
+    body_start = table_end + _pad(table_end, major)
     body_end = n - TRAILER.size
     prev_end = body_start
     for i in range(count):
         kind, flags, offset, length, crc, _ = SECTION.unpack_from(data, HEADER.size + SECTION.size * i)
         s = _Section(i, kind, flags, offset, length, crc)
-        if offset % ALIGN or offset < prev_end or offset + length > body_end:
+        misplaced = offset % ALIGN[major] or offset < prev_end if major == 1 else offset != prev_end
+        if misplaced or offset + length > body_end:
             raise EvxFormatError(f"{s.label}: bad placement (offset {offset}, length {length})")
         prev_end = offset + length
         sections.append(s)
+    if major > 1 and prev_end != body_end:
+        raise EvxFormatError(f"{body_end - prev_end} bytes between the last section and the trailer")
     for s in sections:
         if _crc(data[s.offset:s.offset + s.length]) != s.crc:
             raise EvxFormatError(f"{s.label}: checksum mismatch (corrupt data)")
@@ -255,7 +259,7 @@ def _read_json(data, what: str) -> dict:
 
 
 def _read_meta(manifest: dict, meta_sections: list[_Section], view) -> dict:
-    """The writer's meta: the META section (1.1) or the manifest's `meta` key (1.0), never both."""
+    """The writer's meta: the META section (since 1.1) or the manifest's `meta` key (1.0), never both."""
     if len(meta_sections) > 1:
         raise EvxFormatError(f"expected at most one meta section, found {len(meta_sections)}")
     if meta_sections:

@@ -5,6 +5,7 @@ import json
 import os
 import struct
 import tracemalloc
+import zlib
 
 import numpy as np
 import onnx
@@ -74,7 +75,7 @@ def test_roundtrip_every_dtype_shape_sparsity(dtype, scheme):
           for i, shape in enumerate(SHAPES) for j, keep in enumerate(KEEPS)]
     meta = {"pipeline": {"bits": [2, 4]}, "metric": 0.5, "name": "ünï"}
     c = read_evx(encode_evx(_model(), ts, meta))
-    assert c.meta == meta and c.version == (ct.MAJOR, ct.MINOR) == (1, 1) and c.graph == _model()
+    assert c.meta == meta and c.version == (ct.MAJOR, ct.MINOR) == (2, 0) and c.graph == _model()
     assert [t.name for t in c.tensors] == [t.name for t in ts]
     for a, b in zip(ts, c.tensors):
         _same(a, b)
@@ -89,15 +90,16 @@ def test_roundtrip_property(seed, dtype, scheme, shape, keep):
     _same(t, read_evx(encode_evx(_model(), [t])).tensors[0])
 
 
-def test_encoding_is_deterministic_and_sections_aligned():
+def test_encoding_is_deterministic_and_sections_back_to_back():
     rng = np.random.default_rng(0)
     ts = [_make(rng, "uniform", "float32", (20, 30), 0.3, name=f"w{i}") for i in range(3)]
     a, b = encode_evx(_model(), ts, {"x": 1}), encode_evx(_model(), ts, {"x": 1})
     assert a == b
     _, sections = ct._parse_frame(a)
     assert [s.kind for s in sections] == [b"MANI", b"GRPH", b"META"] + [b"TENS"] * 3
-    assert all(s.offset % 64 == 0 for s in sections)
-    assert struct.unpack_from("<HH", a, 8) == (1, 1)
+    ends = [32 + 32 * len(sections)] + [s.offset + s.length for s in sections]
+    assert [s.offset for s in sections] == ends[:-1] and ends[-1] == len(a) - 16  # no padding since 2.0
+    assert struct.unpack_from("<HH", a, 8) == (2, 0)
     assert a[:8] == b"\x89EVX\r\n\x1a\n" and a[-16:-8] == b"EVXEND\x00\x00"
 
 
@@ -179,7 +181,7 @@ def test_clear_errors_for_broken_files(blob, tmp_path):
         with pytest.raises(EvxFormatError, match=msg):
             read_evx(data)
     newer = bytearray(blob)
-    newer[8:10] = struct.pack("<H", 2)
+    newer[8:10] = struct.pack("<H", 3)
     with pytest.raises(EvxFormatError, match="newer than this reader"):
         read_evx(bytes(newer[:20]))
     with pytest.raises(EvxFormatError, match="no such file"):
@@ -194,7 +196,6 @@ def test_corruption_is_located(blob):
     for offset, msg in ((tens.offset + tens.length // 2, "section 3 \\(tensor record\\): checksum mismatch"),
                         (secs[1].offset + 3, "section 1 \\(graph\\): checksum mismatch"),
                         (25, "header checksum mismatch"),
-                        (first_padding_byte(secs), "file checksum mismatch"),
                         (len(blob) - 12, "bad trailer")):
         bad = bytearray(blob)
         bad[offset] ^= 0x10
@@ -202,8 +203,30 @@ def test_corruption_is_located(blob):
             read_evx(bytes(bad))
 
 
-def first_padding_byte(secs):  # covered by the file checksum only
-    return next(s.offset + s.length for s in secs if s.length % ct.ALIGN)
+def test_reads_1x_files_with_their_64_byte_alignment(blob):
+    secs = _sections(blob)
+    old = ct._assemble(secs, version=(1, 1))
+    assert len(old) > len(blob)
+    c, new = read_evx(old), read_evx(blob)
+    assert c.version == (1, 1) and c.meta == new.meta and c.graph == new.graph
+    for a, b in zip(c.tensors, new.tensors):
+        _same(a, b)
+    frame = ct._parse_frame(old)[1]
+    padding = next(s.offset + s.length for s in frame if s.length % 64)  # covered by the file checksum only
+    bad = bytearray(old)
+    bad[padding] ^= 0x10
+    with pytest.raises(EvxFormatError, match="file checksum mismatch"):
+        read_evx(bytes(bad))
+
+
+def test_2x_sections_must_be_back_to_back(blob):
+    secs = _sections(blob)
+    gap = bytearray(ct._assemble(secs, version=(1, 1)))
+    gap[8:12] = struct.pack("<HH", 2, 0)  # 1.x placement (gaps) under a 2.0 header
+    gap[28:32] = struct.pack("<I", zlib.crc32(bytes(gap[:28]) + bytes(gap[32:32 + 32 * len(secs)])))
+    gap[-4:] = struct.pack("<I", zlib.crc32(bytes(gap[:-4])))
+    with pytest.raises(EvxFormatError, match="bad placement"):
+        read_evx(bytes(gap))
 
 
 def test_unknown_sections(blob):
@@ -223,7 +246,7 @@ def test_meta_section_is_optional_compressed_and_single(blob):
     manifest = json.loads(secs[0][1])
     legacy = [s for s in secs if s[0] != b"META"]  # a 1.0 file: meta inside the manifest
     legacy[0] = (b"MANI", json.dumps({**manifest, "meta": {"m": 1}}).encode(), 1)
-    assert read_evx(ct._assemble(legacy)).meta == {"m": 1}
+    assert read_evx(ct._assemble(legacy, version=(1, 0))).meta == {"m": 1}
     both = [legacy[0]] + secs[1:]
     with pytest.raises(EvxFormatError, match="meta is given twice"):
         read_evx(ct._assemble(both))

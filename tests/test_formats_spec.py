@@ -17,6 +17,7 @@ import zstandard
 from onnx import helper
 
 from evonnx.formats import QuantizedTensor, dequantize, encode_evx, read_evx
+from evonnx.formats import container as ct
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -290,17 +291,19 @@ def reference_decode(data: bytes):
     """SPEC section 1-3: (ModelProto, meta, {name: array})."""
     assert data[:8] == b"\x89EVX\r\n\x1a\n"
     major, minor, count, file_size, _flags, header_crc = struct.unpack_from("<HHIQII", data, 8)
-    assert major == 1 and file_size == len(data)
+    assert major in (1, 2) and file_size == len(data)
     table = data[32:32 + 32 * count]
     assert zlib.crc32(data[:28] + table) == header_crc
     assert data[file_size - 16:file_size - 8] == b"EVXEND\x00\x00"
     assert zlib.crc32(data[:file_size - 4]) == struct.unpack_from("<I", data, file_size - 4)[0]
     graph = meta = None
     tensors = {}
+    end = 32 + 32 * count
     for i in range(count):
         kind, flags, offset, length, crc, _ = struct.unpack_from("<4sIQQII", table, 32 * i)
         body = data[offset:offset + length]
-        assert offset % 64 == 0 and zlib.crc32(body) == crc
+        assert (offset % 64 == 0 if major == 1 else offset == end) and zlib.crc32(body) == crc
+        end = offset + length
         if kind == b"MANI":
             meta = json.loads(body.decode()).get("meta", meta)
         elif kind == b"META":
@@ -376,6 +379,10 @@ def test_reference_decoder_agrees_with_library():
     graph, meta, tensors = reference_decode(data)
     assert meta == {"k": [1, 2]}
     assert graph == _graph()
+    frame = ct._parse_frame(data)[1]
+    aligned = ct._assemble([(s.kind, data[s.offset:s.offset + s.length], s.flags) for s in frame], version=(1, 1))
+    old = reference_decode(aligned)  # a 1.1 file: the same sections, 64-byte aligned
+    assert old[1] == meta and old[0] == graph and all(old[2][n].tobytes() == a.tobytes() for n, a in tensors.items())
     for t in ts:
         ref = tensors[t.name]
         got = dequantize(t)

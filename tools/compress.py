@@ -347,9 +347,9 @@ def _max_bytes(value: int | str | None, original: int, sparsity, bits, pipeline)
 def _fit_file_size(state: ModelState, ctx: PassContext, pipeline: Pipeline, max_bytes: int, meta_of,
                    log) -> tuple[ModelState, Pipeline]:
     """Run `pipeline` with its one bit-allocation fitted to `max_bytes`: its size target leaves room for the
-    file's other bytes (graph, metadata, section table and padding), and it runs again with less when the
+    file's other bytes (graph, metadata, section table), and it runs again with less when the
     encoded file is still too large. Passes after it must not change the size (a fine-tune on the grid)."""
-    from evonnx.formats.container import ALIGN, SECTION
+    from evonnx.formats.container import SECTION
     from evonnx.passes.bit_allocation import BitAllocation
 
     at = [i for i, p in enumerate(pipeline.passes) if p.name == BitAllocation.name]
@@ -358,7 +358,7 @@ def _fit_file_size(state: ModelState, ctx: PassContext, pipeline: Pipeline, max_
     i = at[0]
     state = pipeline.run(state, ctx, stop=i)
     graph, records, _ = to_container(state)
-    framing = len(records) * (SECTION.size + ALIGN - 1)  # a table entry and at most 63 bytes of padding each
+    framing = len(records) * SECTION.size  # a table entry each
     overhead = len(encode_evx(graph, [], meta_of(pipeline))) + framing
     target = max_bytes - overhead
     for _ in range(3):
