@@ -28,7 +28,9 @@ END_MAGIC = b"EVXEND\x00\x00"
 MAJOR, MINOR = 2, 0
 ALIGN = {1: 64, 2: 1}                    # section alignment by major version (2.0 dropped the padding)
 HEADER = struct.Struct("<8sHHIQII")      # magic, major, minor, section_count, file_size, flags, header_crc
-SECTION = struct.Struct("<4sIQQII")      # kind, flags, offset, length, crc32, reserved
+SECTIONS = {1: struct.Struct("<4sIQQII"),  # kind, flags, offset, length, crc32, reserved
+            2: struct.Struct("<4sIQI")}    # kind, flags, length, crc32 (offsets follow from the lengths)
+SECTION = SECTIONS[MAJOR]
 TRAILER = struct.Struct("<8sII")         # end magic, reserved, file_crc
 REQUIRED = 1                             # section flag: a reader that does not know the kind must fail
 
@@ -104,7 +106,7 @@ def encode_evx(graph: onnx.ModelProto, tensors: list[QuantizedTensor], meta: dic
     sections = [(KIND_MANIFEST, manifest_bytes, REQUIRED), (KIND_GRAPH, _framed(graph_bytes), REQUIRED)]
     if meta:  # optional, so a 1.0 reader skips it (and sees no meta)
         sections.append((KIND_META, _framed(_json(meta, "meta")), 0))
-    sections += [(KIND_TENSOR, record.encode_record(t), REQUIRED) for t in tensors]
+    sections += [(KIND_TENSOR, record.encode_record(t, MAJOR), REQUIRED) for t in tensors]
     return _assemble(sections)
 
 
@@ -133,11 +135,13 @@ def _unframed(data, limit: int, what: str) -> bytes:
 def _assemble(sections: list[tuple[bytes, bytes, int]], version: tuple[int, int] = (MAJOR, MINOR)) -> bytes:
     """The file from (kind, data, flags) sections, in order; `version` (tests) frames it as an older one."""
     major, minor = version
-    table_end = HEADER.size + SECTION.size * len(sections)
+    entry = SECTIONS[major]
+    table_end = HEADER.size + entry.size * len(sections)
     offset = table_end + _pad(table_end, major)
     entries, body = [], [b"\x00" * (offset - table_end)]
     for kind, data, flags in sections:
-        entries.append(SECTION.pack(kind, flags, offset, len(data), _crc(data), 0))
+        entries.append(entry.pack(kind, flags, offset, len(data), _crc(data), 0) if major == 1 else
+                       entry.pack(kind, flags, len(data), _crc(data)))
         body += [data, b"\x00" * _pad(len(data), major)]
         offset += len(data) + _pad(len(data), major)
     file_size = offset + TRAILER.size
@@ -215,7 +219,8 @@ def _parse_frame(data) -> tuple[tuple[int, int], list[_Section]]:
             raise EvxFormatError(f"truncated container: header says {file_size} bytes, got {n}")
         raise EvxFormatError(f"{n - file_size} unexpected bytes after the end of the container "
                              f"(header says {file_size} bytes)")
-    table_end = HEADER.size + SECTION.size * count
+    entry = SECTIONS[major]
+    table_end = HEADER.size + entry.size * count
     if count > MAX_SECTIONS or table_end + TRAILER.size > n:
         raise EvxFormatError(f"section count {count} does not fit in a {n}-byte file")
     head = bytes(data[:HEADER.size - 4]) + bytes(data[HEADER.size:table_end])
@@ -226,10 +231,12 @@ def _parse_frame(data) -> tuple[tuple[int, int], list[_Section]]:
     body_end = n - TRAILER.size
     prev_end = body_start
     for i in range(count):
-        kind, flags, offset, length, crc, _ = SECTION.unpack_from(data, HEADER.size + SECTION.size * i)
+        if major == 1:
+            kind, flags, offset, length, crc, _ = entry.unpack_from(data, HEADER.size + entry.size * i)
+        else:
+            (kind, flags, length, crc), offset = entry.unpack_from(data, HEADER.size + entry.size * i), prev_end
         s = _Section(i, kind, flags, offset, length, crc)
-        misplaced = offset % ALIGN[major] or offset < prev_end if major == 1 else offset != prev_end
-        if misplaced or offset + length > body_end:
+        if offset % ALIGN[major] or offset < prev_end or offset + length > body_end:
             raise EvxFormatError(f"{s.label}: bad placement (offset {offset}, length {length})")
         prev_end = offset + length
         sections.append(s)
@@ -316,7 +323,7 @@ def read_evx(source, *, max_output_bytes: int | None = None) -> Container:
     if manifest.get("tensor_count") != len(tensor_sections):
         raise EvxFormatError(f"manifest lists {manifest.get('tensor_count')} tensors, file has "
                              f"{len(tensor_sections)} tensor records")
-    headers = [record.read_header(view(s), s.label) for s in tensor_sections]
+    headers = [record.read_header(view(s), s.label, version[0]) for s in tensor_sections]
     total = sum(h.nbytes for h in headers)
     if total > max_output_bytes:
         raise EvxFormatError(f"tensors would take {total} bytes once decoded, over the limit of "

@@ -1,7 +1,9 @@
 """One tensor record (the body of a TENS section): header, quantization parameters, mask and value streams.
 
 Reading is two-phase: `read_header` parses and bounds-checks the fixed part (so the container can
-refuse absurd sizes before allocating anything), `read_payload` decodes the streams.
+refuse absurd sizes before allocating anything), `read_payload` decodes the streams. The layout is that
+of the container's major version: 2 writes counts and lengths as varints and lets the value stream run
+to the end of the record; 1 wrote them as fixed u16/u64 fields (read, and written for tests).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ SCHEME_IDS = {"raw": 0, "uniform": 1, "codebook": 2}
 SCHEME_NAMES = {v: k for k, v in SCHEME_IDS.items()}
 GRANULARITY_TENSOR, GRANULARITY_CHANNEL, GRANULARITY_BLOCK = 0, 1, 2
 MAX_ELEMENTS = 1 << 40
+LATEST = 2  # the layout written by default: the container's major version
 
 
 @dataclass
@@ -34,6 +37,7 @@ class RecordHeader:
     n_kept: int
     params: dict
     reader: Reader
+    major: int
 
     @property
     def size(self) -> int:
@@ -70,32 +74,45 @@ def value_limit(t_scheme: str, bits: int, dtype: str, params: dict) -> int:
     return 1 << bits
 
 
-def encode_record(t: QuantizedTensor) -> bytes:
-    """The bytes of one TENS section for `t`."""
+def encode_record(t: QuantizedTensor, major: int = LATEST) -> bytes:
+    """The bytes of one TENS section for `t`, in the record layout of container version `major`."""
     name = t.name.encode("utf-8", "surrogatepass")
-    w = Writer().u16(len(name)).raw(name).u8(ELEM_TYPES[t.dtype]).u8(len(t.shape))
+    w = Writer()
+    short, count = (w.u16, w.u64) if major == 1 else (w.varint, w.varint)
+    short(len(name)).raw(name).u8(ELEM_TYPES[t.dtype]).u8(len(t.shape))
     for d in t.shape:
-        w.u64(d)
-    w.u8(SCHEME_IDS[t.scheme]).u8(t.bits).u64(t.n_kept)
+        count(d)
+    w.u8(SCHEME_IDS[t.scheme]).u8(t.bits)
+    count(t.n_kept)
     if t.scheme == "uniform":
         gran = GRANULARITY_TENSOR if t.axis is None else GRANULARITY_BLOCK if t.block_size else GRANULARITY_CHANNEL
-        w.u8(gran).u8(t.axis or 0).u64(t.block_size)
+        w.u8(gran).u8(t.axis or 0)
+        count(t.block_size)
         w.array(t.scale.reshape(-1), "<f4").array(t.zero_point.reshape(-1), "<f4")
     elif t.scheme == "codebook":
-        w.u16(t.centroids.size).array(t.centroids, "<f4")
+        short(t.centroids.size).array(t.centroids, "<f4")
     mask_stream = masks.encode(t.mask, t.shape)
     limit = 1 << (8 * itemsize(t.dtype)) if t.scheme == "raw" else (
         t.centroids.size if t.scheme == "codebook" else 1 << t.bits)
     value_stream = symbols.encode(t.codes, limit, grid=_kept_grid(t.mask, t.shape, t.size),
                                   itemsize=itemsize(t.dtype) if t.scheme == "raw" else None)
-    w.u64(len(mask_stream)).raw(mask_stream).u64(len(value_stream)).raw(value_stream)
-    return w.bytes()
+    count(len(mask_stream)).raw(mask_stream)
+    if major == 1:
+        w.u64(len(value_stream))
+    return w.raw(value_stream).bytes()
 
 
-def read_header(data, where: str) -> RecordHeader:
+def read_header(data, where: str, major: int = LATEST) -> RecordHeader:
     """Parse and validate a record's fixed part (no allocation beyond its parameters)."""
     r = Reader(data, where)
-    name_len = r.u16("name length")
+
+    def short(what: str) -> int:
+        return r.u16(what) if major == 1 else r.varint(what, 0xFFFF)
+
+    def count(what: str) -> int:
+        return r.u64(what) if major == 1 else r.varint(what)
+
+    name_len = short("name length")
     try:
         name = bytes(r.take(name_len, "name")).decode("utf-8", "surrogatepass")
     except UnicodeDecodeError:
@@ -110,7 +127,7 @@ def read_header(data, where: str) -> RecordHeader:
     ndim = r.u8("rank")
     if ndim > MAX_NDIM:
         raise r.fail(f"rank {ndim} exceeds {MAX_NDIM}")
-    shape = tuple(r.u64("dimension") for _ in range(ndim))
+    shape = tuple(count("dimension") for _ in range(ndim))
     size = 1
     for d in shape:
         if d > MAX_ELEMENTS:
@@ -123,7 +140,7 @@ def read_header(data, where: str) -> RecordHeader:
         raise r.fail(f"unknown scheme {scheme_id}")
     scheme = SCHEME_NAMES[scheme_id]
     bits = r.u8("bits")
-    n_kept = r.u64("kept count")
+    n_kept = count("kept count")
     if n_kept > size:
         raise r.fail(f"kept count {n_kept} exceeds the {size} elements")
     params: dict = {}
@@ -135,7 +152,7 @@ def read_header(data, where: str) -> RecordHeader:
     if scheme == "uniform":
         gran = r.u8("granularity")
         axis = r.u8("axis")
-        block = r.u64("block size")
+        block = count("block size")
         if gran > GRANULARITY_BLOCK:
             raise r.fail(f"unknown granularity {gran}")
         if gran == GRANULARITY_TENSOR:
@@ -153,17 +170,17 @@ def read_header(data, where: str) -> RecordHeader:
         params["scale"] = r.array("<f4", count, "scales").reshape(want)
         params["zero_point"] = r.array("<f4", count, "zero points").reshape(want)
     elif scheme == "codebook":
-        k = r.u16("codebook size")
+        k = short("codebook size")
         if not 1 <= k <= 1 << bits:
             raise r.fail(f"codebook size {k} outside 1..{1 << bits}")
         params["centroids"] = r.array("<f4", k, "centroids")
-    return RecordHeader(name, shape, dtype, scheme, bits, n_kept, params, r)
+    return RecordHeader(name, shape, dtype, scheme, bits, n_kept, params, r, major)
 
 
 def read_payload(h: RecordHeader) -> tuple[QuantizedTensor, RecordSizes]:
     """Decode the mask and value streams of a parsed record into a QuantizedTensor."""
     r = h.reader
-    mask_len = r.u64("mask stream length")
+    mask_len = r.u64("mask stream length") if h.major == 1 else r.varint("mask stream length")
     start = r.pos
     if mask_len > r.left:
         raise r.fail(f"truncated mask stream (declares {mask_len} bytes, {r.left} left)")
@@ -172,7 +189,7 @@ def read_payload(h: RecordHeader) -> tuple[QuantizedTensor, RecordSizes]:
     mr.expect_end()
     r.pos = start + mask_len
     mask_codec = masks.CODEC_NAMES[r.buf[start]] if mask_len else "?"
-    value_len = r.u64("value stream length")
+    value_len = r.u64("value stream length") if h.major == 1 else r.left
     start = r.pos
     if value_len > r.left:
         raise r.fail(f"truncated value stream (declares {value_len} bytes, {r.left} left)")

@@ -17,7 +17,7 @@ import zstandard
 from onnx import helper
 
 from evonnx.formats import QuantizedTensor, dequantize, encode_evx, read_evx
-from evonnx.formats import container as ct
+from legacy import as_version
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -231,24 +231,25 @@ DTYPES = {1: np.float32, 10: np.float16, 11: np.float64,
           16: helper.tensor_dtype_to_np_dtype(onnx.TensorProto.BFLOAT16)}
 
 
-def tensor_record(b: bytes):
-    """SPEC section 4: (name, dense weight as numpy array)."""
+def tensor_record(b: bytes, major: int):
+    """SPEC section 4: (name, dense weight as numpy array), in the record layout of `major`."""
     r = R(b)
-    name = r.take(r.u(2)).decode()
+    short, count = (lambda: r.u(2), lambda: r.u(8)) if major == 1 else (r.varint, r.varint)
+    name = r.take(short()).decode()
     elem = r.u(1)
-    dims = [r.u(8) for _ in range(r.u(1))]
+    dims = [count() for _ in range(r.u(1))]
     size = math.prod(dims)
-    scheme, bits, n_kept = r.u(1), r.u(1), r.u(8)
+    scheme, bits, n_kept = r.u(1), r.u(1), count()
     params = {}
     if scheme == 1:
-        gran, axis, block = r.u(1), r.u(1), r.u(8)
+        gran, axis, block = r.u(1), r.u(1), count()
         shape = [] if gran == 0 else [dims[axis]] if gran == 1 else [
             -(-d // block) if i == axis else d for i, d in enumerate(dims)]
-        count = math.prod(shape)
-        params = dict(gran=gran, axis=axis, block=block, pshape=shape, scale=r.f32s(count), zp=r.f32s(count))
+        n = math.prod(shape)
+        params = dict(gran=gran, axis=axis, block=block, pshape=shape, scale=r.f32s(n), zp=r.f32s(n))
     elif scheme == 2:
-        params["centroids"] = r.f32s(r.u(2))
-    mask_len = r.u(8)
+        params["centroids"] = r.f32s(short())
+    mask_len = count()
     rows = dims[0] if dims and dims[0] > 0 else 1
     cols = size // rows
     mr = R(b, r.pos, r.pos + mask_len)
@@ -257,7 +258,7 @@ def tensor_record(b: bytes):
     r.pos += mask_len
     kept = list(range(size)) if mask is None else [i for i, v in enumerate(mask) if v]
     assert len(kept) == n_kept
-    value_len = r.u(8)
+    value_len = r.u(8) if major == 1 else len(b) - r.pos
     vr = R(b, r.pos, r.pos + value_len)
     itemsize = {1: 4, 10: 2, 11: 8, 16: 2}[elem]
     amax = 1 << (8 * itemsize) if scheme == 0 else len(params["centroids"]) if scheme == 2 else 1 << bits
@@ -292,17 +293,22 @@ def reference_decode(data: bytes):
     assert data[:8] == b"\x89EVX\r\n\x1a\n"
     major, minor, count, file_size, _flags, header_crc = struct.unpack_from("<HHIQII", data, 8)
     assert major in (1, 2) and file_size == len(data)
-    table = data[32:32 + 32 * count]
+    entry = 32 if major == 1 else 20
+    table = data[32:32 + entry * count]
     assert zlib.crc32(data[:28] + table) == header_crc
     assert data[file_size - 16:file_size - 8] == b"EVXEND\x00\x00"
     assert zlib.crc32(data[:file_size - 4]) == struct.unpack_from("<I", data, file_size - 4)[0]
     graph = meta = None
     tensors = {}
-    end = 32 + 32 * count
+    end = 32 + entry * count
     for i in range(count):
-        kind, flags, offset, length, crc, _ = struct.unpack_from("<4sIQQII", table, 32 * i)
+        if major == 1:
+            kind, flags, offset, length, crc, _ = struct.unpack_from("<4sIQQII", table, 32 * i)
+            assert offset % 64 == 0 and offset >= end
+        else:
+            (kind, flags, length, crc), offset = struct.unpack_from("<4sIQI", table, 20 * i), end
         body = data[offset:offset + length]
-        assert (offset % 64 == 0 if major == 1 else offset == end) and zlib.crc32(body) == crc
+        assert zlib.crc32(body) == crc
         end = offset + length
         if kind == b"MANI":
             meta = json.loads(body.decode()).get("meta", meta)
@@ -318,10 +324,11 @@ def reference_decode(data: bytes):
             graph = onnx.ModelProto()
             graph.ParseFromString(raw)
         elif kind == b"TENS":
-            name, arr = tensor_record(body)
+            name, arr = tensor_record(body, major)
             tensors[name] = arr
         else:
             assert not flags & 1
+    assert major == 1 or end == file_size - 16
     return graph, meta, tensors
 
 
@@ -379,9 +386,7 @@ def test_reference_decoder_agrees_with_library():
     graph, meta, tensors = reference_decode(data)
     assert meta == {"k": [1, 2]}
     assert graph == _graph()
-    frame = ct._parse_frame(data)[1]
-    aligned = ct._assemble([(s.kind, data[s.offset:s.offset + s.length], s.flags) for s in frame], version=(1, 1))
-    old = reference_decode(aligned)  # a 1.1 file: the same sections, 64-byte aligned
+    old = reference_decode(as_version(data, (1, 1)))  # the same tensors in a 1.1 file
     assert old[1] == meta and old[0] == graph and all(old[2][n].tobytes() == a.tobytes() for n, a in tensors.items())
     for t in ts:
         ref = tensors[t.name]

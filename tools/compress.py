@@ -361,7 +361,7 @@ def _fit_file_size(state: ModelState, ctx: PassContext, pipeline: Pipeline, max_
     framing = len(records) * SECTION.size  # a table entry each
     overhead = len(encode_evx(graph, [], meta_of(pipeline))) + framing
     target = max_bytes - overhead
-    for _ in range(3):
+    for attempt in range(4):
         if target <= 0:
             raise EvonnxError(f"--max-bytes {max_bytes}: the graph, metadata and record framing alone take about "
                               f"{overhead} bytes")
@@ -373,7 +373,7 @@ def _fit_file_size(state: ModelState, ctx: PassContext, pipeline: Pipeline, max_
             log(f"max bytes {max_bytes}: the file takes {size} (weights target {target})")
             break
         log(f"max bytes {max_bytes}: {size} bytes with a weights target of {target}; trying again with less")
-        target -= size - max_bytes
+        target -= max(size - max_bytes, target // 100) << attempt  # the allocation moves in steps
     else:
         raise EvonnxError(f"--max-bytes {max_bytes}: the bit allocation's size estimate stayed above the limit "
                           f"({size} bytes); allow a little more")

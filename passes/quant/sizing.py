@@ -13,7 +13,7 @@ import numpy as np
 from evonnx.formats.ans import best_table, table_cost_bits
 from evonnx.formats.tensor import QuantizedTensor
 
-HEADER_BYTES = 44  # name length, dtype, shape, scheme, bits, counts, granularity, stream lengths (measured ~41-50)
+HEADER_BYTES = 12  # name length, dtype, shape, scheme, bits, counts, granularity, mask length (varints since 2.0)
 
 
 def code_bits(codes: np.ndarray) -> float:
