@@ -72,6 +72,8 @@ def _consumers(layer: Layer, g: _Graph) -> list[Layer] | None:
         layer_inputs = {id(c.node) for c in g.by_input.get(t, [])}
         for node, i in g.readers.get(t, []):
             others = [n for j, n in enumerate(node.input) if j != i and n]
+            if any(o in g.readers or o in g.elsewhere for o in node.output[1:] if o):
+                return None  # a second output read (MaxPool indices, BatchNormalization statistics)
             if id(node) in layer_inputs and i == 0:
                 found += [c for c in g.by_input[t] if c.node is node]
                 if any((c.kind == "conv") != conv for c in found):

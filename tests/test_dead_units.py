@@ -2,7 +2,7 @@
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 import corpus
 from evonnx.errors import EvonnxError
@@ -75,6 +75,21 @@ def test_conv_channels_through_pooling_and_not_across_flatten():
     state, removed = prune_dead(load_state(model.SerializeToString(), "convs"))
     assert removed == {"k1": 9} and not state.current("k1")[1].any() and state.current("k1")[[0, 2, 3]].all()
     assert np.array_equal(state.current("k2"), k2)  # its channel 0 is read by the Flatten: kept
+
+
+def test_a_second_output_read_keeps_the_units():
+    rng = np.random.default_rng(0)
+    k2 = rng.standard_normal((3, 4, 3, 3)).astype(np.float32)
+    k2[:, 1] = 0
+    nodes = [helper.make_node("Conv", ["x", "k1"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("MaxPool", ["c"], ["p", "idx"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p", "k2"], ["y"], pads=[1, 1, 1, 1])]
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "k1"),
+             numpy_helper.from_array(k2, "k2")]
+    outputs = [corpus.fin("y", "N", 3, 4, 4), corpus.fin("idx", "N", 4, 4, 4, dtype=TensorProto.INT64)]
+    model = corpus._model(nodes, [corpus.fin("x", "N", 1, 8, 8)], outputs, inits)
+    _, removed = prune_dead(load_state(model.SerializeToString(), "indices"))
+    assert removed == {}  # the indices of channel 1 depend on its values
 
 
 def test_refuses_quantized_weights():
