@@ -6,9 +6,9 @@ For each (model, sparsity) the pipelines of PIPELINES run, sharing prefixes (DE 
 --workdir, so a rerun reuses them). `ft` alone fine-tunes the dense model the same way: the control for how
 much of a recovery comes from training longer than the zoo's teacher was trained (run it with `--ft
 keep_best=False`: validation keeps the step closest to the teacher, which for the teacher itself is step 0).
-`ba` is dead-units then bit-allocation, `qft` a fine-tune on the quantized grid afterwards. Searches use the zoo's calibration
-set; fine-tuning trains on the zoo's train split less the calibration samples (`--data train`, written by
-`evonnx zoo build NAME --train-split`) or the calibration set (`--data calib`) and validates on the
+`ba` is dead-units then bit-allocation, `qft` a fine-tune on the quantized grid afterwards. Searches use the
+zoo's calibration set; fine-tuning trains on the zoo's train split less the calibration samples (`--data train`,
+written by `evonnx zoo build NAME --train-split`) or the calibration set (`--data calib`) and validates on the
 calibration set; accuracy is measured on the held-out test set.
 Size: the container as `evonnx compress` would write it for the same passes (metadata included), against the
 fp32 model file.
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                         out = get_pass(name)(**config).run(out, step_ctx)
                     cache[key] = (out, secs + time.perf_counter() - t0)
                 out, secs = cache[tuple(steps)]
-                meta = run_meta(entry.model_path.name, args.seed, describe(Pipeline([s for k in steps for s in step(k)])))
+                passes = Pipeline([s for k in steps for s in step(k)])
+                meta = run_meta(entry.model_path.name, args.seed, describe(passes))
                 size = container_bytes(out, meta, args.save and args.save / f"{model}-{sparsity:g}-{pipe}.evx")
                 row = {"model": model, "sparsity": sparsity, "pipeline": pipe, "accuracy": acc(out),
                        "dense": dense[model], "bytes": size, "ratio": fp32 / size, "seconds": secs,
