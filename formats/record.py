@@ -102,17 +102,20 @@ def encode_record(t: QuantizedTensor, major: int = LATEST) -> bytes:
     return w.raw(value_stream).bytes()
 
 
+def _short(r: Reader, major: int, what: str) -> int:
+    """A name length or codebook size: u16 in 1.x, a varint (<= 65535) since 2.0."""
+    return r.u16(what) if major == 1 else r.varint(what, 0xFFFF)
+
+
+def _count(r: Reader, major: int, what: str) -> int:
+    """A dimension, count or stream length: u64 in 1.x, a varint since 2.0."""
+    return r.u64(what) if major == 1 else r.varint(what)
+
+
 def read_header(data, where: str, major: int = LATEST) -> RecordHeader:
     """Parse and validate a record's fixed part (no allocation beyond its parameters)."""
     r = Reader(data, where)
-
-    def short(what: str) -> int:
-        return r.u16(what) if major == 1 else r.varint(what, 0xFFFF)
-
-    def count(what: str) -> int:
-        return r.u64(what) if major == 1 else r.varint(what)
-
-    name_len = short("name length")
+    name_len = _short(r, major, "name length")
     try:
         name = bytes(r.take(name_len, "name")).decode("utf-8", "surrogatepass")
     except UnicodeDecodeError:
@@ -127,7 +130,7 @@ def read_header(data, where: str, major: int = LATEST) -> RecordHeader:
     ndim = r.u8("rank")
     if ndim > MAX_NDIM:
         raise r.fail(f"rank {ndim} exceeds {MAX_NDIM}")
-    shape = tuple(count("dimension") for _ in range(ndim))
+    shape = tuple(_count(r, major, "dimension") for _ in range(ndim))
     size = 1
     for d in shape:
         if d > MAX_ELEMENTS:
@@ -140,7 +143,7 @@ def read_header(data, where: str, major: int = LATEST) -> RecordHeader:
         raise r.fail(f"unknown scheme {scheme_id}")
     scheme = SCHEME_NAMES[scheme_id]
     bits = r.u8("bits")
-    n_kept = count("kept count")
+    n_kept = _count(r, major, "kept count")
     if n_kept > size:
         raise r.fail(f"kept count {n_kept} exceeds the {size} elements")
     params: dict = {}
@@ -152,7 +155,7 @@ def read_header(data, where: str, major: int = LATEST) -> RecordHeader:
     if scheme == "uniform":
         gran = r.u8("granularity")
         axis = r.u8("axis")
-        block = count("block size")
+        block = _count(r, major, "block size")
         if gran > GRANULARITY_BLOCK:
             raise r.fail(f"unknown granularity {gran}")
         if gran == GRANULARITY_TENSOR:
@@ -170,7 +173,7 @@ def read_header(data, where: str, major: int = LATEST) -> RecordHeader:
         params["scale"] = r.array("<f4", count, "scales").reshape(want)
         params["zero_point"] = r.array("<f4", count, "zero points").reshape(want)
     elif scheme == "codebook":
-        k = short("codebook size")
+        k = _short(r, major, "codebook size")
         if not 1 <= k <= 1 << bits:
             raise r.fail(f"codebook size {k} outside 1..{1 << bits}")
         params["centroids"] = r.array("<f4", k, "centroids")
@@ -180,7 +183,7 @@ def read_header(data, where: str, major: int = LATEST) -> RecordHeader:
 def read_payload(h: RecordHeader) -> tuple[QuantizedTensor, RecordSizes]:
     """Decode the mask and value streams of a parsed record into a QuantizedTensor."""
     r = h.reader
-    mask_len = r.u64("mask stream length") if h.major == 1 else r.varint("mask stream length")
+    mask_len = _count(r, h.major, "mask stream length")
     start = r.pos
     if mask_len > r.left:
         raise r.fail(f"truncated mask stream (declares {mask_len} bytes, {r.left} left)")

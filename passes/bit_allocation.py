@@ -124,7 +124,8 @@ def _fit_size(state: ModelState, fidelity: Fidelity, searcher: Searcher, names: 
         others = rounded_nontargets(state, names | keep, mode)
 
         def measure(opts: dict, others: dict = others) -> float:
-            return fidelity.evaluate([{**others, **{n: o.quantized.weight for n, o in opts.items()}}])[0].metrics.fitness
+            candidate = {**others, **{n: o.quantized.weight for n, o in opts.items()}}
+            return fidelity.evaluate([candidate])[0].metrics.fitness
 
         choice, scores = searcher.by_size(target - _fixed_bytes(state, names, mode, keep), measure)
         if choice is not None:

@@ -28,9 +28,9 @@ from evonnx.formats.container import encode_evx
 from evonnx.passes.base import PassContext, get_pass
 from evonnx.passes.engine.calib import load_npz
 from evonnx.passes.engine.fitness import THREADS_ENV
+from evonnx.passes.pipeline import Pipeline
 from evonnx.passes.state import load_state
 from evonnx.tools.bench.sparsity import logits
-from evonnx.passes.pipeline import Pipeline
 from evonnx.tools.compress import describe, run_meta, to_container
 
 PIPELINES = {"ft": ["ft"], "de": ["de"], "de+ba": ["de", "ba"], "de+ft": ["de", "ft"], "de+ft+ba": ["de", "ft", "ba"],
