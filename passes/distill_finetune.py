@@ -41,7 +41,8 @@ class DistillFinetune(Pass):
         shift: int = param(2, "largest random shift in pixels (4-D inputs)")
         noise: float = param(0.1, "Gaussian noise, as a fraction of the input's standard deviation")
         mixup: float = param(0.4, "mixup Beta(a, a) parameter")
-        holdout: float = param(0.0, "fraction of calibration samples held out to pick the best step (0: pick on all)")
+        holdout: float = param(0.0, "fraction of the training samples (`data`, else the calibration set) held out "
+                                    "to pick the best step (0: pick on all of the calibration set)")
         eval_every: int = param(100, "steps between validations")
         keep_best: bool = param(True, "return the weights of the best validation, not the last step")
         trainable: str = param("all", "all (every float weight but BatchNorm statistics) | targets")
@@ -49,7 +50,8 @@ class DistillFinetune(Pass):
                                        "requantize (train in float, then same scheme and bits afresh)")
         freeze_zeros: bool = param(True, "zero entries of unmasked target weights stay zero")
         data: str = param("", "an .npz of training inputs (optional `labels`) used instead of the calibration "
-                              "set, e.g. a large unlabeled set; the calibration set then validates")
+                              "set, e.g. a large unlabeled set; the calibration set then validates unless "
+                              "holdout > 0")
         checkpoint_every: int = param(200, "steps between checkpoints in the work dir")
         resume: bool = param(True, "resume from the work dir's checkpoint of the same run")
         weight_evolution: bool = param(False, "Weight Evolution (Lin et al. 2021): cross inferior filters with "

@@ -182,6 +182,29 @@ def test_training_on_a_separate_data_file_validates_on_the_calibration_set(tmp_p
         get_pass("distill-finetune")(**FAST, data=str(data)).run(pruned, ctx_for(calib))
 
 
+def test_holdout_of_a_separate_data_file_validates_on_rows_it_does_not_train_on():
+    """With `data` and `holdout`, validation leaves the calibration set (which earlier passes may have
+    fitted weights to) and uses training rows the student never sees."""
+    from evonnx.passes.torchnet.convert import OnnxModule
+    state, calib = mlp_state(3)
+    x = np.arange(100 * 16, dtype=np.float32).reshape(100, 16) / 1600
+    labels = np.arange(100) % 6
+
+    def split(holdout):
+        s = distill.Settings(holdout=holdout)
+        d = distill.Distiller(OnnxModule(state.model), OnnxModule(state.model, ["w1"], state.weights), {},
+                              calib.inputs, None, s, 0, None, "fp", False, lambda line: None, train=({"x": x}, labels))
+        return d.val_x["x"], d.train_x[0], d.train_y
+
+    val, train, y = split(0.1)
+    rows = lambda a: set(np.round(a[:, 0] * 100).astype(int).tolist())  # noqa: E731
+    assert len(val) == 10 and len(train) == len(y) == 90
+    assert not rows(val) & rows(train) and rows(val) | rows(train) == rows(x)
+    assert np.array_equal(y, labels[np.round(train[:, 0] * 100).astype(int)])  # labels follow their rows
+    val, train, _ = split(0.0)
+    assert np.array_equal(val, calib.inputs["x"]) and np.array_equal(train, x)
+
+
 def test_a_checkpoint_follows_the_data_by_content_not_by_path(tmp_path):
     """A work dir moved to another machine, where the same training file lives elsewhere, still resumes;
     other content under the same path starts afresh."""

@@ -81,23 +81,26 @@ class Distiller:
                  train: tuple[dict[str, np.ndarray], np.ndarray | None] | None = None,
                  evolve_axes: dict[str, int] | None = None):
         """`inputs`/`labels`: the calibration set, split by `holdout` into training and validation;
-        `train`: a separate (inputs, labels) training set, in which case all of `inputs` validates;
+        `train`: a separate (inputs, labels) training set, in which case `holdout` of it validates (with
+        0, all of `inputs` validates: biased where earlier passes fitted weights to the calibration set);
         `evolve_axes`: weights that Weight Evolution may change, with their filter axes."""
         self.evolve_axes, self.evolved = dict(evolve_axes or {}), {}
         self.teacher, self.student, self.constraints, self.s = teacher, student, constraints, s
         self.ckpt, self.fp, self.progress, self.log = ckpt, fingerprint, progress, log
         names = student.input_names
-        if train is None:
-            n = len(next(iter(inputs.values())))
-            order = np.random.default_rng([seed, 0x5E]).permutation(n)
-            n_val = int(round(s.holdout * n)) if s.holdout > 0 else 0
-            val, rows = (order[:n_val], order[n_val:]) if n_val else (order, order)
-            train_inputs, train_labels = {k: inputs[k][rows] for k in names}, None if labels is None else labels[rows]
+        source, source_labels = (inputs, labels) if train is None else train
+        n = len(next(iter(source.values())))
+        order = np.random.default_rng([seed, 0x5E]).permutation(n)
+        n_val = int(round(s.holdout * n)) if s.holdout > 0 else 0
+        if n_val:
+            val_x, rows = {k: source[k][order[:n_val]] for k in names}, order[n_val:]
+        elif train is None:
+            val_x, rows = {k: inputs[k][order] for k in names}, order
         else:
-            val, (train_inputs, train_labels) = slice(None), train
-        self.train_x = [train_inputs[k] for k in names]
-        self.train_y = None if train_labels is None else train_labels.astype(np.int64)
-        self.val_x = {k: inputs[k][val] for k in names}
+            val_x, rows = inputs, slice(None)
+        self.train_x = [source[k][rows] for k in names]
+        self.train_y = None if source_labels is None else source_labels[rows].astype(np.int64)
+        self.val_x = {k: val_x[k] for k in names}
         self.device = student.device
         self.val_t = run_numpy(teacher, self.val_x)
         self.stds = [float(np.std(x)) if np.issubdtype(x.dtype, np.floating) else 0.0 for x in self.train_x]
