@@ -196,11 +196,13 @@ def test_holdout_of_a_separate_data_file_validates_on_rows_it_does_not_train_on(
                               calib.inputs, None, s, 0, None, "fp", False, lambda line: None, train=({"x": x}, labels))
         return d.val_x["x"], d.train_x[0], d.train_y
 
+    def rows(a):  # the row of x each sample came from
+        return np.round(a[:, 0] * 100).astype(int)
+
     val, train, y = split(0.1)
-    rows = lambda a: set(np.round(a[:, 0] * 100).astype(int).tolist())  # noqa: E731
     assert len(val) == 10 and len(train) == len(y) == 90
-    assert not rows(val) & rows(train) and rows(val) | rows(train) == rows(x)
-    assert np.array_equal(y, labels[np.round(train[:, 0] * 100).astype(int)])  # labels follow their rows
+    assert not set(rows(val)) & set(rows(train)) and set(rows(val)) | set(rows(train)) == set(range(100))
+    assert np.array_equal(y, labels[rows(train)])  # labels follow their rows
     val, train, _ = split(0.0)
     assert np.array_equal(val, calib.inputs["x"]) and np.array_equal(train, x)
 

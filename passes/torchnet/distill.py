@@ -3,9 +3,9 @@
 Loss per output: T^2 * KL(teacher/T || student/T) for classifier outputs ([N, C], C >= 2), relative MSE
 otherwise, plus `label_weight` x cross-entropy when labels exist. Adam with a cosine learning rate; every
 batch and augmentation is drawn from one numpy generator whose state the checkpoint keeps, so a resumed
-run continues bit-identically. Validation (KL at T = 1 on a held-out part of the calibration set, or on
-all of it) picks the best step when `keep_best`. With `weight_evolution`, every `we_every` steps the
-evolvable weights' inferior filters are crossed with important ones (passes/torchnet/weight_evolution.py)
+run continues bit-identically. Validation (KL at T = 1 on a held-out part of the training set, or on all
+of the calibration set) picks the best step when `keep_best`. With `weight_evolution`, every `we_every`
+steps the evolvable weights' inferior filters are crossed with important ones (passes/torchnet/weight_evolution.py)
 before the step, then projected back onto their constraints; it depends only on the step and the weights,
 so resuming stays bit-identical. With `regrow`, every `regrow_every` steps a decaying share of each pruned
 weight's kept entries moves to where the gradient is largest (passes/torchnet/regrow.py); the masks are part
