@@ -74,14 +74,6 @@ class PassContext:
         return path
 
 
-def changed(config: Any) -> dict[str, Any]:
-    """A pass config's settings that differ from the defaults: what identifies a run (a checkpoint stays valid
-    when a later version adds a parameter whose default keeps the old behaviour) and what a container records."""
-    defaults = type(config)()
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-            if getattr(config, f.name) != getattr(defaults, f.name)}
-
-
 class Pass:
     """A pass reads a state and returns a new one; it never writes files except in its work dir."""
 

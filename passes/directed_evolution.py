@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from tqdm import tqdm
 
 from evonnx.errors import EvonnxError
-from evonnx.passes.base import Pass, PassContext, changed, param, register
+from evonnx.passes.base import Pass, PassContext, param, register
 from evonnx.passes.sparsity import checkpoint, common
 from evonnx.passes.sparsity import targets as tg
 from evonnx.passes.sparsity.evolve import SearchSettings, rank01, search
@@ -70,7 +70,7 @@ class _Run:
         self.teacher_state = state
         self.dir = ctx.pass_dir(DirectedEvolution.name)
         self.settings = SearchSettings(cfg.population, cfg.generations, cfg.pool, cfg.mutation, cfg.credit)
-        self.fp = checkpoint.fingerprint(state.to_onnx(), ctx.calib.inputs, changed(cfg), ctx.seed)
+        self.fp = checkpoint.fingerprint(state.to_onnx(), ctx.calib.inputs, asdict(cfg), ctx.seed)
         self.elapsed_before, self.log_lines, self.steps_log = 0.0, 0, []
         loaded = checkpoint.load(self.dir / "checkpoint.npz", self.fp) if (self.dir and cfg.resume) else None
         if loaded:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from evonnx.errors import EvonnxError
-from evonnx.passes.base import Pass, PassContext, changed, param, register
+from evonnx.passes.base import Pass, PassContext, param, register
 from evonnx.passes.state import ModelState
 
 
@@ -102,7 +102,7 @@ class DistillFinetune(Pass):
             from evonnx.passes.engine.calib import load_npz
             extra = load_npz(cfg.data, state.model)
             train = (extra.inputs, extra.labels)
-        fp = _fingerprint(state, ctx, {k: v for k, v in changed(cfg).items() if k != "data"}, train)  # data: by content
+        fp = _fingerprint(state, ctx, {k: v for k, v in asdict(cfg).items() if k != "data"}, train)  # data: by content
         torch.manual_seed(ctx.seed)
         trainer = distill.Distiller(teacher, student, constraints, ctx.calib.inputs, ctx.calib.labels, settings,
                                     ctx.seed, folder / "checkpoint.npz" if folder else None, fp, ctx.progress, ctx.log,

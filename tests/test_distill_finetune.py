@@ -129,30 +129,6 @@ def test_resume_continues_bit_identically(tmp_path):
     crash_and_resume(cfg, pruned, calib, tmp_path, crash_at=30)
 
 
-def test_a_checkpoint_survives_a_new_parameter_at_its_default(tmp_path, monkeypatch):
-    import dataclasses
-
-    from evonnx.passes.base import changed, param
-    from evonnx.passes.distill_finetune import DistillFinetune
-    state, calib = mlp_state(8)
-    pruned = get_pass("magnitude")(sparsity=0.8, refit=False).run(state, ctx_for(calib))
-    cfg = dict(FAST, steps=20, eval_every=10)
-    first = get_pass("distill-finetune")(**cfg).run(pruned, ctx_for(calib, tmp_path))
-
-    @dataclasses.dataclass
-    class Newer(DistillFinetune.Config):
-        future: int = param(0, "a parameter a later version adds, off by default")
-
-    monkeypatch.setattr(DistillFinetune, "Config", Newer)
-    logs = []
-    ctx = PassContext(calib, device="cpu", progress=False, log=logs.append, workdir=tmp_path)
-    again = get_pass("distill-finetune")(**cfg).run(pruned, ctx)
-    assert any("resumed at step 20" in m for m in logs), logs
-    assert all(again.weights[n].tobytes() == first.weights[n].tobytes() for n in first.history[-1]["trained"])
-    newer = get_pass("distill-finetune")(**cfg, future=1)
-    assert changed(newer.config) == {**{k: v for k, v in cfg.items() if k != "holdout"}, "future": 1}
-
-
 def test_torch_device_is_chosen_quietly_and_refused_clearly():
     assert torch_device(torch, "cpu").type == "cpu"
     assert torch_device(torch, "auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -30,7 +30,7 @@ from evonnx.errors import EvonnxError
 from evonnx.formats.atomic import atomic_write_bytes
 from evonnx.formats.container import encode_evx, read_evx
 from evonnx.formats.tensor import QuantizedTensor
-from evonnx.passes.base import Pass, PassContext, changed
+from evonnx.passes.base import Pass, PassContext
 from evonnx.passes.bit_allocation import _loss
 from evonnx.passes.dead_units import DeadUnits
 from evonnx.passes.directed_evolution import DirectedEvolution
@@ -487,7 +487,11 @@ def describe(pipeline: Pipeline, full: bool = False) -> list[dict]:
 
 
 def _step(p: Pass, full: bool = False) -> dict:
-    return {"name": p.name, **_jsonable(dataclasses.asdict(p.config) if full else changed(p.config))}
+    settings = _jsonable(dataclasses.asdict(p.config))
+    if not full:
+        defaults = _jsonable(dataclasses.asdict(type(p.config)()))
+        settings = {k: v for k, v in settings.items() if v != defaults[k]}
+    return {"name": p.name, **settings}
 
 
 def run_meta(source: str, seed: int, steps: list[dict], trials: list | None = None) -> dict:
