@@ -72,16 +72,17 @@ def ort_rows(model_path: Path, test: CalibData) -> list[dict]:
     for name in ("", "onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer"):
         logging.getLogger(name).setLevel(logging.ERROR)  # ORT's quantizers log every node at INFO
     x, y = test.inputs["input"], test.labels
-    def acc(path_or_model):
-        return float(np.mean(ort_predict(ort_session(path_or_model), x).argmax(1) == y))
+    def scored(path_or_model) -> dict:
+        pred = ort_predict(ort_session(path_or_model), x).argmax(1)
+        return {"acc": float(np.mean(pred == y)), "pred": pred}
     model = onnx.load(str(model_path))
     ops = [n.op_type for n in model.graph.node]
-    rows = [{"method": "fp32 (ORT)", "bits": "32", "file": os.path.getsize(model_path), "acc": acc(model_path)}]
+    rows = [{"method": "fp32 (ORT)", "bits": "32", "file": os.path.getsize(model_path), **scored(model_path)}]
     with tempfile.TemporaryDirectory() as tmp:
         int8 = Path(tmp) / "int8.onnx"
         quantize_dynamic(str(model_path), str(int8), weight_type=QuantType.QInt8)
         rows.append({"method": "ORT quantize_dynamic int8", "bits": "8 (all Gemm/MatMul/Conv)",
-                     "file": os.path.getsize(int8), "acc": acc(int8)})
+                     "file": os.path.getsize(int8), **scored(int8)})
         for label, source in (("ORT MatMulNBits 4-bit", model), ("ORT MatMulNBits 4-bit, Gemm->MatMul", None)):
             if source is None:
                 source, n = gemm_to_matmul(model)
@@ -100,7 +101,7 @@ def ort_rows(model_path: Path, test: CalibData) -> list[dict]:
             convs = ops.count("Conv")
             bits = f"4 on {done} MatMul" + (f", {convs} Conv stay fp32" if convs else "")
             rows.append({"method": label, "bits": bits,
-                         "file": os.path.getsize(path), "acc": acc(path)})
+                         "file": os.path.getsize(path), **scored(path)})
     return rows
 
 
