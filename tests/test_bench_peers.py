@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("zstandard")
-from evonnx.tools.bench.peers import paired_se, render  # noqa: E402
+from evonnx.tools.bench import paired_se  # noqa: E402
+from evonnx.tools.bench.peers import render  # noqa: E402
 
 
 def test_paired_se_counts_only_the_samples_that_change():

@@ -22,7 +22,7 @@ import numpy as np
 import zstandard
 
 from evonnx.passes.pipeline import Pipeline
-from evonnx.tools.bench import emit
+from evonnx.tools.bench import emit, paired_se
 from evonnx.runtime import decode
 from evonnx.tools.bench.quantization import ort_rows
 from evonnx.tools.compress import compress
@@ -90,13 +90,6 @@ def evonnx_rows(model_path: Path, calib: Path, train: str, x: np.ndarray, y: np.
             rows.append({"method": label, "file": out.stat().st_size, "acc": float(np.mean(pred == y)), "pred": pred,
                          "seconds": seconds})
     return rows
-
-
-def paired_se(reference: np.ndarray, pred: np.ndarray, y: np.ndarray) -> float:
-    """Standard error, in points, of the accuracy drop from `reference` to `pred` on the same samples
-    (McNemar: from the samples one gets right and the other wrong)."""
-    flips = np.count_nonzero((reference == y) != (pred == y))
-    return 100.0 * float(np.sqrt(flips)) / len(y)
 
 
 def bench(name: str, time_limit: float, device: str = "auto", long: bool = False) -> list[dict]:

@@ -30,6 +30,7 @@ from evonnx.passes.engine.calib import load_npz
 from evonnx.passes.engine.fitness import THREADS_ENV
 from evonnx.passes.pipeline import Pipeline
 from evonnx.passes.state import load_state
+from evonnx.tools.bench import paired_se
 from evonnx.tools.bench.sparsity import logits
 from evonnx.tools.compress import describe, run_meta, to_container
 
@@ -85,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         calib = load_npz(entry.calib_path, state.model)
         test = entry.load_test()
         inputs = {k: v for k, v in test.items() if k != "labels"}
-        acc = lambda s: float(np.mean(logits(s.to_onnx(), inputs).argmax(1) == test["labels"]))  # noqa: E731
-        dense[model] = acc(state)
+        predict = lambda s: logits(s.to_onnx(), inputs).argmax(1)  # noqa: E731
+        reference = predict(state)
+        dense[model] = float(np.mean(reference == test["labels"]))
         fp32 = entry.model_path.stat().st_size
         ft = {**({"data": str(train_split(entry))} if args.data == "train" else {}), **kv(args.ft)}
         imp = kv(args.imp)
@@ -121,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
                 passes = Pipeline([s for k in steps for s in step(k)])
                 meta = run_meta(entry.model_path.name, args.seed, describe(passes))
                 size = container_bytes(out, meta, args.save and args.save / f"{model}-{sparsity:g}-{pipe}.evx")
-                row = {"model": model, "sparsity": sparsity, "pipeline": pipe, "accuracy": acc(out),
+                pred = predict(out)
+                row = {"model": model, "sparsity": sparsity, "pipeline": pipe,
+                       "accuracy": float(np.mean(pred == test["labels"])),
+                       "se_pt": paired_se(reference, pred, test["labels"]),
                        "dense": dense[model], "bytes": size, "ratio": fp32 / size, "seconds": secs,
                        "real_sparsity": out.global_sparsity(),
                        "torch_device": next((r["torch_device"] for r in out.history if "torch_device" in r), None)}
@@ -139,12 +144,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def table(rows: list[dict], dense: dict[str, float], settings: str) -> str:
-    lines = ["| model | sparsity | pipeline | test acc | Δ pt vs dense | .evx bytes | ratio vs fp32 file | ≥100× & ≤0.5 pt "
-             "| cumulative s |", "|---|---|---|---:|---:|---:|---:|---|---:|"]
+    lines = ["| model | sparsity | pipeline | test acc | Δ pt vs dense | ± s.e. | .evx bytes | ratio vs fp32 file "
+             "| ≥100× & ≤0.5 pt | cumulative s |", "|---|---|---|---:|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         ok = "**yes**" if r["ratio"] >= 100 and r["drop_pt"] <= 0.5 else "no"
         lines.append(f"| {r['model']} | {r['sparsity']:.2f} | {r['pipeline']} | {r['accuracy']:.4f} | "
-                     f"{-r['drop_pt']:+.2f} | {r['bytes']} | {r['ratio']:.1f}× | {ok} | {r['seconds']:.0f} |")
+                     f"{-r['drop_pt']:+.2f} | {r['se_pt']:.2f} | {r['bytes']} | {r['ratio']:.1f}× | {ok} | "
+                     f"{r['seconds']:.0f} |")
     dense_line = ", ".join(f"{m}: {a:.4f}" for m, a in dense.items())
     return "\n".join(lines) + f"\n\nDense test accuracy: {dense_line}. Settings: {settings}.\n"
 
