@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 
 from evonnx.errors import ModelError
+from evonnx.passes.fold import fold_constants
 from evonnx.runtime.model_io import load_model
 from evonnx.runtime.weights import WeightTable, normalize, read_weights, set_weights, weight_table
 
@@ -67,9 +68,10 @@ class ModelState:
 
 
 def load_state(source: str | os.PathLike | bytes, label: str | None = None, *, allow_empty: bool = False) -> ModelState:
-    """Load, normalize and describe a model; refuse models with nothing float to compress unless `allow_empty`."""
+    """Load, fold constants, normalize and describe a model; refuse models with nothing float to compress
+    unless `allow_empty`."""
     label = label or (str(source) if not isinstance(source, (bytes, bytearray)) else "<bytes>")
-    model, origins = normalize(load_model(source, label=label))
+    model, origins = normalize(fold_constants(load_model(source, label=label)))
     table = weight_table(model, origins)
     if not table.weights and not allow_empty:
         reasons = "; ".join(f"{s.name}: {s.reason}" for s in table.skipped[:3])

@@ -30,6 +30,19 @@ QUANT_OPS = {"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear", "Con
              "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "GatherBlockQuantized"}
 
 
+# inputs whose values set shapes, sizes, axes, counts or control flow: a weight reaching one (through any
+# chain of nodes but Shape/Size, which read only shapes) is kept exact and never fed as a graph input
+SHAPE_SLOTS = {"Reshape": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "Expand": (1,), "Tile": (1,),
+               "Slice": (1, 2, 3, 4), "Pad": (1, 3), "ConstantOfShape": (0,), "Range": (0, 1, 2),
+               "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,), "TopK": (1,), "OneHot": (1,),
+               "NonMaxSuppression": (2, 3, 4), "CumSum": (1,), "If": (0,), "Loop": (0, 1),
+               "RoiAlign": (2,), "CenterCropPad": (1,)}
+SHAPE_SLOTS.update({op: (1,) for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd",
+                                         "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
+                                         "ReduceSumSquare")})
+SHAPE_ONLY_OPS = {"Shape", "Size"}
+
+
 @dataclass(frozen=True)
 class Consumer:
     node: str
@@ -200,6 +213,7 @@ def weight_table(model: onnx.ModelProto, origins: dict[str, str] | None = None) 
     """Describe every main-graph float initializer of a normalized model; list what is skipped and why."""
     consumers = _consumers(model)
     quant_fed = {name for name, cs in consumers.items() if any(c.op_type in QUANT_OPS for c in cs)}
+    shape_fed = shape_feeding(model)
     weights, skipped = {}, []
     for tensor in model.graph.initializer:
         if tensor.data_type not in FLOAT_TYPES:
@@ -209,11 +223,40 @@ def weight_table(model: onnx.ModelProto, origins: dict[str, str] | None = None) 
         if tensor.name in quant_fed:
             skipped.append(Skipped(tensor.name, "parameter of a quantized operator"))
             continue
+        if tensor.name in shape_fed:
+            skipped.append(Skipped(tensor.name, f"sets a shape, size or axis ({shape_fed[tensor.name]}): kept exact"))
+            continue
         info = WeightInfo(tensor.name, tuple(int(d) for d in tensor.dims), FLOAT_TYPES[tensor.data_type],
                           consumers.get(tensor.name, []), origin=(origins or {}).get(tensor.name, "initializer"))
         info.role, info.channel_axis = _role(info, model)
         weights[tensor.name] = info
     return WeightTable(weights, skipped)
+
+
+def shape_feeding(model: onnx.ModelProto) -> dict[str, str]:
+    """Values whose contents reach a shape-sensitive input (SHAPE_SLOTS), each with the input it reaches.
+
+    One backward walk from those inputs through their producers, stopping at Shape/Size (whose outputs
+    depend on shapes only); subgraph nodes are walked too."""
+    producers: dict[str, onnx.NodeProto] = {}
+    pending: list[tuple[str, str]] = []
+    for _, g in walk_graphs(model.graph):
+        for i, node in enumerate(g.node):
+            for out in node.output:
+                producers[out] = node
+            for k in SHAPE_SLOTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ():
+                if k < len(node.input) and node.input[k]:
+                    pending.append((node.input[k], f"input {k} of {node.op_type} {node.name or i}"))
+    reached: dict[str, str] = {}
+    while pending:
+        name, where = pending.pop()
+        if name in reached:
+            continue
+        reached[name] = where
+        node = producers.get(name)
+        if node is not None and node.op_type not in SHAPE_ONLY_OPS:
+            pending.extend((n, where) for n in node.input if n)
+    return reached
 
 
 def _consumers(model: onnx.ModelProto) -> dict[str, list[Consumer]]:

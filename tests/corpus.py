@@ -157,3 +157,57 @@ def cnn(seed=0) -> onnx.ModelProto:
              _w(rng, 16, 1, 3, 3, name="dw"), _w(rng, 32, 16, 1, 1, name="c2"), vec("c2b", 32),
              _w(rng, 10, 32, name="fc"), vec("fcb", 10)]
     return _model(nodes, [fin("x", "N", 3, 12, 12)], [fin("y", "N", 10)], inits)
+
+
+def _const(name, value, dtype=np.int64):
+    return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+
+def scalar_intermediates(seed=0) -> onnx.ModelProto:
+    """Shape arithmetic (0-d Gather of Shape, Unsqueeze, Concat) reshapes a hidden layer, an empty Slice is
+    concatenated to it, a 0-d Constant scales the output: x[N,8] -> y[N,4]."""
+    rng = np.random.default_rng(seed)
+    half = helper.make_tensor("half", TensorProto.FLOAT, [], [0.5])
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["m"], name="fc1"), helper.make_node("Relu", ["m"], ["h"]),
+             helper.make_node("Shape", ["h"], ["s"]), helper.make_node("Gather", ["s", "i0"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["n", "ax0"], ["n1"]),
+             helper.make_node("Concat", ["n1", "c16"], ["shp"], axis=0),
+             helper.make_node("Reshape", ["h", "shp"], ["hr"]),
+             helper.make_node("Slice", ["hr", "zero1", "zero1", "one1"], ["empty"]),
+             helper.make_node("Concat", ["hr", "empty"], ["hc"], axis=1),
+             helper.make_node("MatMul", ["hc", "w2"], ["y0"], name="fc2"),
+             helper.make_node("Constant", [], ["halfc"], value=half), helper.make_node("Mul", ["y0", "halfc"], ["y"])]
+    inits = [_w(rng, 8, 16, name="w1"), _w(rng, 16, 4, name="w2"), _const("i0", 0), _const("ax0", [0]),
+             _const("c16", [16]), _const("zero1", [0]), _const("one1", [1])]
+    return _model(nodes, [fin("x", "N", 8)], [fin("y", "N", 4)], inits)
+
+
+def recurrent_state(seed=0, batch="N") -> onnx.ModelProto:
+    """A VAD-like step: x[N,8], state[2,N,4] (samples on axis 1), a scalar int64 rate sr -> y[N,3], new state."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="in"),
+             helper.make_node("Gather", ["state", "i0"], ["s0"], axis=0),
+             helper.make_node("Cast", ["sr"], ["srf"], to=TensorProto.FLOAT),
+             helper.make_node("Div", ["srf", "rate"], ["scale"]),
+             helper.make_node("Add", ["h", "s0"], ["a"]), helper.make_node("Mul", ["a", "scale"], ["a2"]),
+             helper.make_node("Tanh", ["a2"], ["z"]),
+             helper.make_node("MatMul", ["z", "w2"], ["y"], name="out"),
+             helper.make_node("Unsqueeze", ["z", "ax0"], ["z1"]),
+             helper.make_node("Concat", ["z1", "z1"], ["new_state"], axis=0)]
+    inits = [_w(rng, 8, 4, name="w1"), _w(rng, 4, 3, name="w2"), _const("i0", 0), _const("ax0", [0]),
+             _const("rate", 16000.0, np.float32)]
+    inputs = [fin("x", batch, 8), fin("state", 2 if batch else None, batch, 4), fin("sr", dtype=TensorProto.INT64)]
+    return _model(nodes, inputs, [fin("y", batch, 3), fin("new_state", 2, batch, 4)], inits)
+
+
+def shape_feeding_weights(seed=0) -> onnx.ModelProto:
+    """A float scales tensor computed from two weights (Mul) drives a cubic Resize; a kernel is stored
+    transposed behind a Transpose node: x[N,2,4,4] -> Resize x2 -> Conv -> y[N,3,8,8]."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Mul", ["scale_a", "scale_b"], ["scales"]),
+             helper.make_node("Resize", ["x", "", "scales"], ["up"], mode="cubic"),
+             helper.make_node("Transpose", ["k_t"], ["k"], perm=[1, 0, 2, 3]),
+             helper.make_node("Conv", ["up", "k"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+    inits = [_const("scale_a", [1, 1, 1, 1], np.float32), _const("scale_b", [1, 1, 2, 2], np.float32),
+             _w(rng, 2, 3, 3, 3, name="k_t")]
+    return _model(nodes, [fin("x", "N", 2, 4, 4)], [fin("y", "N", 3, 8, 8)], inits)

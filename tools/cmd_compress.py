@@ -7,7 +7,7 @@ import sys
 import warnings
 
 from evonnx.errors import EvonnxError
-from evonnx.passes.engine.calib import parse_input_shapes
+from evonnx.passes.engine.calib import parse_batch_axes, parse_input_shapes
 
 AUTO_HELP = ("a global sparsity in [0, 1) (0 skips pruning), or auto: Directed Evolution tries 50, 75, 87.5, 93.75, "
              "96.9, 98.4 %%, each from the last accepted student, then bisects twice between the last within budget "
@@ -21,6 +21,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True, metavar="OUT.evx", help="the container to write")
     parser.add_argument("--calib", metavar="F.npz", help="calibration inputs keyed by input name (+ optional 'labels')")
     parser.add_argument("--input-shape", action="append", metavar="NAME:DIMS", help="fix dynamic dims (repeatable)")
+    parser.add_argument("--batch-axis", action="append", metavar="NAME:AXIS",
+                        help="an input's sample axis, e.g. state:1, or NAME:none to pass it whole (repeatable)")
     parser.add_argument("--samples", type=int, default=256, help="synthetic samples when no --calib is given")
     parser.add_argument("--sparsity", default="0.9", metavar="S|auto", help=AUTO_HELP)
     parser.add_argument("--bits", default="auto", help="auto (searched per layer) or a fixed 1-8")
@@ -77,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         ort.set_default_logger_severity(4)
         warnings.simplefilter("ignore")
     result = compress(args.model, args.output, calib=args.calib, input_shapes=parse_input_shapes(args.input_shape),
+                      batch_axes=parse_batch_axes(args.batch_axis),
                       samples=args.samples, sparsity=_sparsity(args.sparsity), bits=_bits(args.bits),
                       max_drop=args.max_drop, time_limit=args.time_limit, seed=args.seed, workdir=args.workdir,
                       resume=args.resume, pipeline=args.config, device=args.device, progress=not args.quiet,

@@ -166,7 +166,8 @@ def to_container(state: ModelState) -> tuple[onnx.ModelProto, list[QuantizedTens
 
 
 def compress(model: str | Path, output: str | Path, *, calib: str | Path | None = None,
-             input_shapes: dict[str, list[int]] | None = None, samples: int = 256,
+             input_shapes: dict[str, list[int]] | None = None, batch_axes: dict[str, int | None] | None = None,
+             samples: int = 256,
              sparsity: float | str = 0.9, bits: int | str = "auto", max_drop: float = 0.5,
              time_limit: float | None = None, seed: int = 0, workdir: str | Path | None = None,
              resume: bool = False, pipeline: Pipeline | str | Path | None = None, device: str = "auto",
@@ -175,7 +176,7 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
     """Compress an ONNX model into an .evx container, decode it again and verify it before writing it;
     with `report`, also write report.md, summary.json and plots in that folder. `max_bytes` (a byte count,
     or "100x": a ratio against the model's file) bounds the file: the bit allocation fits it instead of
-    `max_drop`."""
+    `max_drop`. `batch_axes` names inputs' sample axes (None: no sample axis) where the model's dims don't tell."""
     start = time.perf_counter()
     output = Path(output)
     if not output.parent.exists():
@@ -187,7 +188,8 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
     original = _source_bytes(model)
     limit_bytes = _max_bytes(max_bytes, original, sparsity, bits, pipeline)
     state = load_state(model, allow_empty=True)
-    data = load_npz(calib, state.model, input_shapes) if calib else synthetic(state.model, samples, input_shapes, seed)
+    data = (load_npz(calib, state.model, input_shapes, batch_axes) if calib
+            else synthetic(state.model, samples, input_shapes, seed, batch_axes))
     if isinstance(pipeline, (str, Path)):
         pipeline = Pipeline.from_file(pipeline)
     skipped = [{"name": s.name, "reason": s.reason} for s in state.table.skipped]

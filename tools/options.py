@@ -3,20 +3,22 @@ from __future__ import annotations
 
 import argparse
 
-from evonnx.passes.engine.calib import CalibData, load_npz, parse_input_shapes, synthetic
+from evonnx.passes.engine.calib import CalibData, load_npz, parse_batch_axes, parse_input_shapes, synthetic
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib", metavar="F.npz", help="calibration inputs keyed by input name (+ optional 'labels')")
     parser.add_argument("--input-shape", action="append", metavar="NAME:DIMS",
                         help="fix an input's dynamic dims, e.g. input:1x3x224x224 (repeatable)")
+    parser.add_argument("--batch-axis", action="append", metavar="NAME:AXIS",
+                        help="an input's sample axis, e.g. state:1, or NAME:none to pass it whole (repeatable)")
     parser.add_argument("--samples", type=int, default=64, help="synthetic samples when no --calib is given")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where ONNX Runtime runs")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
 
 
 def calibration(args: argparse.Namespace, model) -> CalibData:
-    shapes = parse_input_shapes(args.input_shape)
+    shapes, axes = parse_input_shapes(args.input_shape), parse_batch_axes(args.batch_axis)
     if args.calib:
-        return load_npz(args.calib, model, shapes)
-    return synthetic(model, args.samples, shapes, seed=args.seed)
+        return load_npz(args.calib, model, shapes, axes)
+    return synthetic(model, args.samples, shapes, seed=args.seed, batch_axes=axes)

@@ -4,13 +4,15 @@ from __future__ import annotations
 import re
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from evonnx.errors import CalibrationError
+from evonnx.passes.engine import samples
+from evonnx.passes.engine.samples import Axis
 
 LABELS = "labels"
 
@@ -24,26 +26,39 @@ class InputSpec:
 
 @dataclass
 class CalibData:
-    """Named input arrays sharing the sample axis 0, optional labels, and where they came from.
+    """Named input arrays, optional labels (one per sample), and where they came from.
 
-    Scalar (0-d) inputs such as flags are not batched: every batch gets the same value.
+    `axes` gives each input's sample axis (samples.py); an input without one (a scalar rate, a flag, a
+    fixed initial state) is passed whole to every batch. Left out, it is axis 0 for arrays, none for scalars.
     """
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
     source: str
+    axes: dict[str, Axis] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.axes = {k: self.axes.get(k, 0 if v.ndim else None) for k, v in self.inputs.items()}
 
     @property
     def num_samples(self) -> int:
-        return next((len(v) for v in self.inputs.values() if v.ndim), 1)
+        return next((samples.count(v, self.axes[k]) for k, v in self.inputs.items() if self.axes[k] is not None), 1)
+
+    def feed(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Samples [start, stop) of every input (inputs without a sample axis whole)."""
+        return {k: samples.take(v, self.axes[k], start, stop) for k, v in self.inputs.items()}
 
     def subset(self, n: int) -> "CalibData":
         labels = None if self.labels is None else self.labels[:n]
-        return CalibData({k: v[:n] if v.ndim else v for k, v in self.inputs.items()}, labels, f"{self.source}[:{n}]")
+        return CalibData(self.feed(0, n), labels, f"{self.source}[:{n}]", self.axes)
 
     def batches(self, batch_size: int) -> list[dict[str, np.ndarray]]:
-        return [{k: v[i:i + batch_size] if v.ndim else v for k, v in self.inputs.items()}
-                for i in range(0, self.num_samples, batch_size)]
+        return [self.feed(i, i + batch_size) for i in range(0, self.num_samples, batch_size)]
+
+    def pair(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Feeds of the first sample and of that sample twice, to measure where outputs carry samples."""
+        one = self.feed(0, 1)
+        return one, {k: samples.join([v, v], self.axes[k]) for k, v in one.items()}
 
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
@@ -73,7 +88,43 @@ def parse_input_shapes(items: list[str] | None) -> dict[str, list[int]]:
     return shapes
 
 
-def load_npz(path: str | Path, model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> CalibData:
+def parse_batch_axes(items: list[str] | None) -> dict[str, Axis]:
+    """Parse repeated `NAME:AXIS` options (`NAME:none`: the input has no sample axis, it is passed whole)."""
+    axes: dict[str, Axis] = {}
+    for item in items or []:
+        match = re.fullmatch(r"(.+):(\d+|none)", item.strip())
+        if not match:
+            raise CalibrationError(f"--batch-axis {item!r}: expected NAME:AXIS such as state:1, or NAME:none")
+        axes[match.group(1)] = None if match.group(2) == "none" else int(match.group(2))
+    return axes
+
+
+def input_axes(model: onnx.ModelProto, overrides: dict[str, Axis] | None = None) -> dict[str, Axis]:
+    """Each model input's sample axis (samples.symbolic_axes), overrides checked against the inputs."""
+    specs = {s.name: s for s in input_specs(model)}
+    for name, axis in (overrides or {}).items():
+        if name not in specs:
+            raise CalibrationError(f"--batch-axis {name}: not a model input (inputs: {', '.join(specs)})")
+        if axis is not None and not 0 <= axis < len(specs[name].shape):
+            raise CalibrationError(f"--batch-axis {name}:{axis}: the input has {len(specs[name].shape)} dims "
+                                   f"{_fmt(specs[name].shape)}")
+    return samples.symbolic_axes({n: s.shape for n, s in specs.items()}, overrides)
+
+
+def fixed_batch(model: onnx.ModelProto, axes: dict[str, Axis], label: str = "model") -> int | None:
+    """The batch size the model's inputs fix on their sample axes (None when it is dynamic)."""
+    fixed = set()
+    for spec in input_specs(model):
+        axis = axes.get(spec.name)
+        if axis is not None and axis < len(spec.shape) and isinstance(spec.shape[axis], int) and spec.shape[axis] > 0:
+            fixed.add(spec.shape[axis])
+    if len(fixed) > 1:
+        raise CalibrationError(f"{label}: inputs have different fixed batch sizes {sorted(fixed)}")
+    return fixed.pop() if fixed else None
+
+
+def load_npz(path: str | Path, model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None,
+             batch_axes: dict[str, Axis] | None = None) -> CalibData:
     """Load and check calibration arrays against the model's inputs; never unpickles."""
     path = Path(path)
     if not path.is_file():
@@ -91,25 +142,30 @@ def load_npz(path: str | Path, model: onnx.ModelProto, input_shapes: dict[str, l
     missing = [n for n in specs if n not in arrays]
     if missing:
         raise CalibrationError(f"{path}: no array for model input {missing[0]!r}")
-    inputs = {name: _check_array(path, specs[name], arr, (input_shapes or {}).get(name)) for name, arr in arrays.items()}
-    counts = {len(a) for a in inputs.values() if a.ndim} or {1}
-    if len(counts) != 1:
-        raise CalibrationError(f"{path}: inputs disagree on the number of samples (axis 0): {sorted(counts)}")
+    axes = input_axes(model, batch_axes)
+    inputs = {name: _check_array(path, specs[name], arr, (input_shapes or {}).get(name), axes[name])
+              for name, arr in arrays.items()}
+    counts = {name: arr.shape[axes[name]] for name, arr in inputs.items() if axes[name] is not None}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{n} {c} (axis {axes[n]})" for n, c in counts.items())
+        raise CalibrationError(f"{path}: inputs disagree on the number of samples: {listed}; "
+                               "name an input's sample axis with --batch-axis NAME:AXIS (NAME:none: no sample axis)")
     if labels is not None:
         labels = np.asarray(labels).reshape(-1)
-        if len(labels) != counts.pop() or not np.issubdtype(labels.dtype, np.integer):
+        if len(labels) != next(iter(counts.values()), 1) or not np.issubdtype(labels.dtype, np.integer):
             raise CalibrationError(f"{path}: 'labels' must be integers, one per sample")
-    return CalibData(inputs, labels, str(path))
+    return CalibData(inputs, labels, str(path), axes)
 
 
-def _check_array(path: Path, spec: InputSpec, arr: np.ndarray, override: list[int] | None) -> np.ndarray:
+def _check_array(path: Path, spec: InputSpec, arr: np.ndarray, override: list[int] | None, axis: Axis) -> np.ndarray:
+    where = "no sample axis" if axis is None else f"axis {axis} is the sample axis"
     if arr.ndim != len(spec.shape):
         raise CalibrationError(f"{path}: array {spec.name!r} has shape {arr.shape}, the model expects "
-                               f"{_fmt(spec.shape)} (axis 0 is the sample axis)")
-    for axis, (want, got) in enumerate(zip(override or spec.shape, arr.shape)):
-        if axis > 0 and isinstance(want, int) and want > 0 and want != got:
+                               f"{_fmt(spec.shape)} ({where})")
+    for i, (want, got) in enumerate(zip(override or spec.shape, arr.shape)):
+        if i != axis and isinstance(want, int) and want > 0 and want != got:
             raise CalibrationError(f"{path}: array {spec.name!r} has shape {arr.shape}, "
-                                   f"the model expects {_fmt(spec.shape)}")
+                                   f"the model expects {_fmt(spec.shape)} ({where})")
     if np.issubdtype(spec.dtype, np.floating) != np.issubdtype(arr.dtype, np.floating):
         raise CalibrationError(f"{path}: array {spec.name!r} is {arr.dtype}, the model input is {spec.dtype}")
     return np.asarray(arr, dtype=spec.dtype, order="C")  # ascontiguousarray would make a 0-d flag 1-d
@@ -120,13 +176,14 @@ def _fmt(shape: list) -> str:
 
 
 def synthetic(model: onnx.ModelProto, num_samples: int = 64, input_shapes: dict[str, list[int]] | None = None,
-              seed: int = 0) -> CalibData:
+              seed: int = 0, batch_axes: dict[str, Axis] | None = None) -> CalibData:
     """Random float inputs from the model's input shapes; integer/bool inputs are zeros (with a warning)."""
     rng = np.random.default_rng(seed)
     input_shapes = input_shapes or {}
+    axes = input_axes(model, batch_axes)
     inputs, zeroed = {}, []
     for spec in input_specs(model):
-        shape = _concrete_shape(spec, input_shapes.get(spec.name), num_samples)
+        shape = _concrete_shape(spec, input_shapes.get(spec.name), num_samples, axes[spec.name])
         if np.issubdtype(spec.dtype, np.floating) and shape:
             inputs[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         else:
@@ -137,10 +194,10 @@ def synthetic(model: onnx.ModelProto, num_samples: int = 64, input_shapes: dict[
     if zeroed:
         warnings.warn(f"inputs {', '.join(zeroed)} cannot be guessed and are filled with zeros; "
                       "supply real values with --calib FILE.npz", stacklevel=2)
-    return CalibData(inputs, None, f"synthetic(n={num_samples}, seed={seed})")
+    return CalibData(inputs, None, f"synthetic(n={num_samples}, seed={seed})", axes)
 
 
-def _concrete_shape(spec: InputSpec, override: list[int] | None, num_samples: int) -> list[int]:
+def _concrete_shape(spec: InputSpec, override: list[int] | None, num_samples: int, axis: Axis) -> list[int]:
     if override is not None:
         if len(override) != len(spec.shape):
             raise CalibrationError(f"--input-shape {spec.name}: {len(override)} dims given, the input has "
@@ -148,12 +205,11 @@ def _concrete_shape(spec: InputSpec, override: list[int] | None, num_samples: in
         shape = list(override)
     else:
         shape = [d if isinstance(d, int) and d > 0 else None for d in spec.shape]
-        if not shape:
-            return []  # a scalar input (a flag, a rate): one value for every batch
-        if shape[0] is None:
-            shape[0] = num_samples
-        if None in shape[1:]:
+        if axis is not None and shape[axis] is None:
+            shape[axis] = num_samples
+        if None in shape:
             raise CalibrationError(f"input {spec.name!r} has dynamic dims {_fmt(spec.shape)}; "
                                    f"fix them with --input-shape {spec.name}:DIMS")
-    shape[0] = num_samples  # axis 0 is the sample axis; the engine batches it
+    if axis is not None:
+        shape[axis] = num_samples  # the engine batches the sample axis
     return shape

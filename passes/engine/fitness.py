@@ -17,7 +17,8 @@ import onnxruntime as ort
 
 from evonnx.errors import CalibrationError, EvonnxError, ModelError
 from evonnx.passes.engine import providers as prov
-from evonnx.passes.engine.calib import CalibData, input_specs
+from evonnx.passes.engine import samples
+from evonnx.passes.engine.calib import CalibData, fixed_batch
 from evonnx.passes.engine.metrics import Metrics, compare
 from evonnx.runtime.weights import read_weights
 
@@ -85,6 +86,22 @@ class Runner:
         return binding.copy_outputs_to_cpu()
 
 
+def output_axes(runner: Runner, calib: CalibData, batch: int | None, extra: dict | None = None) -> list[samples.Axis]:
+    """Where each of the runner's outputs carries samples: measured on one sample and on it twice, or, for a
+    model with a fixed batch, axis 0 where an output has the batch's size."""
+    extra = extra or {}
+    if batch is not None:
+        return samples.fixed_batch_axes(runner.run({**calib.feed(0, batch), **extra}), batch)
+    one, two = calib.pair()
+    return samples.measured_axes(runner.run({**one, **extra}), runner.run({**two, **extra}))
+
+
+def run_batches(runner: Runner, feeds: list[dict], axes: list[samples.Axis]) -> list[np.ndarray]:
+    """Run every batch and join each output along its sample axis."""
+    parts = [runner.run(feed) for feed in feeds]
+    return [samples.join([p[k] for p in parts], axes[k]) for k in range(len(parts[0]))]
+
+
 def _opsets(model: onnx.ModelProto) -> str:
     return ", ".join(f"{o.domain or 'ai.onnx'}:{o.version}" for o in model.opset_import)
 
@@ -104,10 +121,12 @@ class FitnessEngine:
         self.weight_names = list(weights)
         self.original = read_weights(model, self.weight_names)
         self.providers = providers = prov.resolve(device)
-        self.batch_size = self._batch_size(model, calib, batch_size)
+        fixed = fixed_batch(model, calib.axes, label)
+        self.batch_size = self._batch_size(fixed, calib, batch_size)
         self.batches = calib.batches(self.batch_size)
         baked = Runner(model, providers, label)
         self.output_names = baked.output_names
+        self.axes = output_axes(baked, calib, fixed)
         self.teacher = self._collect(baked, self.batches)
         self.student = Runner(expose_weights(model, self.weight_names), providers, label)
         self.provider = self.student.provider
@@ -118,12 +137,9 @@ class FitnessEngine:
             self.student.pin(f"weight:{name}", arr)
         self.evaluations = 0
 
-    def _batch_size(self, model: onnx.ModelProto, calib: CalibData, requested: int | None) -> int:
-        fixed = {s.shape[0] for s in input_specs(model) if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
-        if len(fixed) > 1:
-            raise CalibrationError(f"{self.label}: inputs have different fixed batch sizes {sorted(fixed)}")
+    def _batch_size(self, fixed: int | None, calib: CalibData, requested: int | None) -> int:
         if fixed:
-            size = fixed.pop()
+            size = fixed
             usable = calib.num_samples - calib.num_samples % size
             if usable == 0:
                 raise CalibrationError(f"{self.label}: the model's batch is {size} but calibration has "
@@ -131,16 +147,13 @@ class FitnessEngine:
             if usable != calib.num_samples:
                 warnings.warn(f"using {usable} of {calib.num_samples} calibration samples (fixed batch {size})",
                               stacklevel=3)
-                calib.inputs = {k: v[:usable] if v.ndim else v for k, v in calib.inputs.items()}
+                calib.inputs = calib.feed(0, usable)
                 calib.labels = None if calib.labels is None else calib.labels[:usable]
             return size
         return min(requested or DEFAULT_BATCH, calib.num_samples)
 
-    @staticmethod
-    def _collect(runner: Runner, feeds: list[dict]) -> list[np.ndarray]:
-        parts = [runner.run(feed) for feed in feeds]
-        return [np.concatenate([p[k] for p in parts]) if parts[0][k].ndim else parts[0][k]
-                for k in range(len(parts[0]))]
+    def _collect(self, runner: Runner, feeds: list[dict]) -> list[np.ndarray]:
+        return run_batches(runner, feeds, self.axes)
 
     def outputs(self, candidate: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
         """The student's outputs on all calibration batches for one candidate."""

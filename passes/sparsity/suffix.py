@@ -15,8 +15,9 @@ from functools import cached_property
 
 import numpy as np
 
-from evonnx.passes.engine.calib import CalibData, input_specs
-from evonnx.passes.engine.fitness import Runner
+from evonnx.passes.engine import samples
+from evonnx.passes.engine.calib import CalibData, fixed_batch
+from evonnx.passes.engine.fitness import Runner, output_axes, run_batches
 from evonnx.passes.engine.metrics import is_classifier
 from evonnx.passes.sparsity.graph import build_probe, build_suffix, elem_types, suffix_structure
 from evonnx.passes.sparsity.layers import Layer
@@ -82,9 +83,9 @@ class Evaluator:
         self.state, self.layers, self.providers = state, {l.weight: l for l in layers}, providers
         n = calib.num_samples
         self.n_fit, self.n_refit = min(fitness_samples, n), min(max(refit_samples, fitness_samples), n)
-        fixed = {s.shape[0] for s in input_specs(state.model) if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
-        self.batch = fixed.pop() if fixed else batch_size
-        self.stackable_batch = not fixed
+        fixed = fixed_batch(state.model, calib.axes, state.label)
+        self.batch = fixed or batch_size
+        self.stackable_batch = fixed is None
         self.data = calib.subset(self.n_refit)
         self.types = elem_types(state.model)
         self.exposed = [l.weight for l in layers] + [l.bias for l in layers if l.bias]
@@ -95,23 +96,25 @@ class Evaluator:
         self.output_names = [o.name for o in state.model.graph.output]
         self.counter = Counter()
         original = {n: state.original(n) for n in self.exposed}
+        measured = output_axes(self.probe, self.data, fixed, original)
+        self.axes = {**dict(zip(self.probe.output_names, measured)), **self.data.axes}  # every cached value's
         acts = self.run_probe(original)
-        self.teacher_out = [acts[o][: self.n_fit] for o in self.output_names]
+        self.teacher_out = [self.take(acts, o, self.n_fit) for o in self.output_names]
         self.teacher_y = {l.weight: acts[l.y] for l in layers if l.fast}
         self.forward_at_start = self.forward_seconds()
 
     def run_probe(self, weights: dict[str, np.ndarray], n: int | None = None) -> dict[str, np.ndarray]:
         """All probe outputs (graph outputs and cached activations) for the first n samples."""
         n = self.n_refit if n is None else n
-        parts = []
-        for start in range(0, n, self.batch):
-            feed = {k: v[start:min(start + self.batch, n)] if v.ndim else v for k, v in self.data.inputs.items()}
-            feed.update(weights)
-            parts.append(self.probe.run(feed))
-        names = self.probe.output_names
-        out = {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
-        out.update({k: v[:n] if v.ndim else v for k, v in self.data.inputs.items()})
+        feeds = [{**self.data.feed(start, min(start + self.batch, n)), **weights} for start in range(0, n, self.batch)]
+        axes = [self.axes[name] for name in self.probe.output_names]
+        out = dict(zip(self.probe.output_names, run_batches(self.probe, feeds, axes)))
+        out.update(self.data.feed(0, n))
         return out
+
+    def take(self, acts: dict[str, np.ndarray], name: str, n: int, start: int = 0) -> np.ndarray:
+        """Samples [start, n) of a cached value (the whole value when it has no sample axis)."""
+        return samples.take(acts[name], self.axes[name], start, n)
 
     def current(self, state: ModelState) -> dict[str, np.ndarray]:
         return {n: state.current(n) for n in self.exposed}
@@ -130,9 +133,7 @@ class Evaluator:
     def forward_seconds(self, repeats: int = 20) -> float:
         """Median time of one baked forward pass of the original model on the fitness subset."""
         runner = Runner(self.state.model, self.providers, self.state.label)
-        feed = {k: v[: self.n_fit] if v.ndim else v for k, v in self.data.inputs.items()}
-        if not self.stackable_batch:
-            feed = {k: v[: self.batch] if v.ndim else v for k, v in feed.items()}
+        feed = self.data.feed(0, self.n_fit if self.stackable_batch else self.batch)
         runner.run(feed)
         times = []
         for _ in range(repeats):
@@ -152,14 +153,14 @@ class LayerView:
         self.w_mat = layer.to_mat(weights[layer.weight]).astype(np.float32)
         self.out, self.k = self.w_mat.shape
         n = ev.n_fit
-        self.const_out = {o: acts[o][:n] for o in ev.output_names}
+        self.const_out = {o: ev.take(acts, o, n) for o in ev.output_names}
         self.acts = acts
         if not layer.fast:
             return
-        x = acts[layer.x]
-        self.y_shape = (n, *acts[layer.y].shape[1:])
-        self.x_t = np.ascontiguousarray(layer.x_mat(x[:n]).T)  # [K, rows]
-        self.y_flat = layer.y_flat(acts[layer.y][:n]).astype(np.float32)
+        y = ev.take(acts, layer.y, n)
+        self.y_shape = y.shape
+        self.x_t = np.ascontiguousarray(layer.x_mat(ev.take(acts, layer.x, n)).T)  # [K, rows]
+        self.y_flat = layer.y_flat(y).astype(np.float32)
 
     # -- the suffix, built on the first evaluation (re-fit-only visits never build a session) ------------
     @cached_property
@@ -170,8 +171,7 @@ class LayerView:
     @cached_property
     def side(self) -> dict[str, np.ndarray]:
         """The suffix's other inputs (activations from outside the layer's path), fixed for the visit."""
-        n = self.ev.n_fit
-        return {k: self.acts[k][:n] if self.acts[k].ndim else self.acts[k] for k in self.suffix.inputs[1:]}
+        return {k: self.ev.take(self.acts, k, self.ev.n_fit) for k in self.suffix.inputs[1:]}
 
     @cached_property
     def runner(self) -> Runner | None:
@@ -306,16 +306,17 @@ class LayerView:
         kc, n = y.shape[:2]
         if self.stack > 1 and kc > 1:
             feed = {self.suffix.inputs[0]: y.reshape(kc * n, *y.shape[2:])}
-            feed.update({k: np.concatenate([v] * kc) if v.ndim else v for k, v in self.side.items()})
+            feed.update({k: samples.join([v] * kc, self.ev.axes[k]) for k, v in self.side.items()})
             return [r.reshape(kc, n, *r.shape[1:]) for r in self.runner.run(feed)]
+        ev, y_axis = self.ev, self.ev.axes[self.layer.y]
+        out_axes = [ev.axes.get(name, 0) for name in self.runner.output_names]
         per = []
         for c in range(kc):
-            parts = []
-            for start in range(0, n, self.ev.batch):
-                feed = {self.suffix.inputs[0]: y[c, start:start + self.ev.batch]}
-                feed.update({k: v[start:start + self.ev.batch] if v.ndim else v for k, v in self.side.items()})
-                parts.append(self.runner.run(feed))
-            per.append([np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))])
+            n = y.shape[1:][y_axis] if y_axis is not None else ev.batch
+            feeds = [{self.suffix.inputs[0]: samples.take(y[c], y_axis, start, start + ev.batch),
+                      **{k: samples.take(v, ev.axes[k], start, start + ev.batch) for k, v in self.side.items()}}
+                     for start in range(0, n, ev.batch)]
+            per.append(run_batches(self.runner, feeds, out_axes))
         return [np.stack([p[i] for p in per]) for i in range(len(per[0]))]
 
     def _check_stacking(self) -> int:

@@ -1,0 +1,83 @@
+"""Sample axes: where each input and each output of a model carries the calibration samples.
+
+Most inputs carry samples on axis 0, but a recurrent state `[layers, batch, hidden]` carries them on
+axis 1, and a sample rate, a flag or a shape carries none. An input's axis comes from the model's
+symbolic dims (the symbol shared by the most inputs, e.g. `batch`), unless the user names it. Outputs and
+intermediate values get theirs by measurement: one sample, then the same sample twice; the axis that
+doubles is the sample axis, and a value whose shape does not change (a scalar, shape arithmetic, an empty
+tensor) has none. Values without a sample axis are passed whole to every batch and never concatenated.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+Axis = int | None
+
+
+def take(arr: np.ndarray, axis: Axis, start: int, stop: int) -> np.ndarray:
+    """Samples [start, stop) of `arr` along its sample axis (the whole array when it has none)."""
+    if axis is None:
+        return arr
+    index = [slice(None)] * arr.ndim
+    index[axis] = slice(start, stop)
+    return arr[tuple(index)]
+
+
+def join(parts: Sequence[np.ndarray], axis: Axis) -> np.ndarray:
+    """Batches' values joined along the sample axis; a value without one is the same in every batch."""
+    if axis is None or len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts, axis=axis)
+
+
+def count(arr: np.ndarray, axis: Axis) -> int | None:
+    return None if axis is None else int(arr.shape[axis])
+
+
+def measured_axes(one: Sequence[np.ndarray], two: Sequence[np.ndarray]) -> list[Axis]:
+    """Sample axis of each value from its shape on one sample and on that sample twice."""
+    axes: list[Axis] = []
+    for a, b in zip(one, two):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape == b.shape or a.ndim != b.ndim:
+            axes.append(None)
+            continue
+        changed = [i for i, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y]
+        doubled = [i for i in changed if b.shape[i] == 2 * a.shape[i]]
+        axes.append((doubled or changed)[0])
+    return axes
+
+
+def fixed_batch_axes(values: Sequence[np.ndarray], batch: int) -> list[Axis]:
+    """For a model whose batch is fixed (no second measurement possible): axis 0 where it has the batch's size."""
+    return [0 if np.ndim(v) and np.shape(v)[0] == batch else None for v in values]
+
+
+def symbolic_axes(shapes: dict[str, list[int | str | None]], overrides: dict[str, Axis] | None = None) -> dict[str, Axis]:
+    """Each input's sample axis from its dims: the symbol most inputs share (ties: the one nearer the front),
+    else the first dynamic axis. Scalars have none, nor fully fixed inputs beside dynamic ones (a fixed
+    state or rate cannot grow with the batch); when every input is fixed, axis 0. `overrides` win."""
+    overrides = overrides or {}
+    seen = Counter(d for dims in shapes.values() for d in set(dims) if isinstance(d, str) and d)
+    first_pos = {}
+    for dims in shapes.values():
+        for i, d in enumerate(dims):
+            if isinstance(d, str) and d:
+                first_pos[d] = min(first_pos.get(d, i), i)
+    symbol = min(seen, key=lambda s: (-seen[s], first_pos[s], s)) if seen else None
+    any_dynamic = any(not (isinstance(d, int) and d > 0) for dims in shapes.values() for d in dims)
+    axes: dict[str, Axis] = {}
+    for name, dims in shapes.items():
+        if name in overrides:
+            axes[name] = overrides[name]
+        elif not dims:
+            axes[name] = None
+        elif symbol in dims:
+            axes[name] = dims.index(symbol)
+        else:
+            dynamic = [i for i, d in enumerate(dims) if not (isinstance(d, int) and d > 0)]
+            axes[name] = dynamic[0] if dynamic else (None if any_dynamic else 0)
+    return axes
