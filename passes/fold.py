@@ -16,15 +16,21 @@ from evonnx.runtime.weights import QUANT_OPS
 
 QUANTIZED_DTYPES = {np.dtype(t) for t in ("int8", "uint8", "int16", "uint16")}
 MIN_THRESHOLD = 1 << 20
+MAX_IR = 10  # the folded parts run in ONNX Runtime, which reads IR versions up to 10 at least
 
 
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """`model` with its constant subgraphs folded, or `model` itself when nothing folds."""
     import onnx_graphsurgeon as gs
+    import onnxruntime as ort
 
     largest = max((_nbytes(t) for t in model.graph.initializer), default=0)
     try:
+        gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR  # a part it cannot fold is no news
+        ort.set_default_logger_severity(3)  # nor are the optimizer warnings of the sessions it folds with
         graph = gs.import_onnx(model)
+        for g in [graph, *graph.subgraphs(recursive=True)]:  # what it runs to fold must open in ONNX Runtime
+            g.ir_version = min(model.ir_version, MAX_IR)
         before = _computing(graph)
         graph.fold_constants(size_threshold=max(largest, MIN_THRESHOLD), should_exclude_node=_is_dequantization,
                              error_ok=True).cleanup().toposort()

@@ -22,6 +22,8 @@ FLOAT_TYPES = {
     onnx.TensorProto.DOUBLE: "float64",
     onnx.TensorProto.BFLOAT16: "bfloat16",
 }
+QUANTIZED_TYPES = {getattr(onnx.TensorProto, t) for t in ("INT8", "UINT8", "INT16", "UINT16", "INT4", "UINT4")
+                   if hasattr(onnx.TensorProto, t)}
 TARGET_ROLES = ("conv", "matrix", "embedding")
 NORM_OPS = {"BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization",
             "SimplifiedLayerNormalization", "SkipLayerNormalization", "RMSNormalization"}
@@ -217,8 +219,9 @@ def weight_table(model: onnx.ModelProto, origins: dict[str, str] | None = None) 
     weights, skipped = {}, []
     for tensor in model.graph.initializer:
         if tensor.data_type not in FLOAT_TYPES:
-            kind = onnx.TensorProto.DataType.Name(tensor.data_type).lower()
-            skipped.append(Skipped(tensor.name, f"{kind} tensor (already quantized or not a weight)"))
+            if tensor.data_type in QUANTIZED_TYPES:  # other integers (shapes, indices) are not weights
+                kind = onnx.TensorProto.DataType.Name(tensor.data_type).lower()
+                skipped.append(Skipped(tensor.name, f"{kind} tensor (already quantized)"))
             continue
         if tensor.name in quant_fed:
             skipped.append(Skipped(tensor.name, "parameter of a quantized operator"))

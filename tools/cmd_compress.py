@@ -96,6 +96,11 @@ def _logger(args: argparse.Namespace):
     return (lambda *a: print(*a, file=sys.stderr)) if args.json else print
 
 
+def _names(names: list[str], shown: int = 4) -> str:
+    more = f", … ({len(names)} in all)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def format_summary(s: dict) -> str:
     pct = lambda v: "-" if v is None else f"{100 * v:.2f} %"  # noqa: E731
     lines = [f"{s['output']}: {s['container_bytes']:,} bytes from {s['original_bytes']:,} ({s['ratio']:.1f}x)",
@@ -110,7 +115,11 @@ def format_summary(s: dict) -> str:
     for t in s.get("auto", []):
         lines.append(f"auto sparsity {100 * t['sparsity']:.2f} %: drop {t['drop']:.3f} points "
                      f"({'kept' if t['kept'] else 'beyond ' + format(t['limit'], 'g')})")
-    lines += [f"left untouched: {k['name']} ({k['reason']})" for k in s.get("skipped", [])]
-    lines += [f"kept exact: {name} (not exercised by the calibration data)" for name in s.get("kept_exact", [])]
+    by_reason: dict[str, list[str]] = {}
+    for k in s.get("skipped", []):
+        by_reason.setdefault(k["reason"], []).append(k["name"])
+    lines += [f"left untouched ({reason}): {_names(names)}" for reason, names in by_reason.items()]
+    if s.get("kept_exact"):
+        lines.append(f"kept exact (not exercised by the calibration data): {_names(s['kept_exact'])}")
     lines += s.get("notes", [])
     return "\n".join(lines)

@@ -194,7 +194,7 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
         pipeline = Pipeline.from_file(pipeline)
     skipped = [{"name": s.name, "reason": s.reason} for s in state.table.skipped]
     if skipped:
-        log(f"left untouched: {len(skipped)} tensors already quantized or not weights "
+        log(f"left untouched: {len(skipped)} tensors already quantized or setting shapes "
             f"({', '.join(s['name'] for s in skipped[:4])}{', …' if len(skipped) > 4 else ''})")
     notes, trials, targets = [], [], state.targets
     with _work_dir(workdir, report) as wd:

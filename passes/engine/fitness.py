@@ -48,7 +48,7 @@ class Runner:
 
     def __init__(self, model: onnx.ModelProto, providers: list[str], label: str = "model"):
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # failures surface as exceptions; a probe that may fail must not print
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         threads = os.environ.get(THREADS_ENV, "0")
         if not threads.isdigit():

@@ -52,8 +52,9 @@ def measured_axes(one: Sequence[np.ndarray], two: Sequence[np.ndarray]) -> list[
 
 
 def fixed_batch_axes(values: Sequence[np.ndarray], batch: int) -> list[Axis]:
-    """For a model whose batch is fixed (no second measurement possible): axis 0 where it has the batch's size."""
-    return [0 if np.ndim(v) and np.shape(v)[0] == batch else None for v in values]
+    """For a model whose batch is fixed (no second measurement possible): the first axis of the batch's size
+    (a time-major [T, batch, C] output has it on axis 1), else none."""
+    return [next((i for i, d in enumerate(np.shape(v)) if d == batch), None) for v in values]
 
 
 def symbolic_axes(shapes: dict[str, list[int | str | None]], overrides: dict[str, Axis] | None = None) -> dict[str, Axis]:

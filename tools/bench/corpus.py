@@ -1,0 +1,182 @@
+"""evonnx on the real-model corpus, beside ONNX Runtime's dynamic int8 and zstd, in one run.
+
+    python -m evonnx.tools.bench.corpus [--models NAME ...] [--runs default s50b8 auto] [--time-limit 120]
+                                        [--samples N] [--out FILE.md]
+
+For every model: `evonnx compress` (a child process, so its wall time and peak RSS are its own) with the
+corpus calibration set, each run of `--runs` (`default`: the defaults; `s50b8`: --sparsity 0.5 --bits 8;
+`auto`: --sparsity auto); the container decoded to fp32 (and, for the first run, fp16 and qdq) and run in
+ONNX Runtime on held-out inputs (the same builder, another seed); fidelity is the task metric and the
+smallest per-output cosine against the original. Ratios are against the model's files (external data
+included). Beside them: `quantize_dynamic` (int8) and zstd -19 of the file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import zstandard
+
+from evonnx.passes.engine.calib import input_axes
+from evonnx.runtime import decode
+from evonnx.tools.bench import emit
+from evonnx.tools.corpus import fidelity
+from evonnx.tools.corpus.models import BY_NAME, MODELS, CorpusModel
+
+RUNS = {"default": [], "s50b8": ["--sparsity", "0.5", "--bits", "8"], "auto": ["--sparsity", "auto"]}
+HELD_OUT_SEED = 1
+
+
+def model_bytes(path: Path) -> int:
+    """The model file plus its external data files."""
+    model = onnx.load(str(path), load_external_data=False)
+    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    return path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in locations)
+
+
+def session(model_or_path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    source = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def compress_child(entry: CorpusModel, out: Path, args: list[str], calib: Path, time_limit: float) -> dict:
+    """One `evonnx compress` in a child process: its summary, wall seconds, peak RSS (MiB) and exit status."""
+    cmd = [sys.executable, "-m", "evonnx", "compress", str(entry.path()), "-o", str(out), "--calib", str(calib),
+           "--time-limit", str(time_limit), "--json", "--quiet", *args]
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = rc = os.waitstatus_to_exitcode(status)
+        stdout.seek(0), stderr.seek(0)
+        res = {"rc": rc, "wall": wall, "rss": usage.ru_maxrss / 1024}
+        if rc != 0:
+            return {**res, "error": (stderr.read().strip().splitlines() or ["?"])[-1]}
+        return {**res, "summary": json.loads(stdout.read())}
+
+
+def fidelity_of(teacher: list, model, test: dict, axes: dict, task: str) -> dict:
+    student = fidelity.run_per_sample(session(model), test, axes)
+    name, value = fidelity.task_metric(task, teacher, student)
+    return {"cos": min(fidelity.cosines(teacher, student)), "metric": name, "task": value}
+
+
+def ort_int8(entry: CorpusModel, teacher: list, test: dict, axes: dict, original: int) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    for name in ("", "onnxruntime.quantization"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "int8.onnx"
+        try:
+            quantize_dynamic(str(entry.path()), str(out), weight_type=QuantType.QInt8)
+            fid = fidelity_of(teacher, out, test, axes, entry.task)
+        except Exception as exc:  # noqa: BLE001 - the failure is the result
+            return {"error": str(exc).strip().splitlines()[0][:80]}
+        return {"ratio": original / out.stat().st_size, **fid}
+
+
+def bench_model(entry: CorpusModel, runs: list[str], time_limit: float, samples: int | None, folder: Path) -> list[dict]:
+    path, calib = entry.path(), entry.calib_path(samples)
+    test = dict(np.load(entry.calib_path(samples, seed=HELD_OUT_SEED)))
+    original = model_bytes(path)
+    model = onnx.load(str(path), load_external_data=False)
+    axes = input_axes(model)
+    teacher = fidelity.run_per_sample(session(path), test, axes)
+    params = sum(int(np.prod(t.dims)) for t in onnx.load(str(path)).graph.initializer
+                 if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16))
+    base = {"model": entry.name, "family": entry.family, "task": entry.task, "file_mb": original / 1e6,
+            "calib": len(next(iter(dict(np.load(calib)).values()))), "params": params}
+    rows = []
+    for i, run in enumerate(runs):
+        out = folder / f"{entry.name}-{run}.evx"
+        res = compress_child(entry, out, RUNS[run], calib, time_limit)
+        row = {**base, "run": run, "wall": res["wall"], "limit": time_limit, "rss": res["rss"], "rc": res["rc"]}
+        if res["rc"] != 0:
+            rows.append({**row, "error": res["error"]})
+            continue
+        s = res["summary"]
+        row.update(ratio=original / out.stat().st_size, bytes=out.stat().st_size, provider=s["provider"],
+                   sparsity=s["sparsity"])
+        for fmt in ("fp32", "fp16", "qdq") if i == 0 else ("fp32",):
+            try:
+                row[fmt] = fidelity_of(teacher, decode(out, fmt), test, axes, entry.task)
+            except Exception as exc:  # noqa: BLE001 - a decode form that does not run is a result too
+                row[fmt] = {"error": str(exc).strip().splitlines()[0][:80]}
+        rows.append(row)
+    rows.append({**base, "run": "ort-int8", **ort_int8(entry, teacher, test, axes, original)})
+    rows.append({**base, "run": "zstd-19", "ratio": original / len(zstandard.ZstdCompressor(level=19).compress(
+        path.read_bytes()))})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | family | params | MB | run | ratio | task metric | task | min cos | fp16 / qdq cos | "
+             "wall s / limit | peak RSS MiB | provider |", "|---|---|---:|---:|---|---:|---|---:|---:|---|---:|---:|---|"]
+    for r in rows:
+        head = f"| {r['model']} | {r['family']} | {r['params'] / 1e6:.2f}M | {r['file_mb']:.1f} | {r['run']} |"
+        if "error" in r:
+            lines.append(f"{head} fails: {r['error']} | | | | | " + (f"{r['wall']:.0f} / {r['limit']:.0f} |" if "wall" in r else "|") + " | |")
+            continue
+        fp = r.get("fp32", r)
+        if "error" in fp:
+            lines.append(f"{head} {r['ratio']:.1f}× | decode fails: {fp['error']} | | | | | | |")
+            continue
+        others = " / ".join(f"{r[f]['cos']:.4f}" if "cos" in r.get(f, {}) else "fails" for f in ("fp16", "qdq") if f in r)
+        timing = f"{r['wall']:.0f} / {r['limit']:.0f}" if "wall" in r else "–"
+        rss = f"{r['rss']:.0f}" if "rss" in r else "–"
+        task = f"{fp['task']:.4f}" if "task" in fp else "–"
+        cos = f"{fp['cos']:.4f}" if "cos" in fp else "–"
+        lines.append(f"{head} {r['ratio']:.1f}× | {fp.get('metric', '–')} | {task} | {cos} | {others or '–'} | "
+                     f"{timing} | {rss} | {r.get('provider', '–')} |")
+    return "\n".join(lines)
+
+
+def headline(rows: list[dict], run: str) -> str:
+    """How many models work end to end, and the geometric-mean ratio of those at min cosine >= 0.99."""
+    mine = [r for r in rows if r["run"] == run]
+    ok = [r for r in mine if "error" not in r and "error" not in r.get("fp32", r)]
+    good = [r["ratio"] for r in ok if r.get("fp32", r).get("cos", 0) >= 0.99]
+    gm = float(np.exp(np.mean(np.log(good)))) if good else float("nan")
+    return f"{run}: {len(ok)}/{len(mine)} models end to end; {len(good)} at min cosine >= 0.99, geometric mean {gm:.2f}×"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m evonnx.tools.bench.corpus", description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=[m.name for m in MODELS], choices=list(BY_NAME))
+    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    p.add_argument("--time-limit", type=float, default=120.0)
+    p.add_argument("--samples", type=int, default=None, help="calibration samples (default: each model's own)")
+    p.add_argument("--jsonl", help="append every row as JSON to this file as it is measured")
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            new = bench_model(BY_NAME[name], args.runs, args.time_limit, args.samples, Path(tmp))
+            rows += new
+            if args.jsonl:
+                with open(args.jsonl, "a") as f:
+                    f.writelines(json.dumps(r, default=float) + "\n" for r in new)
+            print("\n".join(table(new).splitlines()[2:]), flush=True)
+    lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores; onnxruntime {ort.__version__}", "",
+             *[headline(rows, run) for run in [*args.runs, "ort-int8"]], "", table(rows)]
+    return emit("\n".join(lines), args.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
