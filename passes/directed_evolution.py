@@ -21,6 +21,7 @@ from evonnx.passes.base import Pass, PassContext, param, register
 from evonnx.passes.sparsity import checkpoint, common
 from evonnx.passes.sparsity import targets as tg
 from evonnx.passes.sparsity.evolve import SearchSettings, rank01, search
+from evonnx.passes.sparsity.suffix import LayerView
 from evonnx.passes.state import ModelState
 
 PRIORS = ("magnitude", "wanda", "hessian")
@@ -168,7 +169,7 @@ class _Run:
         stop = stop or "done"
         if stop != "done" and cfg.on_budget == "finish":
             self._finish()
-        forward = (self.ev.forward_at_start + self.ev.forward_seconds()) / 2  # load may change during a run
+        forward = self.ev.forward_at_start
         c = self.ev.counter
         per_eval = c.seconds / max(c.evaluations, 1)
         rec = common.record(DirectedEvolution.name, cfg, self.student, layers, self.ev, self.t_start, stop_reason=stop,
@@ -249,13 +250,17 @@ class _Run:
                         fit=f"{fit_refit if fit_refit is not None else fit:.4g}")
 
     def _finish(self) -> None:
-        """Reach every layer's exact target by its best prior (and re-fit), without search."""
+        """Reach every layer's exact target by its best prior (and re-fit), without search: one probe run
+        gives every layer's activations (upstream changes made here are not seen downstream: a budget ran out)."""
+        acts = None
         for layer in self.layers:
             mask = common.mask_of(self.student, layer)
             n = tg.zero_count(layer.size, self.targets[layer.weight]) - int((~mask).sum())
             if n <= 0:
                 continue
-            view = self.ev.visit(layer, self.student)  # no suffix session: nothing is evaluated here
+            if acts is None:
+                acts = self.ev.run_probe(self.ev.current(self.student))
+            view = LayerView(self.ev, layer, self.student, self.ev.current(self.student), acts)
             data = view.refit_data() if layer.fast else None
             pri = common.priors(view, ["hessian" if self.cfg.refit else "wanda"], self.cfg.ridge, data[0] if data else None)
             score = np.where(mask.ravel(), next(iter(pri.values())), -np.inf)  # zeros stay zero

@@ -35,6 +35,7 @@ class Quantize(Pass):
         nontarget: str = param("exact", "biases, norms and small tensors: exact, fp16 or bf16 (rounded), "
                                             "or int8 (uniform per tensor)")
         refit_rows: int = param(4096, "calibration rows per layer for the codebook re-fit")
+        measure_alone: bool = param(True, "measure each layer quantized alone, for the report (a forward pass each)")
 
     def run(self, state: ModelState, ctx: PassContext) -> ModelState:
         cfg = self.config
@@ -46,12 +47,14 @@ class Quantize(Pass):
         default = QuantSpec.parse(cfg.scheme, cfg.bits)
         plan = {n: QuantSpec.parse(cfg.layers[n], cfg.bits) if n in cfg.layers else default
                 for n in state.targets if n in cfg.layers or state.table[n].size >= cfg.min_size}
-        return quantize_plan(state, ctx, plan, cfg.nontarget, cfg.refit_rows, self.name, asdict(cfg))
+        return quantize_plan(state, ctx, plan, cfg.nontarget, cfg.refit_rows, self.name, asdict(cfg),
+                             measure_alone=cfg.measure_alone)
 
 
 def quantize_plan(state: ModelState, ctx: PassContext, plan: dict[str, QuantSpec], nontarget: str,
                   refit_rows: int, pass_name: str, settings: dict, extra: dict | None = None,
-                  quantizer: Quantizer | None = None, exact: set[str] = frozenset()) -> ModelState:
+                  quantizer: Quantizer | None = None, exact: set[str] = frozenset(),
+                  measure_alone: bool = True) -> ModelState:
     """Quantize the planned weights, round the other float tensors but `exact` as `nontarget` says, measure
     each alone and all together against the incoming model, the result against the teacher, and record it."""
     engine = ctx.engine(state)
@@ -61,7 +64,8 @@ def quantize_plan(state: ModelState, ctx: PassContext, plan: dict[str, QuantSpec
     done = {n: quantizer.quantize(n, spec) for n, spec in plan.items()}
     rows = [row(q, plan[n], state.current(n)) for n, q in done.items()]
     weights = {n: q.weight for n, q in done.items()}
-    *alone, joint = fidelity.evaluate([{n: q.weight} for n, q in done.items()] + [weights])
+    singles = [{n: q.weight} for n, q in done.items()] if measure_alone else []
+    *alone, joint = fidelity.evaluate(singles + [weights])
     for r, m in zip(rows, alone):
         r["kl_alone"] = m.metrics.fitness  # KL (or rel. MSE) from the incoming student, this layer quantized alone
     quant = {n: q.tensor for n, q in done.items()}

@@ -50,6 +50,9 @@ BISECTIONS = 2
 SEARCH_SHARE = 0.7  # of --time-limit for the sparsity search; the rest is left for the bit allocation
 AUTO_SHARE = 0.5  # of --max-drop the auto sparsity may spend; the bit allocation gets what is left
 LIGHT_BITS = {"schemes": ["uniform/channel/sym"], "bits": [2, 3, 4, 5, 6, 8]}  # the bit allocation when time is short
+FINISH_FORWARDS = 4  # passes over the calibration set after the search: final metrics, decode, verify
+ENCODE_SECONDS_PER_PARAM = 1e-6  # entropy coding and decoding the container (~1 s per million weights here)
+MIN_SEARCH_SHARE = 0.1  # of --time-limit the passes get however little is left
 JOINT_EVALUATIONS = 40  # about what the bit allocation's joint search measures
 INTERNAL = ("history", "search_log")  # CompressResult fields for reports, not the JSON summary
 
@@ -143,7 +146,8 @@ def default_pipeline(sparsity: float | str, bits: int | str, max_drop: float, ti
                                                                    else {})}))
     else:
         steps.append(("quantize", {"bits": 8 if bits == "auto" else int(bits),
-                                   **({"layers": {n: "raw" for n in keep}} if keep else {})}))
+                                   **({"layers": {n: "raw" for n in keep}} if keep else {}),
+                                   **({"measure_alone": False} if time_limit else {})}))
     return Pipeline(steps)
 
 
@@ -212,25 +216,28 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
             _claim(wd, fingerprint(state.model, {**data.inputs, **labels}, settings, seed), resume, state.label, log)
         prune = [n for n in targets if n not in kept]
         budget = Budget()
+        search_limit = time_limit
         if time_limit and targets and pipeline is None:
-            budget = Budget.fit(len(prune), _forward_seconds(engine), time_limit)
+            forward = _forward_seconds(engine)
+            search_limit = _search_seconds(time_limit, time.perf_counter() - start, forward, state, log)
+            budget = Budget.fit(len(prune), forward, search_limit)
             if budget.describe():
-                log(f"time limit {time_limit:g} s: {budget.describe()}")
+                log(f"time limit {time_limit:g} s ({search_limit:.0f} s to search): {budget.describe()}")
         if not targets:
             notes.append("nothing to compress: no conv kernel, matrix or embedding among the float weights; "
                          "the container holds the model as it is")
             log(notes[-1])
             steps: list[dict] = []
         elif sparsity == "auto":
-            state, steps, trials = _auto(state, ctx, engine, bits, max_drop, time_limit, prune, kept, budget, log)
+            state, steps, trials = _auto(state, ctx, engine, bits, max_drop, search_limit, prune, kept, budget, log)
         elif limit_bytes:
-            pipeline = pipeline or default_pipeline(sparsity, bits, max_drop, time_limit, prune=prune, keep=kept,
+            pipeline = pipeline or default_pipeline(sparsity, bits, max_drop, search_limit, prune=prune, keep=kept,
                                                     budget=budget, target_bytes=limit_bytes)
             state, pipeline = _fit_file_size(state, ctx, pipeline, limit_bytes,
                                              lambda p: run_meta(Path(str(model)).name, seed, describe(p)), log)
             steps = describe(pipeline)
         else:
-            pipeline = pipeline or default_pipeline(sparsity, bits, max_drop, time_limit, prune=prune, keep=kept,
+            pipeline = pipeline or default_pipeline(sparsity, bits, max_drop, search_limit, prune=prune, keep=kept,
                                                     budget=budget)
             state = pipeline.run(state, ctx)
             steps = describe(pipeline)
@@ -463,6 +470,19 @@ def _forward_seconds(engine) -> float:
         engine.outputs({})
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def _search_seconds(time_limit: float, spent: float, forward: float, state: ModelState, log) -> float:
+    """What is left of `time_limit` for the passes: less what loading took, and a reserve for decoding and
+    verifying the container (FINISH_FORWARDS passes over the calibration set, encoding by the parameter)."""
+    params = sum(w.size for w in state.table.targets)
+    reserve = FINISH_FORWARDS * forward + ENCODE_SECONDS_PER_PARAM * params
+    left = time_limit - spent - reserve
+    floor = MIN_SEARCH_SHARE * time_limit
+    if left < floor:
+        log(f"time limit {time_limit:g} s: loading took {spent:.0f} s and verifying needs about {reserve:.0f} s; "
+            f"searching for {floor:.0f} s, so the run will take longer")
+    return max(left, floor)
 
 
 def _source_bytes(model: str | Path | bytes) -> int:

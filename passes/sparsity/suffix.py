@@ -130,13 +130,14 @@ class Evaluator:
         acts = self.run_probe(self.current(state), self.n_fit)
         return float(fitness_batch(self.teacher_out, [acts[o][None] for o in self.output_names])[0])
 
-    def forward_seconds(self, repeats: int = 20) -> float:
-        """Median time of one baked forward pass of the original model on the fitness subset."""
+    def forward_seconds(self, repeats: int = 20, seconds: float = 1.0) -> float:
+        """Median time of one baked forward pass of the original model on the fitness subset (up to `repeats`
+        runs, fewer once they took `seconds`: a slow model is timed by few runs)."""
         runner = Runner(self.state.model, self.providers, self.state.label)
         feed = self.data.feed(0, self.n_fit if self.stackable_batch else self.batch)
         runner.run(feed)
-        times = []
-        for _ in range(repeats):
+        times: list[float] = []
+        while len(times) < repeats and (len(times) < 2 or sum(times) < seconds):
             t0 = time.perf_counter()
             runner.run(feed)
             times.append(time.perf_counter() - t0)
