@@ -24,7 +24,7 @@ from evonnx.passes.quant.sizing import HEADER_BYTES, coded_bytes
 from evonnx.passes.quantize import quantize_plan
 from evonnx.passes.state import ModelState
 
-METRICS = ("auto", "accuracy", "agreement", "kl")
+METRICS = ("auto", "accuracy", "agreement", "cosine", "kl")
 
 
 @register
@@ -39,8 +39,10 @@ class BitAllocation(Pass):
                                "codebook+refit"], "scheme families tried per layer (see the quantize pass)")
         bits: list = param([1, 2, 3, 4, 5, 6, 7, 8], "bit widths tried per scheme")
         metric: str = param("auto", "budget metric: accuracy (labels), agreement (top-1 with the incoming model), "
-                            "kl (mean KL, or rel. MSE for non-classifiers); auto = accuracy, else agreement, else kl")
-        max_drop: float = param(0.5, "accuracy points lost, or top-1 points changed, vs the incoming model")
+                            "cosine (100 x (1 - the lowest output's mean cosine): cosine points), kl (mean KL, or "
+                            "rel. MSE for non-classifiers); auto = accuracy, else agreement, else cosine")
+        max_drop: float = param(0.5, "accuracy points lost, top-1 points changed, or cosine points lost, "
+                                "vs the incoming model")
         z: float = param(2.0, "accuracy budget on the drop's upper bound: measured + z standard errors (McNemar, "
                          "from the calibration samples that change); 0 = the raw drop, which overfits the search")
         max_kl: float = param(0.01, "mean KL (rel. MSE for non-classifiers) from the incoming model, metric = kl")
@@ -150,7 +152,7 @@ def _nontarget_mode(state: ModelState, fidelity: Fidelity, loss, weights: dict, 
 def _budget(cfg, start: Metrics) -> tuple[str, float]:
     metric = cfg.metric
     if metric == "auto":
-        metric = "accuracy" if start.accuracy is not None else "agreement" if start.top1 is not None else "kl"
+        metric = "accuracy" if start.accuracy is not None else "agreement" if start.top1 is not None else "cosine"
     if metric == "accuracy" and start.accuracy is None:
         raise EvonnxError("bit-allocation: metric=accuracy needs calibration labels")
     if metric == "agreement" and start.top1 is None:
@@ -160,11 +162,13 @@ def _budget(cfg, start: Metrics) -> tuple[str, float]:
 
 def _loss(metric: str, z: float):
     """Measure against the incoming model -> loss: accuracy points lost (upper bound), top-1 points
-    changed, or KL (rel. MSE) from the incoming model."""
+    changed, cosine points lost (the lowest output), or KL (rel. MSE) from the incoming model."""
     if metric == "accuracy":
         return lambda m: m.accuracy_drop(z)
     if metric == "agreement":
         return lambda m: 100.0 * (1.0 - m.metrics.top1)
+    if metric == "cosine":
+        return lambda m: 100.0 * (1.0 - m.metrics.min_cosine)
     return lambda m: m.metrics.fitness
 
 

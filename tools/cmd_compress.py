@@ -28,7 +28,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--bits", default="auto", help="auto (searched per layer) or a fixed 1-8")
     parser.add_argument("--max-drop", type=float, default=0.5,
                         help="accuracy points (with labels; measured + 1 standard error), else top-1 agreement "
-                             "points, the bit allocation may lose against the pruned model; with --sparsity auto, "
+                             "points, else (no classifier output) cosine points (100 x (1 - the lowest output's "
+                             "cosine)), the bit allocation may lose against the pruned model; with --sparsity auto, "
                              "the whole run against the teacher")
     parser.add_argument("--max-bytes", metavar="N|Rx", help="bound the file: N bytes, or the model file's size / R "
                         "(e.g. 100x); the bit allocation (the default pipeline's, or the one of --config) fits it "

@@ -8,7 +8,8 @@ there must be this very run, and Directed Evolution continues from its checkpoin
 `sparsity="auto"`: Directed Evolution climbs a ladder of global sparsities (the kept fraction halves each
 rung: 50 %, 75 %, 87.5 %, …), each rung continuing from the last accepted student, then bisects between
 the last rung within budget and the first beyond it. A rung is accepted when its drop against the teacher
-(accuracy points with labels, taken at measured + 1 standard error, else top-1 agreement points) is within
+(accuracy points with labels, taken at measured + 1 standard error, else top-1 agreement points, else
+cosine points: 100 x (1 - the lowest output's mean cosine)) is within
 half of `max_drop`; the bit allocation gets what is left of `max_drop`.
 """
 from __future__ import annotations
@@ -298,11 +299,9 @@ def _auto(state: ModelState, ctx: PassContext, engine, bits: int | str, max_drop
     """sparsity="auto" (see the module docstring): the ladder and bisection of Directed Evolution runs,
     then the bit stage with the rest of the budget. Returns the state, the passes that made it, the trials."""
     limit = AUTO_SHARE * max_drop
-    metric = "accuracy" if ctx.calib.labels is not None else "agreement"
     fidelity = Fidelity(engine, {n: state.current(n) for n in engine.weight_names})
-    if fidelity.start.top1 is None:
-        raise EvonnxError("--sparsity auto measures the drop on a classifier output (N, classes), which this "
-                          "model lacks; give a number")
+    metric = ("accuracy" if ctx.calib.labels is not None else "agreement" if fidelity.start.top1 is not None
+              else "cosine")
     loss = _loss(metric, 1.0)
     deadline = time.perf_counter() + SEARCH_SHARE * time_limit if time_limit else None
     best, best_drop, passed, failed, bisected = state, 0.0, 0.0, None, 0

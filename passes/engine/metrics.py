@@ -67,6 +67,11 @@ class Metrics:
         return next((o.accuracy for o in self.outputs if o.accuracy is not None), None)
 
     @property
+    def min_cosine(self) -> float:
+        """The lowest output's mean per-sample cosine to the reference."""
+        return min((o.cosine for o in self.outputs), default=1.0)
+
+    @property
     def top1(self) -> float | None:
         return next((o.top1 for o in self.outputs if o.top1 is not None), None)
 
