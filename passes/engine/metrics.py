@@ -11,14 +11,26 @@ def is_classifier(teacher: np.ndarray) -> bool:
     return teacher.ndim == 2 and teacher.shape[1] >= 2 and np.issubdtype(teacher.dtype, np.floating)
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
+def is_probability(teacher: np.ndarray) -> bool:
+    """Class scores that are already probabilities (a softmax inside the model): each row sums to 1."""
+    return bool(teacher.size and teacher.min() >= 0 and teacher.max() <= 1
+                and np.allclose(teacher.sum(axis=-1, dtype=np.float64), 1.0, atol=1e-3))
+
+
+def log_probs(x: np.ndarray, probabilities: bool) -> np.ndarray:
+    """Log class probabilities of scores along the last axis: log-softmax of logits, or the log of
+    probabilities (a softmax of probabilities would flatten them and hide changed predictions)."""
+    x = x.astype(np.float64)
+    if probabilities:
+        return np.log(np.clip(x, 1e-12, None))
+    x = x - x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
 def kl_divergence(teacher: np.ndarray, student: np.ndarray) -> float:
-    """Mean over samples of KL(softmax(teacher) || softmax(student)), in nats."""
-    lt, ls = _log_softmax(teacher), _log_softmax(student)
+    """Mean over samples of KL(teacher || student) of the class distributions, in nats."""
+    probs = is_probability(teacher)
+    lt, ls = log_probs(teacher, probs), log_probs(student, probs)
     return float(np.mean(np.sum(np.exp(lt) * (lt - ls), axis=-1)))
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from evonnx.passes.engine import samples
 from evonnx.passes.engine.calib import CalibData, fixed_batch
 from evonnx.passes.engine.fitness import Runner, output_axes, run_batches
-from evonnx.passes.engine.metrics import is_classifier
+from evonnx.passes.engine.metrics import is_classifier, is_probability, log_probs
 from evonnx.passes.sparsity.graph import build_probe, build_suffix, elem_types, suffix_structure
 from evonnx.passes.sparsity.layers import Layer
 from evonnx.passes.state import ModelState
@@ -38,19 +38,14 @@ def fitness_batch(teacher: list[np.ndarray], student: list[np.ndarray]) -> np.nd
         if not np.issubdtype(t.dtype, np.floating):
             mses.append(np.mean((s != t[None]).reshape(k, -1), axis=1))
         elif is_classifier(t):
-            lt, ls = _log_softmax(t[None]), _log_softmax(s)
+            probs = is_probability(t)
+            lt, ls = log_probs(t[None], probs), log_probs(s, probs)
             kls.append(np.mean(np.sum(np.exp(lt) * (lt - ls), axis=-1), axis=-1))
         else:
             t64 = t.astype(np.float64)
             diff = (s.astype(np.float64) - t64[None]).reshape(k, -1)
             mses.append(np.sum(diff * diff, axis=1) / max(float(np.sum(t64 * t64)), 1e-30))
     return np.mean(kls, axis=0) if kls else np.mean(mses, axis=0)
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
 def sparse_rows(x_t: np.ndarray, groups: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_groups: int) -> np.ndarray:

@@ -29,6 +29,7 @@ import onnxruntime as ort
 import zstandard
 
 from evonnx.passes.engine.calib import input_axes
+from evonnx.passes.state import load_state
 from evonnx.runtime import decode
 from evonnx.tools.bench import emit
 from evonnx.tools.corpus import fidelity
@@ -73,7 +74,7 @@ def compress_child(entry: CorpusModel, out: Path, args: list[str], calib: Path, 
 def fidelity_of(teacher: list, model, test: dict, axes: dict, task: str) -> dict:
     student = fidelity.run_per_sample(session(model), test, axes)
     name, value = fidelity.task_metric(task, teacher, student)
-    return {"cos": min(fidelity.cosines(teacher, student)), "metric": name, "task": value}
+    return {"cos": min(fidelity.cosines(teacher, student)), "metric": name, "score": value}
 
 
 def ort_int8(entry: CorpusModel, teacher: list, test: dict, axes: dict, original: int) -> dict:
@@ -97,8 +98,7 @@ def bench_model(entry: CorpusModel, runs: list[str], time_limit: float, samples:
     model = onnx.load(str(path), load_external_data=False)
     axes = input_axes(model)
     teacher = fidelity.run_per_sample(session(path), test, axes)
-    params = sum(int(np.prod(t.dims)) for t in onnx.load(str(path)).graph.initializer
-                 if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16))
+    params = sum(w.size for w in load_state(str(path)).table)  # float weights wherever they live
     base = {"model": entry.name, "family": entry.family, "task": entry.task, "file_mb": original / 1e6,
             "calib": len(next(iter(dict(np.load(calib)).values()))), "params": params}
     rows = []
@@ -139,7 +139,7 @@ def table(rows: list[dict]) -> str:
         others = " / ".join(f"{r[f]['cos']:.4f}" if "cos" in r.get(f, {}) else "fails" for f in ("fp16", "qdq") if f in r)
         timing = f"{r['wall']:.0f} / {r['limit']:.0f}" if "wall" in r else "–"
         rss = f"{r['rss']:.0f}" if "rss" in r else "–"
-        task = f"{fp['task']:.4f}" if "task" in fp else "–"
+        task = f"{fp['score']:.4f}" if "score" in fp else "–"
         cos = f"{fp['cos']:.4f}" if "cos" in fp else "–"
         lines.append(f"{head} {r['ratio']:.1f}× | {fp.get('metric', '–')} | {task} | {cos} | {others or '–'} | "
                      f"{timing} | {rss} | {r.get('provider', '–')} |")
