@@ -14,6 +14,7 @@ from evonnx.errors import EvonnxError
 COMMANDS = {
     "eval": "cmd_eval",
     "zoo": "cmd_zoo",
+    "corpus": "cmd_corpus",
     "compress": "cmd_compress",
     "demo": "cmd_demo",
     "decode": "cmd_decode",

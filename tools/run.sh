@@ -1,7 +1,8 @@
 #!/bin/sh
 # Bootstrap and run: `sh tools/run.sh demo` (the demo pipeline) or `sh tools/run.sh test` (the test suite).
 # Creates .venv, installs the CPU build of torch and evonnx with its test extras when pyproject.toml changed,
-# and installs the FashionMNIST Debian package when it can (the zoo falls back to scikit-learn digits).
+# and installs the FashionMNIST and espeak-ng Debian packages when it can (the zoo falls back to scikit-learn
+# digits; the corpus reads calibration speech with espeak-ng).
 set -e
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -13,6 +14,11 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     "$PY" -m pip install -q torch==2.13.0  # the CPU build; use `pip install torch` yourself for a CUDA one
     "$PY" -m pip install -q -e ".[torch,test]"
     echo "$WANT" > "$STAMP"
+fi
+if ! command -v espeak-ng >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -q espeak-ng >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q espeak-ng >/dev/null 2>&1; } \
+        || echo "note: espeak-ng not installable; the corpus cannot synthesize calibration speech"
 fi
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \

@@ -70,17 +70,19 @@ class Runner:
         if self.on_cuda:
             self._device_values[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", 0)
 
-    def run(self, feeds: dict[str, np.ndarray | str]) -> list[np.ndarray]:
-        """Run with numpy arrays, or on CUDA with names of pinned values (a str value names a pinned array)."""
+    def run(self, feeds: dict[str, np.ndarray | str], outputs: list[str] | None = None) -> list[np.ndarray]:
+        """Run with numpy arrays, or on CUDA with names of pinned values (a str value names a pinned array);
+        `outputs` picks some of the outputs (default: all)."""
+        outputs = self.output_names if outputs is None else outputs
         if not self.on_cuda:
-            return self.session.run(self.output_names, feeds)
+            return self.session.run(outputs, feeds)
         binding = self.session.io_binding()
         for name, value in feeds.items():
             if isinstance(value, str):
                 binding.bind_ortvalue_input(name, self._device_values[value])
             else:
                 binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), "cuda", 0))
-        for name in self.output_names:
+        for name in outputs:
             binding.bind_output(name, "cuda")
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
@@ -96,9 +98,10 @@ def output_axes(runner: Runner, calib: CalibData, batch: int | None, extra: dict
     return samples.measured_axes(runner.run({**one, **extra}), runner.run({**two, **extra}))
 
 
-def run_batches(runner: Runner, feeds: list[dict], axes: list[samples.Axis]) -> list[np.ndarray]:
-    """Run every batch and join each output along its sample axis."""
-    parts = [runner.run(feed) for feed in feeds]
+def run_batches(runner: Runner, feeds: list[dict], axes: list[samples.Axis],
+                outputs: list[str] | None = None) -> list[np.ndarray]:
+    """Run every batch and join each output (of `outputs`, default all) along its sample axis."""
+    parts = [runner.run(feed, outputs) for feed in feeds]
     return [samples.join([p[k] for p in parts], axes[k]) for k in range(len(parts[0]))]
 
 

@@ -27,6 +27,7 @@ STACK_BYTES = 96 << 20  # most bytes of stacked suffix inputs per run
 CHUNK_ELEMENTS = 4 << 20  # gather chunk of the sparse delta product
 REFIT_ROWS = 16384  # most activation rows used to re-fit one layer
 POOL_CACHE_ELEMENTS = 32 << 20  # most gathered activation elements cached for a search pool
+ACTIVATION_BYTES = 2 << 30  # most bytes of cached activations (every layer's input and output) on the re-fit samples
 
 
 def fitness_batch(teacher: list[np.ndarray], student: list[np.ndarray]) -> np.ndarray:
@@ -93,17 +94,31 @@ class Evaluator:
         original = {n: state.original(n) for n in self.exposed}
         measured = output_axes(self.probe, self.data, fixed, original)
         self.axes = {**dict(zip(self.probe.output_names, measured)), **self.data.axes}  # every cached value's
+        self._fit_memory(original)
         acts = self.run_probe(original)
         self.teacher_out = [self.take(acts, o, self.n_fit) for o in self.output_names]
         self.teacher_y = {l.weight: acts[l.y] for l in layers if l.fast}
         self.forward_at_start = self.forward_seconds()
 
-    def run_probe(self, weights: dict[str, np.ndarray], n: int | None = None) -> dict[str, np.ndarray]:
-        """All probe outputs (graph outputs and cached activations) for the first n samples."""
+    def _fit_memory(self, weights: dict[str, np.ndarray]) -> None:
+        """Fewer re-fit (and fitness) samples when every cached activation of them would pass ACTIVATION_BYTES."""
+        size = self.batch if not self.stackable_batch else 1
+        outs = self.probe.run({**self.data.feed(0, size), **weights})
+        per_sample = sum(o.nbytes for o, name in zip(outs, self.probe.output_names) if self.axes[name] is not None)
+        cap = max(self.batch if not self.stackable_batch else 1, int(ACTIVATION_BYTES // max(per_sample / size, 1)))
+        if cap < self.n_refit:
+            self.n_refit, self.n_fit = cap, min(self.n_fit, cap)
+            self.data = self.data.subset(cap)
+
+    def run_probe(self, weights: dict[str, np.ndarray], n: int | None = None,
+                  names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Probe outputs (graph outputs and cached activations; only `names` when given, so that one visit
+        holds only what it needs) for the first n samples, with the inputs."""
         n = self.n_refit if n is None else n
+        names = list(self.probe.output_names if names is None else dict.fromkeys(names))
+        names = [name for name in names if name in self.axes and name not in self.data.inputs]
         feeds = [{**self.data.feed(start, min(start + self.batch, n)), **weights} for start in range(0, n, self.batch)]
-        axes = [self.axes[name] for name in self.probe.output_names]
-        out = dict(zip(self.probe.output_names, run_batches(self.probe, feeds, axes)))
+        out = dict(zip(names, run_batches(self.probe, feeds, [self.axes[name] for name in names], names)))
         out.update(self.data.feed(0, n))
         return out
 
@@ -117,12 +132,13 @@ class Evaluator:
     def visit(self, layer: Layer, state: ModelState) -> "LayerView":
         """Cache what candidates of `layer` need, given the student `state` (one probe run, one suffix session)."""
         weights = self.current(state)
-        acts = self.run_probe(weights, self.n_refit if layer.fast else self.n_fit)
+        names = self.output_names + ([layer.x, layer.y, *self.suffix_inputs[layer.weight]] if layer.fast else [])
+        acts = self.run_probe(weights, self.n_refit if layer.fast else self.n_fit, names)
         return LayerView(self, layer, state, weights, acts)
 
     def fitness(self, state: ModelState) -> float:
         """Fitness of a whole student state on the fitness subset (one full forward pass)."""
-        acts = self.run_probe(self.current(state), self.n_fit)
+        acts = self.run_probe(self.current(state), self.n_fit, self.output_names)
         return float(fitness_batch(self.teacher_out, [acts[o][None] for o in self.output_names])[0])
 
     def forward_seconds(self, repeats: int = 20, seconds: float = 1.0) -> float:
@@ -344,5 +360,5 @@ class LayerView:
         return self._run_weights({self.layer.weight: self.layer.from_mat(w.reshape(self.out, self.k))})
 
     def _run_weights(self, change: dict[str, np.ndarray]) -> float:
-        acts = self.ev.run_probe({**self.weights, **change}, self.ev.n_fit)
+        acts = self.ev.run_probe({**self.weights, **change}, self.ev.n_fit, self.ev.output_names)
         return float(fitness_batch(self.ev.teacher_out, [acts[o][None] for o in self.ev.output_names])[0])
