@@ -116,3 +116,16 @@ def test_weights_that_set_shapes_stay_exact_and_weight_chains_fold(tmp_path):
     assert "scales" in {s["name"] for s in result.skipped}
     (y,) = run(decode(tmp_path / "r.evx"), {"x": x})
     assert y.shape == (40, 3, 8, 8)
+
+
+@pytest.mark.parametrize("build,feeds", [
+    (corpus.scalar_intermediates, lambda: {"x": normal(1, 8)}),
+    (corpus.recurrent_state, lambda: {"x": normal(1, 8), "state": normal(2, 1, 4, seed=1),
+                                      "sr": np.array(16000, np.int64)}),
+], ids=["scalars", "state"])
+def test_one_calibration_sample(tmp_path, build, feeds):
+    teacher, data = build(), feeds()
+    model, calib = save(tmp_path, "one", teacher, **data)
+    result = compress(model, tmp_path / "one.evx", calib=calib, pipeline=Pipeline(LIGHT), **quiet())
+    assert result.max_output_diff <= 1e-4
+    assert [o.shape for o in run(decode(tmp_path / "one.evx"), data)] == [o.shape for o in run(teacher, data)]

@@ -156,6 +156,15 @@ class Evaluator:
         return float(np.median(times)) * scale
 
 
+def _unstack(r: np.ndarray, kc: int, axis: samples.Axis) -> np.ndarray:
+    """A suffix output of kc stacked candidates -> [kc, *one candidate's shape], split along its sample axis
+    (an output without one is the same for every candidate)."""
+    if axis is None:
+        return np.broadcast_to(r, (kc, *r.shape))
+    moved = np.moveaxis(r, axis, 0)
+    return np.moveaxis(moved.reshape(kc, -1, *moved.shape[1:]), 1, axis + 1)
+
+
 class LayerView:
     """One layer's cached inputs, its current output and its downstream suffix, for one visit."""
 
@@ -319,7 +328,8 @@ class LayerView:
         if self.stack > 1 and kc > 1:
             feed = {self.suffix.inputs[0]: y.reshape(kc * n, *y.shape[2:])}
             feed.update({k: samples.join([v] * kc, self.ev.axes[k]) for k, v in self.side.items()})
-            return [r.reshape(kc, n, *r.shape[1:]) for r in self.runner.run(feed)]
+            return [_unstack(r, kc, self.ev.axes.get(name, 0))
+                    for name, r in zip(self.runner.output_names, self.runner.run(feed))]
         ev, y_axis = self.ev, self.ev.axes[self.layer.y]
         out_axes = [ev.axes.get(name, 0) for name in self.runner.output_names]
         per = []
@@ -337,7 +347,7 @@ class LayerView:
         limit = int(max(1, STACK_BYTES // per_candidate))
         if self.runner is None:
             return max(limit, 1)
-        if not self.ev.stackable_batch or limit < 2:
+        if not self.ev.stackable_batch or limit < 2 or self.ev.axes[self.layer.y] != 0:
             return 1
         self.stack = 2
         y = self.layer.y_native(self.y_flat[None], self.y_shape)
@@ -346,7 +356,8 @@ class LayerView:
             stacked = self._run_suffix(np.concatenate([y, y]))
         except Exception:  # noqa: BLE001 - a suffix with a fixed batch cannot stack
             return 1
-        same = all(np.allclose(s, st[1], rtol=1e-4, atol=1e-5) for s, st in zip(single, stacked))
+        same = all(s.shape == st[1].shape and np.allclose(s, st[1], rtol=1e-4, atol=1e-5)
+                   for s, st in zip(single, stacked))
         return limit if same else 1
 
     def _run_suffix_single(self, y: np.ndarray) -> list[np.ndarray]:
