@@ -77,3 +77,16 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, mlp_path):
 def test_debug_shows_the_traceback(tmp_path):
     result = evonnx("--debug", "eval", tmp_path / "nope.onnx")
     assert result.returncode == 2 and "Traceback" in result.stderr
+
+
+@pytest.mark.parametrize("option,value,message", [("--time-limit", "-5", "--time-limit must be a positive"),
+                                                  ("--time-limit", "0", "--time-limit must be a positive"),
+                                                  ("--max-drop", "-1", "--max-drop must be"),
+                                                  ("--samples", "0", "--samples must be at least 1")])
+def test_out_of_range_options_are_refused(tmp_path, option, value, message):
+    model = tmp_path / "m.onnx"
+    onnx.save_model(corpus.mlp(), str(model))
+    out = subprocess.run([sys.executable, "-m", "evonnx", "compress", str(model), "-o", str(tmp_path / "m.evx"),
+                          option, value], capture_output=True, text=True)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "m.evx").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -183,6 +184,7 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
     or "100x": a ratio against the model's file) bounds the file: the bit allocation fits it instead of
     `max_drop`. `batch_axes` names inputs' sample axes (None: no sample axis) where the model's dims don't tell."""
     start = time.perf_counter()
+    _check_options(time_limit, max_drop, samples)
     output = Path(output)
     if not output.parent.exists():
         raise EvonnxError(f"{output}: folder {output.parent} does not exist")
@@ -195,6 +197,9 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
     state = load_state(model, allow_empty=True)
     data = (load_npz(calib, state.model, input_shapes, batch_axes) if calib
             else synthetic(state.model, samples, input_shapes, seed, batch_axes))
+    if not calib:
+        log(f"no --calib: {samples} random standard-normal inputs stand in for real ones, so the fidelity "
+            "measured on them says little about real data")
     if isinstance(pipeline, (str, Path)):
         pipeline = Pipeline.from_file(pipeline)
     skipped = [{"name": s.name, "reason": s.reason} for s in state.table.skipped]
@@ -469,6 +474,16 @@ def _forward_seconds(engine) -> float:
         engine.outputs({})
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def _check_options(time_limit: float | None, max_drop: float, samples: int) -> None:
+    """Refuse options out of range before any work (a negative time limit or budget means nothing)."""
+    if time_limit is not None and not (math.isfinite(time_limit) and time_limit > 0):
+        raise EvonnxError(f"--time-limit must be a positive number of seconds, not {time_limit:g}")
+    if not (math.isfinite(max_drop) and max_drop >= 0):
+        raise EvonnxError(f"--max-drop must be a number of points >= 0, not {max_drop:g}")
+    if samples < 1:
+        raise EvonnxError(f"--samples must be at least 1, not {samples}")
 
 
 def _search_seconds(time_limit: float, spent: float, forward: float, state: ModelState, log) -> float:
