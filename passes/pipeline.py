@@ -33,12 +33,15 @@ class Pipeline:
         text = path.read_text()
         try:
             if path.suffix == ".toml":
-                import tomllib
+                try:
+                    import tomllib
+                except ImportError:  # Python 3.10: the same parser, as a package
+                    import tomli as tomllib
                 data = tomllib.loads(text)
             elif path.suffix == ".json":
                 data = json.loads(text)
             elif path.suffix in (".yaml", ".yml"):
-                import yaml  # optional dependency: only for YAML pipelines
+                import yaml  # the `yaml` extra: only for YAML pipelines
                 data = yaml.safe_load(text)
             else:
                 raise EvonnxError(f"{path}: pipeline files are .toml, .json or .yaml")
