@@ -50,6 +50,10 @@ def test_symbolic_axes_follow_the_shared_symbol():
     # anonymous dims: the first dynamic one; a fixed input beside dynamic ones has no sample axis
     assert symbolic_axes({"x": [None, 8], "state": [2, None, 4], "sr": [1]}) == {"x": 0, "state": 1, "sr": None}
     assert symbolic_axes({"x": [1, 3, 8, 8]}) == {"x": 0}
+    # extents are not the batch: a repeated '?' for height and width, a named width, a shared sequence length
+    assert symbolic_axes({"x": [-1, 3, "?", "?"]}) == {"x": 0}
+    assert symbolic_axes({"x": [1, 1, 64, "image_width"]}) == {"x": 0}
+    assert symbolic_axes({"ids": [1, "sequence"], "mask": [1, "sequence"]}) == {"ids": 0, "mask": 0}
     assert symbolic_axes({"x": [None, 8], "state": [None, None, 4]}, {"state": 1}) == {"x": 0, "state": 1}
 
 

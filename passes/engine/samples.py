@@ -9,6 +9,7 @@ tensor) has none. Values without a sample axis are passed whole to every batch a
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 
@@ -57,18 +58,28 @@ def fixed_batch_axes(values: Sequence[np.ndarray], batch: int) -> list[Axis]:
     return [next((i for i, d in enumerate(np.shape(v)) if d == batch), None) for v in values]
 
 
+# dim names that measure an extent of one sample, never the batch (an image's width, a sequence's length)
+EXTENT = re.compile(r"width|height|seq|len|time|frame|token|step|chan|pixel|^[hwtlc]$", re.IGNORECASE)
+
+
 def symbolic_axes(shapes: dict[str, list[int | str | None]], overrides: dict[str, Axis] | None = None) -> dict[str, Axis]:
-    """Each input's sample axis from its dims: the symbol most inputs share (ties: the one nearer the front),
-    else the first dynamic axis. Scalars have none, nor fully fixed inputs beside dynamic ones (a fixed
-    state or rate cannot grow with the batch); when every input is fixed, axis 0. `overrides` win."""
+    """Each input's sample axis from its dims: a symbol shared by several inputs (`batch`; ties: the one
+    nearer the front), else the input's first dynamic axis, names of extents (width, sequence, ...) aside,
+    else axis 0 (a fixed batch). Scalars have none, nor fully fixed inputs beside dynamic ones (a fixed
+    state or rate cannot grow with the batch). `overrides` win."""
     overrides = overrides or {}
-    seen = Counter(d for dims in shapes.values() for d in set(dims) if isinstance(d, str) and d)
-    first_pos = {}
+
+    def batch_like(d) -> bool:
+        return not (isinstance(d, int) and d > 0) and not (isinstance(d, str) and EXTENT.search(d))
+
+    seen = Counter(d for dims in shapes.values() for d in set(dims) if isinstance(d, str) and d and batch_like(d))
+    first_pos: dict[str, int] = {}
     for dims in shapes.values():
         for i, d in enumerate(dims):
-            if isinstance(d, str) and d:
+            if d in seen:
                 first_pos[d] = min(first_pos.get(d, i), i)
-    symbol = min(seen, key=lambda s: (-seen[s], first_pos[s], s)) if seen else None
+    shared = [d for d in seen if seen[d] > 1]
+    symbol = min(shared, key=lambda d: (-seen[d], first_pos[d], d)) if shared else None
     any_dynamic = any(not (isinstance(d, int) and d > 0) for dims in shapes.values() for d in dims)
     axes: dict[str, Axis] = {}
     for name, dims in shapes.items():
@@ -78,7 +89,8 @@ def symbolic_axes(shapes: dict[str, list[int | str | None]], overrides: dict[str
             axes[name] = None
         elif symbol in dims:
             axes[name] = dims.index(symbol)
+        elif all(isinstance(d, int) and d > 0 for d in dims):
+            axes[name] = None if any_dynamic else 0
         else:
-            dynamic = [i for i, d in enumerate(dims) if not (isinstance(d, int) and d > 0)]
-            axes[name] = dynamic[0] if dynamic else (None if any_dynamic else 0)
+            axes[name] = next((i for i, d in enumerate(dims) if batch_like(d)), 0)
     return axes
