@@ -86,7 +86,7 @@ class _Run:
                                                          stop=lambda: self.exhausted() is not None)
         if len(self.curves) < len(self.layers) and self.cfg.allocation == "sensitivity" and not self.cfg.layer_sparsity:
             self.ctx.log(f"directed-evolution: the budget ran out measuring sensitivities "
-                         f"({len(self.curves)}/{len(self.layers)} layers): the target is split uniformly")
+                         f"({len(self.curves)}/{len(self.layers)} layers): the target is split by LAMP scores")
         self.student = state
         self.density0 = {l.weight: float(common.mask_of(state, l).mean()) for l in self.layers}
         self.position = (1, 0)

@@ -12,6 +12,7 @@ import pytest
 
 import corpus
 from evonnx.passes.base import PassContext, get_pass
+from evonnx.passes.sparsity.targets import lamp
 from evonnx.passes.engine.calib import synthetic
 from evonnx.passes.sparsity import targets as tg
 from evonnx.passes.state import load_state
@@ -74,15 +75,27 @@ def test_evaluation_budget_stops_with_a_valid_state():
 
 
 
-def test_time_limit_during_the_sensitivity_phase_splits_uniformly_and_finishes():
+def test_time_limit_during_the_sensitivity_phase_splits_by_lamp_and_finishes():
     logs = []
     state = load_state(model().SerializeToString())
     ctx = PassContext(synthetic(state.model, 160, seed=5), device="cpu", progress=False, log=logs.append)
     out = get_pass("directed-evolution")(**SMALL, sparsity=0.8, time_limit=1e-9, on_budget="finish").run(state, ctx)
     rec = out.history[-1]
     assert rec["stop_reason"] == "time_limit" and rec["sensitivity"] == {}
-    assert rec["layer_sparsity"]["w1"] == pytest.approx(0.8, abs=1e-3) == rec["layer_sparsity"]["w2"]
-    assert any("split uniformly" in line for line in logs)
+    weights = {n: state.original(n) for n in rec["layer_sparsity"]}
+    assert rec["layer_sparsity"] == pytest.approx(lamp(weights, 0.8), abs=1e-3)
+    assert rec["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert any("split by LAMP scores" in line for line in logs)
+
+
+def test_lamp_keeps_each_layers_largest_weight_and_prunes_the_flat_layer_less():
+    rng = np.random.default_rng(0)
+    flat = np.ones((10, 10))  # every weight alike: LAMP scores rise slowly, the layer keeps more
+    peaked = rng.standard_normal((100, 10)) ** 3
+    split = lamp({"flat": flat, "peaked": peaked}, 0.8)
+    total = split["flat"] * flat.size + split["peaked"] * peaked.size
+    assert total == pytest.approx(0.8 * (flat.size + peaked.size), abs=1)
+    assert split["flat"] < 0.8 < split["peaked"] < 1.0
 
 
 CHILD = """

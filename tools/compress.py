@@ -93,8 +93,8 @@ class Budget:
     """Settings that fit a time limit, from the measured time of one forward pass over the calibration set.
 
     Directed Evolution's sensitivity curves (one evaluation a target per level, plus re-fits) are not
-    bounded by its time limit: when they would take over a quarter of it, a global target is split
-    uniformly and survivors are not re-fitted. The bit allocation measures every scheme x bit width per
+    bounded by its time limit: when they would take over a quarter of it, a global target is split by
+    LAMP scores (no data) and survivors are not re-fitted. The bit allocation measures every scheme x bit width per
     target, then searches jointly: when the time left after the sparsity search cannot pay for that, it
     tries uniform per-channel 2-8 bits only, and when not even that, every target gets 8 bits.
     """
@@ -109,7 +109,7 @@ class Budget:
 
         budget = cls()
         if targets * len(LEVELS) * forward_seconds > 0.25 * SEARCH_SHARE * time_limit:
-            budget.de = {"allocation": "uniform", "refit": False}
+            budget.de = {"allocation": "lamp", "refit": False}
         defaults = BitAllocation.Config()
         full, light = len(defaults.schemes) * len(defaults.bits) + 1, len(LIGHT_BITS["bits"]) + 1
         affordable = (1 - SEARCH_SHARE) * time_limit / max(forward_seconds, 1e-9)

@@ -19,13 +19,17 @@ from evonnx.passes.state import ModelState
 LEVELS = np.array([0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98])
 
 
+ALLOCATIONS = ("sensitivity", "lamp", "uniform")
+
+
 @dataclass
 class TargetConfig:
     """Options every sparsification pass shares, so their results compare fairly."""
 
     sparsity: float | None = param(None, "global fraction of target-weight entries to zero")
     layer_sparsity: dict = param({}, "explicit per-layer targets {weight name: fraction}; others get `sparsity`")
-    allocation: str = param("sensitivity", "how a global target is split: sensitivity (measured) | uniform")
+    allocation: str = param("sensitivity", "how a global target is split: sensitivity (measured) | lamp (by LAMP "
+                            "scores of the weights, no data) | uniform")
     refit: bool = param(True, "re-fit surviving weights (and biases) to the teacher's layer outputs")
     ridge: float = param(1e-3, "ridge of the re-fit, relative to the mean input energy")
     refit_relu: bool = param(True, "a layer read only by a Relu is re-fitted to the teacher's Relu output "
@@ -40,7 +44,8 @@ class ScopedTargetConfig(TargetConfig):
     """Targets of the score-based one-shot passes (magnitude, gradient saliency)."""
 
     scope: str = param("global", "global: one threshold over all layers | layer: per-layer targets")
-    allocation: str = param("uniform", "with scope=layer: how a global target is split (uniform | sensitivity)")
+    allocation: str = param("uniform", "with scope=layer: how a global target is split (uniform | lamp | "
+                            "sensitivity)")
 
 
 def check_scope(pass_name: str, cfg: ScopedTargetConfig) -> None:
@@ -146,21 +151,26 @@ def one_shot(state: ModelState, ev: Evaluator, layers: list[Layer], masks: dict[
 
 def layer_targets(state: ModelState, ev: Evaluator, layers: list[Layer], cfg: TargetConfig, prior: str,
                   stop: Callable[[], bool] | None = None) -> tuple[dict[str, float], dict]:
-    """Per-layer sparsities: explicit, uniform, or a global target allocated by measured sensitivity.
+    """Per-layer sparsities: explicit, uniform, by LAMP scores, or a global target allocated by measured
+    sensitivity.
 
     `stop()` turning true while the sensitivities are measured (a time budget) ends the measuring: the
-    target is then split uniformly, and the curves returned are those measured."""
+    target is then split by LAMP scores, and the curves returned are those measured."""
     sizes = {l.weight: l.size for l in layers}
     explicit = tg.resolve(list(sizes), sizes, cfg.sparsity, cfg.layer_sparsity)
     if explicit is not None:
         return explicit, {}
-    uniform = {n: float(cfg.sparsity) for n in sizes}
+    if cfg.allocation not in ALLOCATIONS:
+        raise EvonnxError(f"allocation must be one of {ALLOCATIONS}, got {cfg.allocation!r}")
     if cfg.allocation == "uniform":
-        return uniform, {}
+        return {n: float(cfg.sparsity) for n in sizes}, {}
+    by_lamp = tg.lamp({n: state.current(n) for n in sizes}, float(cfg.sparsity))
+    if cfg.allocation == "lamp":
+        return by_lamp, {}
     curves = {}
     for l in layers:
         if stop is not None and stop():
-            return uniform, {n: c.tolist() for n, c in curves.items()}
+            return by_lamp, {n: c.tolist() for n, c in curves.items()}
         curves[l.weight] = sensitivity(state, ev, l, prior, cfg)
     return tg.allocate(LEVELS, curves, sizes, float(cfg.sparsity)), {n: c.tolist() for n, c in curves.items()}
 

@@ -45,6 +45,22 @@ def resolve(names: list[str], sizes: dict[str, int], sparsity: float | None,
     return {n: layer_sparsity.get(n, sparsity or 0.0) for n in names}
 
 
+def lamp(weights: dict[str, np.ndarray], sparsity: float) -> dict[str, float]:
+    """Per-layer sparsities of a global target from LAMP scores (Lee et al., ICLR 2021), without data: a
+    weight's square over the sum of the squares of the weights of its layer at least as large; the globally
+    lowest scores are zeroed. Each layer keeps its largest weight (its score is 1)."""
+    names = list(weights)
+    scores, owner = [], []
+    for i, name in enumerate(names):
+        sq = np.sort(np.asarray(weights[name], np.float64).ravel() ** 2)
+        tail = np.cumsum(sq[::-1])[::-1]  # sum of the squares from each entry up
+        scores.append(np.where(tail > 0, sq / np.where(tail > 0, tail, 1.0), 0.0))
+        owner.append(np.full(sq.size, i))
+    flat, owner = np.concatenate(scores), np.concatenate(owner)
+    zeros = np.bincount(owner[np.argsort(flat, kind="stable")[:zero_count(flat.size, sparsity)]], minlength=len(names))
+    return {name: float(zeros[i]) / weights[name].size for i, name in enumerate(names)}
+
+
 def allocate(levels: np.ndarray, curves: dict[str, np.ndarray], sizes: dict[str, int], sparsity: float,
              fixed: dict[str, float] | None = None) -> dict[str, float]:
     """Per-layer sparsities that reach the global `sparsity` (over all of `sizes`) with the least
