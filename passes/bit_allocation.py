@@ -67,7 +67,7 @@ class BitAllocation(Pass):
         fidelity = Fidelity(engine, {n: state.current(n) for n in engine.weight_names})  # re-fitted biases too
         start = fidelity.start
         metric, limit = _budget(cfg, start)
-        loss = _loss(metric, cfg.z)
+        loss = budget_loss(metric, cfg.z)
         quantizer = Quantizer(state, engine, cfg.refit_rows, ctx.seed)
         specs = list(dict.fromkeys([QuantSpec.parse(f, b) for f in cfg.schemes for b in cfg.bits]
                                    + [QuantSpec("raw", 32)]))
@@ -160,7 +160,7 @@ def _budget(cfg, start: Metrics) -> tuple[str, float]:
     return metric, (cfg.max_kl if metric == "kl" else cfg.max_drop)
 
 
-def _loss(metric: str, z: float):
+def budget_loss(metric: str, z: float):
     """Measure against the incoming model -> loss: accuracy points lost (upper bound), top-1 points
     changed, cosine points lost (the lowest output), or KL (rel. MSE) from the incoming model."""
     if metric == "accuracy":

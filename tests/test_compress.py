@@ -85,7 +85,7 @@ def test_bad_inputs_leave_no_file(tiny, tmp_path):
 
 def test_bit_allocation_alone_leaves_the_teacher_graph_intact(tiny):
     """No pruning: the state's graph is the teacher's own, and the codebook re-fit must not add outputs to it."""
-    from evonnx.tools.compress import compress
+    from evonnx.passes.compress import compress
 
     root, model, calib = tiny
     result = compress(model, root / "bits.evx", calib=calib, sparsity=0, bits="auto", progress=False,
@@ -95,7 +95,7 @@ def test_bit_allocation_alone_leaves_the_teacher_graph_intact(tiny):
 
 
 def test_max_bytes_bounds_the_file_and_a_larger_bound_is_no_worse(tiny):
-    from evonnx.tools.compress import compress
+    from evonnx.passes.compress import compress
 
     root, model, calib = tiny
     fits = {}
@@ -114,7 +114,7 @@ def test_max_bytes_fits_the_bit_allocation_of_a_config_and_runs_what_follows(tin
     """Directed Evolution, bits sized to the file, a fine-tune on the grid after them (needs torch)."""
     pytest.importorskip("torch")
     from evonnx.passes.pipeline import Pipeline
-    from evonnx.tools.compress import compress
+    from evonnx.passes.compress import compress
 
     root, model, calib = tiny
     ft = {"steps": 20, "batch_size": 32, "eval_every": 10}

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 import corpus
 from evonnx.passes.pipeline import Pipeline
 from evonnx.runtime import decode
-from evonnx.tools.compress import compress
+from evonnx.passes.compress import compress
 
 # a short search: these tests are about where the weights live, not how well they are pruned
 LIGHT = [("directed-evolution", {"sparsity": 0.5, "steps": 2, "generations": 2, "population": 8}),

@@ -10,7 +10,8 @@ import pytest
 
 import corpus
 from evonnx.formats.container import read_evx
-from evonnx.tools.compress import AUTO_SHARE, LADDER, compress
+from evonnx.passes.compress import compress
+from evonnx.passes.compress.auto import AUTO_SHARE, LADDER
 from evonnx.tools.report import write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"

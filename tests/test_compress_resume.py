@@ -12,7 +12,7 @@ import pytest
 
 import corpus
 from evonnx.errors import EvonnxError
-from evonnx.tools.compress import compress
+from evonnx.passes.compress import compress
 
 # an evaluation budget, not a time limit: the run is deterministic, so bytes can be compared
 CONFIG = {"passes": [{"name": "directed-evolution", "sparsity": 0.8, "max_evaluations": 2000, "on_budget": "finish"},

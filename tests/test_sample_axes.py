@@ -14,7 +14,7 @@ from evonnx.passes.engine.samples import measured_axes, symbolic_axes
 from evonnx.passes.pipeline import Pipeline
 from evonnx.passes.state import load_state
 from evonnx.runtime import decode
-from evonnx.tools.compress import compress
+from evonnx.passes.compress import compress
 
 LIGHT = [("directed-evolution", {"sparsity": 0.5, "steps": 2, "generations": 2, "population": 8}),
          ("quantize", {"bits": 6})]

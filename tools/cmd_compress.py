@@ -71,7 +71,7 @@ def _bits(text: str) -> int | str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from evonnx.tools.compress import compress
+    from evonnx.passes.compress import compress
 
     if args.resume and not args.workdir:
         raise EvonnxError("--resume needs --workdir")

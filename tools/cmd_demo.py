@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from evonnx.runtime import decode
     from evonnx.runtime.decode import save_model
     from evonnx.tools.cmd_compress import format_summary
-    from evonnx.tools.compress import compress
+    from evonnx.passes.compress import compress
     from evonnx.tools.zoo import build
 
     say = (lambda *_: None) if args.quiet else print

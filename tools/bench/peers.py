@@ -25,7 +25,7 @@ from evonnx.passes.pipeline import Pipeline
 from evonnx.tools.bench import emit, paired_se
 from evonnx.runtime import decode
 from evonnx.tools.bench.quantization import ort_rows
-from evonnx.tools.compress import compress
+from evonnx.passes.compress import compress
 from evonnx.tools.zoo import build
 from evonnx.tools.zoo.build import ort_predict, ort_session, train_split
 

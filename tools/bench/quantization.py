@@ -30,7 +30,7 @@ from evonnx.passes.bit_allocation import BitAllocation
 from evonnx.passes.engine.calib import CalibData, load_npz
 from evonnx.passes.quant.sizing import HEADER_BYTES
 from evonnx.passes.state import ModelState, load_state
-from evonnx.tools.compress import to_container
+from evonnx.passes.compress.container import to_container
 
 FAMILIES = BitAllocation.Config().schemes  # the pass's defaults: the benchmark measures what users get
 

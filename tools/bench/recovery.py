@@ -32,7 +32,7 @@ from evonnx.passes.pipeline import Pipeline
 from evonnx.passes.state import load_state
 from evonnx.tools.bench import paired_se
 from evonnx.tools.bench.sparsity import logits
-from evonnx.tools.compress import describe, run_meta, to_container
+from evonnx.passes.compress.container import describe, run_meta, to_container
 
 PIPELINES = {"ft": ["ft"], "de": ["de"], "de+ba": ["de", "ba"], "de+ft": ["de", "ft"], "de+ft+ba": ["de", "ft", "ba"],
              "de+ft+ba+qft": ["de", "ft", "ba", "qft"],

@@ -1,0 +1,79 @@
+"""`sparsity="auto"`: Directed Evolution climbs a ladder of global sparsities (the kept fraction halves each
+rung: 50 %, 75 %, 87.5 %, …), each rung continuing from the last accepted student, then bisects between
+the last rung within budget and the first beyond it. A rung is accepted when its drop against the teacher
+(accuracy points with labels, taken at measured + 1 standard error, else top-1 agreement points, else
+cosine points: 100 x (1 - the lowest output's mean cosine)) is within half of `max_drop`; the bit
+allocation gets what is left of `max_drop`."""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from evonnx.passes.base import PassContext
+from evonnx.passes.bit_allocation import budget_loss
+from evonnx.passes.compress.container import describe, step
+from evonnx.passes.compress.default import default_pipeline
+from evonnx.passes.compress.timing import SEARCH_SHARE, Budget
+from evonnx.passes.dead_units import DeadUnits
+from evonnx.passes.directed_evolution import DirectedEvolution
+from evonnx.passes.pipeline import Pipeline
+from evonnx.passes.quant.apply import Fidelity
+from evonnx.passes.state import ModelState
+
+AUTO_DIR = "auto"
+LADDER = tuple(1 - 0.5 ** k for k in range(1, 7))  # 0.5 … 0.984: the kept fraction halves each rung
+BISECTIONS = 2
+AUTO_SHARE = 0.5  # of --max-drop the auto sparsity may spend; the bit allocation gets what is left
+
+
+def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, max_drop: float, time_limit: float | None,
+          prune: list[str], kept: list[str], budget: Budget, log) -> tuple[ModelState, list[dict], list[dict]]:
+    """sparsity="auto" (see the module docstring): the ladder and bisection of Directed Evolution runs,
+    then the bit stage with the rest of the budget. Returns the state, the passes that made it, the trials."""
+    limit = AUTO_SHARE * max_drop
+    fidelity = Fidelity(engine, {n: state.current(n) for n in engine.weight_names})
+    metric = ("accuracy" if ctx.calib.labels is not None else "agreement" if fidelity.start.top1 is not None
+              else "cosine")
+    loss = budget_loss(metric, 1.0)
+    deadline = time.perf_counter() + SEARCH_SHARE * time_limit if time_limit else None
+    best, best_drop, passed, failed, bisected = state, 0.0, 0.0, None, 0
+    steps, trials = [], []
+    while (nxt := _next_sparsity(passed, failed, bisected)) is not None:
+        target, left = nxt
+        params: dict = {"sparsity": target, **({"weights": prune} if kept else {})}
+        if deadline is not None:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            params.update(time_limit=round(remaining / left, 3), on_budget="finish", **budget.de)
+        de = DirectedEvolution(**params)
+        sub = ctx.workdir / AUTO_DIR / f"{len(trials):02d}-{target:.4f}" if ctx.workdir else None
+        student = de.run(best, dataclasses.replace(ctx, workdir=sub))
+        drop = float(loss(fidelity.evaluate([{n: student.current(n) for n in engine.weight_names}])[0]))
+        ok = drop <= limit
+        trials.append({"sparsity": target, "reached": round(student.global_sparsity(), 4), "drop": round(drop, 4),
+                       "limit": limit, "kept": ok})
+        log(f"auto sparsity {target:.4f}: {metric} drop {drop:.3f} points, "
+            + (f"within {limit:g}" if ok else f"beyond {limit:g}: rejected"))
+        bisected += failed is not None
+        if ok:
+            best, best_drop, passed = student, drop, target
+            steps.append(step(de))
+        else:
+            failed = target
+    left_over = max(max_drop - best_drop, 0.0)
+    log(f"auto sparsity: kept {passed:.4f} (drop {best_drop:.3f} of {limit:g}); the bit stage gets {left_over:.3f}")
+    rest = Pipeline([DeadUnits(), *default_pipeline(0, bits, left_over, None, keep=kept, budget=budget).passes])
+    return rest.run(best, ctx), steps + describe(rest), trials
+
+
+def _next_sparsity(passed: float, failed: float | None, bisected: int) -> tuple[float, int] | None:
+    """The next global sparsity to try and how many trials are left at most (for splitting the time)."""
+    if failed is None:
+        rungs = [s for s in LADDER if s > passed + 1e-6]
+        return (rungs[0], len(rungs) + BISECTIONS) if rungs else None
+    if bisected >= BISECTIONS:
+        return None
+    return round(1 - float(np.sqrt((1 - passed) * (1 - failed))), 4), BISECTIONS - bisected

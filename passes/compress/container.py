@@ -1,0 +1,97 @@
+"""From a searched state to a verified container: records, metadata, and the decode-and-compare check."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from evonnx.errors import EvonnxError
+from evonnx.formats.container import encode_evx, read_evx
+from evonnx.formats.tensor import QuantizedTensor
+from evonnx.passes.base import Pass
+from evonnx.passes.compress.result import jsonable
+from evonnx.passes.pipeline import Pipeline
+from evonnx.passes.state import ModelState
+from evonnx.runtime.decode import build_model
+from evonnx.runtime.weights import read_weights
+
+
+def to_container(state: ModelState) -> tuple[onnx.ModelProto, list[QuantizedTensor], dict[str, np.ndarray]]:
+    """The graph without its float weights, one record per float weight, and the weights they stand for."""
+    records, expected = [], {}
+    for info in state.table:
+        if info.name in state.quant:
+            record = state.quant[info.name]
+        else:
+            record = QuantizedTensor.raw(info.name, state.current(info.name), state.masks.get(info.name))
+        records.append(record)
+        expected[info.name] = state.current(info.name)
+    graph = onnx.ModelProto()
+    graph.CopyFrom(state.model)
+    kept = [t for t in graph.graph.initializer if t.name not in expected]
+    del graph.graph.initializer[:]
+    graph.graph.initializer.extend(kept)
+    return graph, records, expected
+
+
+def encode_and_verify(state: ModelState, engine, meta: dict) -> tuple[bytes, list, list[np.ndarray], float]:
+    """The container's bytes, after checking that they decode to the searched weights and outputs; also
+    its records, the measured outputs (for the final metrics) and the largest output difference."""
+    graph, records, expected = to_container(state)
+    blob = encode_evx(graph, records, meta)
+    decoded = build_model(read_evx(blob))
+    _check_weights(decoded, expected)
+    measured = engine.outputs({n: state.current(n) for n in engine.weight_names})
+    shipped = engine.model_outputs(decoded, "decoded")
+    diff = max((float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
+                for a, b in zip(measured, shipped)), default=0.0)
+    scale = max((float(np.max(np.abs(m))) if m.size else 0.0 for m in measured), default=0.0) or 1.0
+    if diff > 1e-4 * scale:
+        raise EvonnxError(f"verification failed: the decoded model's outputs differ from the measured ones by {diff:g}")
+    return blob, records, measured, diff
+
+
+def _check_weights(decoded: onnx.ModelProto, expected: dict[str, np.ndarray]) -> None:
+    got = read_weights(decoded, list(expected))
+    for name, want in expected.items():
+        have = got[name]
+        if have.shape != want.shape or have.tobytes() != np.ascontiguousarray(want, dtype=have.dtype).tobytes():
+            raise EvonnxError(f"verification failed: decoded weight {name!r} differs from the searched one")
+
+
+def describe(pipeline: Pipeline, full: bool = False) -> list[dict]:
+    """Each pass with the settings that differ from its defaults, as the container's metadata records it
+    (the manifest's `producer` names the version whose defaults the rest are); `full`: every setting."""
+    return [step(p, full) for p in pipeline.passes]
+
+
+def step(p: Pass, full: bool = False) -> dict:
+    settings = jsonable(dataclasses.asdict(p.config))
+    if not full:
+        defaults = jsonable(dataclasses.asdict(type(p.config)()))
+        settings = {k: v for k, v in settings.items() if v != defaults[k]}
+    return {"name": p.name, **settings}
+
+
+def run_meta(source: str, seed: int, steps: list[dict], trials: list | None = None) -> dict:
+    """The metadata a compressed file carries (deterministic: runs compare by bytes)."""
+    return {"source": source, "seed": seed, "pipeline": steps, **({"auto": trials} if trials else {})}
+
+
+def source_bytes(model: str | Path | bytes) -> int:
+    """Bytes the model takes on disk: the .onnx file plus the external data files it names."""
+    if isinstance(model, (bytes, bytearray)):
+        return len(model)
+    path = Path(model)
+    if not path.is_file():
+        return 0  # load_state reports the missing file
+    total = path.stat().st_size
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - load_state reports unreadable models
+        return total
+    locations = {entry.value for t in onnx.external_data_helper._get_all_tensors(proto)
+                 for entry in t.external_data if entry.key == "location"}
+    return total + sum((path.parent / loc).stat().st_size for loc in locations if (path.parent / loc).is_file())

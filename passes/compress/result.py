@@ -1,0 +1,64 @@
+"""What a compress run returns: sizes, fidelity against the teacher, per-layer rows, and why things were left alone."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from evonnx.formats.tensor import QuantizedTensor
+from evonnx.passes.state import ModelState
+
+INTERNAL = ("history", "search_log")  # CompressResult fields for reports, not the JSON summary
+
+
+@dataclass
+class CompressResult:
+    """What `compress` did: sizes, fidelity against the teacher, per-layer rows, what it left alone and why."""
+
+    output: str
+    original_bytes: int
+    container_bytes: int
+    ratio: float
+    sparsity: float
+    provider: str
+    seconds: float
+    teacher_accuracy: float | None
+    accuracy: float | None
+    top1_agreement: float | None
+    fitness: float
+    max_output_diff: float
+    layers: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # tensors left untouched (already quantized, ...) and why
+    kept_exact: list[str] = field(default_factory=list)  # targets the calibration data never exercises
+    notes: list[str] = field(default_factory=list)
+    auto: list[dict] = field(default_factory=list)  # the trials of sparsity="auto"
+    history: list[dict] = field(default_factory=list, repr=False)  # the passes' records
+    search_log: list[dict] = field(default_factory=list, repr=False)  # Directed Evolution's log.jsonl entries
+
+    def as_dict(self) -> dict:
+        """The summary (JSON-ready), without the passes' records and search logs."""
+        return {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in INTERNAL}
+
+
+def layer_rows(state: ModelState, records: list[QuantizedTensor]) -> list[dict]:
+    rows = []
+    for r in records:
+        info = state.table[r.name]
+        rows.append({"name": r.name, "role": info.role, "shape": list(r.shape), "sparsity": round(r.sparsity, 4),
+                     "scheme": r.scheme, "bits": r.bits})
+    return rows
+
+
+def jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= 64 else f"<array {value.shape}>"
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,87 @@
+"""Fitting a run into `--time-limit`: what the passes get after loading, and what they can afford."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from evonnx.errors import EvonnxError
+from evonnx.passes.state import ModelState
+
+SEARCH_SHARE = 0.7  # of --time-limit for the sparsity search; the rest is left for the bit allocation
+LIGHT_BITS = {"schemes": ["uniform/channel/sym"], "bits": [2, 3, 4, 5, 6, 8]}  # the bit allocation when time is short
+FINISH_FORWARDS = 4  # passes over the calibration set after the search: final metrics, decode, verify
+ENCODE_SECONDS_PER_PARAM = 1e-6  # entropy coding and decoding the container (~1 s per million weights here)
+MIN_SEARCH_SHARE = 0.1  # of --time-limit the passes get however little is left
+JOINT_EVALUATIONS = 40  # about what the bit allocation's joint search measures
+
+
+@dataclass
+class Budget:
+    """Settings that fit a time limit, from the measured time of one forward pass over the calibration set.
+
+    Directed Evolution's sensitivity curves (one evaluation a target per level, plus re-fits) are not
+    bounded by its time limit: when they would take over a quarter of it, a global target is split by
+    LAMP scores (no data) and survivors are not re-fitted. The bit allocation measures every scheme x bit width per
+    target, then searches jointly: when the time left after the sparsity search cannot pay for that, it
+    tries uniform per-channel 2-8 bits only, and when not even that, every target gets 8 bits.
+    """
+
+    de: dict = field(default_factory=dict)
+    bits: dict | None = field(default_factory=dict)  # None: fixed 8 bits instead of the bit allocation
+
+    @classmethod
+    def fit(cls, targets: int, forward_seconds: float, time_limit: float) -> "Budget":
+        from evonnx.passes.bit_allocation import BitAllocation
+        from evonnx.passes.sparsity.common import LEVELS
+
+        budget = cls()
+        if targets * len(LEVELS) * forward_seconds > 0.25 * SEARCH_SHARE * time_limit:
+            budget.de = {"allocation": "lamp", "refit": False}
+        defaults = BitAllocation.Config()
+        full, light = len(defaults.schemes) * len(defaults.bits) + 1, len(LIGHT_BITS["bits"]) + 1
+        affordable = (1 - SEARCH_SHARE) * time_limit / max(forward_seconds, 1e-9)
+        if affordable < targets * full + JOINT_EVALUATIONS:
+            budget.bits = dict(LIGHT_BITS) if affordable >= targets * light + JOINT_EVALUATIONS else None
+        return budget
+
+    def describe(self) -> str:
+        parts = [f"{k}={v}" for k, v in self.de.items()]
+        if self.bits is None:
+            parts.append("every target at 8 bits (no time for the bit allocation)")
+        elif self.bits:
+            parts.append("bit allocation over " + ", ".join(f"{k}={v}" for k, v in self.bits.items()))
+        return ", ".join(parts)
+
+
+def forward_seconds(engine) -> float:
+    """Seconds of one evaluation over the calibration set (the better of two runs: the first warms up)."""
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        engine.outputs({})
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def check_options(time_limit: float | None, max_drop: float, samples: int) -> None:
+    """Refuse options out of range before any work (a negative time limit or budget means nothing)."""
+    if time_limit is not None and not (math.isfinite(time_limit) and time_limit > 0):
+        raise EvonnxError(f"--time-limit must be a positive number of seconds, not {time_limit:g}")
+    if not (math.isfinite(max_drop) and max_drop >= 0):
+        raise EvonnxError(f"--max-drop must be a number of points >= 0, not {max_drop:g}")
+    if samples < 1:
+        raise EvonnxError(f"--samples must be at least 1, not {samples}")
+
+
+def search_seconds(time_limit: float, spent: float, forward: float, state: ModelState, log) -> float:
+    """What is left of `time_limit` for the passes: less what loading took, and a reserve for decoding and
+    verifying the container (FINISH_FORWARDS passes over the calibration set, encoding by the parameter)."""
+    params = sum(w.size for w in state.table.targets)
+    reserve = FINISH_FORWARDS * forward + ENCODE_SECONDS_PER_PARAM * params
+    left = time_limit - spent - reserve
+    floor = MIN_SEARCH_SHARE * time_limit
+    if left < floor:
+        log(f"time limit {time_limit:g} s: loading took {spent:.0f} s and verifying needs about {reserve:.0f} s; "
+            f"searching for {floor:.0f} s, so the run will take longer")
+    return max(left, floor)
