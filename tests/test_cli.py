@@ -90,3 +90,20 @@ def test_out_of_range_options_are_refused(tmp_path, option, value, message):
                           option, value], capture_output=True, text=True)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "m.evx").exists()
+
+
+def test_a_model_that_loads_but_cannot_run_is_one_line(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+    w = numpy_helper.from_array(np.ones((8, 4), np.float32), "w")
+    shape = numpy_helper.from_array(np.array([3, 5], np.int64), "bad_shape")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+                               helper.make_node("Reshape", ["h", "bad_shape"], ["y"], name="reshape_to_3x5")],
+                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, shape])
+    model = tmp_path / "bad.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(model))
+    out = subprocess.run([sys.executable, "-m", "evonnx", "compress", str(model), "-o", str(tmp_path / "b.evx"),
+                          "--samples", "4"], capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "failed running the model" in out.stderr and "reshape_to_3x5" in out.stderr
+    assert not (tmp_path / "b.evx").exists()

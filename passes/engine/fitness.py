@@ -23,6 +23,8 @@ from evonnx.passes.engine.metrics import Metrics, compare
 from evonnx.runtime.weights import read_weights
 
 DEFAULT_BATCH = 256
+RUN_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, n) for n in
+                   ("Fail", "InvalidArgument", "RuntimeException", "NotImplemented", "InvalidGraph"))
 THREADS_ENV = "EVONNX_ORT_THREADS"  # intra-op threads per session (unset or 0: ONNX Runtime's default)
 
 
@@ -63,6 +65,7 @@ class Runner:
         self.provider = self.session.get_providers()[0]
         self.on_cuda = self.provider == prov.CUDA
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.label = label
         self._device_values: dict[str, ort.OrtValue] = {}
 
     def pin(self, name: str, array: np.ndarray) -> None:
@@ -74,8 +77,13 @@ class Runner:
         """Run with numpy arrays, or on CUDA with names of pinned values (a str value names a pinned array);
         `outputs` picks some of the outputs (default: all)."""
         outputs = self.output_names if outputs is None else outputs
-        if not self.on_cuda:
-            return self.session.run(outputs, feeds)
+        try:
+            return self.session.run(outputs, feeds) if not self.on_cuda else self._run_bound(feeds, outputs)
+        except RUN_ERRORS as exc:  # a model that loads but cannot run: one line naming ORT's node and reason
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            raise ModelError(f"{self.label}: onnxruntime {ort.__version__} failed running the model: {first}") from None
+
+    def _run_bound(self, feeds: dict[str, np.ndarray | str], outputs: list[str]) -> list[np.ndarray]:
         binding = self.session.io_binding()
         for name, value in feeds.items():
             if isinstance(value, str):
