@@ -19,3 +19,13 @@ def test_flipped_probabilities_are_far_apart():
     assert kl_divergence(logits, logits[:, ::-1]) > 2.0  # logits as before
     fit = fitness_batch([teacher], [np.stack([teacher, flipped])])
     assert fit[0] < 1e-9 and abs(fit[1] - kl_divergence(teacher, flipped)) < 1e-9
+
+
+def test_distillation_loss_of_probability_outputs_sees_flipped_predictions():
+    torch = __import__("pytest").importorskip("torch")
+    from evonnx.passes.torchnet.distill import distill_loss
+    logits = np.random.default_rng(1).standard_normal((32, 3)).astype(np.float32) * 6
+    teacher = torch.from_numpy(softmax(logits))
+    flipped = torch.from_numpy(softmax(logits)[:, ::-1].copy())
+    assert distill_loss([flipped], [teacher], 1.0).item() > 2.0  # re-softmaxed probabilities: ~0.2
+    assert distill_loss([teacher], [teacher], 1.0).item() < 1e-6

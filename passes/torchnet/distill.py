@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from evonnx.passes.engine.metrics import kl_divergence
 from evonnx.passes.sparsity import checkpoint
 from evonnx.passes.torchnet import regrow, weight_evolution
 from evonnx.passes.torchnet.constrain import Constraint
@@ -61,10 +62,22 @@ def is_classifier(t: np.ndarray | torch.Tensor) -> bool:
     return t.ndim == 2 and t.shape[1] >= 2 and t.dtype in (np.float32, np.float64, torch.float32, torch.float64)
 
 
+def as_logits(x: torch.Tensor, probabilities: bool) -> torch.Tensor:
+    """Class scores as logits: probabilities (a Softmax inside the model) by their log, so that a softmax
+    (with a temperature) of them is a distribution again rather than a flattened one."""
+    return torch.log(x.clamp_min(1e-12)) if probabilities else x
+
+
+def is_probability(t: torch.Tensor) -> bool:
+    return bool(t.min() >= 0 and t.max() <= 1 and torch.allclose(t.sum(-1), torch.ones((), dtype=t.dtype), atol=1e-3))
+
+
 def distill_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], temperature: float) -> torch.Tensor:
     total = 0.0
     for s, t in zip(student, teacher):
         if is_classifier(t):
+            probs = is_probability(t)
+            s, t = as_logits(s, probs), as_logits(t, probs)
             total = total + F.kl_div(F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1),
                                      log_target=True, reduction="batchmean") * temperature ** 2
         else:
@@ -153,9 +166,8 @@ class Distiller:
 
     def validate(self) -> float:
         ys = run_numpy(self.student, self.val_x)
-        vals = [F.kl_div(F.log_softmax(torch.from_numpy(s), -1), F.log_softmax(torch.from_numpy(t), -1),
-                         log_target=True, reduction="batchmean").item() if is_classifier(t)
-                else float(np.mean((s - t) ** 2) / (np.mean(t ** 2) + 1e-12)) for s, t in zip(ys, self.val_t)]
+        vals = [kl_divergence(t, s) if is_classifier(t) else float(np.mean((s - t) ** 2) / (np.mean(t ** 2) + 1e-12))
+                for s, t in zip(ys, self.val_t)]
         kls = [v for v, t in zip(vals, self.val_t) if is_classifier(t)]
         return float(np.mean(kls if kls else vals))
 
