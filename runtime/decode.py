@@ -26,6 +26,8 @@ from onnx import TensorProto, helper
 from evonnx.errors import EvonnxError, EvxFormatError
 from evonnx.formats import Container, QuantizedTensor, dequantize, read_evx
 from evonnx.formats.dtypes import ELEM_TYPES
+from evonnx.runtime.model_io import default_opset
+from evonnx.runtime.weights import all_names, fresh
 
 FORMATS = ("fp32", "fp16", "qdq")
 FP16_MAX = 65504.0
@@ -45,8 +47,8 @@ def build_model(c: Container, format: str = "fp32") -> onnx.ModelProto:  # noqa:
     """Put the container's weights back into its graph (the container's graph is reused)."""
     model = c.graph
     g = model.graph
-    opset = _default_opset(model)
-    names = _all_names(g)
+    opset = default_opset(model)
+    names = all_names(model)
     inputs = {i.name: k for k, i in enumerate(g.input)}
     new_nodes: list[onnx.NodeProto] = []
     drop_inputs: set[str] = set()
@@ -70,27 +72,6 @@ def build_model(c: Container, format: str = "fp32") -> onnx.ModelProto:  # noqa:
 
 
 # -- helpers --------------------------------------------------------------------------------------
-def _default_opset(model: onnx.ModelProto) -> int:
-    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-
-
-def _all_names(g: onnx.GraphProto) -> set[str]:
-    names = {i.name for i in g.initializer} | {i.name for i in g.input} | {o.name for o in g.output}
-    for n in g.node:
-        names.update(n.output)
-        names.add(n.name)
-    return names
-
-
-def _fresh(names: set[str], base: str) -> str:
-    name, k = base, 1
-    while name in names:
-        k += 1
-        name = f"{base}_{k}"
-    names.add(name)
-    return name
-
-
 def _add_initializer(g: onnx.GraphProto, name: str, arr: np.ndarray, elem_type: int | None = None) -> None:
     """Append an initializer without an intermediate TensorProto copy (little-endian raw_data)."""
     init = g.initializer.add()
@@ -108,9 +89,9 @@ def _fp16(g: onnx.GraphProto, t: QuantizedTensor, names: set[str]) -> list[onnx.
     w = dequantize(t)
     if not np.all(np.abs(w) <= FP16_MAX):
         return None
-    stored = _fresh(names, f"{t.name}__evx_fp16")
+    stored = fresh(f"{t.name}__evx_fp16", names)
     _add_initializer(g, stored, w.astype(np.float16))
-    return [helper.make_node("Cast", [stored], [t.name], name=_fresh(names, f"{t.name}__evx_cast"),
+    return [helper.make_node("Cast", [stored], [t.name], name=fresh(f"{t.name}__evx_cast", names),
                              to=ELEM_TYPES[t.dtype])]
 
 
@@ -147,9 +128,9 @@ def _qdq(g: onnx.GraphProto, t: QuantizedTensor, names: set[str], opset: int,
     four = top <= 15 and zp.max() <= 15 and opset >= 21 and ir_version >= 10
     x = _dense_codes(t, zp, mult)
     base = t.name
-    x_name = _fresh(names, f"{base}__evx_q")
-    s_name = _fresh(names, f"{base}__evx_scale")
-    z_name = _fresh(names, f"{base}__evx_zp")
+    x_name = fresh(f"{base}__evx_q", names)
+    s_name = fresh(f"{base}__evx_scale", names)
+    z_name = fresh(f"{base}__evx_zp", names)
     elem = TensorProto.UINT4 if four else TensorProto.UINT8
     _add_quant_initializer(g, x_name, x, elem)
     _add_initializer(g, s_name, (t.scale / np.float32(mult)).astype(np.float32) if mult == 2 else t.scale)
@@ -157,11 +138,11 @@ def _qdq(g: onnx.GraphProto, t: QuantizedTensor, names: set[str], opset: int,
     attrs = {} if t.axis is None else {"axis": t.axis}
     if t.block_size:
         attrs["block_size"] = t.block_size
-    out = t.name if t.dtype == "float32" else _fresh(names, f"{base}__evx_f32")
+    out = t.name if t.dtype == "float32" else fresh(f"{base}__evx_f32", names)
     nodes = [helper.make_node("DequantizeLinear", [x_name, s_name, z_name], [out],
-                              name=_fresh(names, f"{base}__evx_dq"), **attrs)]
+                              name=fresh(f"{base}__evx_dq", names), **attrs)]
     if out != t.name:
-        nodes.append(helper.make_node("Cast", [out], [t.name], name=_fresh(names, f"{base}__evx_cast"),
+        nodes.append(helper.make_node("Cast", [out], [t.name], name=fresh(f"{base}__evx_cast", names),
                                       to=ELEM_TYPES[t.dtype]))
     return nodes
 

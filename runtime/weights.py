@@ -125,7 +125,7 @@ def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     main = out.graph
-    taken = _all_names(out)
+    taken = all_names(out)
     origins = {t.name: "initializer" for t in main.initializer}
     _drop_initializer_inputs(out)
     for path, graph in list(walk_graphs(main)):
@@ -173,7 +173,7 @@ def _hoist_initializers(sub: onnx.GraphProto, main: onnx.GraphProto, path: str, 
             continue
         new_name = tensor.name
         if new_name in taken:  # a main-graph name would shadow it: rename inside the subgraph
-            new_name = _fresh(f"{path}/{tensor.name}", taken)
+            new_name = fresh(f"{path}/{tensor.name}", taken)
             _rename_uses(sub, tensor.name, new_name)
         taken.add(new_name)
         hoisted = onnx.TensorProto()
@@ -194,20 +194,24 @@ def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
                     node.input[i] = new
 
 
-def _fresh(base: str, taken: set[str]) -> str:
+def fresh(base: str, taken: set[str]) -> str:
+    """`base`, or `base_1`, `base_2`, … : the first name not in `taken` (which it joins)."""
     name, k = base, 1
     while name in taken:
         name, k = f"{base}_{k}", k + 1
+    taken.add(name)
     return name
 
 
-def _all_names(model: onnx.ModelProto) -> set[str]:
-    names = set()
+def all_names(model: onnx.ModelProto) -> set[str]:
+    """Every value and node name of the model, its subgraphs included (what a new name must avoid)."""
+    names = {o.name for o in model.graph.output}
     for _, g in walk_graphs(model.graph):
         names.update(t.name for t in g.initializer)
         names.update(v.name for v in g.input)
         for node in g.node:
             names.update(node.output)
+            names.add(node.name)
     return names
 
 

@@ -7,7 +7,7 @@ import sys
 import warnings
 
 from evonnx.errors import EvonnxError
-from evonnx.passes.engine.calib import parse_batch_axes, parse_input_shapes
+from evonnx.passes.engine.calib import SYNTHETIC_SAMPLES, parse_batch_axes, parse_input_shapes
 
 AUTO_HELP = ("a global sparsity in [0, 1) (0 skips pruning), or auto: Directed Evolution tries 50, 75, 87.5, 93.75, "
              "96.9, 98.4 %%, each from the last accepted student, then bisects twice between the last within budget "
@@ -23,7 +23,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--input-shape", action="append", metavar="NAME:DIMS", help="fix dynamic dims (repeatable)")
     parser.add_argument("--batch-axis", action="append", metavar="NAME:AXIS",
                         help="an input's sample axis, e.g. state:1, or NAME:none to pass it whole (repeatable)")
-    parser.add_argument("--samples", type=int, default=256, help="synthetic samples when no --calib is given")
+    parser.add_argument("--samples", type=int, default=SYNTHETIC_SAMPLES,
+                        help="synthetic samples when no --calib is given")
     parser.add_argument("--sparsity", default="0.9", metavar="S|auto", help=AUTO_HELP)
     parser.add_argument("--bits", default="auto", help="auto (searched per layer) or a fixed 1-8")
     parser.add_argument("--max-drop", type=float, default=0.5,

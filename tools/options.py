@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from evonnx.passes.engine.calib import CalibData, load_npz, parse_batch_axes, parse_input_shapes, synthetic
+from evonnx.passes.engine.calib import (SYNTHETIC_SAMPLES, CalibData, load_npz, parse_batch_axes, parse_input_shapes,
+                                         synthetic)
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -12,7 +13,8 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
                         help="fix an input's dynamic dims, e.g. input:1x3x224x224 (repeatable)")
     parser.add_argument("--batch-axis", action="append", metavar="NAME:AXIS",
                         help="an input's sample axis, e.g. state:1, or NAME:none to pass it whole (repeatable)")
-    parser.add_argument("--samples", type=int, default=64, help="synthetic samples when no --calib is given")
+    parser.add_argument("--samples", type=int, default=SYNTHETIC_SAMPLES,
+                        help="synthetic samples when no --calib is given")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where ONNX Runtime runs")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
 

@@ -17,7 +17,7 @@ from evonnx.passes.compress.result import CompressResult, layer_rows
 from evonnx.passes.compress.size import fit_file_size, max_bytes_of
 from evonnx.passes.compress.timing import Budget, check_options, forward_seconds, search_seconds
 from evonnx.passes.compress.workdir import claim, finish_run, read_logs, work_dir
-from evonnx.passes.engine.calib import load_npz, synthetic
+from evonnx.passes.engine.calib import SYNTHETIC_SAMPLES, load_npz, synthetic
 from evonnx.passes.engine.metrics import compare
 from evonnx.passes.pipeline import Pipeline
 from evonnx.passes.sparsity.checkpoint import fingerprint
@@ -26,7 +26,7 @@ from evonnx.passes.state import ModelState, load_state
 
 def compress(model: str | Path, output: str | Path, *, calib: str | Path | None = None,
              input_shapes: dict[str, list[int]] | None = None, batch_axes: dict[str, int | None] | None = None,
-             samples: int = 256,
+             samples: int = SYNTHETIC_SAMPLES,
              sparsity: float | str = 0.9, bits: int | str = "auto", max_drop: float = 0.5,
              time_limit: float | None = None, seed: int = 0, workdir: str | Path | None = None,
              resume: bool = False, pipeline: Pipeline | str | Path | None = None, device: str = "auto",

@@ -15,6 +15,7 @@ from evonnx.passes.engine import samples
 from evonnx.passes.engine.samples import Axis
 
 LABELS = "labels"
+SYNTHETIC_SAMPLES = 256  # random samples when no calibration file is given
 
 
 @dataclass
@@ -175,7 +176,8 @@ def _fmt(shape: list) -> str:
     return "[" + ", ".join(str(d) if d else "?" for d in shape) + "]"
 
 
-def synthetic(model: onnx.ModelProto, num_samples: int = 64, input_shapes: dict[str, list[int]] | None = None,
+def synthetic(model: onnx.ModelProto, num_samples: int = SYNTHETIC_SAMPLES,
+              input_shapes: dict[str, list[int]] | None = None,
               seed: int = 0, batch_axes: dict[str, Axis] | None = None) -> CalibData:
     """Random float inputs from the model's input shapes; integer/bool inputs are zeros (with a warning)."""
     rng = np.random.default_rng(seed)

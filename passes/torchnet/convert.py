@@ -18,6 +18,7 @@ from torch import nn
 
 from evonnx.errors import EvonnxError
 from evonnx.passes.torchnet.ops import OPS
+from evonnx.runtime.model_io import default_opset
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -63,10 +64,6 @@ def _constant(node: onnx.NodeProto) -> torch.Tensor:
     raise EvonnxError(f"torch conversion: Constant {node.name!r} with {sorted(attrs)} is not supported")
 
 
-def opset_of(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), 1)
-
-
 class OnnxModule(nn.Module):
     """The ONNX graph as a torch module: forward(*inputs) -> list of outputs (graph order)."""
 
@@ -74,7 +71,7 @@ class OnnxModule(nn.Module):
                  label: str = "model"):
         super().__init__()
         check_supported(model, label)
-        graph, opset = model.graph, opset_of(model)
+        graph, opset = model.graph, default_opset(model)
         inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         inits.update(values or {})
         self.input_names = [i.name for i in graph.input if i.name not in inits]
