@@ -39,11 +39,15 @@ RUNS = {"default": [], "s50b8": ["--sparsity", "0.5", "--bits", "8"], "auto": ["
 HELD_OUT_SEED = 1
 
 
-def model_bytes(path: Path) -> int:
-    """The model file plus its external data files."""
+def model_files(path: Path) -> list[Path]:
+    """The model file and its external data files."""
     model = onnx.load(str(path), load_external_data=False)
-    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
-    return path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in locations)
+    locations = sorted({e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"})
+    return [path, *(path.parent / loc for loc in locations)]
+
+
+def model_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in model_files(path))
 
 
 def session(model_or_path) -> ort.InferenceSession:
@@ -119,8 +123,8 @@ def bench_model(entry: CorpusModel, runs: list[str], time_limit: float, samples:
                 row[fmt] = {"error": str(exc).strip().splitlines()[0][:80]}
         rows.append(row)
     rows.append({**base, "run": "ort-int8", **ort_int8(entry, teacher, test, axes, original)})
-    rows.append({**base, "run": "zstd-19", "ratio": original / len(zstandard.ZstdCompressor(level=19).compress(
-        path.read_bytes()))})
+    whole = b"".join(p.read_bytes() for p in model_files(path))
+    rows.append({**base, "run": "zstd-19", "ratio": original / len(zstandard.ZstdCompressor(level=19).compress(whole))})
     return rows
 
 
