@@ -28,29 +28,39 @@ BISECTIONS = 2
 AUTO_SHARE = 0.5  # of --max-drop the auto sparsity may spend; the bit allocation gets what is left
 
 
-def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, max_drop: float, time_limit: float | None,
-          prune: list[str], kept: list[str], budget: Budget, log) -> tuple[ModelState, list[dict], list[dict]]:
+def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, max_drop: float,
+                  time_limit: float | None, prune: list[str], kept: list[str], budget: Budget, log,
+                  forward: float = 0.0) -> tuple[ModelState, list[dict], list[dict]]:
     """sparsity="auto" (see the module docstring): the ladder and bisection of Directed Evolution runs,
-    then the bit stage with the rest of the budget. Returns the state, the passes that made it, the trials."""
+    then the bit stage with the rest of the budget. Returns the state, the passes that made it, the trials.
+    With `time_limit`, a rung starts only when the time left pays for its search and for the most a rung
+    has cost beyond its search so far (setting up, finishing), and the bit stage gets what is left
+    (`forward`: seconds of one pass over the calibration set, to size it)."""
     limit = AUTO_SHARE * max_drop
     fidelity = Fidelity(engine, {n: state.current(n) for n in engine.weight_names})
     metric = ("accuracy" if ctx.calib.labels is not None else "agreement" if fidelity.start.top1 is not None
               else "cosine")
     loss = budget_loss(metric, 1.0)
-    deadline = time.perf_counter() + SEARCH_SHARE * time_limit if time_limit else None
-    best, best_drop, passed, failed, bisected = state, 0.0, 0.0, None, 0
+    start = time.perf_counter()
+    deadline = start + SEARCH_SHARE * time_limit if time_limit else None
+    best, best_drop, passed, failed, bisected, overhead = state, 0.0, 0.0, None, 0, 0.0
     steps, trials = [], []
     while (nxt := _next_sparsity(passed, failed, bisected)) is not None:
         target, left = nxt
         params: dict = {"sparsity": target, **({"weights": prune} if kept else {})}
+        given = None
         if deadline is not None:
-            remaining = deadline - time.perf_counter()
+            remaining = deadline - time.perf_counter() - overhead
             if remaining <= 0:
                 break
-            params.update(time_limit=round(remaining / left, 3), on_budget="finish", **budget.de)
+            given = round(remaining / left, 3)
+            params.update(time_limit=given, on_budget="finish", **budget.de)
         de = DirectedEvolution(**params)
         sub = ctx.workdir / AUTO_DIR / f"{len(trials):02d}-{target:.4f}" if ctx.workdir else None
+        t0 = time.perf_counter()
         student = de.run(best, dataclasses.replace(ctx, workdir=sub))
+        if given is not None:
+            overhead = max(overhead, time.perf_counter() - t0 - given)
         drop = float(loss(fidelity.evaluate([{n: student.current(n) for n in engine.weight_names}])[0]))
         ok = drop <= limit
         trials.append({"sparsity": target, "reached": round(student.global_sparsity(), 4), "drop": round(drop, 4),
@@ -65,7 +75,11 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
             failed = target
     left_over = max(max_drop - best_drop, 0.0)
     log(f"auto sparsity: kept {passed:.4f} (drop {best_drop:.3f} of {limit:g}); the bit stage gets {left_over:.3f}")
-    rest = Pipeline([DeadUnits(), *default_pipeline(0, bits, left_over, None, keep=kept, budget=budget).passes])
+    left = None
+    if time_limit:
+        left = max(start + time_limit - time.perf_counter(), 1e-3)
+        budget = dataclasses.replace(budget, bits=Budget.bits_for(len(prune), forward, left))
+    rest = Pipeline([DeadUnits(), *default_pipeline(0, bits, left_over, left, keep=kept, budget=budget).passes])
     return rest.run(best, ctx), steps + describe(rest), trials
 
 

@@ -75,7 +75,7 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
             claim(wd, fingerprint(state.model, {**data.inputs, **labels}, settings, seed), resume, state.label, log)
         prune = [n for n in targets if n not in kept]
         budget = Budget()
-        search_limit = time_limit
+        search_limit, forward = time_limit, 0.0
         if time_limit and targets and pipeline is None:
             forward = forward_seconds(engine)
             search_limit = search_seconds(time_limit, time.perf_counter() - start, forward, state, log)
@@ -88,7 +88,8 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
             log(notes[-1])
             steps: list[dict] = []
         elif sparsity == "auto":
-            state, steps, trials = auto_sparsity(state, ctx, engine, bits, max_drop, search_limit, prune, kept, budget, log)
+            state, steps, trials = auto_sparsity(state, ctx, engine, bits, max_drop, search_limit, prune, kept, budget,
+                                                 log, forward)
         elif limit_bytes:
             pipeline = pipeline or default_pipeline(sparsity, bits, max_drop, search_limit, prune=prune, keep=kept,
                                                     budget=budget, target_bytes=limit_bytes)

@@ -32,18 +32,25 @@ class Budget:
 
     @classmethod
     def fit(cls, targets: int, forward_seconds: float, time_limit: float) -> "Budget":
-        from evonnx.passes.bit_allocation import BitAllocation
         from evonnx.passes.sparsity.common import LEVELS
 
-        budget = cls()
+        budget = cls(bits=cls.bits_for(targets, forward_seconds, (1 - SEARCH_SHARE) * time_limit))
         if targets * len(LEVELS) * forward_seconds > 0.25 * SEARCH_SHARE * time_limit:
             budget.de = {"allocation": "lamp", "refit": False}
+        return budget
+
+    @staticmethod
+    def bits_for(targets: int, forward_seconds: float, seconds: float) -> dict | None:
+        """The bit allocation `seconds` pay for: the full search ({}), uniform per-channel bits only, or
+        none (None: every target at 8 bits)."""
+        from evonnx.passes.bit_allocation import BitAllocation
+
         defaults = BitAllocation.Config()
         full, light = len(defaults.schemes) * len(defaults.bits) + 1, len(LIGHT_BITS["bits"]) + 1
-        affordable = (1 - SEARCH_SHARE) * time_limit / max(forward_seconds, 1e-9)
-        if affordable < targets * full + JOINT_EVALUATIONS:
-            budget.bits = dict(LIGHT_BITS) if affordable >= targets * light + JOINT_EVALUATIONS else None
-        return budget
+        affordable = seconds / max(forward_seconds, 1e-9)
+        if affordable >= targets * full + JOINT_EVALUATIONS:
+            return {}
+        return dict(LIGHT_BITS) if affordable >= targets * light + JOINT_EVALUATIONS else None
 
     def describe(self) -> str:
         parts = [f"{k}={v}" for k, v in self.de.items()]
