@@ -24,6 +24,7 @@ FLOAT_TYPES = {
 }
 QUANTIZED_TYPES = {getattr(onnx.TensorProto, t) for t in ("INT8", "UINT8", "INT16", "UINT16", "INT4", "UINT4")
                    if hasattr(onnx.TensorProto, t)}
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 TARGET_ROLES = ("conv", "matrix", "embedding")
 NORM_OPS = {"BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization",
             "SimplifiedLayerNormalization", "SkipLayerNormalization", "RMSNormalization"}
@@ -294,6 +295,10 @@ def _role(info: WeightInfo, model: onnx.ModelProto) -> tuple[str, int | None]:
             roles.append(("matrix", ndim - 1 if c.input_index == 1 else ndim - 2))
         elif c.op_type == "Gather" and c.input_index == 0 and ndim == 2:
             roles.append(("embedding", 0))
+        elif c.op_type in RECURRENT_OPS and c.input_index in (1, 2) and ndim == 3:
+            roles.append(("matrix", 1))  # W / R: [directions, gates x hidden, inputs]; rows are output units
+        elif c.op_type in RECURRENT_OPS and c.input_index == 3:
+            roles.append(("bias", None))
         elif c.op_type in NORM_OPS:
             roles.append(("norm", None))
         elif ndim <= 1 and (c.op_type in ("Add", "Sub") or (c.op_type in ("Conv", "ConvTranspose", "Gemm")

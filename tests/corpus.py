@@ -211,3 +211,17 @@ def shape_feeding_weights(seed=0) -> onnx.ModelProto:
     inits = [_const("scale_a", [1, 1, 1, 1], np.float32), _const("scale_b", [1, 1, 2, 2], np.float32),
              _w(rng, 2, 3, 3, 3, name="k_t")]
     return _model(nodes, [fin("x", "N", 2, 4, 4)], [fin("y", "N", 3, 8, 8)], inits)
+
+
+def lstm(seed=0, hidden=8, steps=5) -> onnx.ModelProto:
+    """A time-major LSTM: x[T=5, N, 6] -> LSTM (W, R, B initializers) -> Y_h[1, N, 8] -> Gemm -> y[N, 3]."""
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array((rng.standard_normal((1, 4 * hidden, 6)) * 0.4).astype(np.float32), "W")
+    r = numpy_helper.from_array((rng.standard_normal((1, 4 * hidden, hidden)) * 0.4).astype(np.float32), "R")
+    b = numpy_helper.from_array((rng.standard_normal((1, 8 * hidden)) * 0.1).astype(np.float32), "B")
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B"], ["", "h"], name="lstm", hidden_size=hidden),
+             helper.make_node("Squeeze", ["h", "ax0"], ["h2"]),
+             helper.make_node("Gemm", ["h2", "head", "head_b"], ["y"], name="head_fc")]
+    inits = [w, r, b, _const("ax0", [0]), _w(rng, hidden, 3, name="head"),
+             numpy_helper.from_array(np.zeros(3, np.float32), "head_b")]
+    return _model(nodes, [fin("x", steps, "N", 6)], [fin("y", "N", 3)], inits)

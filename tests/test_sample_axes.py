@@ -133,3 +133,15 @@ def test_one_calibration_sample(tmp_path, build, feeds):
     result = compress(model, tmp_path / "one.evx", calib=calib, pipeline=Pipeline(LIGHT), **quiet())
     assert result.max_output_diff <= 1e-4
     assert [o.shape for o in run(decode(tmp_path / "one.evx"), data)] == [o.shape for o in run(teacher, data)]
+
+
+def test_recurrent_weights_are_targets_and_pruned(tmp_path):
+    teacher = corpus.lstm()
+    table = load_state(teacher.SerializeToString()).table
+    assert {n: table[n].role for n in ("W", "R", "B")} == {"W": "matrix", "R": "matrix", "B": "bias"}
+    x = normal(5, 48, 6)  # time-major: the samples are on axis 1
+    model, calib = save(tmp_path, "lstm", teacher, x=x)
+    result = compress(model, tmp_path / "l.evx", calib=calib, pipeline=Pipeline(LIGHT), **quiet())
+    rows = {r["name"]: r for r in result.layers}
+    assert rows["W"]["sparsity"] > 0 and rows["R"]["sparsity"] > 0 and result.max_output_diff <= 1e-4
+    assert run(decode(tmp_path / "l.evx"), {"x": x})[0].shape == (48, 3)
