@@ -7,12 +7,15 @@ from evonnx.errors import CalibrationError, EvonnxError, EvxFormatError, ModelEr
 
 __version__ = "0.1.0"
 __all__ = ["EvonnxError", "ModelError", "CalibrationError", "EvxFormatError", "compress", "CompressResult",
-           "__version__"]
+           "decode", "Pipeline", "load_state", "__version__"]
+
+# the user API, imported on first use: compress needs onnxruntime, decode only numpy and onnx
+_LAZY = {"compress": "evonnx.passes.compress", "CompressResult": "evonnx.passes.compress",
+         "decode": "evonnx.runtime.decode", "Pipeline": "evonnx.passes.pipeline", "load_state": "evonnx.passes.state"}
 
 
 def __getattr__(name: str):
-    """`evonnx.compress` and `evonnx.CompressResult`, imported on first use (they need onnxruntime)."""
-    if name in ("compress", "CompressResult"):
-        from evonnx.passes import compress as orchestration
-        return getattr(orchestration, name)
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'evonnx' has no attribute {name!r}")
