@@ -8,6 +8,7 @@ import sys
 import traceback
 import warnings
 
+from evonnx import __version__
 from evonnx.errors import EvonnxError
 
 # name -> module under evonnx.tools exposing add_parser(subparsers) and run(args) -> int
@@ -25,6 +26,7 @@ COMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="evonnx", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    parser.add_argument("--version", action="version", version=f"evonnx {__version__}")
     parser.add_argument("--quiet", action="store_true", help="print only results and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
