@@ -226,3 +226,13 @@ def test_nontarget_tensors_exact_by_default_and_rounded_only_on_request():
     step = (b1.max() - b1.min()) / 255
     assert np.abs(eight.weights["b1"] - b1).max() <= step / 2 + 1e-6
     assert {r["bits"] for r in eight.history[-1]["nontarget"]} == {8}
+
+
+def test_kmeans_codes_weights_already_on_a_grid_exactly():
+    from evonnx.passes.quant.kmeans import kmeans_1d
+    grid = np.linspace(-1, 1, 100).astype(np.float32)
+    values = np.random.default_rng(0).choice(grid, 5000)
+    codes, centroids = kmeans_1d(values, 128)
+    assert np.array_equal(centroids[codes], values)  # 100 distinct values fit 128 centroids: no error
+    codes, centroids = kmeans_1d(values, 16)
+    assert len(centroids) <= 16 and not np.array_equal(centroids[codes], values)

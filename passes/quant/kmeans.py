@@ -4,6 +4,7 @@ Exact and fast in one dimension: with the values sorted once, each Lloyd step is
 k-1 decision boundaries and a difference of prefix sums, O(k log n) per iteration. Linear initialisation
 keeps centroids on the rare large weights but leaves some empty in the tails; when Lloyd has converged,
 empty centroids are re-seeded by splitting the clusters of largest squared error (a few rounds).
+Values that take at most k distinct values already (weights stored after quantization) are coded exactly.
 """
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ def kmeans_1d(values: np.ndarray, k: int, iters: int = 300, reseed_rounds: int =
     x = np.asarray(values, dtype=np.float64).ravel()
     if x.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    distinct = np.unique(x.astype(np.float32))
+    if distinct.size <= k:  # already on a grid of at most k values (a model stored after quantization): exact
+        return assign(x, distinct), distinct
     xs = np.sort(x)
     n = xs.size
     s1 = np.concatenate([[0.0], np.cumsum(xs)])
