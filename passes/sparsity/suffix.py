@@ -17,7 +17,7 @@ import numpy as np
 
 from evonnx.passes.engine import samples
 from evonnx.passes.engine.calib import CalibData, fixed_batch
-from evonnx.passes.engine.fitness import Runner, output_axes, run_batches
+from evonnx.passes.engine.fitness import Runner, run_batches
 from evonnx.passes.engine.metrics import is_classifier, is_probability, log_probs
 from evonnx.passes.sparsity.graph import build_probe, build_suffix, elem_types, suffix_structure
 from evonnx.passes.sparsity.layers import Layer
@@ -27,6 +27,7 @@ STACK_BYTES = 96 << 20  # most bytes of stacked suffix inputs per run
 CHUNK_ELEMENTS = 4 << 20  # gather chunk of the sparse delta product
 REFIT_ROWS = 16384  # most activation rows used to re-fit one layer
 POOL_CACHE_ELEMENTS = 32 << 20  # most gathered activation elements cached for a search pool
+MEASURE_GROUP = 8  # probe outputs measured together
 ACTIVATION_BYTES = 2 << 30  # most bytes of cached activations (every layer's input and output) on the re-fit samples
 
 
@@ -92,20 +93,29 @@ class Evaluator:
         self.output_names = [o.name for o in state.model.graph.output]
         self.counter = Counter()
         original = {n: state.original(n) for n in self.exposed}
-        measured = output_axes(self.probe, self.data, fixed, original)
-        self.axes = {**dict(zip(self.probe.output_names, measured)), **self.data.axes}  # every cached value's
-        self._fit_memory(original)
+        self._measure(original, fixed)
         acts = self.run_probe(original)
         self.teacher_out = [self.take(acts, o, self.n_fit) for o in self.output_names]
         self.teacher_y = {l.weight: acts[l.y] for l in layers if l.fast}
         self.forward_at_start = self.forward_seconds()
 
-    def _fit_memory(self, weights: dict[str, np.ndarray]) -> None:
-        """Fewer re-fit (and fitness) samples when every cached activation of them would pass ACTIVATION_BYTES."""
-        size = self.batch if not self.stackable_batch else 1
-        outs = self.probe.run({**self.data.feed(0, size), **weights})
-        per_sample = sum(o.nbytes for o, name in zip(outs, self.probe.output_names) if self.axes[name] is not None)
-        cap = max(self.batch if not self.stackable_batch else 1, int(ACTIVATION_BYTES // max(per_sample / size, 1)))
+    def _measure(self, weights: dict[str, np.ndarray], fixed: int | None) -> None:
+        """Every cached value's sample axis (`self.axes`), measured a few probe outputs at a time (all of them
+        for even two samples may not fit in memory), and fewer re-fit (and fitness) samples when the cached
+        activations of all of them would pass ACTIVATION_BYTES."""
+        names = self.probe.output_names
+        one, two = (self.data.feed(0, fixed), None) if fixed else self.data.pair()
+        axes: dict[str, samples.Axis] = {}
+        per_sample = 0.0
+        for i in range(0, len(names), MEASURE_GROUP):
+            group = names[i:i + MEASURE_GROUP]
+            first = self.probe.run({**one, **weights}, group)
+            got = (samples.fixed_batch_axes(first, fixed) if fixed
+                   else samples.measured_axes(first, self.probe.run({**two, **weights}, group)))
+            axes.update(zip(group, got))
+            per_sample += sum(o.nbytes for o, axis in zip(first, got) if axis is not None) / (fixed or 1)
+        self.axes = {**axes, **self.data.axes}
+        cap = max(fixed or 1, int(ACTIVATION_BYTES // max(per_sample, 1.0)))
         if cap < self.n_refit:
             self.n_refit, self.n_fit = cap, min(self.n_fit, cap)
             self.data = self.data.subset(cap)
