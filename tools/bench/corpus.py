@@ -150,6 +150,35 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def model_table(rows: list[dict]) -> str:
+    """One row a model: evonnx's runs as ratio / task metric / min cosine (wall s of the limit), ORT int8, zstd."""
+    runs = [r for r in RUNS if any(x["run"] == r for x in rows)]
+    head = ["model", "family", "params", "MB", *[f"evonnx {r}" for r in runs], "ORT int8", "zstd -19", "peak RSS MiB"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---:|---:|" + "---|" * (len(runs) + 2) + "---:|"]
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = {r["run"]: r for r in rows if r["model"] == name}
+        first = next(iter(mine.values()))
+        cells = [_cell(mine.get(run), timed=True) for run in runs]
+        zstd = mine.get("zstd-19")
+        rss = max((r.get("rss", 0) for r in mine.values()), default=0)
+        lines.append(f"| {name} | {first['family']} | {first['params'] / 1e6:.2f}M | {first['file_mb']:.1f} | "
+                     + " | ".join(cells) + f" | {_cell(mine.get('ort-int8'))} | "
+                     + (f"{zstd['ratio']:.1f}×" if zstd else "–") + f" | {rss:.0f} |")
+    return "\n".join(lines)
+
+
+def _cell(r: dict | None, timed: bool = False) -> str:
+    if r is None:
+        return "–"
+    if "error" in r:
+        return f"fails: {r['error'][:60]}"
+    fp = r.get("fp32", r)
+    if "error" in fp:
+        return f"{r['ratio']:.1f}×, decode fails"
+    text = f"{r['ratio']:.1f}× / {fp['score']:.3f} / {fp['cos']:.4f}"
+    return text + (f" ({r['wall']:.0f} s)" if timed and "wall" in r else "")
+
+
 def headline(rows: list[dict], run: str) -> str:
     """How many models work end to end, and the geometric-mean ratio of those at min cosine >= 0.99."""
     mine = [r for r in rows if r["run"] == run]
@@ -166,11 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-limit", type=float, default=120.0)
     p.add_argument("--samples", type=int, default=None, help="calibration samples (default: each model's own)")
     p.add_argument("--jsonl", help="append every row as JSON to this file as it is measured")
+    p.add_argument("--from-jsonl", metavar="FILE", help="render the tables of an earlier --jsonl, running nothing")
     p.add_argument("--out")
     args = p.parse_args(argv)
     rows = []
+    if args.from_jsonl:
+        rows = [json.loads(line) for line in Path(args.from_jsonl).read_text().splitlines() if line.strip()]
+        args.runs = [r for r in RUNS if any(x["run"] == r for x in rows)]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
+        for name in [] if args.from_jsonl else args.models:
             new = bench_model(BY_NAME[name], args.runs, args.time_limit, args.samples, Path(tmp))
             rows += new
             if args.jsonl:
@@ -178,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
                     f.writelines(json.dumps(r, default=float) + "\n" for r in new)
             print("\n".join(table(new).splitlines()[2:]), flush=True)
     lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores; onnxruntime {ort.__version__}", "",
-             *[headline(rows, run) for run in [*args.runs, "ort-int8"]], "", table(rows)]
+             *[headline(rows, run) for run in [*args.runs, "ort-int8"]], "",
+             "Cells: ratio / task metric / lowest output's mean cosine (wall seconds), on held-out inputs.", "",
+             model_table(rows), "", table(rows)]
     return emit("\n".join(lines), args.out)
 
 
