@@ -11,6 +11,7 @@ from evonnx.passes.state import ModelState
 SEARCH_SHARE = 0.7  # of --time-limit for the sparsity search; the rest is left for the bit allocation
 LIGHT_BITS = {"schemes": ["uniform/channel/sym"], "bits": [2, 3, 4, 5, 6, 8]}  # the bit allocation when time is short
 FINISH_FORWARDS = 4  # passes over the calibration set after the search: final metrics, decode, verify
+PASS_FORWARDS = 10  # passes over it the passes spend outside their search: set-up, finishing, joint measurements
 ENCODE_SECONDS_PER_PARAM = 1e-6  # entropy coding and decoding the container (~1 s per million weights here)
 MIN_SEARCH_SHARE = 0.1  # of --time-limit the passes get however little is left
 JOINT_EVALUATIONS = 40  # about what the bit allocation's joint search measures
@@ -82,13 +83,15 @@ def check_options(time_limit: float | None, max_drop: float, samples: int) -> No
 
 
 def search_seconds(time_limit: float, spent: float, forward: float, state: ModelState, log) -> float:
-    """What is left of `time_limit` for the passes: less what loading took, and a reserve for decoding and
-    verifying the container (FINISH_FORWARDS passes over the calibration set, encoding by the parameter)."""
+    """What is left of `time_limit` for the passes' searches: less what loading took, the passes' own fixed
+    costs (PASS_FORWARDS passes over the calibration set) and a reserve for encoding, decoding and verifying
+    the container (FINISH_FORWARDS passes, encoding by the parameter)."""
     params = sum(w.size for w in state.table.targets)
-    reserve = FINISH_FORWARDS * forward + ENCODE_SECONDS_PER_PARAM * params
+    reserve = (FINISH_FORWARDS + PASS_FORWARDS) * forward + ENCODE_SECONDS_PER_PARAM * params
     left = time_limit - spent - reserve
     floor = MIN_SEARCH_SHARE * time_limit
     if left < floor:
-        log(f"time limit {time_limit:g} s: loading took {spent:.0f} s and verifying needs about {reserve:.0f} s; "
+        log(f"time limit {time_limit:g} s: loading took {spent:.0f} s, and setting up, finishing and verifying "
+            f"need about {reserve:.0f} s; "
             f"searching for {floor:.0f} s, so the run will take longer")
     return max(left, floor)
