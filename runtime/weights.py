@@ -44,6 +44,7 @@ SHAPE_SLOTS.update({op: (1,) for op in ("ReduceSum", "ReduceMean", "ReduceMax", 
                                          "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
                                          "ReduceSumSquare")})
 SHAPE_ONLY_OPS = {"Shape", "Size"}
+RESAMPLING_OPS = ("Resize", "Upsample")
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,7 @@ def weight_table(model: onnx.ModelProto, origins: dict[str, str] | None = None) 
             skipped.append(Skipped(tensor.name, "parameter of a quantized operator"))
             continue
         if tensor.name in shape_fed:
-            skipped.append(Skipped(tensor.name, f"sets a shape, size or axis ({shape_fed[tensor.name]}): kept exact"))
+            skipped.append(Skipped(tensor.name, f"reaches {shape_fed[tensor.name]}: kept exact"))
             continue
         info = WeightInfo(tensor.name, tuple(int(d) for d in tensor.dims), FLOAT_TYPES[tensor.data_type],
                           consumers.get(tensor.name, []), origin=(origins or {}).get(tensor.name, "initializer"))
@@ -242,21 +243,42 @@ def weight_table(model: onnx.ModelProto, origins: dict[str, str] | None = None) 
 
 
 def shape_feeding(model: onnx.ModelProto) -> dict[str, str]:
-    """Values whose contents reach a shape-sensitive input (SHAPE_SLOTS), each with the input it reaches.
+    """Values whose contents reach a shape-sensitive input (SHAPE_SLOTS), each with the input it reaches;
+    also the weights of a computation on weights alone that a Resize or Upsample resamples (a position
+    embedding fitted to the input's grid: ONNX Runtime validates such a Resize only with constant data).
 
-    One backward walk from those inputs through their producers, stopping at Shape/Size (whose outputs
-    depend on shapes only); subgraph nodes are walked too."""
+    Backward walks from those inputs through their producers, stopping at Shape/Size (whose outputs depend
+    on shapes only); subgraph nodes are walked too."""
     producers: dict[str, onnx.NodeProto] = {}
     pending: list[tuple[str, str]] = []
+    resampled: list[tuple[str, str]] = []
     for _, g in walk_graphs(model.graph):
         for i, node in enumerate(g.node):
             for out in node.output:
                 producers[out] = node
-            for k in SHAPE_SLOTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ():
-                if k < len(node.input) and node.input[k]:
-                    pending.append((node.input[k], f"input {k} of {node.op_type} {node.name or i}"))
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            where = f"{node.op_type} {node.name or i}"
+            pending += [(node.input[k], f"input {k} of {where}") for k in SHAPE_SLOTS.get(node.op_type, ())
+                        if k < len(node.input) and node.input[k]]
+            if node.op_type in RESAMPLING_OPS and node.input:
+                resampled.append((node.input[0], f"the data of {where}"))
+    graph_inputs = {v.name for v in model.graph.input}
+
+    def closure(name: str) -> set[str]:
+        seen, todo = set(), [name]
+        while todo:
+            value = todo.pop()
+            if value in seen:
+                continue
+            seen.add(value)
+            node = producers.get(value)
+            if node is not None and node.op_type not in SHAPE_ONLY_OPS:
+                todo.extend(n for n in node.input if n)
+        return seen
+
     reached: dict[str, str] = {}
-    while pending:
+    while pending:  # one shared walk: a value reached once is not walked again
         name, where = pending.pop()
         if name in reached:
             continue
@@ -264,6 +286,11 @@ def shape_feeding(model: onnx.ModelProto) -> dict[str, str]:
         node = producers.get(name)
         if node is not None and node.op_type not in SHAPE_ONLY_OPS:
             pending.extend((n, where) for n in node.input if n)
+    for name, where in resampled:
+        values = closure(name)
+        if not values & graph_inputs:  # weights only, resampled to the input's grid
+            for value in values:
+                reached.setdefault(value, where)
     return reached
 
 
