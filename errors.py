@@ -15,3 +15,9 @@ class CalibrationError(EvonnxError):
 
 class EvxFormatError(EvonnxError):
     """An .evx container is malformed, corrupt or of an unsupported version."""
+
+
+class BudgetError(EvonnxError):
+    """No result within the user's budget: nothing is written (exit code 3)."""
+
+    exit_code = 3

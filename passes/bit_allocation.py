@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 
 from evonnx.errors import EvonnxError
 from evonnx.passes.base import Pass, PassContext, param, register
-from evonnx.passes.engine.metrics import Metrics
 from evonnx.passes.quant.allocate import Option, Searcher, frontier
 from evonnx.passes.quant.apply import NONTARGET, Fidelity, Quantizer, nontargets, rounded_nontargets
 from evonnx.passes.quant.layer import QuantSpec
@@ -24,7 +23,7 @@ from evonnx.passes.quant.sizing import HEADER_BYTES, coded_bytes
 from evonnx.passes.quantize import quantize_plan
 from evonnx.passes.state import ModelState
 
-METRICS = ("auto", "accuracy", "agreement", "cosine", "kl")
+METRICS = ("auto", "task", "accuracy", "agreement", "cosine", "kl")
 
 
 @register
@@ -38,9 +37,11 @@ class BitAllocation(Pass):
         schemes: list = param(["uniform/channel/sym", "uniform/channel/asym", "uniform/tensor/sym", "codebook",
                                "codebook+refit"], "scheme families tried per layer (see the quantize pass)")
         bits: list = param([1, 2, 3, 4, 5, 6, 7, 8], "bit widths tried per scheme")
-        metric: str = param("auto", "budget metric: accuracy (labels), agreement (top-1 with the incoming model), "
-                            "cosine (100 x (1 - the lowest output's mean cosine): cosine points), kl (mean KL, or "
-                            "rel. MSE for non-classifiers); auto = accuracy, else agreement, else cosine")
+        metric: str = param("auto", "budget metric: task (the run's task metric, passes/engine/tasks.py, at its "
+                            "upper bound: measured + z standard errors), accuracy (labels), agreement (top-1 with "
+                            "the incoming model), cosine (100 x (1 - the lowest output's mean cosine): cosine "
+                            "points), kl (mean KL, or rel. MSE for non-classifiers); auto = task when the run has "
+                            "one, else accuracy, else agreement, else cosine")
         max_drop: float = param(0.5, "accuracy points lost, top-1 points changed, or cosine points lost, "
                                 "vs the incoming model")
         z: float = param(2.0, "accuracy budget on the drop's upper bound: measured + z standard errors (McNemar, "
@@ -64,9 +65,8 @@ class BitAllocation(Pass):
             raise EvonnxError(f"bit-allocation: search must be knapsack|greedy, nontarget {NONTARGET + ('auto',)}, "
                               f"metric {METRICS}")
         engine = ctx.engine(state)
-        fidelity = Fidelity(engine, {n: state.current(n) for n in engine.weight_names})  # re-fitted biases too
-        start = fidelity.start
-        metric, limit = _budget(cfg, start)
+        fidelity = Fidelity(engine, {n: state.current(n) for n in engine.weight_names}, ctx.metric)  # biases too
+        metric, limit = _budget(cfg, fidelity)
         loss = budget_loss(metric, cfg.z)
         quantizer = Quantizer(state, engine, cfg.refit_rows, ctx.seed)
         specs = list(dict.fromkeys([QuantSpec.parse(f, b) for f in cfg.schemes for b in cfg.bits]
@@ -149,10 +149,13 @@ def _nontarget_mode(state: ModelState, fidelity: Fidelity, loss, weights: dict, 
     return "exact", tried
 
 
-def _budget(cfg, start: Metrics) -> tuple[str, float]:
-    metric = cfg.metric
+def _budget(cfg, fidelity: Fidelity) -> tuple[str, float]:
+    metric, start = cfg.metric, fidelity.start
+    if metric == "task" and fidelity.task is None:
+        raise EvonnxError("bit-allocation: metric=task needs a task metric in the pass context")
     if metric == "auto":
-        metric = "accuracy" if start.accuracy is not None else "agreement" if start.top1 is not None else "cosine"
+        metric = ("task" if fidelity.task is not None else "accuracy" if start.accuracy is not None
+                  else "agreement" if start.top1 is not None else "cosine")
     if metric == "accuracy" and start.accuracy is None:
         raise EvonnxError("bit-allocation: metric=accuracy needs calibration labels")
     if metric == "agreement" and start.top1 is None:
@@ -163,6 +166,8 @@ def _budget(cfg, start: Metrics) -> tuple[str, float]:
 def budget_loss(metric: str, z: float):
     """Measure against the incoming model -> loss: accuracy points lost (upper bound), top-1 points
     changed, cosine points lost (the lowest output), or KL (rel. MSE) from the incoming model."""
+    if metric == "task":
+        return lambda m: m.task.upper(z)
     if metric == "accuracy":
         return lambda m: m.accuracy_drop(z)
     if metric == "agreement":

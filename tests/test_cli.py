@@ -82,12 +82,16 @@ def test_debug_shows_the_traceback(tmp_path):
 @pytest.mark.parametrize("option,value,message", [("--time-limit", "-5", "--time-limit must be a positive"),
                                                   ("--time-limit", "0", "--time-limit must be a positive"),
                                                   ("--max-drop", "-1", "--max-drop must be"),
+                                                  ("--max-drop", "nan", "--max-drop must be"),
+                                                  ("--holdout", "1", "--holdout must be"),
+                                                  ("--metric", "bleu", "--metric 'bleu'"),
+                                                  ("--metric", "ctc", "[N, T, C]"),
                                                   ("--samples", "0", "--samples must be at least 1")])
 def test_out_of_range_options_are_refused(tmp_path, option, value, message):
     model = tmp_path / "m.onnx"
     onnx.save_model(corpus.mlp(), str(model))
     out = subprocess.run([sys.executable, "-m", "evonnx", "compress", str(model), "-o", str(tmp_path / "m.evx"),
-                          option, value], capture_output=True, text=True)
+                          "--synthetic-ok", option, value], capture_output=True, text=True)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "m.evx").exists()
 
@@ -103,7 +107,7 @@ def test_a_model_that_loads_but_cannot_run_is_one_line(tmp_path):
     model = tmp_path / "bad.onnx"
     onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(model))
     out = subprocess.run([sys.executable, "-m", "evonnx", "compress", str(model), "-o", str(tmp_path / "b.evx"),
-                          "--samples", "4"], capture_output=True, text=True)
+                          "--samples", "4", "--synthetic-ok"], capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert "failed running the model" in out.stderr and "reshape_to_3x5" in out.stderr
     assert not (tmp_path / "b.evx").exists()

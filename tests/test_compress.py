@@ -1,5 +1,6 @@
 """`evonnx compress` end to end on a tiny model: verified output, config files, clean failures."""
 import json
+import math
 import subprocess
 import sys
 
@@ -30,7 +31,8 @@ def tiny(tmp_path_factory):
 def test_compress_decode_within_fidelity(tiny):
     root, model, calib = tiny
     out = root / "flags.evx"
-    result = evonnx("compress", model, "-o", out, "--calib", calib, "--sparsity", "0.5", "--bits", "4", "--json")
+    result = evonnx("compress", model, "-o", out, "--calib", calib, "--sparsity", "0.5", "--bits", "4", "--json",
+                    "--holdout", "0", "--max-drop", "inf")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)  # progress lines go to stderr with --json
     assert "directed-evolution" in result.stderr
@@ -55,7 +57,7 @@ def test_config_file_gives_the_same_container(tiny):
                       '[[passes]]\nname = "dead-units"\n\n[[passes]]\nname = "quantize"\nbits = 4\n')
     flags, from_file = root / "a.evx", root / "b.evx"
     for out, extra in ((flags, ["--sparsity", "0.5", "--bits", "4"]), (from_file, ["--config", config])):
-        result = evonnx("compress", model, "-o", out, "--calib", calib, "--quiet", *extra)
+        result = evonnx("compress", model, "-o", out, "--calib", calib, "--quiet", "--max-drop", "inf", *extra)
         assert result.returncode == 0, result.stderr
     assert flags.read_bytes() == from_file.read_bytes()
 
@@ -88,8 +90,8 @@ def test_bit_allocation_alone_leaves_the_teacher_graph_intact(tiny):
     from evonnx.passes.compress import compress
 
     root, model, calib = tiny
-    result = compress(model, root / "bits.evx", calib=calib, sparsity=0, bits="auto", progress=False,
-                      log=lambda *_: None)
+    result = compress(model, root / "bits.evx", calib=calib, sparsity=0, bits="auto", max_drop=math.inf,
+                      progress=False, log=lambda *_: None)
     assert result.sparsity == 0 and result.max_output_diff <= 1e-4
     assert [o.name for o in decode(root / "bits.evx").graph.output] == ["y"]
 

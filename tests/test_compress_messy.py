@@ -1,6 +1,7 @@
 """`evonnx compress` on models nobody here wrote: weights in odd places, int8 parts, dynamic dims, several
 inputs and outputs, nothing to compress. Each run is decoded again and compared with what it reports."""
 import json
+import math
 import subprocess
 import sys
 
@@ -47,7 +48,7 @@ def normal(*shape, seed=0):
 
 
 def quiet(**kwargs):
-    return dict(progress=False, log=lambda *_: None, **kwargs)
+    return dict(progress=False, log=lambda *_: None, max_drop=math.inf, holdout=0, **kwargs)  # mechanics, not budgets
 
 
 def test_constant_node_weight(tmp_path):
@@ -82,7 +83,8 @@ def test_external_data_quiet_cli(tmp_path):
     onnx.save_model(corpus.mlp(d_in=32, hidden=64, classes=10), str(path), save_as_external_data=True,
                     location="ext.bin", size_threshold=0)
     out = tmp_path / "ext.evx"
-    result = evonnx("compress", path, "-o", out, "--config", light_config(tmp_path), "--samples", "64", "--quiet")
+    result = evonnx("compress", path, "-o", out, "--config", light_config(tmp_path), "--samples", "64", "--quiet",
+                    "--synthetic-ok", "--max-drop", "inf")
     assert result.returncode == 0 and result.stderr == "", result.stderr
     summary = result.stdout.splitlines()
     original = path.stat().st_size + (tmp_path / "ext.bin").stat().st_size
@@ -119,8 +121,8 @@ def test_dynamic_dims_need_input_shape(tmp_path):
     out = tmp_path / "dyn.evx"
     refused = evonnx("compress", model, "-o", out, "--bits", "4")
     assert refused.returncode == 2 and "--input-shape x:DIMS" in refused.stderr and not out.exists()
-    done = evonnx("compress", model, "-o", out, "--input-shape", "x:1x6x8", "--samples", "64",
-                  "--config", light_config(tmp_path), "--json", "--quiet")
+    done = evonnx("compress", model, "-o", out, "--input-shape", "x:1x6x8", "--samples", "64", "--synthetic-ok",
+                  "--max-drop", "inf", "--config", light_config(tmp_path), "--json", "--quiet")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert run(decode(out), {"x": normal(3, 11, 8)})[0].shape == (3, 4)  # T stays dynamic in the decoded model
@@ -154,7 +156,7 @@ def test_nothing_to_compress_still_writes_a_container(tmp_path):
     teacher = corpus.int8_parts_only()
     model, _ = save(tmp_path, "none", teacher)
     out = tmp_path / "none.evx"
-    result = evonnx("compress", model, "-o", out, "--samples", "16")
+    result = evonnx("compress", model, "-o", out, "--samples", "16", "--synthetic-ok")
     assert result.returncode == 0, result.stderr
     assert "nothing to compress" in result.stdout and "left untouched: 3 tensors" in result.stdout
     x = normal(5, 8)

@@ -43,7 +43,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     onnx.save_model(corpus.mlp(d_in=16, hidden=48, classes=10), str(model))
     np.savez(calib, x=np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32))
     config.write_text(json.dumps(CONFIG))
-    common = [model, "--calib", calib, "--config", config]
+    common = [model, "--calib", calib, "--config", config, "--max-drop", "inf"]
 
     reference = tmp_path / "reference.evx"
     done = evonnx(*common, "-o", reference, "--workdir", tmp_path / "w_ref", "--quiet")
@@ -62,7 +62,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
 
     again = evonnx(*common, "-o", out, "--workdir", work)
     assert again.returncode == 2 and "add --resume" in again.stderr and not out.exists()
-    api = dict(calib=calib, pipeline=config, progress=False, log=lambda *_: None)
+    api = dict(calib=calib, pipeline=config, max_drop=float("inf"), progress=False, log=lambda *_: None)
     with pytest.raises(EvonnxError, match="another model, calibration set or settings"):
         compress(model, out, workdir=work, resume=True, seed=1, **api)
     with pytest.raises(EvonnxError, match="no run to resume"):

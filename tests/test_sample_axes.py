@@ -1,5 +1,6 @@
 """Classes of real-model failures, on small hand-built models: scalar and empty intermediates, inputs whose
 samples are not on axis 0 (recurrent state) or that have none (a sample rate), weights that set shapes."""
+import math
 import subprocess
 import sys
 
@@ -25,7 +26,7 @@ def normal(*shape, seed=0):
 
 
 def quiet(**kwargs):
-    return dict(progress=False, log=lambda *_: None, **kwargs)
+    return dict(progress=False, log=lambda *_: None, max_drop=math.inf, holdout=0, **kwargs)  # mechanics, not budgets
 
 
 def save(tmp_path, name, model, **calib):
@@ -98,11 +99,12 @@ def test_sample_counts_that_disagree_name_the_override(tmp_path):
     model, calib = save(tmp_path, "anon", teacher, **feeds)
     with pytest.raises(CalibrationError, match=r"state 2 \(axis 0\).*--batch-axis"):
         load_npz(calib, load_state(model).model)
-    out = evonnx("compress", model, "-o", tmp_path / "a.evx", "--calib", calib, "--sparsity", "0.5", "--bits", "8")
+    out = evonnx("compress", model, "-o", tmp_path / "a.evx", "--calib", calib, "--sparsity", "0.5", "--bits", "8",
+                 "--max-drop", "inf")
     assert out.returncode == 2 and "--batch-axis" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "a.evx").exists()
     out = evonnx("compress", model, "-o", tmp_path / "a.evx", "--calib", calib, "--batch-axis", "state:1",
-                 "--sparsity", "0.5", "--bits", "8", "--quiet")
+                 "--sparsity", "0.5", "--bits", "8", "--quiet", "--max-drop", "inf")
     assert out.returncode == 0, out.stderr
     assert run(decode(tmp_path / "a.evx"), feeds)[1].shape == (2, 64, 4)
 

@@ -1,4 +1,5 @@
-"""The `evonnx` command line: one subcommand per module, user errors as one line and exit code 2."""
+"""The `evonnx` command line: one subcommand per module, user errors as one line and exit code 2 (3: no result
+within the budget)."""
 from __future__ import annotations
 
 import argparse
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         print(f"evonnx: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except OSError as exc:  # unwritable output, missing directories: the user's environment, not a bug
         if debug:
             traceback.print_exc()

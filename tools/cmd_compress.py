@@ -7,38 +7,48 @@ import sys
 import warnings
 
 from evonnx.errors import EvonnxError
-from evonnx.passes.engine.calib import SYNTHETIC_SAMPLES, parse_batch_axes, parse_input_shapes
+from evonnx.passes.engine.calib import HOLDOUT, parse_batch_axes, parse_input_shapes
+from evonnx.tools.options import add_data_options
+from evonnx.tools.report import fidelity_lines
 
-AUTO_HELP = ("a global sparsity in [0, 1) (0 skips pruning), or auto: Directed Evolution tries 50, 75, 87.5, 93.75, "
-             "96.9, 98.4 %%, each from the last accepted student, then bisects twice between the last within budget "
-             "and the first beyond; it keeps the sparsest student whose drop from the teacher is within half of "
-             "--max-drop; the bit allocation gets the rest")
+AUTO_HELP = ("auto (default): budget-driven: Directed Evolution tries 50, 75, 87.5, 93.75, 96.9, 98.4 %%, each from "
+             "the last accepted student, then bisects twice; it keeps the sparsest student whose drop is within half "
+             "of --max-drop, and the bit allocation gets the rest. Or a fixed global sparsity in [0, 1) (0: no "
+             "pruning), whose result must still pass the budget")
+METRIC_HELP = ("the task metric the budget is measured in (default auto: accuracy for a classifier with labels, "
+               "else top-1 agreement, else cosine): accuracy, agreement, cosine, ctc[:BLANK] (character error rate "
+               "of greedy CTC strings; blank 0), detection[:LAYOUT[:CONF]] (teacher detections above CONF, default "
+               "0.5, the student misses at IoU 0.5; LAYOUT auto, yolov8, yolox, yolov5 or boxes), dense[:THRESHOLD] "
+               "(1 - IoU of the thresholded maps)")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    parser = sub.add_parser("compress", help="compress an ONNX model into an .evx container")
+    parser = sub.add_parser("compress", help="compress an ONNX model into an .evx container",
+                            description="The budget is a contract: the result ships only when its drop against the "
+                            "teacher, measured on held-out calibration samples at the 95 % upper bound, is within "
+                            "--max-drop; otherwise a safer result ships, or nothing is written and the exit code is 3.")
     parser.add_argument("model", help="the ONNX model")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.evx", help="the container to write")
-    parser.add_argument("--calib", metavar="F.npz", help="calibration inputs keyed by input name (+ optional 'labels')")
-    parser.add_argument("--input-shape", action="append", metavar="NAME:DIMS", help="fix dynamic dims (repeatable)")
-    parser.add_argument("--batch-axis", action="append", metavar="NAME:AXIS",
-                        help="an input's sample axis, e.g. state:1, or NAME:none to pass it whole (repeatable)")
-    parser.add_argument("--samples", type=int, default=SYNTHETIC_SAMPLES,
-                        help="synthetic samples when no --calib is given")
-    parser.add_argument("--sparsity", default="0.9", metavar="S|auto", help=AUTO_HELP)
-    parser.add_argument("--bits", default="auto", help="auto (searched per layer) or a fixed 1-8")
-    parser.add_argument("--max-drop", type=float, default=0.5,
-                        help="accuracy points (with labels; measured + 1 standard error), else top-1 agreement "
-                             "points, else (no classifier output) cosine points (100 x (1 - the lowest output's "
-                             "cosine)), the bit allocation may lose against the pruned model; with --sparsity auto, "
-                             "the whole run against the teacher")
+    add_data_options(parser)
+    parser.add_argument("--synthetic-ok", action="store_true",
+                        help="without --calib, compress against random standard-normal inputs (the budget then says "
+                             "little about real data)")
+    parser.add_argument("--sparsity", metavar="S|auto", help=AUTO_HELP)
+    parser.add_argument("--bits", default="auto", help="auto (default: searched per layer within the budget) or a fixed 1-8")
+    parser.add_argument("--max-drop", type=float, metavar="POINTS",
+                        help="the budget: points of --metric the result may lose against the teacher (default 0.5; "
+                             "with --max-bytes, none unless given; inf: none enforced, the searches aim at 0.5 and the drop is "
+                             "reported)")
+    parser.add_argument("--metric", default="auto", help=METRIC_HELP)
+    parser.add_argument("--holdout", type=float, default=HOLDOUT, metavar="SHARE",
+                        help="share of the calibration samples held out of every pass to check the budget on "
+                             "(stratified by label where labels exist; default %(default)s)")
     parser.add_argument("--max-bytes", metavar="N|Rx", help="bound the file: N bytes, or the model file's size / R "
-                        "(e.g. 100x); the bit allocation (the default pipeline's, or the one of --config) fits it "
-                        "instead of --max-drop")
-    parser.add_argument("--time-limit", type=float, help="seconds for the search: 70 %% for Directed Evolution (then "
-                        "the targets are reached by the prior), the rest for the bit allocation; both are trimmed to "
-                        "fit from the measured time of one forward pass (a target, not a hard limit)")
-    parser.add_argument("--seed", type=int, default=0)
+                        "(e.g. 100x); the bit allocation (the default pipeline's, or the one of --config) fits it")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="seconds for the whole run (default: none): the searches are sized to fit from the "
+                        "measured time of one forward pass, and a short limit gives a less compressed result within "
+                        "budget rather than a ruined one")
     parser.add_argument("--workdir", metavar="DIR", help="checkpoints and logs; a fresh run starts there, and an "
                         "unfinished run found there is refused unless --resume is given")
     parser.add_argument("--resume", action="store_true", help="continue the unfinished run in --workdir (same model, "
@@ -46,13 +56,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="a pipeline file (.toml/.json/.yaml) instead of the default")
     parser.add_argument("--report", metavar="DIR", help="write report.md, summary.json and PNG plots (with "
                         "matplotlib) there")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
 
 
-def _sparsity(text: str) -> float | str:
-    if text == "auto":
+def _sparsity(text: str | None) -> float | str | None:
+    if text in (None, "auto"):
         return text
     try:
         value = float(text)
@@ -82,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore")
     result = compress(args.model, args.output, calib=args.calib, input_shapes=parse_input_shapes(args.input_shape),
                       batch_axes=parse_batch_axes(args.batch_axis),
-                      samples=args.samples, sparsity=_sparsity(args.sparsity), bits=_bits(args.bits),
-                      max_drop=args.max_drop, time_limit=args.time_limit, seed=args.seed, workdir=args.workdir,
+                      samples=args.samples, synthetic_ok=args.synthetic_ok, sparsity=_sparsity(args.sparsity),
+                      bits=_bits(args.bits), max_drop=args.max_drop, metric=args.metric, holdout=args.holdout,
+                      time_limit=args.time_limit, seed=args.seed, workdir=args.workdir,
                       resume=args.resume, pipeline=args.config, device=args.device, progress=not args.quiet,
                       report=args.report, max_bytes=args.max_bytes, log=_logger(args))
     summary = result.as_dict()
@@ -106,8 +116,10 @@ def _names(names: list[str], shown: int = 4) -> str:
 def format_summary(s: dict) -> str:
     pct = lambda v: "-" if v is None else f"{100 * v:.2f} %"  # noqa: E731
     lines = [f"{s['output']}: {s['container_bytes']:,} bytes from {s['original_bytes']:,} ({s['ratio']:.1f}x)",
-             f"sparsity {pct(s['sparsity'])}  accuracy {pct(s['accuracy'])} (teacher {pct(s['teacher_accuracy'])})  "
-             f"top-1 agreement {pct(s['top1_agreement'])}  fitness {s['fitness']:.4g}",
+             *[f"{what}: {figure}" for what, figure in fidelity_lines(s)],
+             f"on the calibration samples: sparsity {pct(s['sparsity'])}  accuracy {pct(s['accuracy'])} "
+             f"(teacher {pct(s['teacher_accuracy'])})  top-1 agreement {pct(s['top1_agreement'])}  "
+             f"fitness {s['fitness']:.4g}",
              f"provider {s['provider']}  time {s['seconds']:.1f} s  decoded and verified (max output diff "
              f"{s['max_output_diff']:.2g})",
              f"{'tensor':<28}{'role':<10}{'shape':<18}{'sparsity':>9}  {'scheme':<9}{'bits':>5}"]

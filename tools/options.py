@@ -14,9 +14,9 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-axis", action="append", metavar="NAME:AXIS",
                         help="an input's sample axis, e.g. state:1, or NAME:none to pass it whole (repeatable)")
     parser.add_argument("--samples", type=int, default=SYNTHETIC_SAMPLES,
-                        help="synthetic samples when no --calib is given")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where ONNX Runtime runs")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+                        help="random samples when no --calib is given (default %(default)s)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where ONNX Runtime runs (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
 
 
 def calibration(args: argparse.Namespace, model) -> CalibData:

@@ -27,6 +27,25 @@ def write_report(result, folder: str | Path) -> list[str]:
         ([skipped] if skipped else [])
 
 
+def fidelity_lines(s: dict) -> list[tuple[str, str]]:
+    """(what, figure) lines of a compress summary's budget: the metric and budget, the held-out drop (the
+    one the budget is checked on), the calibration drop (fitted to: optimistic), and any fallback."""
+    def drop(d: dict) -> str:
+        spread = f" ± {d['ci95']:.3g}" if d.get("se") else ""
+        return f"{d['points']:.3g}{spread} points (95 % bound {d['upper']:.3g}, n={d['n']})"
+
+    budget = "reported only" if s.get("max_drop") is None else f"<= {s['max_drop']:g} points at the 95 % bound"
+    lines = [("fidelity budget", f"{s['metric']} drop {budget}")]
+    if s.get("held_out"):
+        lines.append((f"drop on {s['held_out']['data']}", drop(s["held_out"])))
+    if s.get("calibration"):
+        lines.append((f"drop on {s['calibration']['data']} (optimistic)", drop(s["calibration"])))
+    if s.get("rejected"):
+        lines.append(("shipped", f"{s['shipped']}; beyond the budget: "
+                      + ", ".join(f"{r['result']} ({r['upper']:.3g})" for r in s["rejected"])))
+    return lines
+
+
 def markdown(result, plots: list[str], skipped: str | None) -> str:
     s = result.as_dict()
     pct = lambda v: "-" if v is None else f"{100 * v:.2f} %"  # noqa: E731
@@ -35,9 +54,10 @@ def markdown(result, plots: list[str], skipped: str | None) -> str:
              f"| container | {s['output']} ({s['container_bytes']:,} bytes) |",
              f"| original | {s['original_bytes']:,} bytes |", f"| ratio | {s['ratio']:.2f}x |",
              f"| sparsity of the target weights | {pct(s['sparsity'])} |",
-             f"| accuracy (teacher) | {pct(s['accuracy'])} ({pct(s['teacher_accuracy'])}) |",
-             f"| top-1 agreement with the teacher | {pct(s['top1_agreement'])} |",
-             f"| fitness (KL or rel. MSE vs the teacher) | {s['fitness']:.4g} |",
+             *[f"| {k} | {v} |" for k, v in fidelity_lines(s)],
+             f"| accuracy (teacher), calibration samples | {pct(s['accuracy'])} ({pct(s['teacher_accuracy'])}) |",
+             f"| top-1 agreement with the teacher, calibration samples | {pct(s['top1_agreement'])} |",
+             f"| fitness (KL or rel. MSE vs the teacher), calibration samples | {s['fitness']:.4g} |",
              f"| decoded and verified, max output diff | {s['max_output_diff']:.2g} |",
              f"| provider, time | {s['provider']}, {s['seconds']:.1f} s |", "", "## Layers", "",
              "| tensor | role | shape | params | sparsity | scheme | bits | est. coded bytes |",

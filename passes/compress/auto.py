@@ -1,9 +1,9 @@
 """`sparsity="auto"`: Directed Evolution climbs a ladder of global sparsities (the kept fraction halves each
 rung: 50 %, 75 %, 87.5 %, …), each rung continuing from the last accepted student, then bisects between
 the last rung within budget and the first beyond it. A rung is accepted when its drop against the teacher
-(accuracy points with labels, taken at measured + 1 standard error, else top-1 agreement points, else
-cosine points: 100 x (1 - the lowest output's mean cosine)) is within half of `max_drop`; the bit
-allocation gets what is left of `max_drop`."""
+in the run's task metric (passes/engine/tasks.py), taken at measured + 1 standard error on the data the
+search fits to, is within half of `max_drop`; the bit allocation gets what is left of `max_drop`. The
+accepted rungs are returned too: the budget guard falls back on them when the held-out check fails."""
 from __future__ import annotations
 
 import dataclasses
@@ -26,25 +26,26 @@ AUTO_DIR = "auto"
 LADDER = tuple(1 - 0.5 ** k for k in range(1, 7))  # 0.5 … 0.984: the kept fraction halves each rung
 BISECTIONS = 2
 AUTO_SHARE = 0.5  # of --max-drop the auto sparsity may spend; the bit allocation gets what is left
+AUTO_Z = 1.0  # a rung's drop is taken at measured + AUTO_Z standard errors
 
 
 def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, max_drop: float,
                   time_limit: float | None, prune: list[str], kept: list[str], budget: Budget, log,
-                  forward: float = 0.0) -> tuple[ModelState, list[dict], list[dict]]:
+                  forward: float = 0.0) -> tuple[ModelState, list[dict], list[dict], list[ModelState]]:
     """sparsity="auto" (see the module docstring): the ladder and bisection of Directed Evolution runs,
     then the bit stage with the rest of the budget. Returns the state, the passes that made it, the trials.
     With `time_limit`, a rung starts only when the time left pays for its search and for the most a rung
     has cost beyond its search so far (setting up, finishing), and the bit stage gets what is left
-    (`forward`: seconds of one pass over the calibration set, to size it)."""
+    (`forward`: seconds of one pass over the calibration set, to size it). Also returns the accepted rungs'
+    students, least sparse first."""
     limit = AUTO_SHARE * max_drop
-    fidelity = Fidelity(engine, {n: state.current(n) for n in engine.weight_names})
-    metric = ("accuracy" if ctx.calib.labels is not None else "agreement" if fidelity.start.top1 is not None
-              else "cosine")
-    loss = budget_loss(metric, 1.0)
+    fidelity = Fidelity(engine, {n: state.current(n) for n in engine.weight_names}, ctx.metric)
+    metric = ctx.metric.label
+    loss = budget_loss("task", AUTO_Z)
     start = time.perf_counter()
     deadline = start + SEARCH_SHARE * time_limit if time_limit else None
     best, best_drop, passed, failed, bisected, overhead = state, 0.0, 0.0, None, 0, 0.0
-    steps, trials = [], []
+    steps, trials, rungs = [], [], []
     while (nxt := _next_sparsity(passed, failed, bisected)) is not None:
         target, left = nxt
         params: dict = {"sparsity": target, **({"weights": prune} if kept else {})}
@@ -71,6 +72,7 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
         if ok:
             best, best_drop, passed = student, drop, target
             steps.append(step(de))
+            rungs.append(student)
         else:
             failed = target
     left_over = max(max_drop - best_drop, 0.0)
@@ -80,7 +82,7 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
         left = max(start + time_limit - time.perf_counter(), 1e-3)
         budget = dataclasses.replace(budget, bits=Budget.bits_for(len(prune), forward, left))
     rest = Pipeline([DeadUnits(), *default_pipeline(0, bits, left_over, left, keep=kept, budget=budget).passes])
-    return rest.run(best, ctx), steps + describe(rest), trials
+    return rest.run(best, ctx), steps + describe(rest), trials, rungs
 
 
 def _next_sparsity(passed: float, failed: float | None, bisected: int) -> tuple[float, int] | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +37,19 @@ def to_container(state: ModelState) -> tuple[onnx.ModelProto, list[QuantizedTens
     return graph, records, expected
 
 
-def encode_and_verify(state: ModelState, engine, meta: dict) -> tuple[bytes, list, list[np.ndarray], float]:
-    """The container's bytes, after checking that they decode to the searched weights and outputs; also
-    its records, the measured outputs (for the final metrics) and the largest output difference.
+@dataclass
+class Verified:
+    """A container that decodes to the searched weights, and the outputs it was checked by."""
+
+    blob: bytes
+    records: list[QuantizedTensor]
+    decoded: onnx.ModelProto
+    measured: list[np.ndarray]  # the student's outputs on the calibration batches, weights baked
+    max_diff: float  # the largest difference of the decoded model's outputs from those
+
+
+def encode_and_verify(state: ModelState, engine, meta: dict) -> Verified:
+    """The container of `state`, after checking that it decodes to the searched weights and outputs.
 
     The outputs are those of the student with its weights baked in, as it ships: ONNX Runtime optimises a
     graph with constant weights differently from one with weights fed as inputs (as the search runs it),
@@ -54,7 +65,7 @@ def encode_and_verify(state: ModelState, engine, meta: dict) -> tuple[bytes, lis
     scale = max((float(np.max(np.abs(m))) if m.size else 0.0 for m in measured), default=0.0) or 1.0
     if diff > 1e-4 * scale:
         raise EvonnxError(f"verification failed: the decoded model's outputs differ from the measured ones by {diff:g}")
-    return blob, records, measured, diff
+    return Verified(blob, records, decoded, measured, diff)
 
 
 def _check_weights(decoded: onnx.ModelProto, expected: dict[str, np.ndarray]) -> None:

@@ -26,7 +26,12 @@ def default_pipeline(sparsity: float | str, bits: int | str, max_drop: float, ti
                                          **(budget.bits or {}), **({"target_bytes": target_bytes} if target_bytes
                                                                    else {})}))
     else:
-        steps.append(("quantize", {"bits": 8 if bits == "auto" else int(bits),
-                                   **({"layers": {n: "raw" for n in keep}} if keep else {}),
-                                   **({"measure_alone": False} if time_limit else {})}))
+        steps.append(fixed_bits(8 if bits == "auto" else int(bits), keep, quick=bool(time_limit)))
     return Pipeline(steps)
+
+
+def fixed_bits(bits: int, keep: list[str] = (), quick: bool = False) -> tuple[str, dict]:
+    """The quantize step at one bit width for every target (`keep` exact); `quick` skips measuring each
+    layer alone for the report."""
+    return ("quantize", {"bits": bits, **({"layers": {n: "raw" for n in keep}} if keep else {}),
+                         **({"measure_alone": False} if quick else {})})

@@ -28,6 +28,12 @@ class CompressResult:
     top1_agreement: float | None
     fitness: float
     max_output_diff: float
+    metric: str = ""  # the task metric the budget is measured in (passes/engine/tasks.py)
+    max_drop: float | None = None  # the budget in points of `metric` (None: reported only)
+    held_out: dict = field(default_factory=dict)  # the shipped result's drop on data no pass fitted to
+    calibration: dict = field(default_factory=dict)  # the same on the samples the search fitted to (optimistic)
+    shipped: str = "the searched result"  # or the fallback the budget guard shipped instead
+    rejected: list[dict] = field(default_factory=list)  # results the guard measured beyond the budget
     layers: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # tensors left untouched (already quantized, ...) and why
     kept_exact: list[str] = field(default_factory=list)  # targets the calibration data never exercises

@@ -1,7 +1,10 @@
-"""`evonnx.compress`: load → passes → encode → decode and verify → atomic write → report."""
+"""`evonnx.compress`: load → hold out → passes → encode, decode, verify, check the budget → atomic write → report."""
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
 from typing import Callable
 
@@ -11,110 +14,162 @@ from evonnx.errors import EvonnxError
 from evonnx.formats.atomic import atomic_write_bytes
 from evonnx.passes.base import PassContext
 from evonnx.passes.compress.auto import auto_sparsity
-from evonnx.passes.compress.container import describe, encode_and_verify, run_meta, source_bytes
+from evonnx.passes.compress.container import describe, run_meta, source_bytes
 from evonnx.passes.compress.default import default_pipeline
+from evonnx.passes.compress.guard import Guard, safer, same_pruning
 from evonnx.passes.compress.result import CompressResult, layer_rows
 from evonnx.passes.compress.size import fit_file_size, max_bytes_of
 from evonnx.passes.compress.timing import Budget, check_options, forward_seconds, search_seconds
 from evonnx.passes.compress.workdir import claim, finish_run, read_logs, work_dir
-from evonnx.passes.engine.calib import SYNTHETIC_SAMPLES, load_npz, synthetic
+from evonnx.passes.engine.calib import HOLDOUT, SYNTHETIC_SAMPLES, fixed_batch, load_npz, synthetic
 from evonnx.passes.engine.metrics import compare
+from evonnx.passes.engine.tasks import MetricFn, per_sample, pick
 from evonnx.passes.pipeline import Pipeline
 from evonnx.passes.sparsity.checkpoint import fingerprint
 from evonnx.passes.state import ModelState, load_state
 
+DEFAULT_MAX_DROP = 0.5  # points of the task metric, when neither --max-drop nor --max-bytes is given
+SIZED_SPARSITY = 0.9  # the sparsity of a --max-bytes run that names none; the bit allocation fits the size
+
 
 def compress(model: str | Path, output: str | Path, *, calib: str | Path | None = None,
              input_shapes: dict[str, list[int]] | None = None, batch_axes: dict[str, int | None] | None = None,
-             samples: int = SYNTHETIC_SAMPLES,
-             sparsity: float | str = 0.9, bits: int | str = "auto", max_drop: float = 0.5,
+             samples: int = SYNTHETIC_SAMPLES, synthetic_ok: bool = False,
+             sparsity: float | str | None = None, bits: int | str = "auto", max_drop: float | None = None,
+             metric: str | MetricFn | None = None, holdout: float = HOLDOUT,
              time_limit: float | None = None, seed: int = 0, workdir: str | Path | None = None,
              resume: bool = False, pipeline: Pipeline | str | Path | None = None, device: str = "auto",
              progress: bool = True, report: str | Path | None = None, max_bytes: int | str | None = None,
              log: Callable[[str], None] = print) -> CompressResult:
-    """Compress an ONNX model into an .evx container, decode it again and verify it before writing it;
-    with `report`, also write report.md, summary.json and plots in that folder. `max_bytes` (a byte count,
-    or "100x": a ratio against the model's file) bounds the file: the bit allocation fits it instead of
-    `max_drop`. `batch_axes` names inputs' sample axes (None: no sample axis) where the model's dims don't tell."""
+    """Compress an ONNX model into an .evx container, decode it again and verify it before writing it.
+
+    The budget: `max_drop` points of `metric` (passes/engine/tasks.py: a name, a callable(teacher_outputs,
+    student_outputs) -> score, or None to pick from the outputs) against the teacher, on the `holdout` share
+    of the calibration samples that no pass fits to, at its 95 % upper bound. None: 0.5 points, or, with
+    `max_bytes` (a byte count, or "100x": a ratio against the model's file), no fidelity bound (the drop is
+    reported); math.inf: none enforced (the passes aim at 0.5 points; the drop is reported). No result within budget raises BudgetError and writes nothing.
+
+    `sparsity` "auto" (the default, but for `max_bytes` runs: 0.9) is budget-driven (passes/compress/auto.py);
+    a number fixes it. Without
+    `calib`, random inputs stand in only with `synthetic_ok`. `batch_axes` names inputs' sample axes (None:
+    no sample axis) where the model's dims don't tell; `report` writes report.md, summary.json and plots."""
     start = time.perf_counter()
-    check_options(time_limit, max_drop, samples)
+    check_options(time_limit, max_drop, samples, holdout)
     output = Path(output)
     if not output.parent.exists():
         raise EvonnxError(f"{output}: folder {output.parent} does not exist")
     if resume and workdir is None:
         raise EvonnxError("resuming needs the work dir of the run (--workdir)")
-    if sparsity == "auto" and pipeline is not None:
-        raise EvonnxError("--sparsity auto drives the default pipeline; it cannot be combined with --config")
+    if sparsity is not None and pipeline is not None:
+        raise EvonnxError("--sparsity drives the default pipeline; it cannot be combined with --config")
+    if sparsity is None and pipeline is None:
+        sparsity = SIZED_SPARSITY if max_bytes is not None else "auto"
+    budget = max_drop if max_drop is not None else None if max_bytes else DEFAULT_MAX_DROP
+    enforced = budget if budget is not None and math.isfinite(budget) else None
     original = source_bytes(model)
     limit_bytes = max_bytes_of(max_bytes, original, sparsity, bits, pipeline)
     state = load_state(model, allow_empty=True)
     data = (load_npz(calib, state.model, input_shapes, batch_axes) if calib
             else synthetic(state.model, samples, input_shapes, seed, batch_axes))
+    if not calib and not synthetic_ok:
+        raise EvonnxError("no --calib: a budget measured on random inputs says nothing about real ones; give "
+                          "calibration inputs (an .npz keyed by input name, optional 'labels') or --synthetic-ok")
     if not calib:
-        log(f"no --calib: {samples} random standard-normal inputs stand in for real ones, so the fidelity "
-            "measured on them says little about real data")
+        log(f"warning: no --calib: {samples} random standard-normal inputs stand in for real ones, so the "
+            "fidelity measured on them says little about real data")
+    fit, held = data.split(holdout, seed, fixed_batch(state.model, data.axes, state.label) or 1)
+    log(f"held out {held.num_samples} of {data.num_samples} calibration samples for the budget check"
+        if held is not None else f"{data.num_samples} calibration sample(s): too few to hold any out; the budget "
+        "is checked on the samples the search fits to, which is optimistic")
     if isinstance(pipeline, (str, Path)):
         pipeline = Pipeline.from_file(pipeline)
     skipped = [{"name": s.name, "reason": s.reason} for s in state.table.skipped]
     if skipped:
         log(f"left untouched: {len(skipped)} tensors already quantized or setting shapes "
             f"({', '.join(s['name'] for s in skipped[:4])}{', …' if len(skipped) > 4 else ''})")
-    notes, trials, targets = [], [], state.targets
+    notes, trials, targets, rungs = [], [], state.targets, None
+    search_drop = enforced if enforced is not None else DEFAULT_MAX_DROP  # what the passes aim at
     with work_dir(workdir, report) as wd:
-        ctx = PassContext(data, device=device, seed=seed, workdir=wd, progress=progress, log=log)
+        ctx = PassContext(fit, device=device, seed=seed, workdir=wd, progress=progress, log=log)
         engine = ctx.engine(state)
+        ctx.metric = pick(metric, per_sample(engine.teacher, engine.axes), engine.output_names, fit.labels,
+                          engine.axes)
+        log(f"fidelity metric: {ctx.metric.label}" + (f", budget {enforced:g} points" if enforced is not None
+                                                      else ", no budget enforced (reported only)"))
+        guard = Guard(state, ctx, held, ctx.metric, enforced)
         kept = _unexercised(state, engine)
         if kept:
             log(f"not exercised by the calibration data (a branch it never takes?): {', '.join(kept)}"
                 + ("; kept exact" if pipeline is None else "; the --config pipeline compresses them blind"))
         if workdir is not None:
-            settings = {"sparsity": sparsity, "bits": bits, "max_drop": max_drop, "time_limit": time_limit,
+            settings = {"sparsity": sparsity, "bits": bits, "max_drop": budget, "time_limit": time_limit,
+                        "metric": ctx.metric.label, "holdout": holdout,
                         **({"max_bytes": limit_bytes} if limit_bytes else {}),
                         "pipeline": describe(pipeline, full=True) if pipeline else None, "keep": kept}
             labels = {} if data.labels is None else {"labels": data.labels}
             claim(wd, fingerprint(state.model, {**data.inputs, **labels}, settings, seed), resume, state.label, log)
         prune = [n for n in targets if n not in kept]
-        budget = Budget()
+        timing = Budget()
         search_limit, forward = time_limit, 0.0
         if time_limit and targets and pipeline is None:
             forward = forward_seconds(engine)
             search_limit = search_seconds(time_limit, time.perf_counter() - start, forward, state, log)
-            budget = Budget.fit(len(prune), forward, search_limit)
-            if budget.describe():
-                log(f"time limit {time_limit:g} s ({search_limit:.0f} s to search): {budget.describe()}")
+            timing = Budget.fit(len(prune), forward, search_limit)
+            if timing.describe():
+                log(f"time limit {time_limit:g} s ({search_limit:.0f} s to search): {timing.describe()}")
+        fallbacks: Iterator = iter(())
         if not targets:
             notes.append("nothing to compress: no conv kernel, matrix or embedding among the float weights; "
                          "the container holds the model as it is")
             log(notes[-1])
             steps: list[dict] = []
+            result = state
         elif sparsity == "auto":
-            state, steps, trials = auto_sparsity(state, ctx, engine, bits, max_drop, search_limit, prune, kept, budget,
-                                                 log, forward)
+            result, steps, trials, rungs = auto_sparsity(state, ctx, engine, bits, search_drop, search_limit, prune,
+                                                         kept, timing, log, forward)
+            fallbacks = safer(rungs, state, ctx, bits, kept)
         elif limit_bytes:
-            pipeline = pipeline or default_pipeline(sparsity, bits, max_drop, search_limit, prune=prune, keep=kept,
-                                                    budget=budget, target_bytes=limit_bytes)
-            state, pipeline = fit_file_size(state, ctx, pipeline, limit_bytes,
-                                             lambda p: run_meta(Path(str(model)).name, seed, describe(p)), log)
+            pipeline = pipeline or default_pipeline(sparsity, bits, search_drop, search_limit, prune=prune, keep=kept,
+                                                    budget=timing, target_bytes=limit_bytes)
+            result, pipeline = fit_file_size(state, ctx, pipeline, limit_bytes,
+                                              lambda p: run_meta(Path(str(model)).name, seed, describe(p)), log)
+            steps = describe(pipeline)
+        elif pipeline is not None:
+            result = pipeline.run(state, ctx)
             steps = describe(pipeline)
         else:
-            pipeline = pipeline or default_pipeline(sparsity, bits, max_drop, search_limit, prune=prune, keep=kept,
-                                                    budget=budget)
-            state = pipeline.run(state, ctx)
-            steps = describe(pipeline)
+            full = default_pipeline(sparsity, bits, search_drop, search_limit, prune=prune, keep=kept, budget=timing)
+            last = len(full.passes) - 1
+            pruned = full.run(state, ctx, stop=last)
+            result, steps = full.run(pruned, ctx, start=last), describe(full)
+            if bits == "auto":
+                fallbacks = same_pruning(pruned, ctx, kept, steps[:last])
+        meta = lambda s: run_meta(Path(str(model)).name, seed, s, trials)  # noqa: E731
+        shipped = guard.ship(chain([("the searched result", result, steps)], fallbacks), engine, meta, log)
         search_log = read_logs(wd) if wd is not None else []
-    meta = run_meta(Path(str(model)).name, seed, steps, trials)
-    blob, records, measured, diff = encode_and_verify(state, engine, meta)
-    atomic_write_bytes(output, blob)
+    state, verified = shipped.state, shipped.verified
+    atomic_write_bytes(output, verified.blob)
     if workdir is not None:
         finish_run(Path(workdir))
-
-    metrics = compare(engine.output_names, engine.teacher, measured, engine.calib.labels)
+    if shipped.rejected:
+        notes.append(f"shipped {shipped.what}: the searched result was beyond the budget on held-out data")
+    metrics = compare(engine.output_names, engine.teacher, verified.measured, engine.calib.labels)
+    calib_drop = ctx.metric.drop(per_sample(engine.teacher, engine.axes), per_sample(verified.measured, engine.axes),
+                                 fit.labels)
+    log(f"{shipped.drop.describe()} on {shipped.data}" + (f": within --max-drop {enforced:g}" if enforced is not None
+                                                          else ""))
     result = CompressResult(
-        output=str(output), original_bytes=original, container_bytes=len(blob), ratio=original / len(blob),
+        output=str(output), original_bytes=original, container_bytes=len(verified.blob),
+        ratio=original / len(verified.blob),
         sparsity=state.global_sparsity() if targets else 0.0, provider=engine.provider,
         seconds=time.perf_counter() - start, teacher_accuracy=engine.teacher_metrics().accuracy,
-        accuracy=metrics.accuracy, top1_agreement=metrics.top1, fitness=metrics.fitness, max_output_diff=diff,
-        layers=layer_rows(state, records), skipped=skipped, kept_exact=kept, notes=notes, auto=trials,
+        accuracy=metrics.accuracy, top1_agreement=metrics.top1, fitness=metrics.fitness,
+        max_output_diff=verified.max_diff, metric=ctx.metric.label, max_drop=enforced,
+        held_out={"data": shipped.data, **shipped.drop.as_dict()},
+        calibration={"data": f"the {fit.num_samples} calibration samples the search fitted to",
+                     **calib_drop.as_dict()},
+        shipped=shipped.what, rejected=shipped.rejected,
+        layers=layer_rows(state, verified.records), skipped=skipped, kept_exact=kept, notes=notes, auto=trials,
         history=state.history, search_log=search_log)
     if report is not None:
         from evonnx.tools.report import write_report

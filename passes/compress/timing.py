@@ -10,7 +10,7 @@ from evonnx.passes.state import ModelState
 
 SEARCH_SHARE = 0.7  # of --time-limit for the sparsity search; the rest is left for the bit allocation
 LIGHT_BITS = {"schemes": ["uniform/channel/sym"], "bits": [2, 3, 4, 5, 6, 8]}  # the bit allocation when time is short
-FINISH_FORWARDS = 4  # passes over the calibration set after the search: final metrics, decode, verify
+FINISH_FORWARDS = 5  # passes over the calibration set after the search: final metrics, decode, verify, held out
 PASS_FORWARDS = 10  # passes over it the passes spend outside their search: set-up, finishing, joint measurements
 ENCODE_SECONDS_PER_PARAM = 1e-6  # entropy coding and decoding the container (~1 s per million weights here)
 MIN_SEARCH_SHARE = 0.1  # of --time-limit the passes get however little is left
@@ -72,14 +72,16 @@ def forward_seconds(engine) -> float:
     return min(times)
 
 
-def check_options(time_limit: float | None, max_drop: float, samples: int) -> None:
+def check_options(time_limit: float | None, max_drop: float | None, samples: int, holdout: float) -> None:
     """Refuse options out of range before any work (a negative time limit or budget means nothing)."""
     if time_limit is not None and not (math.isfinite(time_limit) and time_limit > 0):
         raise EvonnxError(f"--time-limit must be a positive number of seconds, not {time_limit:g}")
-    if not (math.isfinite(max_drop) and max_drop >= 0):
-        raise EvonnxError(f"--max-drop must be a number of points >= 0, not {max_drop:g}")
+    if max_drop is not None and not (max_drop >= 0):  # inf: no budget; NaN fails
+        raise EvonnxError(f"--max-drop must be a number of points >= 0 (inf: none), not {max_drop:g}")
     if samples < 1:
         raise EvonnxError(f"--samples must be at least 1, not {samples}")
+    if not 0 <= holdout < 1:
+        raise EvonnxError(f"--holdout must be a share in [0, 1), not {holdout:g}")
 
 
 def search_seconds(time_limit: float, spent: float, forward: float, state: ModelState, log) -> float:

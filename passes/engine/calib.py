@@ -16,6 +16,7 @@ from evonnx.passes.engine.samples import Axis
 
 LABELS = "labels"
 SYNTHETIC_SAMPLES = 256  # random samples when no calibration file is given
+HOLDOUT = 0.25  # of the calibration samples, held out of every pass to check the budget on
 
 
 @dataclass
@@ -55,6 +56,32 @@ class CalibData:
 
     def batches(self, batch_size: int) -> list[dict[str, np.ndarray]]:
         return [self.feed(i, i + batch_size) for i in range(0, self.num_samples, batch_size)]
+
+    def select(self, index: np.ndarray, source: str) -> "CalibData":
+        """The samples at `index` (inputs without a sample axis whole)."""
+        inputs = {k: v if self.axes[k] is None else np.take(v, index, axis=self.axes[k]) for k, v in self.inputs.items()}
+        return CalibData(inputs, None if self.labels is None else self.labels[index], source, self.axes)
+
+    def split(self, share: float, seed: int = 0, multiple: int = 1) -> tuple["CalibData", "CalibData | None"]:
+        """(the samples passes may fit to, a held-out `share` no pass sees), the held-out ones stratified by
+        label where labels exist, else drawn at random; both sizes are multiples of `multiple` (a model's
+        fixed batch). No held-out part (None) when there are too few samples for two parts."""
+        n = self.num_samples
+        held = int(round(n * share / multiple)) * multiple
+        held = max(held, multiple) if share > 0 else 0
+        if held == 0 or n - held < multiple:
+            return self, None
+        rng = np.random.default_rng(seed)
+        if self.labels is None:
+            index = rng.permutation(n)[:held]
+        else:  # every (n / held)-th sample of the label-sorted, shuffled order: each class in proportion
+            order = np.lexsort((rng.random(n), self.labels))
+            index = order[np.round(np.linspace(0, n - 1, held)).astype(int)]
+        rest = np.setdiff1d(np.arange(n), index)
+        rest = rest[:len(rest) - len(rest) % multiple]
+        return (self.select(rest, f"{self.source} ({len(rest)} of {n} samples)"),
+                self.select(np.sort(index), f"{self.source} (held out: {held} of {n} samples"
+                            + (", stratified by label)" if self.labels is not None else ")")))
 
     def pair(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Feeds of the first sample and of that sample twice, to measure where outputs carry samples."""

@@ -139,7 +139,7 @@ class FitnessEngine:
         self.output_names = baked.output_names
         self.axes = output_axes(baked, calib, fixed)
         self.teacher = self._collect(baked, self.batches)
-        self.student = Runner(expose_weights(model, self.weight_names), providers, label)
+        self.student = Runner(expose_weights(model, self.weight_names), providers, label) if self.weight_names else baked
         self.provider = self.student.provider
         for i, batch in enumerate(self.batches):
             for name, arr in batch.items():

@@ -13,6 +13,7 @@ from evonnx.errors import EvonnxError
 from evonnx.formats.dtypes import np_dtype
 from evonnx.formats.tensor import QuantizedTensor, dequantize
 from evonnx.passes.engine.metrics import Metrics, compare, is_classifier
+from evonnx.passes.engine.tasks import Drop, TaskMetric, per_sample
 from evonnx.passes.quant.layer import QuantSpec, Quantized, quantize_weight, survivors
 from evonnx.passes.quant.refit import gram_matrices, layer_views, refit_centroids
 from evonnx.passes.quant.sizing import coded_bytes
@@ -100,6 +101,7 @@ class Measure:
     lost: int = 0
     gained: int = 0
     n: int = 0
+    task: Drop | None = None  # the run's task metric against the incoming model, when it has one
 
     def accuracy_drop(self, z: float) -> float:
         """Accuracy points lost, plus z standard errors of that paired difference (McNemar: the
@@ -114,21 +116,24 @@ class Fidelity:
     must keep what the sparsification produced. fitness = KL(incoming || candidate) (or rel. MSE),
     top1 = agreement with the incoming student's top-1, accuracy = against the calibration labels."""
 
-    def __init__(self, engine, base: dict[str, np.ndarray]):
-        self.engine, self.base = engine, base
+    def __init__(self, engine, base: dict[str, np.ndarray], task: TaskMetric | None = None):
+        self.engine, self.base, self.task = engine, base, task
         self.labels = engine.calib.labels
         self.reference = engine.outputs(base)
+        self.samples = per_sample(self.reference, engine.axes)
         self.head = next((i for i, t in enumerate(self.reference) if is_classifier(t) and self.labels is not None
                           and len(self.labels) == len(t)), None)
         self.start = self._measure(self.reference).metrics
 
     def _measure(self, outputs) -> Measure:
         metrics = compare(self.engine.output_names, self.reference, outputs, self.labels)
+        task = None if self.task is None else self.task.drop(self.samples, per_sample(outputs, self.engine.axes),
+                                                             self.labels)
         if self.head is None:
-            return Measure(metrics)
+            return Measure(metrics, task=task)
         was = self.reference[self.head].argmax(-1) == self.labels
         now = outputs[self.head].argmax(-1) == self.labels
-        return Measure(metrics, int(np.sum(was & ~now)), int(np.sum(~was & now)), len(self.labels))
+        return Measure(metrics, int(np.sum(was & ~now)), int(np.sum(~was & now)), len(self.labels), task)
 
     def evaluate(self, changes: list[dict[str, np.ndarray]]) -> list[Measure]:
         """The incoming weights with each dict of `changes` applied, measured."""

@@ -1,0 +1,105 @@
+"""The budget guard: each result, most compressed first, is encoded, decoded, and measured against the teacher
+on the held-out samples no pass fitted to; the first within budget ships.
+
+A result is within budget when its drop's one-sided 95 % upper bound (measured + 1.645 standard errors) is
+at most `--max-drop`. The budget-driven default falls back on safer results (the accepted Directed
+Evolution rungs at 8 bits, then no pruning at 8 bits, then the exact weights); a fixed recipe has only its
+own result, plus the same pruning at 8 bits where the bits were searched. Nothing within budget: BudgetError,
+exit code 3, nothing written.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from evonnx.errors import BudgetError
+from evonnx.passes.base import PassContext
+from evonnx.passes.compress.container import Verified, describe, encode_and_verify
+from evonnx.passes.compress.default import fixed_bits
+from evonnx.passes.dead_units import DeadUnits
+from evonnx.passes.engine.calib import CalibData
+from evonnx.passes.engine.tasks import Z_CHECK, Drop, TaskMetric, per_sample
+from evonnx.passes.pipeline import Pipeline
+from evonnx.passes.state import ModelState
+
+Candidate = tuple[str, ModelState, list[dict]]  # (what it is, the state, the passes that made it)
+
+
+@dataclass
+class Shipped:
+    """The result that passed the guard, with its held-out drop and what was tried before it."""
+
+    what: str
+    state: ModelState
+    steps: list[dict]
+    verified: Verified
+    drop: Drop
+    data: str
+    rejected: list[dict]
+
+
+class Guard:
+    """Measures verified containers against the teacher on the held-out samples (or, when there are too few
+    to hold any out, on the calibration samples, and says so)."""
+
+    def __init__(self, state: ModelState, ctx: PassContext, held: CalibData | None, task: TaskMetric,
+                 max_drop: float | None):
+        self.task, self.max_drop = task, max_drop
+        self.engine = (PassContext(held, device=ctx.device, batch_size=ctx.batch_size).engine(state, [])
+                       if held is not None else None)
+        self.data = (f"held-out data ({held.num_samples} samples no pass fitted to)" if held is not None else
+                     "the calibration samples the search fitted to (too few to hold any out): optimistic")
+
+    def measure(self, verified: Verified, fit_engine) -> Drop:
+        engine = self.engine or fit_engine
+        outputs = engine.model_outputs(verified.decoded, "decoded") if self.engine else verified.measured
+        return self.task.drop(per_sample(engine.teacher, engine.axes), per_sample(outputs, engine.axes),
+                              engine.calib.labels)
+
+    def within(self, drop: Drop) -> bool:
+        return self.max_drop is None or drop.upper(Z_CHECK) <= self.max_drop + 1e-9
+
+    def ship(self, candidates: Iterable[Candidate], fit_engine, meta, log) -> Shipped:
+        """The first candidate within budget (`meta(steps)`: the container's metadata)."""
+        rejected = []
+        for what, state, steps in candidates:
+            verified = encode_and_verify(state, fit_engine, meta(steps))
+            drop = self.measure(verified, fit_engine)
+            if self.within(drop):
+                return Shipped(what, state, steps, verified, drop, self.data, rejected)
+            rejected.append({"result": what, "bytes": len(verified.blob), **drop.as_dict()})
+            log(f"{what}: {drop.describe()} on {self.data}; its 95 % bound {drop.upper(Z_CHECK):.3g} is beyond "
+                f"--max-drop {self.max_drop:g}")
+        raise BudgetError(self._failure(rejected))
+
+    def _failure(self, rejected: list[dict]) -> str:
+        last = rejected[-1]
+        text = (f"no result within --max-drop {self.max_drop:g} ({last['metric']}, at the 95 % bound on "
+                f"{self.data}): the safest tried, {last['result']}, lost {last['points']:.3g} points "
+                f"± {last['ci95']:.3g}; nothing written")
+        if self.engine is not None and last["se"] > 0 and Z_CHECK * last["se"] > self.max_drop:
+            text += (f". With {last['n']} held-out samples the bound alone is {Z_CHECK * last['se']:.3g} points: "
+                     "more calibration samples narrow it")
+        return text + ". Leave --sparsity and --bits unset for the budget-driven default, or raise --max-drop"
+
+
+def safer(rungs: list[ModelState], original: ModelState, ctx: PassContext, bits: int | str,
+          keep: list[str]) -> Iterator[Candidate]:
+    """The budget-driven default's fallbacks, most compressed first: each accepted Directed Evolution rung
+    (sparsest first) at 8 bits (or the fixed `bits`), then no pruning at those bits, then (bits searched)
+    the exact weights, which are always within budget."""
+    width = 8 if bits == "auto" else int(bits)
+    quantize = Pipeline([fixed_bits(width, keep, quick=True)])
+    for rung in reversed(rungs):
+        pipe = Pipeline([DeadUnits(), *quantize.passes])
+        yield f"sparsity {rung.global_sparsity():.3f} at {width} bits", pipe.run(rung, ctx), describe(pipe)
+    yield f"no pruning, {width} bits", quantize.run(original, ctx), describe(quantize)
+    if bits == "auto":
+        yield "the exact weights", original, []
+
+
+def same_pruning(pruned: ModelState, ctx: PassContext, keep: list[str], steps: list[dict]) -> Iterator[Candidate]:
+    """A fixed sparsity's one fallback when its bits were searched: the same pruning at 8 bits."""
+    quantize = Pipeline([fixed_bits(8, keep, quick=True)])
+    yield "the same pruning at 8 bits", quantize.run(pruned, ctx), steps + describe(quantize)
+

@@ -1,0 +1,107 @@
+"""Task metrics: each reads the outputs the way its task's user would, per sample, in points."""
+import numpy as np
+import pytest
+
+from evonnx.errors import EvonnxError
+from evonnx.passes.engine.tasks import Ctc, Detection, Dense, greedy_ctc, per_sample, pick
+
+
+def scores(classes, n_classes=3):
+    out = np.zeros((len(classes), n_classes), np.float32)
+    out[np.arange(len(classes)), classes] = 1.0
+    return out
+
+
+def test_accuracy_is_paired_against_the_labels():
+    labels = np.array([0, 1, 2, 0])
+    teacher = scores([0, 1, 2, 1])  # 3 of 4 right
+    student = scores([0, 2, 2, 0])  # loses sample 1, gains sample 3: net 0
+    metric = pick(None, [teacher], ["y"], labels)
+    drop = metric.drop([teacher], [student], labels)
+    assert metric.name == "accuracy" and drop.points == 0.0 and drop.se > 0  # flips make it uncertain
+    assert drop.details["agreement"] == 0.5
+    worse = metric.drop([teacher], [scores([1, 1, 2, 1])], labels)
+    assert worse.points == pytest.approx(25.0)
+
+
+def test_agreement_without_labels_and_cosine_without_a_classifier():
+    teacher = scores([0, 1, 2, 1])
+    assert pick(None, [teacher], ["y"], None).drop([teacher], [scores([0, 1, 2, 2])]).points == pytest.approx(25.0)
+    maps = np.ones((4, 2, 5), np.float32)
+    metric = pick("auto", [maps], ["m"], None)
+    assert metric.name == "cosine"
+    drop = metric.drop([maps], [-maps])
+    assert drop.points == pytest.approx(200.0)  # opposite vectors: cosine -1
+
+
+def test_ctc_greedy_strings_and_character_error_rate():
+    # [N=1, T=6, C=4]: steps a a blank b b c -> "abc" (blank 0 dropped, repeats merged)
+    steps = np.eye(4, dtype=np.float32)[[1, 1, 0, 2, 2, 3]][None]
+    assert greedy_ctc(steps) == [[1, 2, 3]]
+    student = np.eye(4, dtype=np.float32)[[1, 0, 2, 2, 0, 2]][None]  # "abb" (a blank splits b b): one substitution
+    drop = Ctc().drop([steps], [student])
+    assert drop.points == pytest.approx(100 / 3) and drop.details["string_agreement"] == 0.0
+
+
+def yolov8_table(boxes, classes, n_classes=2, anchors=16):
+    """[4 + classes, anchors]: centre boxes, class scores; boxes beyond those given score 0."""
+    table = np.zeros((4 + n_classes, anchors), np.float32)
+    for i, ((cx, cy, w, h), c) in enumerate(zip(boxes, classes)):
+        table[:4, i] = cx, cy, w, h
+        table[4 + c, i] = 0.9
+    return table
+
+
+def test_detection_counts_the_teacher_detections_the_student_misses():
+    # two objects, one found by two overlapping anchors: NMS makes it one detection
+    teacher = yolov8_table([(10, 10, 8, 8), (10.5, 10, 8, 8), (50, 50, 10, 10)], [0, 0, 1])[None]
+    same = Detection().drop([teacher], [teacher])
+    assert same.points == 0.0 and same.details["teacher_detections"] == 2
+    moved = yolov8_table([(10, 10, 8, 8), (80, 80, 10, 10)], [0, 1])[None]  # second object lost
+    assert Detection().drop([teacher], [moved]).points == pytest.approx(50.0)
+    relabelled = yolov8_table([(10, 10, 8, 8), (50, 50, 10, 10)], [0, 0])[None]  # right box, wrong class
+    assert Detection().drop([teacher], [relabelled]).points == pytest.approx(50.0)
+
+
+def test_detection_yolox_layout_reads_objectness_times_class():
+    table = np.zeros((12, 7), np.float32)  # [anchors, 4 + obj + 2 classes]
+    table[0] = [20, 20, 6, 6, 0.95, 0.9, 0.1]
+    weak = table.copy()
+    weak[0, 4] = 0.3  # the student is no longer confident
+    metric = pick("detection:yolox", [table[None]], ["det"], None)
+    assert metric.drop([table[None]], [weak[None]]).points == pytest.approx(100.0)
+
+
+def test_dense_iou_of_thresholded_maps():
+    teacher = np.zeros((2, 1, 4, 4), np.float32)
+    teacher[:, :, :2, :2] = 0.9
+    student = teacher.copy()
+    student[1, :, :2, :] = 0.9  # sample 1 doubles its foreground: IoU 0.5
+    drop = Dense().drop([teacher], [student])
+    assert drop.points == pytest.approx(25.0) and drop.details["iou"] == pytest.approx(0.75)
+
+
+def test_a_callable_scores_the_outputs_in_the_engines_layout():
+    teacher = np.arange(12, dtype=np.float32).reshape(3, 4)  # time-major: samples on axis 1
+    seen = []
+
+    def mean_abs(t, s):
+        seen.append(s[0].shape)
+        return -float(np.abs(t[0] - s[0]).mean())
+
+    metric = pick(mean_abs, per_sample([teacher], [1]), ["y"], None, [1])
+    drop = metric.drop(per_sample([teacher], [1]), per_sample([teacher + 1], [1]))
+    assert drop.points == pytest.approx(1.0) and drop.metric == "mean_abs" and seen[-1] == (3, 4)
+
+
+@pytest.mark.parametrize("name, output, message", [
+    ("ctc", np.zeros((2, 5), np.float32), "[N, T, C]"),
+    ("agreement", np.zeros((2, 5, 3), np.float32), "classifier"),
+    ("accuracy", np.zeros((2, 5), np.float32), "labels"),
+    ("detection:retina", np.zeros((2, 6, 30), np.float32), "layout"),
+    ("dense:high", np.zeros((2, 1, 4, 4), np.float32), "number"),
+    ("psnr", np.zeros((2, 3), np.float32), "expected"),
+])
+def test_a_metric_that_cannot_read_the_outputs_is_refused(name, output, message):
+    with pytest.raises(EvonnxError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        pick(name, [output], ["out"], None)
