@@ -14,10 +14,10 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from evonnx.errors import EvonnxError
 from evonnx.passes.base import Pass, PassContext, param, register
+from evonnx.passes.progress import progress
 from evonnx.passes.sparsity import checkpoint, common
 from evonnx.passes.sparsity import targets as tg
 from evonnx.passes.sparsity.evolve import SearchSettings, rank01, search
@@ -82,8 +82,10 @@ class _Run:
     # -- setup / checkpoint -------------------------------------------------------------------------------
     def _start(self, state: ModelState) -> None:
         prior = "hessian" if self.cfg.refit else "wanda"
+        bar = progress(len(self.layers), "directed-evolution: sensitivities", self.ctx.progress, self.ctx.log)
         self.targets, self.curves = common.layer_targets(state, self.ev, self.layers, self.cfg, prior,
-                                                         stop=lambda: self.exhausted() is not None)
+                                                         stop=lambda: self.exhausted() is not None, bar=bar)
+        bar.close()
         if len(self.curves) < len(self.layers) and self.cfg.allocation == "sensitivity" and not self.cfg.layer_sparsity:
             self.ctx.log(f"directed-evolution: the budget ran out measuring sensitivities "
                          f"({len(self.curves)}/{len(self.layers)} layers): the target is split by LAMP scores")
@@ -152,7 +154,7 @@ class _Run:
         cfg, layers = self.cfg, self.layers
         total = cfg.steps * len(layers)
         done = (self.position[0] - 1) * len(layers) + self.position[1]
-        bar = tqdm(total=total, initial=done, disable=not self.ctx.progress, desc="directed-evolution", leave=False)
+        bar = progress(total, "directed-evolution", self.ctx.progress, self.ctx.log, done)
         stop = None
         for t in range(self.position[0], cfg.steps + 1):
             for j in range(self.position[1] if t == self.position[0] else 0, len(layers)):

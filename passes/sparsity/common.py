@@ -150,12 +150,13 @@ def one_shot(state: ModelState, ev: Evaluator, layers: list[Layer], masks: dict[
 
 
 def layer_targets(state: ModelState, ev: Evaluator, layers: list[Layer], cfg: TargetConfig, prior: str,
-                  stop: Callable[[], bool] | None = None) -> tuple[dict[str, float], dict]:
+                  stop: Callable[[], bool] | None = None, bar=None) -> tuple[dict[str, float], dict]:
     """Per-layer sparsities: explicit, uniform, by LAMP scores, or a global target allocated by measured
     sensitivity.
 
     `stop()` turning true while the sensitivities are measured (a time budget) ends the measuring: the
-    target is then split by LAMP scores, and the curves returned are those measured."""
+    target is then split by LAMP scores, and the curves returned are those measured. `bar` (passes/progress.py)
+    moves by one per layer measured."""
     sizes = {l.weight: l.size for l in layers}
     explicit = tg.resolve(list(sizes), sizes, cfg.sparsity, cfg.layer_sparsity)
     if explicit is not None:
@@ -172,6 +173,8 @@ def layer_targets(state: ModelState, ev: Evaluator, layers: list[Layer], cfg: Ta
         if stop is not None and stop():
             return by_lamp, {n: c.tolist() for n, c in curves.items()}
         curves[l.weight] = sensitivity(state, ev, l, prior, cfg)
+        if bar is not None:
+            bar.update(1)
     return tg.allocate(LEVELS, curves, sizes, float(cfg.sparsity)), {n: c.tolist() for n, c in curves.items()}
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from evonnx.passes.progress import progress
 
 from evonnx.passes.engine.metrics import kl_divergence
 from evonnx.passes.sparsity import checkpoint
@@ -257,7 +257,7 @@ class Distiller:
         s = self.s
         if self.best is None:
             self._evaluate()
-        bar = tqdm(total=s.steps, initial=self.step, disable=not self.progress, desc="distill-finetune", leave=False)
+        bar = progress(s.steps, "distill-finetune", self.progress, self.log, self.step)
         stop = "steps"
         while self.step < s.steps:
             if s.time_limit and self.elapsed() >= s.time_limit:

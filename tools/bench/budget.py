@@ -7,7 +7,7 @@ For each zoo model, budget (accuracy points), seed and time limit, the default b
 on calibration samples from the FashionMNIST train split (labelled), and the decoded model is measured on
 the 10,000-image test set, which no pass sees. A run is honest when its test drop is within the budget (or
 it refused with exit code 3). Beside them, the former fixed default (90 % sparsity, bits within 0.5 points,
-no budget check) at the largest time limit. Runs append to --jsonl as they finish; --from-jsonl re-tables.
+no budget check) at the smallest time limit. Runs append to --jsonl as they finish; --from-jsonl re-tables.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             model, calib, test = _setup(name, args.calib_samples, Path(tmp))
             plan = [(b, s, t) for b in args.budgets for s in args.seeds for t in args.time_limits]
             if not args.no_fixed:
-                plan += [(FIXED, s, max(args.time_limits)) for s in args.seeds]
+                plan += [(FIXED, s, min(args.time_limits)) for s in args.seeds]
             for budget, seed, limit in plan:
                 run = one_run(name, model, calib, test, budget, seed, limit, args.holdout, Path(tmp))
                 runs.append(run)
