@@ -39,9 +39,11 @@ def test_real_model_end_to_end(name, tmp_path):
 
     evx = tmp_path / f"{name}.evx"
     out = evonnx("compress", model, "-o", evx, "--calib", calib, "--sparsity", "0.5", "--bits", "8",
-                 "--time-limit", "20", "--json", "--quiet", "--holdout", "0", "--max-drop", "inf")
+                 "--time-limit", "20", "--json", "--quiet", "--holdout", "0", "--max-drop", "inf",
+                 "--metric", entry.metric)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
+    assert summary["metric"].startswith(entry.metric.split(":")[0] if entry.metric != "auto" else "agreement")
     pruned = [r for r in summary["layers"] if r["role"] in ("conv", "matrix", "embedding")
               and r["name"] not in summary["kept_exact"]]  # silero's 8 kHz branch: never taken, kept exact
     sizes = np.array([np.prod(r["shape"]) for r in pruned])

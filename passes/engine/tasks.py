@@ -11,7 +11,7 @@ budget can be checked at a confidence bound rather than at a lucky draw.
 | cosine | embeddings, anything | 100 x (1 - cosine) of the worst output (exact-match share for integers) |
 | ctc[:BLANK] | CTC recognisers, [N, T, C] | character error rate of the student's greedy string against the teacher's |
 | detection[:LAYOUT[:CONF]] | detectors | share of the teacher's detections above CONF the student misses (same class, IoU >= 0.5) |
-| dense[:THRESHOLD] | segmentation, saliency maps | 100 x (1 - IoU) of the thresholded maps |
+| dense[:THRESHOLD] | segmentation, saliency maps, per-sample decisions (VAD) | 100 x (1 - IoU) of the thresholded maps (both empty: IoU 1) |
 | a callable | anything | `fn(teacher_outputs, student_outputs) -> score`, higher is better: drop = fn(t, t) - fn(t, s) |
 
 Detection layouts: `yolov8` ([4 + classes, anchors], centre boxes, class scores), `yolox` / `yolov5`
@@ -267,8 +267,8 @@ class Dense(TaskMetric):
     name: ClassVar[str] = "dense"
 
     def check(self, teacher, names, labels):
-        if teacher[0].ndim < 3:
-            raise EvonnxError(f"--metric dense reads the first output as a map per sample; "
+        if teacher[0].ndim < 2:
+            raise EvonnxError(f"--metric dense reads the first output as a map (or scores) per sample; "
                               f"{names[0]} is {list(teacher[0].shape)} with samples first")
 
     def losses(self, teacher, student, labels):

@@ -60,20 +60,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _setup(name: str, samples: int, tmp: Path):
-    """The zoo model, a labelled calibration file of `samples` train images (the zoo's own calibration
-    set first), and the test set."""
+    """The zoo model, a labelled calibration file of `samples` train images, and the test set."""
     from evonnx.tools.zoo import build
-    from evonnx.tools.zoo.build import train_split
+    from evonnx.tools.zoo.build import labelled_calibration
 
     entry = build(name, log=lambda *_: None)
-    own = entry.load_calib()
-    with np.load(train_split(entry), allow_pickle=False) as z:
-        more = max(samples - len(own["labels"]), 0)
-        x = np.concatenate([own["input"], z["input"][:more]])[:samples]
-        y = np.concatenate([own["labels"], z["labels"][:more]])[:samples]
-    calib = tmp / f"{name}-calib.npz"
-    np.savez(calib, input=x, labels=y)
-    return entry.model_path, calib, entry.load_test()
+    return entry.model_path, labelled_calibration(entry, samples, tmp / f"{name}-calib.npz"), entry.load_test()
 
 
 def one_run(name, model, calib, test, budget, seed, limit, holdout, tmp: Path) -> dict:

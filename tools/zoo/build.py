@@ -385,6 +385,19 @@ def build(
         return _build_locked(name, out, seed, input_shape, log)
 
 
+def labelled_calibration(entry: ZooEntry, samples: int, path: Path) -> Path:
+    """Write a calibration .npz of `samples` labelled train images at `path`: the entry's own calibration set
+    first, then the rest of the train split (a budget checked on a held-out share needs more samples than
+    the search does). The test set stays unseen."""
+    own = entry.load_calib()
+    with np.load(train_split(entry), allow_pickle=False) as z:
+        more = max(samples - len(own["labels"]), 0)
+        x = np.concatenate([own["input"], z["input"][:more]])[:samples]
+        y = np.concatenate([own["labels"], z["labels"][:more]])[:samples]
+    np.savez(path, input=x, labels=y)
+    return path
+
+
 def train_split(entry: ZooEntry, seed: int = 0) -> Path:
     """Write (once) and return the train split the model was trained on, less the calibration samples (a
     1,000-sample subset of it): the data a user would distil or retrain with. The calibration set then stays
