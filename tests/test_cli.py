@@ -38,6 +38,10 @@ def test_eval_against_teacher(mlp_path, tmp_path):
     result = evonnx("eval", other, "--against", mlp_path, "--samples", "16")
     assert result.returncode == 0, result.stderr
     assert "provider   CPUExecutionProvider" in result.stdout and "teacher" in result.stdout
+    assert "task       agreement drop" in result.stdout  # another model: its top-1 differs somewhere
+    result = evonnx("eval", other, "--against", mlp_path, "--samples", "16", "--metric", "cosine", "--json")
+    task = json.loads(result.stdout)["task"]
+    assert task["metric"] == "cosine" and task["n"] == 16 and task["points"] > 0
 
 
 def _bad_inputs(tmp_path, mlp_path):
