@@ -1,21 +1,16 @@
 """Budgets are contracts: checked on held-out samples no pass fits to, with safer fallbacks, exit 3 and
 nothing written when nothing is within budget."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
 
 import corpus
+from cli import evonnx
 from evonnx.errors import BudgetError
 from evonnx.passes.compress import compress
 from evonnx.passes.engine.calib import CalibData
-
-
-def evonnx(*args):
-    return subprocess.run([sys.executable, "-m", "evonnx", *map(str, args)], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")

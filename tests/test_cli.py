@@ -8,10 +8,7 @@ import onnx
 import pytest
 
 import corpus
-
-
-def evonnx(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "evonnx", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+from cli import evonnx
 
 
 @pytest.fixture

@@ -1,8 +1,6 @@
 """`evonnx compress` end to end on a tiny model: verified output, config files, clean failures."""
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -10,12 +8,9 @@ import onnxruntime as ort
 import pytest
 
 import corpus
+from cli import evonnx
 from evonnx.formats.container import read_evx
 from evonnx.runtime import decode
-
-
-def evonnx(*args):
-    return subprocess.run([sys.executable, "-m", "evonnx", *map(str, args)], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")

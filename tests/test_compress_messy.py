@@ -2,8 +2,6 @@
 inputs and outputs, nothing to compress. Each run is decoded again and compared with what it reports."""
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -12,6 +10,7 @@ import pytest
 from onnx import numpy_helper
 
 import corpus
+from cli import evonnx
 from evonnx.passes.pipeline import Pipeline
 from evonnx.runtime import decode
 from evonnx.passes.compress import compress
@@ -25,10 +24,6 @@ def light_config(folder):
     path = folder / "light.json"
     path.write_text(json.dumps({"passes": [{"name": n, **p} for n, p in LIGHT]}))
     return path
-
-
-def evonnx(*args):
-    return subprocess.run([sys.executable, "-m", "evonnx", *map(str, args)], capture_output=True, text=True)
 
 
 def run(model, feeds):

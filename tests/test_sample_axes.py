@@ -1,14 +1,13 @@
 """Classes of real-model failures, on small hand-built models: scalar and empty intermediates, inputs whose
 samples are not on axis 0 (recurrent state) or that have none (a sample rate), weights that set shapes."""
 import math
-import subprocess
-import sys
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
 import corpus
+from cli import evonnx
 from evonnx.errors import CalibrationError
 from evonnx.passes.engine.calib import load_npz
 from evonnx.passes.engine.samples import measured_axes, symbolic_axes
@@ -39,10 +38,6 @@ def save(tmp_path, name, model, **calib):
 
 def run(model, feeds):
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
-
-
-def evonnx(*args):
-    return subprocess.run([sys.executable, "-m", "evonnx", *map(str, args)], capture_output=True, text=True)
 
 
 def test_symbolic_axes_follow_the_shared_symbol():
