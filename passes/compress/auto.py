@@ -75,7 +75,7 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
             rungs.append(student)
         else:
             failed = target
-    left_over = max(max_drop - best_drop, 0.0)
+    left_over = min(max(max_drop - best_drop, 0.0), max_drop)  # a lucky gain on the fitted samples buys nothing
     log(f"auto sparsity: kept {passed:.4f} (drop {best_drop:.3f} of {limit:g}); the bit stage gets {left_over:.3f}")
     left = None
     if time_limit:
