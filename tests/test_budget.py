@@ -1,6 +1,7 @@
 """Budgets are contracts: checked on held-out samples no pass fits to, with safer fallbacks, exit 3 and
 nothing written when nothing is within budget."""
 import json
+import math
 
 import numpy as np
 import onnx
@@ -90,3 +91,27 @@ def test_random_inputs_need_consent(labelled, tmp_path):
                   "--sparsity", "0.5", "--bits", "8", "--max-drop", "inf")
     assert done.returncode == 0, done.stderr
     assert "warning: no --calib" in done.stdout
+
+
+def test_python_calibration_and_a_callable_metric(labelled, tmp_path):
+    root, model, calib = labelled
+    arrays = dict(np.load(calib))
+    batches = [{"x": arrays["x"][i:i + 50], "labels": arrays["labels"][i:i + 50]} for i in range(0, 200, 50)]
+
+    class Reader:  # the protocol of onnxruntime.quantization.CalibrationDataReader
+        def __init__(self):
+            self.batches = iter(batches)
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    def top1_same(teacher, student):  # a user's score: higher is better
+        return 100.0 * float(np.mean(teacher[0].argmax(1) == student[0].argmax(1)))
+
+    options = dict(sparsity=0.5, bits=8, max_drop=math.inf, progress=False, log=lambda *_: None)
+    runs = {name: compress(model, tmp_path / f"{name}.evx", calib=source, metric=top1_same, **options)
+            for name, source in (("npz", calib), ("batches", batches), ("reader", Reader()))}
+    assert len({(tmp_path / f"{name}.evx").read_bytes() for name in runs}) == 1  # the same data, the same bytes
+    builtin = compress(model, tmp_path / "builtin.evx", calib=arrays, metric="agreement", **options)
+    assert runs["npz"].metric == "top1_same"
+    assert runs["reader"].held_out["points"] == pytest.approx(builtin.held_out["points"])

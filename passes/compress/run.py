@@ -21,7 +21,7 @@ from evonnx.passes.compress.result import CompressResult, layer_rows
 from evonnx.passes.compress.size import fit_file_size, max_bytes_of
 from evonnx.passes.compress.timing import Budget, check_options, forward_seconds, search_seconds
 from evonnx.passes.compress.workdir import claim, finish_run, read_logs, work_dir
-from evonnx.passes.engine.calib import HOLDOUT, SYNTHETIC_SAMPLES, fixed_batch, load_npz, synthetic
+from evonnx.passes.engine.calib import HOLDOUT, SYNTHETIC_SAMPLES, fixed_batch, from_python, load_npz, synthetic
 from evonnx.passes.engine.metrics import compare
 from evonnx.passes.engine.tasks import MetricFn, per_sample, pick
 from evonnx.passes.pipeline import Pipeline
@@ -32,7 +32,7 @@ DEFAULT_MAX_DROP = 0.5  # points of the task metric, when neither --max-drop nor
 SIZED_SPARSITY = 0.9  # the sparsity of a --max-bytes run that names none; the bit allocation fits the size
 
 
-def compress(model: str | Path, output: str | Path, *, calib: str | Path | None = None,
+def compress(model: str | Path, output: str | Path, *, calib=None,
              input_shapes: dict[str, list[int]] | None = None, batch_axes: dict[str, int | None] | None = None,
              samples: int = SYNTHETIC_SAMPLES, synthetic_ok: bool = False,
              sparsity: float | str | None = None, bits: int | str = "auto", max_drop: float | None = None,
@@ -42,6 +42,9 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
              progress: bool = True, report: str | Path | None = None, max_bytes: int | str | None = None,
              log: Callable[[str], None] = print) -> CompressResult:
     """Compress an ONNX model into an .evx container, decode it again and verify it before writing it.
+
+    `calib`: an .npz path, or Python data (passes/engine/calib.py `from_python`: a dict of arrays, an iterable
+    of batch dicts, or an onnxruntime CalibrationDataReader); with 'labels' for accuracy.
 
     The budget: `max_drop` points of `metric` (passes/engine/tasks.py: a name, a callable(teacher_outputs,
     student_outputs) -> score, or None to pick from the outputs) against the teacher, on the `holdout` share
@@ -69,12 +72,13 @@ def compress(model: str | Path, output: str | Path, *, calib: str | Path | None 
     original = source_bytes(model)
     limit_bytes = max_bytes_of(max_bytes, original, sparsity, bits, pipeline)
     state = load_state(model, allow_empty=True)
-    data = (load_npz(calib, state.model, input_shapes, batch_axes) if calib
-            else synthetic(state.model, samples, input_shapes, seed, batch_axes))
-    if not calib and not synthetic_ok:
+    data = (load_npz(calib, state.model, input_shapes, batch_axes) if isinstance(calib, (str, Path))
+            else synthetic(state.model, samples, input_shapes, seed, batch_axes) if calib is None
+            else from_python(calib, state.model, input_shapes, batch_axes))
+    if calib is None and not synthetic_ok:
         raise EvonnxError("no --calib: a budget measured on random inputs says nothing about real ones; give "
                           "calibration inputs (an .npz keyed by input name, optional 'labels') or --synthetic-ok")
-    if not calib:
+    if calib is None:
         log(f"warning: no --calib: {samples} random standard-normal inputs stand in for real ones, so the "
             "fidelity measured on them says little about real data")
     fit, held = data.split(holdout, seed, fixed_batch(state.model, data.axes, state.label) or 1)

@@ -162,6 +162,34 @@ def load_npz(path: str | Path, model: onnx.ModelProto, input_shapes: dict[str, l
             arrays = {k: npz[k] for k in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise CalibrationError(f"{path}: not a readable .npz of plain arrays ({exc})") from None
+    return from_arrays(arrays, model, input_shapes, batch_axes, str(path))
+
+
+def from_python(source, model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None,
+                batch_axes: dict[str, Axis] | None = None) -> CalibData:
+    """Calibration from Python: a dict of arrays keyed by input name (optional 'labels'), an iterable of such
+    dicts (batches, joined along each input's sample axis), or a reader with `get_next()` returning one
+    dict a call and None at the end (onnxruntime.quantization's CalibrationDataReader)."""
+    if isinstance(source, dict):
+        return from_arrays(dict(source), model, input_shapes, batch_axes, "arrays")
+    if hasattr(source, "get_next"):
+        source, what = iter(source.get_next, None), type(source).__name__
+    else:
+        what = type(source).__name__
+    batches = [dict(b) for b in source]
+    if not batches or not all(isinstance(b, dict) for b in batches):
+        raise CalibrationError(f"calibration {what}: expected dicts of arrays keyed by input name, one a batch")
+    names = list(batches[0])
+    if any(list(b) != names for b in batches):
+        raise CalibrationError(f"calibration {what}: every batch must hold the same arrays ({', '.join(names)})")
+    axes = {**input_axes(model, batch_axes), LABELS: 0}
+    arrays = {k: samples.join([np.asarray(b[k]) for b in batches], axes.get(k, 0)) for k in names}
+    return from_arrays(arrays, model, input_shapes, batch_axes, f"{what} of {len(batches)} batches")
+
+
+def from_arrays(arrays: dict[str, np.ndarray], model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None,
+                batch_axes: dict[str, Axis] | None, path: str) -> CalibData:
+    """Check named arrays (and optional 'labels') against the model's inputs; `path` names their source."""
     labels = arrays.pop(LABELS, None)
     specs = {s.name: s for s in input_specs(model)}
     unknown = sorted(set(arrays) - set(specs))
@@ -185,7 +213,7 @@ def load_npz(path: str | Path, model: onnx.ModelProto, input_shapes: dict[str, l
     return CalibData(inputs, labels, str(path), axes)
 
 
-def _check_array(path: Path, spec: InputSpec, arr: np.ndarray, override: list[int] | None, axis: Axis) -> np.ndarray:
+def _check_array(path: str, spec: InputSpec, arr: np.ndarray, override: list[int] | None, axis: Axis) -> np.ndarray:
     where = "no sample axis" if axis is None else f"axis {axis} is the sample axis"
     if arr.ndim != len(spec.shape):
         raise CalibrationError(f"{path}: array {spec.name!r} has shape {arr.shape}, the model expects "
