@@ -39,22 +39,35 @@ class Shipped:
 
 
 class Guard:
-    """Measures verified containers against the teacher on the held-out samples (or, when there are too few
-    to hold any out, on the calibration samples, and says so)."""
+    """Measures results against the teacher on the held-out samples (or, when there are too few to hold any
+    out, on the calibration samples, and says so): first with their weights fed to one session, to pass over
+    clear failures without encoding them, then as the decoded container that would ship."""
 
     def __init__(self, state: ModelState, ctx: PassContext, held: CalibData | None, task: TaskMetric,
                  max_drop: float | None):
         self.task, self.max_drop = task, max_drop
-        self.engine = (PassContext(held, device=ctx.device, batch_size=ctx.batch_size).engine(state, [])
+        self.engine = (PassContext(held, device=ctx.device, batch_size=ctx.batch_size).engine(state)
                        if held is not None else None)
         self.data = (f"held-out data ({held.num_samples} samples no pass fitted to)" if held is not None else
                      "the calibration samples the search fitted to (too few to hold any out): optimistic")
 
-    def measure(self, verified: Verified, fit_engine) -> Drop:
-        engine = self.engine or fit_engine
-        outputs = engine.model_outputs(verified.decoded, "decoded") if self.engine else verified.measured
+    def _drop(self, engine, outputs: list) -> Drop:
         return self.task.drop(per_sample(engine.teacher, engine.axes), per_sample(outputs, engine.axes),
                               engine.calib.labels)
+
+    def screen(self, state: ModelState) -> Drop | None:
+        """The held-out drop of `state` with its weights fed to the held-out session (None: no budget, no
+        held-out share, or weights the session does not take)."""
+        names = self.engine.weight_names if self.engine is not None else []
+        if self.max_drop is None or not names or any(state.current(n).shape != self.engine.original[n].shape
+                                                      for n in names):
+            return None
+        return self._drop(self.engine, self.engine.outputs({n: state.current(n) for n in names}))
+
+    def measure(self, verified: Verified, fit_engine) -> Drop:
+        if self.engine is None:
+            return self._drop(fit_engine, verified.measured)
+        return self._drop(self.engine, self.engine.model_outputs(verified.decoded, "decoded"))
 
     def within(self, drop: Drop) -> bool:
         return self.max_drop is None or drop.upper(Z_CHECK) <= self.max_drop + 1e-9
@@ -63,11 +76,13 @@ class Guard:
         """The first candidate within budget (`meta(steps)`: the container's metadata)."""
         rejected = []
         for what, state, steps in candidates:
-            verified = encode_and_verify(state, fit_engine, meta(steps))
-            drop = self.measure(verified, fit_engine)
-            if self.within(drop):
-                return Shipped(what, state, steps, verified, drop, self.data, rejected)
-            rejected.append({"result": what, "bytes": len(verified.blob), **drop.as_dict()})
+            drop, verified = self.screen(state), None
+            if drop is None or self.within(drop):
+                verified = encode_and_verify(state, fit_engine, meta(steps))
+                drop = self.measure(verified, fit_engine)
+                if self.within(drop):
+                    return Shipped(what, state, steps, verified, drop, self.data, rejected)
+            rejected.append({"result": what, **drop.as_dict()})
             log(f"{what}: {drop.describe()} on {self.data}; its 95 % bound {drop.upper(Z_CHECK):.3g} is beyond "
                 f"--max-drop {self.max_drop:g}")
         raise BudgetError(self._failure(rejected))
