@@ -156,7 +156,11 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
     if workdir is not None:
         finish_run(Path(workdir))
     if shipped.rejected:
-        notes.append(f"shipped {shipped.what}: the searched result was beyond the budget on held-out data")
+        first = shipped.rejected[0]
+        notes.append(f"shipped {shipped.what}: the searched result was beyond the budget on held-out data"
+                     + (f" at its 95 % bound only (measured {first['points']:.3g} points): {first['n']} held-out "
+                        "samples are too few to certify it, and more calibration samples would let it ship"
+                        if first["points"] <= (enforced or 0) else ""))
     metrics = compare(engine.output_names, engine.teacher, verified.measured, engine.calib.labels)
     calib_drop = ctx.metric.drop(per_sample(engine.teacher, engine.axes), per_sample(verified.measured, engine.axes),
                                  fit.labels)
