@@ -12,6 +12,8 @@ Output forms:
   UINT8. Values are identical to the fp32 form (same float32 arithmetic). Half-integer zero points
   (mid-rise grids) use doubled codes. Raw and codebook weights, and uniform ones the opset or zero
   points cannot express, stay dense.
+* ``qdq-trt``: the same in the form TensorRT takes: INT8 codes with zero points of 0 (mid-rise grids as
+  doubled odd codes), per tensor or per channel; blocked weights and codes beyond ±127 stay dense.
 
 Imports only numpy and onnx (the onnxruntime session helper is evonnx.tools.session).
 """
@@ -29,7 +31,7 @@ from evonnx.formats.dtypes import ELEM_TYPES
 from evonnx.runtime.model_io import default_opset
 from evonnx.runtime.weights import all_names, fresh
 
-FORMATS = ("fp32", "fp16", "qdq")
+FORMATS = ("fp32", "fp16", "qdq", "qdq-trt")
 FP16_MAX = 65504.0
 
 
@@ -54,7 +56,8 @@ def build_model(c: Container, format: str = "fp32") -> onnx.ModelProto:  # noqa:
     drop_inputs: set[str] = set()
     for t in c.tensors:
         if format != "fp32" and t.size and (t.name not in inputs or model.ir_version >= 4):
-            nodes = _fp16(g, t, names) if format == "fp16" else _qdq(g, t, names, opset, model.ir_version)
+            nodes = (_fp16(g, t, names) if format == "fp16" else
+                     _qdq(g, t, names, opset, model.ir_version, signed=format == "qdq-trt"))
             if nodes is not None:
                 new_nodes += nodes
                 drop_inputs.add(t.name)
@@ -111,30 +114,38 @@ def _qdq_codes(t: QuantizedTensor) -> tuple[int, np.ndarray] | None:
     return None
 
 
-def _qdq(g: onnx.GraphProto, t: QuantizedTensor, names: set[str], opset: int,
-         ir_version: int) -> list[onnx.NodeProto] | None:
+def _qdq(g: onnx.GraphProto, t: QuantizedTensor, names: set[str], opset: int, ir_version: int,
+         signed: bool = False) -> list[onnx.NodeProto] | None:
+    """DequantizeLinear nodes that reproduce `t` exactly: unsigned codes with their zero points, or
+    (`signed`, TensorRT's form) INT8 codes centred on a zero point of 0, per tensor or per channel only."""
     if t.scheme != "uniform":
         return None
     need = 10 if t.axis is None else 13 if t.block_size == 0 else 21
-    if opset < need:
+    if opset < need or (signed and t.block_size):
         return None
     found = _qdq_codes(t)
     if found is None:
         return None
     mult, zp = found
-    top = ((1 << t.bits) - 1) * mult
-    if zp.min() < 0 or zp.max() > 255 or top > 255:
-        return None
-    four = top <= 15 and zp.max() <= 15 and opset >= 21 and ir_version >= 10
+    top = ((1 << t.bits) - 1) * mult  # the grid's range decides the storage type, not the codes in use
     x = _dense_codes(t, zp, mult)
+    if signed:
+        if zp.max() > 127 or top - zp.min() > 127:
+            return None
+        x = x - (zp.reshape(_group_shape(t)) if t.axis is not None else zp.reshape(()))
+        zp, elem = np.zeros_like(zp), TensorProto.INT8
+    else:
+        if zp.min() < 0 or zp.max() > 255 or top > 255:
+            return None
+        four = top <= 15 and zp.max() <= 15 and opset >= 21 and ir_version >= 10
+        elem = TensorProto.UINT4 if four else TensorProto.UINT8
     base = t.name
     x_name = fresh(f"{base}__evx_q", names)
     s_name = fresh(f"{base}__evx_scale", names)
     z_name = fresh(f"{base}__evx_zp", names)
-    elem = TensorProto.UINT4 if four else TensorProto.UINT8
     _add_quant_initializer(g, x_name, x, elem)
     _add_initializer(g, s_name, (t.scale / np.float32(mult)).astype(np.float32) if mult == 2 else t.scale)
-    _add_quant_initializer(g, z_name, zp.astype(np.uint8).reshape(t.scale.shape), elem)
+    _add_quant_initializer(g, z_name, zp.reshape(t.scale.shape), elem)
     attrs = {} if t.axis is None else {"axis": t.axis}
     if t.block_size:
         attrs["block_size"] = t.block_size
@@ -147,28 +158,33 @@ def _qdq(g: onnx.GraphProto, t: QuantizedTensor, names: set[str], opset: int,
     return nodes
 
 
+def _group_shape(t: QuantizedTensor) -> list[int]:
+    """The shape that broadcasts one value per channel along the tensor's axis."""
+    shape = [1] * len(t.shape)
+    shape[t.axis] = t.shape[t.axis]
+    return shape
+
+
 def _dense_codes(t: QuantizedTensor, zp: np.ndarray, mult: int) -> np.ndarray:
-    """uint8 codes of every entry (times `mult`), pruned entries set to their group's zero point."""
-    codes = t.codes.astype(np.uint8) * np.uint8(mult) if mult != 1 else t.codes
+    """int64 codes of every entry (times `mult`), pruned entries set to their group's zero point."""
+    codes = t.codes.astype(np.int64) * mult
     if t.mask is None:
         return codes.reshape(t.shape)
-    zp8 = zp.astype(np.uint8)
     if t.axis is None:
-        x = np.full(t.shape, zp8.reshape(()), np.uint8)
+        x = np.full(t.shape, zp.reshape(()), np.int64)
     elif t.block_size == 0:
-        bshape = [1] * len(t.shape)
-        bshape[t.axis] = t.shape[t.axis]
-        x = np.broadcast_to(zp8.reshape(bshape), t.shape).copy()
+        x = np.broadcast_to(zp.reshape(_group_shape(t)), t.shape).copy()
     else:
-        x = np.repeat(zp8, t.block_size, axis=t.axis)
+        x = np.repeat(zp, t.block_size, axis=t.axis)
         x = np.ascontiguousarray(np.take(x, np.arange(t.shape[t.axis]), axis=t.axis))
     x[t.mask] = codes
     return x
 
 
 def _add_quant_initializer(g: onnx.GraphProto, name: str, x: np.ndarray, elem: int) -> None:
-    if elem == TensorProto.UINT8:
-        _add_initializer(g, name, np.ascontiguousarray(x, np.uint8), TensorProto.UINT8)
+    if elem in (TensorProto.UINT8, TensorProto.INT8):
+        dtype = np.uint8 if elem == TensorProto.UINT8 else np.int8
+        _add_initializer(g, name, np.ascontiguousarray(x, dtype), elem)
         return
     flat = np.ascontiguousarray(x, np.uint8).reshape(-1)
     if flat.size % 2:

@@ -103,6 +103,20 @@ def test_qdq_form_is_smaller_and_dequantizes_exactly(opset):
     np.testing.assert_allclose(sess.run(None, {"x": X})[0], _run(full, X), rtol=1e-5, atol=1e-6)
 
 
+def test_qdq_trt_form_has_int8_codes_and_zero_points_of_zero():
+    graph, records, full = _model_and_records(21)
+    trt = decode(encode_evx(graph, records), format="qdq-trt")
+    onnx.checker.check_model(trt, full_check=True)
+    inits = {i.name: i for i in trt.graph.initializer}
+    dq = [n for n in trt.graph.node if n.op_type == "DequantizeLinear"]
+    assert [n.output[0] for n in dq] == ["conv.w"]  # blocked fc.w and half.w (zero point 128) stay dense
+    codes = numpy_helper.to_array(inits["conv.w__evx_q"])
+    assert inits["conv.w__evx_q"].data_type == TensorProto.INT8 and np.abs(codes).max() <= 15  # doubled mid-rise
+    assert inits["conv.w__evx_zp"].data_type == TensorProto.INT8
+    assert not numpy_helper.to_array(inits["conv.w__evx_zp"]).any()
+    assert np.array_equal(_run(trt, X, _no_opt()), _run(full, X, _no_opt()))
+
+
 def test_fp16_form_halves_weights_and_stays_close():
     graph, records, full = _model_and_records(17)
     blob = encode_evx(graph, records)
@@ -136,7 +150,7 @@ def test_session_helper_and_errors():
         decode(blob, format="int3")
     with pytest.raises(EvxFormatError):
         decode(blob[:-3])
-    assert FORMATS == ("fp32", "fp16", "qdq")
+    assert FORMATS == ("fp32", "fp16", "qdq", "qdq-trt")
 
 
 # -- CLI -------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`evonnx decode IN.evx -o OUT.onnx [--format fp32|fp16|qdq]`: rebuild a runnable ONNX model."""
+"""`evonnx decode IN.evx -o OUT.onnx [--format fp32|fp16|qdq|qdq-trt]`: rebuild a runnable ONNX model."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +15,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="where to write the model (atomically)")
     p.add_argument("--format", choices=FORMATS, default="fp32",
                    help="fp32: dense weights, bit-identical to the search (default); fp16: float16 weights + Cast; "
-                        "qdq: integer codes + DequantizeLinear where the codes allow it")
+                        "qdq: integer codes + DequantizeLinear where the codes allow it; qdq-trt: the same as "
+                        "TensorRT takes it, INT8 codes with zero points of 0")
     return p
 
 
