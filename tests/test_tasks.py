@@ -105,3 +105,11 @@ def test_a_callable_scores_the_outputs_in_the_engines_layout():
 def test_a_metric_that_cannot_read_the_outputs_is_refused(name, output, message):
     with pytest.raises(EvonnxError, match=message.replace("[", r"\[").replace("]", r"\]")):
         pick(name, [output], ["out"], None)
+
+
+def test_no_flip_observed_is_not_a_rate_of_zero():
+    # 16 samples with no changed prediction cannot certify half a point; 1,500 can
+    for n, below in ((16, False), (1500, True)):
+        teacher = scores(np.arange(n) % 3)
+        drop = pick("agreement", [teacher], ["y"], None).drop([teacher], [teacher.copy()])
+        assert drop.points == 0.0 and (drop.upper() <= 0.5) == below
