@@ -66,6 +66,8 @@ class Guard:
         if self.max_drop is None or not names or any(state.current(n).shape != self.engine.original[n].shape
                                                       for n in names):
             return None
+        if all(np.array_equal(state.current(n), self.engine.original[n]) for n in names):
+            return None  # the teacher's weights: fed, ONNX Runtime rounds otherwise than baked; check as shipped
         return self._drop(self.engine, self.engine.outputs({n: state.current(n) for n in names}))
 
     def measure(self, verified: Verified, fit_engine) -> Drop:
