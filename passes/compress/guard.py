@@ -48,7 +48,8 @@ class Guard:
     def __init__(self, state: ModelState, ctx: PassContext, held: CalibData | None, task: TaskMetric,
                  max_drop: float | None):
         self.task, self.max_drop = task, max_drop
-        self.engine = (PassContext(held, device=ctx.device, batch_size=ctx.batch_size).engine(state)
+        screening = None if max_drop is not None else []  # weights fed only where results are screened
+        self.engine = (PassContext(held, device=ctx.device, batch_size=ctx.batch_size).engine(state, screening)
                        if held is not None else None)
         self.data = (f"held-out data ({held.num_samples} samples no pass fitted to)" if held is not None else
                      "the calibration samples the search fitted to (too few to hold any out): optimistic")

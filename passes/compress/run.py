@@ -50,11 +50,11 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
     student_outputs) -> score, or None to pick from the outputs) against the teacher, on the `holdout` share
     of the calibration samples that no pass fits to, at its 95 % upper bound. None: 0.5 points, or, with
     `max_bytes` (a byte count, or "100x": a ratio against the model's file), no fidelity bound (the drop is
-    reported); math.inf: none enforced (the passes aim at 0.5 points; the drop is reported). No result within budget raises BudgetError and writes nothing.
+    reported); math.inf: none enforced (the passes aim at 0.5 points; the drop is reported). No result
+    within budget raises BudgetError and writes nothing.
 
     `sparsity` "auto" (the default, but for `max_bytes` runs: 0.9) is budget-driven (passes/compress/auto.py);
-    a number fixes it. Without
-    `calib`, random inputs stand in only with `synthetic_ok`. `batch_axes` names inputs' sample axes (None:
+    a number fixes it. Without `calib`, random inputs stand in only with `synthetic_ok`. `batch_axes` names inputs' sample axes (None:
     no sample axis) where the model's dims don't tell; `report` writes report.md, summary.json and plots."""
     start = time.perf_counter()
     check_options(time_limit, max_drop, samples, holdout)
@@ -91,7 +91,7 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
     if skipped:
         log(f"left untouched: {len(skipped)} tensors already quantized or setting shapes "
             f"({', '.join(s['name'] for s in skipped[:4])}{', …' if len(skipped) > 4 else ''})")
-    notes, trials, targets, rungs = [], [], state.targets, None
+    notes, trials, targets = [], [], state.targets
     search_drop = enforced if enforced is not None else DEFAULT_MAX_DROP  # what the passes aim at
     with work_dir(workdir, report) as wd:
         ctx = PassContext(fit, device=device, seed=seed, workdir=wd, progress=progress, log=log)
