@@ -6,23 +6,27 @@ arithmetic so that another implementation can decode without constriction. const
 passing p = F - 1 (exact integers in float64) makes that scale exactly 1, so the coder uses F itself.
 
 Tables are sent at a chosen precision P <= 24 (F = f << (24 - P)) to keep small tensors cheap.
+Where constriction has no wheel (Linux on ARM), formats/rans.py codes the same words in plain Python.
 """
 from __future__ import annotations
 
 import math
 from functools import lru_cache
 
-import constriction
 import numpy as np
 
 from evonnx.errors import EvxFormatError
+from evonnx.formats import rans
 from evonnx.formats.bytesio import Reader, Writer, encode_varints
+
+try:
+    import constriction
+except ImportError:  # no wheel for this platform: the plain-Python coder, same bytes, slower
+    constriction = None
 
 PRECISION = 24
 MAX_ALPHABET = 1 << 16
 
-_model = constriction.stream.model
-_stack = constriction.stream.stack
 
 
 def quantize_counts(counts: np.ndarray, precision: int) -> np.ndarray:
@@ -90,7 +94,7 @@ def scaled(freqs: np.ndarray, precision: int) -> np.ndarray:
 
 
 def _categorical(freq24: np.ndarray):
-    return _model.Categorical((np.asarray(freq24, np.int64) - 1).astype(np.float64), perfect=False)
+    return constriction.stream.model.Categorical((np.asarray(freq24, np.int64) - 1).astype(np.float64), perfect=False)
 
 
 @lru_cache(maxsize=4096)
@@ -136,7 +140,9 @@ def decode_bits(dec: "Decoder", p16: int, count: int) -> np.ndarray:
 
 def encode(runs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """Encode runs (symbols, freq24) so that they decode in the given order; returns uint32 words."""
-    coder = _stack.AnsCoder()
+    if constriction is None:
+        return rans.encode(runs)
+    coder = constriction.stream.stack.AnsCoder()
     for symbols, freq24 in reversed(runs):
         if len(symbols):
             coder.encode_reverse(np.ascontiguousarray(symbols, dtype=np.int32), _categorical(freq24))
@@ -153,13 +159,13 @@ def read_words(r: Reader, what: str) -> np.ndarray:
     return r.array("<u4", count, f"{what} words")
 
 
-class Decoder:
+class ConstrictionDecoder:
     """Pops runs off one ANS stream; `finish` checks the stream was used up exactly."""
 
     def __init__(self, words: np.ndarray, what: str):
         self.what = what
         try:
-            self.coder = _stack.AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
+            self.coder = constriction.stream.stack.AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
         except (ValueError, TypeError) as exc:
             raise EvxFormatError(f"{what}: corrupt entropy-coded stream ({exc})") from None
 
@@ -174,3 +180,6 @@ class Decoder:
     def finish(self) -> None:
         if not self.coder.is_empty():
             raise EvxFormatError(f"{self.what}: corrupt entropy-coded stream (data left after the last symbol)")
+
+
+Decoder = rans.Decoder if constriction is None else ConstrictionDecoder

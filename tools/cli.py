@@ -22,6 +22,12 @@ COMMANDS = {
     "decode": "cmd_decode",
     "inspect": "cmd_inspect",
 }
+_SEARCH = "pip install 'evonnx[gpu]' (ONNX Runtime with CUDA) or 'evonnx[cpu]'"
+# optional module -> how to install it: decoding needs none of them
+EXTRAS = {"onnxruntime": _SEARCH, "onnx_graphsurgeon": _SEARCH, "rapidfuzz": _SEARCH,
+          "torch": "pip install 'evonnx[torch]'", "matplotlib": "pip install 'evonnx[report]'",
+          "yaml": "pip install 'evonnx[yaml]'", "tokenizers": "pip install 'evonnx[corpus]'",
+          "PIL": "pip install 'evonnx[corpus]'"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +69,15 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"evonnx: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
+    except ModuleNotFoundError as exc:
+        root = (exc.name or "").split(".")[0]
+        if root not in EXTRAS:
+            return _internal(exc, debug)
+        if debug:
+            traceback.print_exc()
+        print(f"evonnx: error: `evonnx {args.command}` needs {root}, which is not installed: {EXTRAS[root]}",
+              file=sys.stderr)
+        return 2
     except OSError as exc:  # unwritable output, missing directories: the user's environment, not a bug
         if debug:
             traceback.print_exc()
@@ -72,11 +87,16 @@ def main(argv: list[str] | None = None) -> int:
         print("evonnx: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - a bug: one line unless --debug
-        if debug:
-            traceback.print_exc()
-        print(f"evonnx: internal error: {exc.__class__.__name__}: {exc} (rerun with --debug for a traceback)",
-              file=sys.stderr)
-        return 1
+        return _internal(exc, debug)
+
+
+def _internal(exc: Exception, debug: bool) -> int:
+    """A bug: one line unless --debug; exit code 1."""
+    if debug:
+        traceback.print_exception(exc)
+    print(f"evonnx: internal error: {exc.__class__.__name__}: {exc} (rerun with --debug for a traceback)",
+          file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
-from evonnx.passes.engine.fitness import FitnessEngine
-from evonnx.passes.engine.metrics import Metrics, compare
-from evonnx.passes.engine.tasks import per_sample, pick
-from evonnx.passes.state import load_state
 from evonnx.tools.options import add_data_options, calibration
+
+if TYPE_CHECKING:
+    from evonnx.passes.engine.metrics import Metrics
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -23,6 +23,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from evonnx.passes.engine.fitness import FitnessEngine  # ONNX Runtime: the parser builds without it
+    from evonnx.passes.engine.metrics import compare
+    from evonnx.passes.engine.tasks import per_sample, pick
+    from evonnx.passes.state import load_state
+
     teacher = load_state(args.against or args.model)
     student = load_state(args.model) if args.against else teacher
     engine = FitnessEngine(teacher.model, calibration(args, teacher.model), [], device=args.device,
