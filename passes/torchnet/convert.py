@@ -17,20 +17,25 @@ from onnx import numpy_helper
 from torch import nn
 
 from evonnx.errors import EvonnxError
-from evonnx.passes.torchnet.ops import OPS
+from evonnx.passes.torchnet.ops import MULTI_OUTPUT, OPS
 from evonnx.runtime.model_io import default_opset
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def _key(node: onnx.NodeProto) -> str:
+    """The node's key in OPS: its op_type, prefixed by its domain outside the default one."""
+    return node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
 
 
 def unsupported(model: onnx.ModelProto) -> dict[str, str]:
     """{op_type: first node name} of every node the converter cannot run."""
     bad: dict[str, str] = {}
     for i, node in enumerate(model.graph.node):
-        key = node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
-        multi = sum(1 for o in node.output if o) > 1
-        if node.domain not in DEFAULT_DOMAINS or (node.op_type not in OPS and node.op_type != "Constant") or multi:
-            bad.setdefault(key + (" (extra outputs)" if multi and node.op_type in OPS else ""), node.name or f"#{i}")
+        key = _key(node)
+        multi = sum(1 for o in node.output if o) > 1 and key not in MULTI_OUTPUT
+        if (key not in OPS and key != "Constant") or multi:
+            bad.setdefault(key + (" (extra outputs)" if multi and key in OPS else ""), node.name or f"#{i}")
     return bad
 
 
@@ -98,8 +103,11 @@ class OnnxModule(nn.Module):
                 self.register_buffer(key, _constant(node), persistent=False)
                 self._buffers_by_name[node.output[0]] = key
                 continue
+            key = _key(node)
             attrs = {a.name: _attr(a) for a in node.attribute}
-            self.nodes.append((node.op_type, OPS[node.op_type], list(node.input), node.output[0], attrs, opset))
+            if key in MULTI_OUTPUT:
+                attrs["_outputs"] = len(node.output)
+            self.nodes.append((key, OPS[key], list(node.input), list(node.output), attrs, opset))
 
     @property
     def device(self) -> torch.device:
@@ -125,11 +133,12 @@ class OnnxModule(nn.Module):
         if len(inputs) != len(self.input_names):
             raise EvonnxError(f"expected {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}")
         env = dict(zip(self.input_names, inputs))
-        for op_type, fn, names, out, attrs, opset in self.nodes:
+        for op_type, fn, names, outs, attrs, opset in self.nodes:
             args = [None if not n else env[n] if n in env else self.value(n) for n in names]
             while args and args[-1] is None:
                 args.pop()
-            env[out] = fn(*args, **attrs, _opset=opset)
+            y = fn(*args, **attrs, _opset=opset)
+            env.update(zip(outs, y) if op_type in MULTI_OUTPUT else [(outs[0], y)])
         return [env[n] if n in env else self.value(n) for n in self.output_names]
 
     def weights(self) -> dict[str, np.ndarray]:

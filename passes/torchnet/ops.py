@@ -1,11 +1,15 @@
 """ONNX operators as torch functions: `OPS[op_type](inputs, attrs, opset) -> output(s)`.
 
-Inference semantics of the default domain (opsets 11-21). Inputs are tensors (None for an omitted
-optional input); attributes are plain Python values. An op whose attributes fall outside what is
-implemented raises EvonnxError naming it, so a graph is never run with wrong semantics.
+Inference semantics of the default domain (opsets 11-21), and a few com.microsoft fusions of ONNX
+Runtime's optimizer keyed "com.microsoft.<op>". Inputs are tensors (None for an omitted optional input);
+integer tensors (shapes, indices) are int64 tensors like any other, so shape subgraphs follow the input's
+dimensions. Attributes are plain Python values. Ops in MULTI_OUTPUT return a tuple, one per node output,
+and get the node's output count as `_outputs`. An op whose attributes fall outside what is implemented
+raises EvonnxError naming it, so a graph is never run with wrong semantics.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import onnx
@@ -15,12 +19,15 @@ import torch.nn.functional as F
 from evonnx.errors import EvonnxError
 
 OPS: dict = {}
+MULTI_OUTPUT: set = set()
 
 
-def op(*names):
+def op(*names, multi=False):
     def deco(fn):
         for n in names:
             OPS[n] = fn
+            if multi:
+                MULTI_OUTPUT.add(n)
         return fn
     return deco
 
@@ -226,13 +233,20 @@ def clip(x, lo=None, hi=None, *, min=None, max=None, _opset=17):  # noqa: A002 -
     return torch.clamp(x, lo, hi)
 
 
-def _unary(name, fn):
-    OPS[name] = lambda x, _opset=17: fn(x)
+def _elementwise(name, fn):
+    OPS[name] = lambda *xs, _opset=17: fn(*xs)
 
 
 for _name, _fn in {"Erf": torch.erf, "Sqrt": torch.sqrt, "Exp": torch.exp, "Log": torch.log, "Neg": torch.neg,
-                   "Abs": torch.abs, "Reciprocal": torch.reciprocal, "Floor": torch.floor, "Ceil": torch.ceil}.items():
-    _unary(_name, _fn)
+                   "Abs": torch.abs, "Reciprocal": torch.reciprocal, "Floor": torch.floor, "Ceil": torch.ceil,
+                   "Sign": torch.sign, "IsNaN": torch.isnan, "Not": torch.logical_not, "And": torch.logical_and,
+                   "Or": torch.logical_or, "Xor": torch.logical_xor, "Equal": torch.eq, "Less": torch.lt,
+                   "LessOrEqual": torch.le, "Greater": torch.gt, "GreaterOrEqual": torch.ge,
+                   "Where": torch.where}.items():
+    _elementwise(_name, _fn)
+for _name, _fn in {"Max": torch.maximum, "Min": torch.minimum, "Sum": torch.add}.items():
+    _elementwise(_name, lambda *xs, fn=_fn: functools.reduce(fn, xs))
+OPS["Mean"] = lambda *xs, _opset=17: OPS["Sum"](*xs) / len(xs)
 
 
 @op("Identity")
@@ -361,7 +375,8 @@ def slice_(x, starts, ends, axes=None, steps=None, _opset=17):
 _DTYPES = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64,
            onnx.TensorProto.FLOAT16: torch.float16, onnx.TensorProto.BFLOAT16: torch.bfloat16,
            onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.INT32: torch.int32,
-           onnx.TensorProto.INT8: torch.int8, onnx.TensorProto.UINT8: torch.uint8, onnx.TensorProto.BOOL: torch.bool}
+           onnx.TensorProto.INT16: torch.int16, onnx.TensorProto.INT8: torch.int8, onnx.TensorProto.UINT8: torch.uint8,
+           onnx.TensorProto.BOOL: torch.bool}
 
 
 @op("Cast")
@@ -371,11 +386,195 @@ def cast(x, *, to, saturate=1, _opset=17):
     return x.to(_DTYPES[to])
 
 
-@op("ReduceMean")
-def reduce_mean(x, axes=None, *, keepdims=1, noop_with_empty_axes=0, _opset=17):
-    axes = _ints(axes)
-    if not axes:
-        if noop_with_empty_axes:
-            return x
-        axes = list(range(x.dim()))
-    return x.mean(dim=tuple(axes), keepdim=bool(keepdims))
+@op("CastLike")
+def cast_like(x, like, *, saturate=1, _opset=17):
+    return x.to(like.dtype)
+
+
+def _reduction(fn):
+    """An ONNX Reduce* op from `fn(x, dims, keepdim)`; axes come as an input or (older opsets) an attribute."""
+    def reduce(x, axes=None, *, keepdims=1, noop_with_empty_axes=0, _opset=17):
+        axes = _ints(axes)
+        if not axes:
+            if noop_with_empty_axes:
+                return x
+            axes = list(range(x.dim()))
+        return fn(x, tuple(axes), bool(keepdims)).to(x.dtype)
+    return reduce
+
+
+for _name, _fn in {"ReduceMean": torch.mean, "ReduceSum": torch.sum, "ReduceMax": torch.amax,
+                   "ReduceMin": torch.amin, "ReduceLogSumExp": torch.logsumexp,
+                   "ReduceSumSquare": lambda x, d, k: torch.sum(x * x, d, k),
+                   "ReduceL1": lambda x, d, k: torch.linalg.vector_norm(x, 1, d, k),
+                   "ReduceL2": lambda x, d, k: torch.linalg.vector_norm(x, 2, d, k)}.items():
+    OPS[_name] = _reduction(_fn)
+
+
+def _layer_norm(x, scale, bias, axis, epsilon, stash_type=1):
+    """LayerNorm over dims axis..-1, in float32 for half inputs when stash_type=1, then scale and bias."""
+    wide = stash_type == 1 and x.dtype in (torch.float16, torch.bfloat16)
+    y = F.layer_norm(x.float() if wide else x, x.shape[axis % x.dim():], eps=epsilon).to(x.dtype) * scale
+    return y if bias is None else y + bias
+
+
+@op("LayerNormalization")
+def layer_norm(x, scale, bias=None, *, axis=-1, epsilon=1e-5, stash_type=1, _opset=17):
+    return _layer_norm(x, scale, bias, axis, epsilon, stash_type)
+
+
+@op("com.microsoft.SkipLayerNormalization")
+def skip_layer_norm(x, skip, gamma, beta=None, bias=None, *, epsilon=1e-12, _opset=17):
+    return _layer_norm(x + skip if bias is None else x + skip + bias, gamma, beta, -1, epsilon)
+
+
+@op("com.microsoft.Gelu", "com.microsoft.BiasGelu")
+def bias_gelu(x, bias=None, *, _opset=17):
+    return F.gelu(x if bias is None else x + bias)
+
+
+@op("com.microsoft.FastGelu")
+def fast_gelu(x, bias=None, *, _opset=17):
+    return F.gelu(x if bias is None else x + bias, approximate="tanh")
+
+
+@op("Split", multi=True)
+def split(x, split=None, *, axis=0, num_outputs=None, _opset=17, _outputs=1):
+    """Sizes from the `split` input (or attribute before opset 13), else `num_outputs` (or the output count)
+    parts of ceil(n / parts), the last one smaller."""
+    sizes = _ints(split) or math.ceil(x.shape[axis] / (num_outputs or _outputs))
+    return torch.split(x, sizes, dim=axis)
+
+
+def _reflect(i, n):
+    if n < 2:
+        _refuse("Pad", "reflect mode on a dimension of size 1")
+    i = torch.remainder(i, 2 * n - 2)
+    return torch.where(i >= n, 2 * n - 2 - i, i)
+
+
+_PAD_INDEX = {"edge": lambda i, n: i.clamp(0, n - 1), "reflect": _reflect, "wrap": torch.remainder}
+
+
+@op("Pad")
+def pad(x, pads=None, constant_value=None, axes=None, *, mode="constant", value=0.0, _opset=17):
+    """Pads as an input (or attribute before opset 11), optionally on `axes` (opset 18); negative pads crop."""
+    axes = [a % x.dim() for a in (_ints(axes) or range(x.dim()))]
+    pads = _ints(pads)
+    begin, end = [0] * x.dim(), [0] * x.dim()
+    for a, b, e in zip(axes, pads, pads[len(axes):]):
+        begin[a], end[a] = b, e
+    if mode == "constant":
+        return F.pad(x, _pad_arg(begin, end), value=value if constant_value is None else constant_value.item())
+    if mode not in _PAD_INDEX:
+        _refuse("Pad", f"mode={mode}")
+    for a, (b, e) in enumerate(zip(begin, end)):
+        if b or e:
+            n = x.shape[a]
+            x = x.index_select(a, _PAD_INDEX[mode](torch.arange(-b, n + e, device=x.device), n))
+    return x
+
+
+@op("Expand")
+def expand(x, shape, _opset=17):
+    return x.expand(torch.broadcast_shapes(x.shape, tuple(_ints(shape))))
+
+
+@op("Tile")
+def tile(x, repeats, _opset=17):
+    return x.repeat(_ints(repeats))
+
+
+@op("ConstantOfShape")
+def constant_of_shape(dims, *, value=None, _opset=17):
+    value = torch.zeros(1) if value is None else value
+    return torch.full(_ints(dims), value.item(), dtype=value.dtype, device=dims.device)
+
+
+@op("Range")
+def range_(start, limit, delta, _opset=17):
+    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype, device=start.device)
+
+
+@op("Trilu")
+def trilu(x, k=None, *, upper=1, _opset=17):
+    k = 0 if k is None else int(k)
+    return torch.triu(x, k) if upper else torch.tril(x, k)
+
+
+@op("Einsum")
+def einsum(*xs, equation, _opset=17):
+    return torch.einsum(equation, *xs)
+
+
+@op("CumSum")
+def cumsum(x, axis, *, exclusive=0, reverse=0, _opset=17):
+    d = int(axis)
+    y = x.flip(d) if reverse else x
+    y = y.cumsum(d).to(x.dtype) - (y if exclusive else 0)
+    return y.flip(d) if reverse else y
+
+
+@op("GatherND")
+def gather_nd(x, idx, *, batch_dims=0, _opset=17):
+    """x[idx[..., 0], idx[..., 1], ...] per batch entry, the first `batch_dims` dims of x and idx being batch."""
+    m = idx.shape[-1]
+    xs = x.reshape(-1, *x.shape[batch_dims:])
+    ids = idx.reshape(xs.shape[0], -1, m)
+    ids = torch.where(ids < 0, ids + torch.tensor(xs.shape[1:1 + m], device=ids.device), ids)
+    rows = torch.arange(xs.shape[0], device=ids.device)[:, None]
+    return xs[(rows,) + ids.unbind(-1)].reshape(*idx.shape[:-1], *x.shape[batch_dims + m:])
+
+
+@op("DequantizeLinear")
+def dequantize_linear(x, scale, zero_point=None, *, axis=1, block_size=0, output_dtype=0, _opset=17):
+    if block_size or output_dtype:
+        _refuse("DequantizeLinear", f"block_size={block_size}, output_dtype={output_dtype}")
+    if scale.dim() == 1:  # per axis
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+        zero_point = None if zero_point is None else zero_point.reshape(shape)
+    x = x.to(torch.int32) if zero_point is None else x.to(torch.int32) - zero_point.to(torch.int32)
+    return x.to(scale.dtype) * scale
+
+
+_COORDS = {"half_pixel": lambda i, s, n_in, n_out: (i + 0.5) / s - 0.5,
+           "pytorch_half_pixel": lambda i, s, n_in, n_out: (i + 0.5) / s - 0.5 if n_out > 1 else i * 0,
+           "align_corners": lambda i, s, n_in, n_out: i * (n_in - 1) / max(n_out - 1, 1),
+           "asymmetric": lambda i, s, n_in, n_out: i / s}
+_ROUND = {"round_prefer_floor": lambda c: torch.ceil(c - 0.5), "round_prefer_ceil": lambda c: torch.floor(c + 0.5),
+          "floor": torch.floor, "ceil": torch.ceil}
+_INTERP = {("linear", 1): "linear", ("linear", 2): "bilinear", ("linear", 3): "trilinear", ("cubic", 2): "bicubic"}
+
+
+@op("Resize")
+def resize(x, roi=None, scales=None, sizes=None, *, mode="nearest", coordinate_transformation_mode="half_pixel",
+           cubic_coeff_a=-0.75, exclude_outside=0, extrapolation_value=0.0, nearest_mode="round_prefer_floor",
+           antialias=0, axes=None, keep_aspect_ratio_policy="stretch", _opset=17):
+    """Nearest on any axes by index; linear and cubic on the spatial dims through F.interpolate."""
+    coord = coordinate_transformation_mode
+    if coord not in _COORDS or antialias or keep_aspect_ratio_policy != "stretch":
+        _refuse("Resize", f"coordinate_transformation_mode={coord}, antialias={antialias}, "
+                          f"keep_aspect_ratio_policy={keep_aspect_ratio_policy}")
+    axes = [a % x.dim() for a in (axes or range(x.dim()))]
+    by_size = sizes is not None and sizes.numel() > 0
+    out, scale = list(x.shape), [1.0] * x.dim()
+    for a, g in zip(axes, _ints(sizes) if by_size else scales.reshape(-1).tolist()):
+        out[a], scale[a] = (g, g / x.shape[a]) if by_size else (math.floor(x.shape[a] * g), g)
+    if mode == "nearest":
+        if nearest_mode not in _ROUND:
+            _refuse("Resize", f"nearest_mode={nearest_mode}")
+        for a, (n_in, n_out, s) in enumerate(zip(x.shape, out, scale)):
+            if s != 1.0:
+                i = torch.arange(n_out, dtype=torch.float32, device=x.device)
+                src = _ROUND[nearest_mode](_COORDS[coord](i, s, n_in, n_out)).clamp(0, n_in - 1)
+                x = x.index_select(a, src.long())
+        return x
+    interp = _INTERP.get((mode, x.dim() - 2))
+    if (interp is None or out[:2] != list(x.shape[:2]) or coord not in ("half_pixel", "align_corners")
+            or mode == "cubic" and (cubic_coeff_a != -0.75 or exclude_outside)):
+        _refuse("Resize", f"mode={mode} on {x.dim()}-D input to {out}, coordinate_transformation_mode={coord}, "
+                          f"cubic_coeff_a={cubic_coeff_a}, exclude_outside={exclude_outside}")
+    size = dict(size=out[2:]) if by_size else dict(scale_factor=scale[2:], recompute_scale_factor=False)
+    return F.interpolate(x, mode=interp, align_corners=coord == "align_corners", **size)
