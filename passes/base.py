@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from evonnx.errors import EvonnxError
 from evonnx.passes.engine.calib import CalibData
@@ -49,7 +49,6 @@ class PassContext:
     seed: int = 0
     workdir: Path | None = None
     progress: bool = True
-    log: Callable[[str], None] = print
     batch_size: int | None = None
     folders: dict[str, str] = field(default_factory=dict)  # pass name -> its folder's name, if not the name
     metric: Any = None  # the run's task metric (passes/engine/tasks.py), for budgets measured as the user would

@@ -12,6 +12,7 @@ many allocations on the same calibration set, and the raw drop lets it pick nois
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 from evonnx.errors import EvonnxError
@@ -22,6 +23,8 @@ from evonnx.passes.quant.layer import QuantSpec
 from evonnx.passes.quant.sizing import HEADER_BYTES, coded_bytes
 from evonnx.passes.quantize import quantize_plan
 from evonnx.passes.state import ModelState
+
+log = logging.getLogger(__name__)
 
 METRICS = ("auto", "task", "accuracy", "agreement", "cosine", "kl")
 
@@ -109,9 +112,9 @@ class BitAllocation(Pass):
                  "size_candidates": [(round(searcher.bytes(c), 1), kl) for c, kl in size_scores.items()]}
         goal = (f"size target {cfg.target_bytes} bytes (lowest KL of {len(size_scores)} allocations, other tensors "
                 f"{nontarget})" if cfg.target_bytes > 0 else f"{metric} budget {limit:g}")
-        ctx.log(f"bit-allocation: {goal}, {extra['sensitivity_evaluations']} sensitivity and "
-                f"{extra['joint_evaluations']} joint evaluations; " + ", ".join(f"{n}: {s}" for n, s in
-                                                                                extra["allocation"].items()))
+        log.info(f"bit-allocation: {goal}, {extra['sensitivity_evaluations']} sensitivity and "
+                     f"{extra['joint_evaluations']} joint evaluations; " + ", ".join(f"{n}: {s}" for n, s in
+                                                                                     extra["allocation"].items()))
         return quantize_plan(state, ctx, plan, nontarget, cfg.refit_rows, self.name, asdict(cfg), extra, quantizer,
                              exact=set(cfg.keep))
 

@@ -10,6 +10,7 @@ nothing changes.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,8 @@ from evonnx.passes.state import ModelState
 
 ELEMENTWISE = {"Relu", "LeakyRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
                "Softplus", "Softsign", "Gelu", "Mish", "Identity", "Dropout", "Abs", "Neg", "Clip", "Cast"}
+
+log = logging.getLogger(__name__)
 WITH_CONSTANT = {"Add", "Sub", "Mul", "Div", "PRelu", "Max", "Min"}
 CHANNELWISE = {"MaxPool", "AveragePool", "LpPool", "BatchNormalization"}  # NC... tensors (Conv outputs) only
 
@@ -142,7 +145,7 @@ class DeadUnits(Pass):
                 removed[layer.weight] = removed.get(layer.weight, 0) + n
                 changed = True
         total = sum(removed.values())
-        ctx.log(f"{self.name}: {total} weights into dead units zeroed"
-                + (" (" + ", ".join(f"{k}: {v}" for k, v in removed.items()) + ")" if removed else ""))
+        log.info(f"{self.name}: {total} weights into dead units zeroed"
+                     + (" (" + ", ".join(f"{k}: {v}" for k, v in removed.items()) + ")" if removed else ""))
         return state.replace(record={"pass": self.name, "settings": {}, "removed": removed, "sparsity":
                                      state.global_sparsity()})

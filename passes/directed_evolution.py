@@ -10,6 +10,7 @@ sensitivity. The run checkpoints after every step and resumes bit-identically.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 
@@ -23,6 +24,8 @@ from evonnx.passes.sparsity import targets as tg
 from evonnx.passes.sparsity.evolve import SearchSettings, rank01, search
 from evonnx.passes.sparsity.suffix import LayerView
 from evonnx.passes.state import ModelState
+
+log = logging.getLogger(__name__)
 
 PRIORS = ("magnitude", "wanda", "hessian")
 
@@ -82,13 +85,13 @@ class _Run:
     # -- setup / checkpoint -------------------------------------------------------------------------------
     def _start(self, state: ModelState) -> None:
         prior = "hessian" if self.cfg.refit else "wanda"
-        bar = progress(len(self.layers), "directed-evolution: sensitivities", self.ctx.progress, self.ctx.log)
+        bar = progress(len(self.layers), "directed-evolution: sensitivities", self.ctx.progress)
         self.targets, self.curves = common.layer_targets(state, self.ev, self.layers, self.cfg, prior,
                                                          stop=lambda: self.exhausted() is not None, bar=bar)
         bar.close()
         if len(self.curves) < len(self.layers) and self.cfg.allocation == "sensitivity" and not self.cfg.layer_sparsity:
-            self.ctx.log(f"directed-evolution: the budget ran out measuring sensitivities "
-                         f"({len(self.curves)}/{len(self.layers)} layers): the target is split by LAMP scores")
+            log.info(f"directed-evolution: the budget ran out measuring sensitivities "
+                          f"({len(self.curves)}/{len(self.layers)} layers): the target is split by LAMP scores")
         self.student = state
         self.density0 = {l.weight: float(common.mask_of(state, l).mean()) for l in self.layers}
         self.position = (1, 0)
@@ -124,10 +127,10 @@ class _Run:
             weights={k[2:]: v for k, v in arrays.items() if k.startswith("w:")},
             masks={k[2:]: v for k, v in arrays.items() if k.startswith("m:")})
         self.credit = {l.weight: (arrays[f"cs:{l.weight}"], arrays[f"cc:{l.weight}"]) for l in self.layers}
-        log = self.dir / "log.jsonl"
-        lines = log.read_text().splitlines(keepends=True)[: self.log_lines] if log.exists() else []
-        log.write_text("".join(lines))
-        self.ctx.log(f"directed-evolution: resumed at round {self.position[0]}, layer {self.position[1]}")
+        path = self.dir / "log.jsonl"
+        lines = path.read_text().splitlines(keepends=True)[: self.log_lines] if path.exists() else []
+        path.write_text("".join(lines))
+        log.info(f"directed-evolution: resumed at round {self.position[0]}, layer {self.position[1]}")
 
     # -- budget ------------------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -154,7 +157,7 @@ class _Run:
         cfg, layers = self.cfg, self.layers
         total = cfg.steps * len(layers)
         done = (self.position[0] - 1) * len(layers) + self.position[1]
-        bar = progress(total, "directed-evolution", self.ctx.progress, self.ctx.log, done)
+        bar = progress(total, "directed-evolution", self.ctx.progress, done)
         stop = None
         for t in range(self.position[0], cfg.steps + 1):
             for j in range(self.position[1] if t == self.position[0] else 0, len(layers)):
@@ -181,9 +184,9 @@ class _Run:
                             cost_ratio=per_eval / max(forward, 1e-12), evaluations_by_layer=dict(c.by_layer),
                             steps=self.steps_log)
         rec["wall_seconds"] = self.elapsed()
-        self.ctx.log(f"directed-evolution: stopped by {stop}; sparsity {rec['sparsity']:.3f}, fitness "
-                     f"{rec['fitness']:.4g}, {c.evaluations} evaluations, {rec['evaluations_per_second']:.0f}/s, "
-                     f"{rec['cost_ratio']:.2f}x a baked forward per candidate")
+        log.info(f"directed-evolution: stopped by {stop}; sparsity {rec['sparsity']:.3f}, fitness "
+                      f"{rec['fitness']:.4g}, {c.evaluations} evaluations, {rec['evaluations_per_second']:.0f}/s, "
+                      f"{rec['cost_ratio']:.2f}x a baked forward per candidate")
         return self.student.replace(record=rec)
 
     def _step(self, layer, t: int, bar) -> None:

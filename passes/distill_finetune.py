@@ -13,6 +13,7 @@ and optionally prune-and-regrow (passes/torchnet/regrow.py) moves kept entries o
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import asdict, dataclass, fields
 
@@ -21,6 +22,8 @@ import numpy as np
 from evonnx.errors import EvonnxError
 from evonnx.passes.base import Pass, PassContext, param, register
 from evonnx.passes.state import ModelState
+
+log = logging.getLogger(__name__)
 
 
 @register
@@ -105,7 +108,7 @@ class DistillFinetune(Pass):
         fp = _fingerprint(state, ctx, {k: v for k, v in asdict(cfg).items() if k != "data"}, train)  # data: by content
         torch.manual_seed(ctx.seed)
         trainer = distill.Distiller(teacher, student, constraints, ctx.calib.inputs, ctx.calib.labels, settings,
-                                    ctx.seed, folder / "checkpoint.npz" if folder else None, fp, ctx.progress, ctx.log,
+                                    ctx.seed, folder / "checkpoint.npz" if folder else None, fp, ctx.progress,
                                     train=train, evolve_axes=evolution_axes(state, names, constraints, cfg.we_layers)
                                     if cfg.weight_evolution else None)
         if cfg.resume:
@@ -141,9 +144,9 @@ class DistillFinetune(Pass):
             record.update(evolvable=sorted(trainer.evolve_axes), evolved_filters=dict(trainer.evolved))
         if cfg.regrow > 0:
             record.update(regrown=dict(trainer.regrown))
-        ctx.log(f"{self.name}: {trainer.step} steps ({stop}, torch on {device.type}), validation KL "
-                f"{val_before:.4g} -> {trainer.best_val:.4g} "
-                f"(step {trainer.best_step}), calibration fitness {before.fitness:.4g} -> {after.fitness:.4g}")
+        log.info(f"{self.name}: {trainer.step} steps ({stop}, torch on {device.type}), validation KL "
+                     f"{val_before:.4g} -> {trainer.best_val:.4g} "
+                     f"(step {trainer.best_step}), calibration fitness {before.fitness:.4g} -> {after.fitness:.4g}")
         return out.replace(record=record)
 
 

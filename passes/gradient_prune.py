@@ -6,6 +6,7 @@ like the magnitude pass. Optional survivor re-fit as in the other sparsification
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ import numpy as np
 from evonnx.passes.base import Pass, PassContext, param, register
 from evonnx.passes.sparsity import common
 from evonnx.passes.state import ModelState
+
+log = logging.getLogger(__name__)
 
 
 @register
@@ -47,5 +50,5 @@ class GradientPrune(Pass):
         masks = common.masks_by_score(self.name, state, ev, layers, cfg, scores)
         state = common.one_shot(state, ev, layers, masks, cfg)
         rec = common.record(self.name, cfg, state, layers, ev, t0, stop_reason="done")
-        ctx.log(f"{self.name} ({cfg.method}): sparsity {rec['sparsity']:.3f}, fitness {rec['fitness']:.4g}")
+        log.info(f"{self.name} ({cfg.method}): sparsity {rec['sparsity']:.3f}, fitness {rec['fitness']:.4g}")
         return state.replace(record=rec)

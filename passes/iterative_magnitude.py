@@ -9,6 +9,7 @@ own folder of the work dir, so a killed run resumes at the round and step it rea
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ from evonnx.errors import EvonnxError
 from evonnx.passes.base import Pass, PassContext, get_pass, param, register
 from evonnx.passes.sparsity import common
 from evonnx.passes.state import ModelState
+
+log = logging.getLogger(__name__)
 
 
 @register
@@ -45,15 +48,15 @@ class IterativeMagnitude(Pass):
             targets = ({"sparsity": at(final), "scope": "global"} if isinstance(final, float) else
                        {"layer_sparsity": {n: at(s) for n, s in final.items()}, "scope": "layer"})
             sub = PassContext(ctx.calib, ctx.device, ctx.seed, None if folder is None else folder / f"round{r}",
-                              ctx.progress, lambda _: None, ctx.batch_size)
+                              ctx.progress, ctx.batch_size)
             state = get_pass("magnitude")(**targets, **prune).run(state, sub)
             pruned = state.history[-1]
             state = get_pass("distill-finetune")(**cfg.finetune).run(state, sub)
             tuned = state.history[-1]
             rounds.append({"round": r, "sparsity": pruned["sparsity"], "fitness_pruned": pruned["fitness"],
                            "fitness_retrained": tuned["fitness"], "steps": tuned["steps"]})
-            ctx.log(f"{self.name}: round {r}/{cfg.rounds} sparsity {pruned['sparsity']:.4f}, fitness "
-                    f"{pruned['fitness']:.4g} pruned -> {tuned['fitness']:.4g} retrained")
+            log.info(f"{self.name}: round {r}/{cfg.rounds} sparsity {pruned['sparsity']:.4f}, fitness "
+                         f"{pruned['fitness']:.4g} pruned -> {tuned['fitness']:.4g} retrained")
         targets = state.targets if not cfg.weights else list(cfg.weights)
         rec = {"pass": self.name, "settings": dict(vars(cfg)), "rounds": rounds,
                "layer_sparsity": {n: state.sparsity(n) for n in targets},

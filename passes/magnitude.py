@@ -1,6 +1,7 @@
 """One-shot magnitude pruning: zero the smallest |w|, globally (one threshold) or per layer; optional re-fit."""
 from __future__ import annotations
 
+import logging
 import time
 
 import numpy as np
@@ -8,6 +9,8 @@ import numpy as np
 from evonnx.passes.base import Pass, PassContext, register
 from evonnx.passes.sparsity import common
 from evonnx.passes.state import ModelState
+
+log = logging.getLogger(__name__)
 
 
 @register
@@ -25,5 +28,5 @@ class MagnitudePrune(Pass):
         masks = common.masks_by_score(self.name, state, ev, layers, cfg, mags)
         state = common.one_shot(state, ev, layers, masks, cfg)
         rec = common.record(self.name, cfg, state, layers, ev, t0, stop_reason="done")
-        ctx.log(f"magnitude: sparsity {rec['sparsity']:.3f}, fitness {rec['fitness']:.4g}")
+        log.info(f"magnitude: sparsity {rec['sparsity']:.3f}, fitness {rec['fitness']:.4g}")
         return state.replace(record=rec)

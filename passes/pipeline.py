@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 from evonnx.errors import EvonnxError
 from evonnx.passes.base import Pass, PassContext, get_pass
 from evonnx.passes.state import ModelState
+
+log = logging.getLogger(__name__)
 
 
 class Pipeline:
@@ -69,7 +72,7 @@ class Pipeline:
                 ctx.folders[p.name] = folder
                 t0 = time.perf_counter()
                 state = p.run(state, ctx)
-                ctx.log(f"{p.name}: done in {time.perf_counter() - t0:.1f} s")
+                log.info(f"{p.name}: done in {time.perf_counter() - t0:.1f} s")
         finally:
             ctx.folders.clear()
             ctx.folders.update(before)

@@ -1,21 +1,23 @@
-"""Progress: a tqdm bar on a terminal; elsewhere (a pipe, a log file, CI) plain log lines, never redraws."""
+"""Progress: a tqdm bar on a terminal; elsewhere (a pipe, a log file, CI) plain lines on the package logger,
+never redraws."""
 from __future__ import annotations
 
+import logging
 import sys
 import time
-from typing import Callable
 
 from tqdm import tqdm
 
 LOG_EVERY = 10.0  # seconds between plain progress lines
+log = logging.getLogger(__name__)
 
 
 class LogLines:
     """The part of tqdm's interface the passes use, as one plain line at most every LOG_EVERY seconds
     and one at the end."""
 
-    def __init__(self, total: int, desc: str, log: Callable[[str], None], initial: int = 0):
-        self.total, self.desc, self.log, self.n = total, desc, log, initial
+    def __init__(self, total: int, desc: str, initial: int = 0):
+        self.total, self.desc, self.n = total, desc, initial
         self.postfix: dict = {}
         self.start = self.last = time.perf_counter()
         self.shown = -1
@@ -37,12 +39,12 @@ class LogLines:
     def _line(self, now: float) -> None:
         self.shown = self.n
         extra = ", ".join(f"{k}={v}" for k, v in self.postfix.items())
-        self.log(f"{self.desc}: {self.n}/{self.total} after {now - self.start:.0f} s" + (f" ({extra})" if extra else ""))
+        log.info(f"{self.desc}: {self.n}/{self.total} after {now - self.start:.0f} s{f' ({extra})' if extra else ''}")
 
 
-def progress(total: int, desc: str, enabled: bool, log: Callable[[str], None], initial: int = 0):
-    """A progress bar for `total` steps: tqdm when stderr is a terminal, plain lines through `log` when it
+def progress(total: int, desc: str, enabled: bool, initial: int = 0):
+    """A progress bar for `total` steps: tqdm when stderr is a terminal, plain log lines when it
     is not, nothing when not `enabled`."""
     if enabled and not sys.stderr.isatty():
-        return LogLines(total, desc, log, initial)
+        return LogLines(total, desc, initial)
     return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, leave=False)

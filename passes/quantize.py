@@ -8,6 +8,7 @@ Each quantized weight gets `state.quant[name]` (a formats.tensor.QuantizedTensor
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 from evonnx.errors import EvonnxError
@@ -17,6 +18,8 @@ from evonnx.passes.quant.layer import QuantSpec
 from evonnx.passes.quant.sizing import coded_bytes
 from evonnx.passes.quant.report import format_rows, metrics_summary
 from evonnx.passes.state import ModelState
+
+log = logging.getLogger(__name__)
 
 
 @register
@@ -84,8 +87,8 @@ def quantize_plan(state: ModelState, ctx: PassContext, plan: dict[str, QuantSpec
               "fidelity": metrics_summary(joint.metrics), "before": metrics_summary(before),
               "after": metrics_summary(after),
               **(extra or {})}
-    ctx.log(f"{pass_name}: {len(done)} weights, est. {record['est_bytes'] / 1024:.1f} KiB coded, KL from the incoming "
-            f"model {joint.metrics.fitness:.3g}, fitness vs teacher {before.fitness:.4g} -> {after.fitness:.4g}, "
-            f"{record['bumped']} survivors kept off zero")
-    ctx.log(format_rows(rows))
+    log.info(f"{pass_name}: {len(done)} weights, est. {record['est_bytes'] / 1024:.1f} KiB coded, KL from the incoming "
+                 f"model {joint.metrics.fitness:.3g}, fitness vs teacher {before.fitness:.4g} -> {after.fitness:.4g}, "
+                 f"{record['bumped']} survivors kept off zero")
+    log.info(format_rows(rows))
     return state.replace(weights=weights, quant=quant, record=record)

@@ -1,6 +1,7 @@
 """Random pruning: zero uniformly chosen entries to the same per-layer targets; optional re-fit (a floor)."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -10,6 +11,8 @@ from evonnx.passes.base import Pass, PassContext, param, register
 from evonnx.passes.sparsity import common
 from evonnx.passes.sparsity import targets as tg
 from evonnx.passes.state import ModelState
+
+log = logging.getLogger(__name__)
 
 
 @register
@@ -31,5 +34,5 @@ class RandomPrune(Pass):
                  for l in layers}
         state = common.one_shot(state, ev, layers, masks, cfg)
         rec = common.record(self.name, cfg, state, layers, ev, t0, stop_reason="done")
-        ctx.log(f"random: sparsity {rec['sparsity']:.3f}, fitness {rec['fitness']:.4g}")
+        log.info(f"random: sparsity {rec['sparsity']:.3f}, fitness {rec['fitness']:.4g}")
         return state.replace(record=rec)

@@ -30,7 +30,7 @@ def labelled(tmp_path_factory):
 
 
 def quiet():
-    return {"progress": False, "log": lambda *_: None}
+    return {"progress": False}
 
 
 def test_held_out_share_is_stratified_disjoint_and_whole_batches():
@@ -90,7 +90,7 @@ def test_random_inputs_need_consent(labelled, tmp_path):
     done = evonnx("compress", model, "-o", tmp_path / "r.evx", "--synthetic-ok", "--samples", "32",
                   "--sparsity", "0.5", "--bits", "8", "--max-drop", "inf")
     assert done.returncode == 0, done.stderr
-    assert "warning: no --calib" in done.stdout
+    assert "warning: no --calib" in done.stderr  # log lines go to stderr, results to stdout
 
 
 def test_python_calibration_and_a_callable_metric(labelled, tmp_path):
@@ -108,7 +108,7 @@ def test_python_calibration_and_a_callable_metric(labelled, tmp_path):
     def top1_same(teacher, student):  # a user's score: higher is better
         return 100.0 * float(np.mean(teacher[0].argmax(1) == student[0].argmax(1)))
 
-    options = dict(sparsity=0.5, bits=8, max_drop=math.inf, progress=False, log=lambda *_: None)
+    options = dict(sparsity=0.5, bits=8, max_drop=math.inf, progress=False)
     runs = {name: compress(model, tmp_path / f"{name}.evx", calib=source, metric=top1_same, **options)
             for name, source in (("npz", calib), ("batches", batches), ("reader", Reader()))}
     assert len({(tmp_path / f"{name}.evx").read_bytes() for name in runs}) == 1  # the same data, the same bytes

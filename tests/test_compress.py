@@ -86,7 +86,7 @@ def test_bit_allocation_alone_leaves_the_teacher_graph_intact(tiny):
 
     root, model, calib = tiny
     result = compress(model, root / "bits.evx", calib=calib, sparsity=0, bits="auto", max_drop=math.inf,
-                      progress=False, log=lambda *_: None)
+                      progress=False)
     assert result.sparsity == 0 and result.max_output_diff <= 1e-4
     assert [o.name for o in decode(root / "bits.evx").graph.output] == ["y"]
 
@@ -98,7 +98,7 @@ def test_max_bytes_bounds_the_file_and_a_larger_bound_is_no_worse(tiny):
     fits = {}
     for limit in ("2000", "2.2x"):
         out = root / f"size-{limit}.evx"
-        result = compress(model, out, calib=calib, sparsity=0.5, max_bytes=limit, progress=False, log=lambda *_: None)
+        result = compress(model, out, calib=calib, sparsity=0.5, max_bytes=limit, progress=False)
         bound = int(limit) if limit.isdigit() else int(result.original_bytes / 2.2)
         assert result.container_bytes == out.stat().st_size <= bound
         assert result.history[-1]["settings"]["target_bytes"] < bound  # room left for graph, metadata, framing
@@ -117,11 +117,10 @@ def test_max_bytes_fits_the_bit_allocation_of_a_config_and_runs_what_follows(tin
     ft = {"steps": 20, "batch_size": 32, "eval_every": 10}
     pipe = Pipeline([("directed-evolution", {"sparsity": 0.5}), ("bit-allocation", {}), ("distill-finetune", ft)])
     out = root / "config-size.evx"
-    result = compress(model, out, calib=calib, pipeline=pipe, max_bytes=3000, progress=False, log=lambda *_: None)
+    result = compress(model, out, calib=calib, pipeline=pipe, max_bytes=3000, progress=False)
     assert result.container_bytes <= 3000
     assert [r["pass"] for r in result.history[-2:]] == ["bit-allocation", "distill-finetune"]
     assert result.history[-2]["settings"]["target_bytes"] < 3000
     two = Pipeline([("bit-allocation", {}), ("bit-allocation", {})])
     with pytest.raises(Exception, match="exactly one bit-allocation"):
-        compress(model, root / "no.evx", calib=calib, pipeline=two, max_bytes=3000, progress=False,
-                 log=lambda *_: None)
+        compress(model, root / "no.evx", calib=calib, pipeline=two, max_bytes=3000, progress=False)

@@ -18,7 +18,7 @@ def run(state, calib):
 
 def prune_dead(state):
     calib = synthetic(state.model, 16, seed=1)
-    out = get_pass("dead-units")().run(state, PassContext(calib, device="cpu", progress=False, log=lambda _: None))
+    out = get_pass("dead-units")().run(state, PassContext(calib, device="cpu", progress=False))
     for a, b in zip(run(state, calib), run(out, calib)):
         assert np.array_equal(a, b), "dead-units changed an output"
     return out, out.history[-1]["removed"]
@@ -95,7 +95,7 @@ def test_a_second_output_read_keeps_the_units():
 def test_refuses_quantized_weights():
     state = load_state(corpus.mlp().SerializeToString(), "mlp")
     calib = synthetic(state.model, 8, seed=0)
-    ctx = PassContext(calib, device="cpu", progress=False, log=lambda _: None)
+    ctx = PassContext(calib, device="cpu", progress=False)
     state = get_pass("quantize")(bits=4).run(state, ctx)
     with pytest.raises(EvonnxError, match="before quantization"):
         get_pass("dead-units")().run(state, ctx)

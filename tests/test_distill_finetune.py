@@ -32,7 +32,7 @@ def mlp_state(seed=0, d_in=16, hidden=48, classes=6):
 
 
 def ctx_for(calib, workdir=None, device="cpu"):
-    return PassContext(calib, device=device, progress=False, log=lambda _: None, workdir=workdir)
+    return PassContext(calib, device=device, progress=False, workdir=workdir)
 
 
 FAST = dict(steps=200, batch_size=64, lr=3e-3, eval_every=40, holdout=0.0)
@@ -193,7 +193,7 @@ def test_holdout_of_a_separate_data_file_validates_on_rows_it_does_not_train_on(
     def split(holdout):
         s = distill.Settings(holdout=holdout)
         d = distill.Distiller(OnnxModule(state.model), OnnxModule(state.model, ["w1"], state.weights), {},
-                              calib.inputs, None, s, 0, None, "fp", False, lambda line: None, train=({"x": x}, labels))
+                              calib.inputs, None, s, 0, None, "fp", False, train=({"x": x}, labels))
         return d.val_x["x"], d.train_x[0], d.train_y
 
     def rows(a):  # the row of x each sample came from
@@ -207,7 +207,7 @@ def test_holdout_of_a_separate_data_file_validates_on_rows_it_does_not_train_on(
     assert np.array_equal(val, calib.inputs["x"]) and np.array_equal(train, x)
 
 
-def test_a_checkpoint_follows_the_data_by_content_not_by_path(tmp_path):
+def test_a_checkpoint_follows_the_data_by_content_not_by_path(tmp_path, caplog):
     """A work dir moved to another machine, where the same training file lives elsewhere, still resumes;
     other content under the same path starts afresh."""
     state, calib = mlp_state(3)
@@ -219,17 +219,17 @@ def test_a_checkpoint_follows_the_data_by_content_not_by_path(tmp_path):
     cfg = dict(FAST, steps=20, eval_every=10, checkpoint_every=10)
     work = tmp_path / "work"
     get_pass("distill-finetune")(**cfg, data=str(here)).run(pruned, ctx_for(calib, work))
-    lines = []
-    ctx = PassContext(calib, device="cpu", progress=False, log=lines.append, workdir=work)
+    ctx = PassContext(calib, device="cpu", progress=False, workdir=work)
+    caplog.set_level("INFO", logger="evonnx")
     get_pass("distill-finetune")(**cfg, data=str(there)).run(pruned, ctx)
-    assert any("resumed at step 20" in line for line in lines), lines
+    assert "resumed at step 20" in caplog.text
     np.savez(there, x=x[::-1].copy())
-    lines.clear()
+    caplog.clear()
     get_pass("distill-finetune")(**cfg, data=str(there)).run(pruned, ctx)
-    assert not any("resumed" in line for line in lines), lines
+    assert "resumed" not in caplog.text
 
 
-def test_a_pass_that_occurs_twice_in_a_pipeline_keeps_its_own_checkpoint(tmp_path):
+def test_a_pass_that_occurs_twice_in_a_pipeline_keeps_its_own_checkpoint(tmp_path, caplog):
     """Fine-tune, quantize, fine-tune on the grid: a rerun resumes both fine-tunes (one shared folder
     would hold only the second, and the first would start over)."""
     from evonnx.passes.pipeline import Pipeline
@@ -240,10 +240,10 @@ def test_a_pass_that_occurs_twice_in_a_pipeline_keeps_its_own_checkpoint(tmp_pat
     first = Pipeline(steps).run(state, ctx_for(calib, tmp_path))
     assert (tmp_path / "distill-finetune" / "checkpoint.npz").is_file()
     assert (tmp_path / "distill-finetune.2" / "checkpoint.npz").is_file()
-    lines = []
-    ctx = PassContext(calib, device="cpu", progress=False, log=lines.append, workdir=tmp_path)
+    ctx = PassContext(calib, device="cpu", progress=False, workdir=tmp_path)
+    caplog.set_level("INFO", logger="evonnx")
     again = Pipeline(steps).run(state, ctx)
-    assert sum("resumed at step 20" in line for line in lines) == 2, lines
+    assert caplog.text.count("resumed at step 20") == 2, caplog.text
     assert ctx.folders == {}
     for name in first.weights:
         assert again.weights[name].tobytes() == first.weights[name].tobytes(), name

@@ -187,7 +187,7 @@ def test_pass_records_decode_to_the_simulated_weights_bit_for_bit():
     state = load_state(corpus.conv_net().SerializeToString())
     mask = np.random.default_rng(2).random((256, 3)) < 0.3
     state = state.replace(weights={"w": np.where(mask, state.original("w"), 0).astype(np.float32)}, masks={"w": mask})
-    ctx = PassContext(calib=synthetic(state.model, 64), log=lambda _: None)
+    ctx = PassContext(calib=synthetic(state.model, 64))
     quantize = get_pass("quantize")(scheme="codebook+refit", bits=3, min_size=1, layers={"k": "uniform/tensor/asym@5"})
     out = quantize.run(state, ctx)
     assert set(out.quant) == {"k", "w"} and np.array_equal(out.masks["w"], mask)
@@ -211,7 +211,7 @@ def test_pass_records_decode_to_the_simulated_weights_bit_for_bit():
 
 def test_nontarget_tensors_exact_by_default_and_rounded_only_on_request():
     state = load_state(corpus.mlp().SerializeToString())
-    ctx = PassContext(calib=synthetic(state.model, 32), log=lambda _: None)
+    ctx = PassContext(calib=synthetic(state.model, 32))
     exact = get_pass("quantize")(bits=6, min_size=1).run(state, ctx)
     assert set(exact.quant) == {"w1", "w2"} and "b1" not in exact.weights
     half = get_pass("quantize")(bits=6, min_size=1, nontarget="fp16").run(state, ctx)

@@ -40,7 +40,7 @@ def raw_bytes(state):
 @pytest.mark.parametrize("search", ["knapsack", "greedy"])
 def test_accuracy_budget_is_met_and_the_model_shrinks(setup, search):
     state, calib = setup
-    ctx = PassContext(calib=calib, log=lambda _: None)
+    ctx = PassContext(calib=calib)
     out = get_pass("bit-allocation")(search=search, schemes=SCHEMES, max_drop=2.0).run(state, ctx)
     record = out.history[-1]
     assert record["metric"] == "accuracy" and record["limit"] == 2.0
@@ -60,7 +60,7 @@ def test_accuracy_budget_is_met_and_the_model_shrinks(setup, search):
 
 def test_kl_budget_is_met(setup):
     state, calib = setup
-    ctx = PassContext(calib=calib, log=lambda _: None)
+    ctx = PassContext(calib=calib)
     out = get_pass("bit-allocation")(schemes=SCHEMES, metric="kl", max_kl=2e-3).run(state, ctx)
     start, end = independent_metrics(state, calib, out.weights)
     assert end.fitness - start.fitness <= 2e-3
@@ -69,7 +69,7 @@ def test_kl_budget_is_met(setup):
 
 def test_size_budget_is_met_and_a_larger_budget_is_no_worse(setup):
     state, calib = setup
-    ctx = PassContext(calib=calib, log=lambda _: None)
+    ctx = PassContext(calib=calib)
     fits = {}
     for target in (1200, 2400):
         out = get_pass("bit-allocation")(schemes=SCHEMES, target_bytes=target).run(state, ctx)
@@ -92,7 +92,7 @@ def test_allocation_after_pruning_keeps_masks_and_zeros(setup):
     w1 = state.original("w1")
     mask = np.abs(w1) > np.quantile(np.abs(w1), 0.8)
     sparse = state.replace(weights={"w1": np.where(mask, w1, 0).astype(np.float32)}, masks={"w1": mask})
-    ctx = PassContext(calib=calib, log=lambda _: None)
+    ctx = PassContext(calib=calib)
     out = get_pass("bit-allocation")(schemes=SCHEMES, metric="kl", max_kl=5e-3).run(sparse, ctx)
     assert np.array_equal(out.masks["w1"], mask) and np.array_equal(out.quant["w1"].mask, mask)
     assert np.all(out.weights["w1"][~mask] == 0) and np.all(out.weights["w1"][mask] != 0)
@@ -105,7 +105,7 @@ def test_allocation_after_pruning_keeps_masks_and_zeros(setup):
 
 def test_nontarget_auto_rounds_the_other_tensors_only_within_the_budget(setup):
     state, calib = setup
-    ctx = PassContext(calib=calib, log=lambda _: None)
+    ctx = PassContext(calib=calib)
     loose = get_pass("bit-allocation")(schemes=SCHEMES, max_drop=2.0).run(state, ctx)
     record = loose.history[-1]
     assert record["nontarget_mode"] == "int8" and record["nontarget_losses"]["int8"] <= 2.0
@@ -142,7 +142,7 @@ def test_measured_against_the_incoming_model_with_its_refitted_biases(setup):
     """Pruning with re-fit changes the biases: the allocation's reference and candidates must use them
     (not the model file's), so its measured joint KL is the KL between the model it got and the one it gives."""
     state, calib = setup
-    ctx = PassContext(calib=calib, log=lambda _: None)
+    ctx = PassContext(calib=calib)
     pruned = get_pass("magnitude")(sparsity=0.6, refit=True).run(state, ctx)
     assert not np.array_equal(pruned.current("b1"), state.current("b1"))
     out = get_pass("bit-allocation")(schemes=["uniform/channel/sym"], bits=[3], metric="kl", max_kl=10.0,

@@ -131,7 +131,7 @@ def test_cheap_evaluation_matches_the_engine(make):
 
 def _run(name, model, seed=0, **config):
     state, calib = _setup(model)
-    ctx = PassContext(calib, device="cpu", seed=seed, progress=False, log=lambda _: None)
+    ctx = PassContext(calib, device="cpu", seed=seed, progress=False)
     return get_pass(name)(**config).run(state, ctx)
 
 

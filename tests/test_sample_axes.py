@@ -25,7 +25,7 @@ def normal(*shape, seed=0):
 
 
 def quiet(**kwargs):
-    return dict(progress=False, log=lambda *_: None, max_drop=math.inf, holdout=0, **kwargs)  # mechanics, not budgets
+    return dict(progress=False, max_drop=math.inf, holdout=0, **kwargs)  # mechanics, not budgets
 
 
 def save(tmp_path, name, model, **calib):

@@ -168,7 +168,7 @@ def test_unsupported_op_is_refused_naming_it_and_forward_passes_still_work():
     state = load_state(model.SerializeToString())
     rng = np.random.default_rng(0)
     calib = CalibData({"x": rng.standard_normal((64, 8)).astype(np.float32), "flag": np.array(True)}, None, "t")
-    ctx = PassContext(calib, device="cpu", progress=False, log=lambda _: None)
+    ctx = PassContext(calib, device="cpu", progress=False)
     pruned = get_pass("magnitude")(sparsity=0.5, refit=False).run(state, ctx)
     assert pruned.global_sparsity() >= 0.5
     with pytest.raises(EvonnxError, match="If"):

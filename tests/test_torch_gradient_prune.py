@@ -18,7 +18,7 @@ from test_distill_finetune import mlp_state  # noqa: E402
 @pytest.mark.parametrize("method", ["taylor1", "snip", "taylor2"])
 def test_gradient_prune_reaches_target_and_beats_random(method):
     state, calib = mlp_state(3)
-    ctx = PassContext(calib, device="cpu", progress=False, log=lambda _: None)
+    ctx = PassContext(calib, device="cpu", progress=False)
     out = get_pass("gradient-prune")(sparsity=0.6, method=method).run(state, ctx)
     rand = get_pass("random")(sparsity=0.6, refit=False).run(state, ctx)
     assert out.global_sparsity() == pytest.approx(0.6, abs=1e-3)

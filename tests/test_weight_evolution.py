@@ -159,12 +159,12 @@ def cnn_state():
     rng = np.random.default_rng(0)
     state = load_state(corpus.cnn().SerializeToString())
     calib = CalibData({"x": rng.standard_normal((64, 3, 12, 12)).astype(np.float32)}, None, "test")
-    ctx = PassContext(calib, device="cpu", progress=False, log=lambda _: None)
+    ctx = PassContext(calib, device="cpu", progress=False)
     return get_pass("magnitude")(sparsity=0.6, refit=False).run(state, ctx), calib
 
 
 def ctx_for(calib, workdir=None):
-    return PassContext(calib, device="cpu", progress=False, log=lambda _: None, workdir=workdir)
+    return PassContext(calib, device="cpu", progress=False, workdir=workdir)
 
 
 FAST = dict(steps=24, batch_size=16, lr=3e-3, eval_every=8, checkpoint_every=8)

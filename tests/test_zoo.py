@@ -131,7 +131,7 @@ def test_train_model_is_reproducible():
     for _ in range(2):
         torch.manual_seed(0)
         m = zmodels.lenet300()
-        zoo.train_model(m, x, y, recipe, seed=3, log=lambda s: None)
+        zoo.train_model(m, x, y, recipe, seed=3)
         weights.append(m.fc1.weight.detach().clone())
     assert torch.equal(weights[0], weights[1])
     assert torch.get_num_threads() >= 1
@@ -162,14 +162,14 @@ def test_build_returns_cache_without_training(tmp_path, monkeypatch):
         raise AssertionError("should not rebuild")
 
     monkeypatch.setattr(zbuild, "_build_locked", boom)
-    entry = zoo.build("lenet300", out_dir=out, log=lambda s: None)
+    entry = zoo.build("lenet300", out_dir=out)
     assert entry.model_path == out / "model.onnx" and entry.test_path == out / "test.npz"
     assert entry.load_calib()["input"].shape == (4, 1, 28, 28)
     assert zoo.load("lenet300", out_dir=out) is not None
     with pytest.raises(AssertionError, match="rebuild"):
-        zoo.build("lenet300", out_dir=out, seed=1, log=lambda s: None)
+        zoo.build("lenet300", out_dir=out, seed=1)
     with pytest.raises(AssertionError, match="rebuild"):
-        zoo.build("lenet300", out_dir=out, force=True, log=lambda s: None)
+        zoo.build("lenet300", out_dir=out, force=True)
     (out / "test.npz").unlink()
     assert zoo.load("lenet300", out_dir=out) is None
 
@@ -197,15 +197,15 @@ def test_atomic_write_leaves_no_temp_on_error(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
 
 
-def test_build_end_to_end_on_digits(tmp_path, monkeypatch):
+def test_build_end_to_end_on_digits(tmp_path, monkeypatch, caplog):
     """Full build path (train, export, verify, score, files, cache) on the tiny digits fallback."""
     pytest.importorskip("sklearn")
     monkeypatch.setenv("EVONNX_FASHION_MNIST", str(tmp_path / "none"))
     monkeypatch.setitem(zbuild.RECIPES, "lenet300", zoo.Recipe(epochs=3, batch_size=64, lr=2e-3))
     out = tmp_path / "zoo"
-    logs: list[str] = []
+    caplog.set_level("INFO", logger="evonnx")
     with pytest.warns(RuntimeWarning, match="digits"):
-        entry = zoo.build("lenet300", out_dir=out, log=logs.append)
+        entry = zoo.build("lenet300", out_dir=out)
     meta = json.loads((out / "meta.json").read_text())
     assert meta == entry.meta
     assert meta["dataset"] == "sklearn-digits28" and meta["params"] == 266_610
@@ -217,8 +217,8 @@ def test_build_end_to_end_on_digits(tmp_path, monkeypatch):
     pred = zoo.ort_predict(zoo.ort_session(entry.model_path), test["input"]).argmax(1)
     assert np.mean(pred == test["labels"]) == pytest.approx(meta["test_accuracy"])
     assert sorted(p.name for p in out.iterdir()) == [".lock", "calib.npz", "meta.json", "model.onnx", "test.npz"]
-    assert zoo.build("lenet300", out_dir=out, log=logs.append).meta == meta  # cache hit
-    assert "cached" in logs[-1]
+    assert zoo.build("lenet300", out_dir=out).meta == meta  # cache hit
+    assert "cached" in caplog.records[-1].getMessage()
 
 
 def test_rows_in_finds_exactly_the_calibration_samples():

@@ -21,13 +21,14 @@ COMMANDS = {
     "demo": "cmd_demo",
     "decode": "cmd_decode",
     "inspect": "cmd_inspect",
+    "calib": "cmd_calib",
 }
 _SEARCH = "pip install 'evonnx[gpu]' (ONNX Runtime with CUDA) or 'evonnx[cpu]'"
 # optional module -> how to install it: decoding needs none of them
 EXTRAS = {"onnxruntime": _SEARCH, "onnx_graphsurgeon": _SEARCH, "rapidfuzz": _SEARCH,
           "torch": "pip install 'evonnx[torch]'", "matplotlib": "pip install 'evonnx[report]'",
           "yaml": "pip install 'evonnx[yaml]'", "tokenizers": "pip install 'evonnx[corpus]'",
-          "PIL": "pip install 'evonnx[corpus]'"}
+          "PIL": "pip install 'evonnx[corpus]'", "soundfile": "pip install 'evonnx[corpus]'"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +52,27 @@ def _warning_line(message, category, filename, lineno, file=None, line=None):  #
     print(f"evonnx: warning: {message}", file=sys.stderr)
 
 
+class _LogLines(logging.Handler):
+    """The package logger's records as plain lines on stderr (stdout holds results), written above any
+    progress bar; warnings marked as such."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+            text = record.getMessage()
+            tqdm.write(f"warning: {text}" if record.levelno >= logging.WARNING else text, file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must not raise
+            self.handleError(record)
+
+
+def _show_logs(debug: bool, quiet: bool) -> None:
+    """The library logs to the `evonnx` logger; the command shows its info lines (errors only with --quiet)."""
+    logger = logging.getLogger("evonnx")
+    logger.handlers[:] = [_LogLines()]
+    logger.setLevel(logging.DEBUG if debug else logging.ERROR if quiet else logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # the global flags are accepted anywhere on the line (`evonnx eval m.onnx --debug`)
@@ -59,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if not debug:
         warnings.showwarning = _warning_line
         logging.getLogger().setLevel(logging.ERROR)
+    _show_logs(debug, quiet)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

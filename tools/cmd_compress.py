@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import warnings
 
 from evonnx.errors import EvonnxError
@@ -95,17 +94,10 @@ def run(args: argparse.Namespace) -> int:
                       bits=_bits(args.bits), max_drop=args.max_drop, metric=args.metric, holdout=args.holdout,
                       time_limit=args.time_limit, seed=args.seed, workdir=args.workdir,
                       resume=args.resume, pipeline=args.config, device=args.device, progress=not args.quiet,
-                      report=args.report, max_bytes=args.max_bytes, log=_logger(args))
+                      report=args.report, max_bytes=args.max_bytes)
     summary = result.as_dict()
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
-
-
-def _logger(args: argparse.Namespace):
-    """Progress lines: none with --quiet; on stderr with --json, so that stdout holds the JSON alone."""
-    if args.quiet:
-        return lambda *_: None
-    return (lambda *a: print(*a, file=sys.stderr)) if args.json else print
 
 
 def _names(names: list[str], shown: int = 4) -> str:

@@ -31,14 +31,13 @@ def run(args: argparse.Namespace) -> int:
     from evonnx.tools.zoo import build
     from evonnx.tools.zoo.build import labelled_calibration
 
-    say = (lambda *_: None) if args.quiet else print
-    entry = build(args.model, log=say)
+    entry = build(args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     container = out / f"{args.model}.evx"
     calib = labelled_calibration(entry, args.calib_samples, out / "calib.npz")
     result = compress(entry.model_path, container, calib=calib, max_drop=args.max_drop, holdout=0.5,
-                      time_limit=args.time_limit, device=args.device, progress=not args.quiet, log=say)
+                      time_limit=args.time_limit, device=args.device, progress=not args.quiet)
     print(format_summary(result.as_dict()))
     decoded = decode(container)
     save_model(decoded, out / f"{args.model}.decoded.onnx")

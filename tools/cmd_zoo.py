@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.name not in available():
         raise EvonnxError(f"unknown zoo model {args.name!r} (available: {', '.join(available())})")
-    entry = build(args.name, args.out, force=args.force, log=(lambda *_: None) if args.quiet else print)
+    entry = build(args.name, args.out, force=args.force)
     paths = {"model": str(entry.model_path), "calib": str(entry.calib_path),
              "test": str(entry.test_path) if entry.test_path else None}
     if args.train_split:

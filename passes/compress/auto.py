@@ -7,6 +7,7 @@ accepted rungs are returned too: the budget guard falls back on them when the he
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 
 import numpy as np
@@ -22,6 +23,8 @@ from evonnx.passes.pipeline import Pipeline
 from evonnx.passes.quant.apply import Fidelity
 from evonnx.passes.state import ModelState
 
+log = logging.getLogger(__name__)
+
 AUTO_DIR = "auto"
 LADDER = tuple(1 - 0.5 ** k for k in range(1, 7))  # 0.5 … 0.984: the kept fraction halves each rung
 BISECTIONS = 2
@@ -30,7 +33,7 @@ AUTO_Z = 1.0  # a rung's drop is taken at measured + AUTO_Z standard errors
 
 
 def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, max_drop: float,
-                  time_limit: float | None, prune: list[str], kept: list[str], budget: Budget, log,
+                  time_limit: float | None, prune: list[str], kept: list[str], budget: Budget,
                   forward: float = 0.0) -> tuple[ModelState, list[dict], list[dict], list[ModelState]]:
     """sparsity="auto" (see the module docstring): the ladder and bisection of Directed Evolution runs,
     then the bit stage with the rest of the budget. Returns the state, the passes that made it, the trials.
@@ -66,8 +69,8 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
         ok = drop <= limit
         trials.append({"sparsity": target, "reached": round(student.global_sparsity(), 4), "drop": round(drop, 4),
                        "limit": limit, "kept": ok})
-        log(f"auto sparsity {target:.4f}: {metric} drop {drop:.3f} points, "
-            + (f"within {limit:g}" if ok else f"beyond {limit:g}: rejected"))
+        log.info(f"auto sparsity {target:.4f}: {metric} drop {drop:.3f} points, "
+                 + (f"within {limit:g}" if ok else f"beyond {limit:g}: rejected"))
         bisected += failed is not None
         if ok:
             best, best_drop, passed = student, drop, target
@@ -76,7 +79,8 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
         else:
             failed = target
     left_over = min(max(max_drop - best_drop, 0.0), max_drop)  # a lucky gain on the fitted samples buys nothing
-    log(f"auto sparsity: kept {passed:.4f} (drop {best_drop:.3f} of {limit:g}); the bit stage gets {left_over:.3f}")
+    log.info(f"auto sparsity: kept {passed:.4f} (drop {best_drop:.3f} of {limit:g}); "
+                  f"the bit stage gets {left_over:.3f}")
     left = None
     if time_limit:
         left = max(start + time_limit - time.perf_counter(), 1e-3)

@@ -9,6 +9,7 @@ exit code 3, nothing written.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ from evonnx.passes.engine.calib import CalibData
 from evonnx.passes.engine.tasks import Z_CHECK, Drop, TaskMetric, per_sample
 from evonnx.passes.pipeline import Pipeline
 from evonnx.passes.state import ModelState
+
+log = logging.getLogger(__name__)
 
 Candidate = tuple[str, ModelState, list[dict]]  # (what it is, the state, the passes that made it)
 
@@ -79,7 +82,7 @@ class Guard:
     def within(self, drop: Drop) -> bool:
         return self.max_drop is None or drop.upper(Z_CHECK) <= self.max_drop + 1e-9
 
-    def ship(self, candidates: Iterable[Candidate], fit_engine, meta, log) -> Shipped:
+    def ship(self, candidates: Iterable[Candidate], fit_engine, meta) -> Shipped:
         """The first candidate within budget (`meta(steps)`: the container's metadata)."""
         rejected = []
         for what, state, steps in candidates:
@@ -90,8 +93,8 @@ class Guard:
                 if self.within(drop):
                     return Shipped(what, state, steps, verified, drop, self.data, rejected)
             rejected.append({"result": what, **drop.as_dict()})
-            log(f"{what}: {drop.describe()} on {self.data}; its 95 % bound {drop.upper(Z_CHECK):.3g} is beyond "
-                f"--max-drop {self.max_drop:g}")
+            log.info(f"{what}: {drop.describe()} on {self.data}; its 95 % bound {drop.upper(Z_CHECK):.3g} is beyond "
+                     f"--max-drop {self.max_drop:g}")
         raise BudgetError(self._failure(rejected))
 
     def _failure(self, rejected: list[dict]) -> str:

@@ -1,12 +1,12 @@
 """`evonnx.compress`: load → hold out → passes → encode, decode, verify, check the budget → atomic write → report."""
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -28,6 +28,8 @@ from evonnx.passes.pipeline import Pipeline
 from evonnx.passes.sparsity.checkpoint import fingerprint
 from evonnx.passes.state import ModelState, load_state
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MAX_DROP = 0.5  # points of the task metric, when neither --max-drop nor --max-bytes is given
 SIZED_SPARSITY = 0.9  # the sparsity of a --max-bytes run that names none; the bit allocation fits the size
 
@@ -39,8 +41,8 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
              metric: str | MetricFn | None = None, holdout: float = HOLDOUT,
              time_limit: float | None = None, seed: int = 0, workdir: str | Path | None = None,
              resume: bool = False, pipeline: Pipeline | str | Path | None = None, device: str = "auto",
-             progress: bool = True, report: str | Path | None = None, max_bytes: int | str | None = None,
-             log: Callable[[str], None] = print) -> CompressResult:
+             progress: bool = True, report: str | Path | None = None,
+             max_bytes: int | str | None = None) -> CompressResult:
     """Compress an ONNX model into an .evx container, decode it again and verify it before writing it.
 
     `calib`: an .npz path, or Python data (passes/engine/calib.py `from_python`: a dict of arrays, an iterable
@@ -79,64 +81,64 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
         raise EvonnxError("no --calib: a budget measured on random inputs says nothing about real ones; give "
                           "calibration inputs (an .npz keyed by input name, optional 'labels') or --synthetic-ok")
     if calib is None:
-        log(f"warning: no --calib: {samples} random standard-normal inputs stand in for real ones, so the "
-            "fidelity measured on them says little about real data")
+        log.warning(f"no --calib: {samples} random standard-normal inputs stand in for real ones, so the "
+                    "fidelity measured on them says little about real data")
     fit, held = data.split(holdout, seed, fixed_batch(state.model, data.axes, state.label) or 1)
-    log(f"held out {held.num_samples} of {data.num_samples} calibration samples for the budget check"
-        if held is not None else f"{data.num_samples} calibration sample(s): too few to hold any out; the budget "
-        "is checked on the samples the search fits to, which is optimistic")
+    log.info(f"held out {held.num_samples} of {data.num_samples} calibration samples for the budget check"
+             if held is not None else f"{data.num_samples} calibration sample(s): too few to hold any out; the budget "
+             "is checked on the samples the search fits to, which is optimistic")
     if isinstance(pipeline, (str, Path)):
         pipeline = Pipeline.from_file(pipeline)
     skipped = [{"name": s.name, "reason": s.reason} for s in state.table.skipped]
     if skipped:
-        log(f"left untouched: {len(skipped)} tensors already quantized or setting shapes "
-            f"({', '.join(s['name'] for s in skipped[:4])}{', …' if len(skipped) > 4 else ''})")
+        log.info(f"left untouched: {len(skipped)} tensors already quantized or setting shapes "
+                 f"({', '.join(s['name'] for s in skipped[:4])}{', …' if len(skipped) > 4 else ''})")
     notes, trials, targets = [], [], state.targets
     search_drop = enforced if enforced is not None else DEFAULT_MAX_DROP  # what the passes aim at
     with work_dir(workdir, report) as wd:
-        ctx = PassContext(fit, device=device, seed=seed, workdir=wd, progress=progress, log=log)
+        ctx = PassContext(fit, device=device, seed=seed, workdir=wd, progress=progress)
         engine = ctx.engine(state)
         ctx.metric = pick(metric, per_sample(engine.teacher, engine.axes), engine.output_names, fit.labels,
                           engine.axes)
-        log(f"fidelity metric: {ctx.metric.label}" + (f", budget {enforced:g} points" if enforced is not None
-                                                      else ", no budget enforced (reported only)"))
+        log.info(f"fidelity metric: {ctx.metric.label}" + (f", budget {enforced:g} points" if enforced is not None
+                                                           else ", no budget enforced (reported only)"))
         guard = Guard(state, ctx, held, ctx.metric, enforced)
         kept = _unexercised(state, engine)
         if kept:
-            log(f"not exercised by the calibration data (a branch it never takes?): {', '.join(kept)}"
-                + ("; kept exact" if pipeline is None else "; the --config pipeline compresses them blind"))
+            log.info(f"not exercised by the calibration data (a branch it never takes?): {', '.join(kept)}"
+                     + ("; kept exact" if pipeline is None else "; the --config pipeline compresses them blind"))
         if workdir is not None:
             settings = {"sparsity": sparsity, "bits": bits, "max_drop": budget, "time_limit": time_limit,
                         "metric": ctx.metric.label, "holdout": holdout,
                         **({"max_bytes": limit_bytes} if limit_bytes else {}),
                         "pipeline": describe(pipeline, full=True) if pipeline else None, "keep": kept}
             labels = {} if data.labels is None else {"labels": data.labels}
-            claim(wd, fingerprint(state.model, {**data.inputs, **labels}, settings, seed), resume, state.label, log)
+            claim(wd, fingerprint(state.model, {**data.inputs, **labels}, settings, seed), resume, state.label)
         prune = [n for n in targets if n not in kept]
         timing = Budget()
         search_limit, forward = time_limit, 0.0
         if time_limit and targets and pipeline is None:
             forward = forward_seconds(engine)
-            search_limit = search_seconds(time_limit, time.perf_counter() - start, forward, state, log)
+            search_limit = search_seconds(time_limit, time.perf_counter() - start, forward, state)
             timing = Budget.fit(len(prune), forward, search_limit)
             if timing.describe():
-                log(f"time limit {time_limit:g} s ({search_limit:.0f} s to search): {timing.describe()}")
+                log.info(f"time limit {time_limit:g} s ({search_limit:.0f} s to search): {timing.describe()}")
         fallbacks: Iterator = iter(())
         if not targets:
             notes.append("nothing to compress: no conv kernel, matrix or embedding among the float weights; "
                          "the container holds the model as it is")
-            log(notes[-1])
+            log.info(notes[-1])
             steps: list[dict] = []
             result = state
         elif sparsity == "auto":
             result, steps, trials, rungs = auto_sparsity(state, ctx, engine, bits, search_drop, search_limit, prune,
-                                                         kept, timing, log, forward)
+                                                         kept, timing, forward)
             fallbacks = safer(rungs, state, ctx, bits, kept)
         elif limit_bytes:
             pipeline = pipeline or default_pipeline(sparsity, bits, search_drop, search_limit, prune=prune, keep=kept,
                                                     budget=timing, target_bytes=limit_bytes)
             result, pipeline = fit_file_size(state, ctx, pipeline, limit_bytes,
-                                              lambda p: run_meta(Path(str(model)).name, seed, describe(p)), log)
+                                              lambda p: run_meta(Path(str(model)).name, seed, describe(p)))
             steps = describe(pipeline)
         elif pipeline is not None:
             result = pipeline.run(state, ctx)
@@ -149,7 +151,7 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
             if bits == "auto":
                 fallbacks = same_pruning(pruned, ctx, kept, steps[:last])
         meta = lambda s: run_meta(Path(str(model)).name, seed, s, trials)  # noqa: E731
-        shipped = guard.ship(chain([("the searched result", result, steps)], fallbacks), engine, meta, log)
+        shipped = guard.ship(chain([("the searched result", result, steps)], fallbacks), engine, meta)
         search_log = read_logs(wd) if wd is not None else []
     state, verified = shipped.state, shipped.verified
     atomic_write_bytes(output, verified.blob)
@@ -164,8 +166,8 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
     metrics = compare(engine.output_names, engine.teacher, verified.measured, engine.calib.labels)
     calib_drop = ctx.metric.drop(per_sample(engine.teacher, engine.axes), per_sample(verified.measured, engine.axes),
                                  fit.labels)
-    log(f"{shipped.drop.describe()} on {shipped.data}" + (f": within --max-drop {enforced:g}" if enforced is not None
-                                                          else ""))
+    within = f": within --max-drop {enforced:g}" if enforced is not None else ""
+    log.info(f"{shipped.drop.describe()} on {shipped.data}{within}")
     result = CompressResult(
         output=str(output), original_bytes=original, container_bytes=len(verified.blob),
         ratio=original / len(verified.blob),
@@ -182,7 +184,7 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
     if report is not None:
         from evonnx.tools.report import write_report
         for line in write_report(result, report):
-            log(line)
+            log.info(line)
     return result
 
 

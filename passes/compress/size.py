@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 from evonnx.errors import EvonnxError
 from evonnx.formats.container import encode_evx
@@ -9,6 +10,8 @@ from evonnx.passes.base import PassContext
 from evonnx.passes.compress.container import to_container
 from evonnx.passes.pipeline import Pipeline
 from evonnx.passes.state import ModelState
+
+log = logging.getLogger(__name__)
 
 
 def max_bytes_of(value: int | str | None, original: int, sparsity, bits, pipeline) -> int:
@@ -28,8 +31,8 @@ def max_bytes_of(value: int | str | None, original: int, sparsity, bits, pipelin
     return out
 
 
-def fit_file_size(state: ModelState, ctx: PassContext, pipeline: Pipeline, max_bytes: int, meta_of,
-                   log) -> tuple[ModelState, Pipeline]:
+def fit_file_size(state: ModelState, ctx: PassContext, pipeline: Pipeline, max_bytes: int,
+                  meta_of) -> tuple[ModelState, Pipeline]:
     """Run `pipeline` with its one bit-allocation fitted to `max_bytes`: its size target leaves room for the
     file's other bytes (graph, metadata, section table), and it runs again with less when the
     encoded file is still too large. Passes after it must not change the size (a fine-tune on the grid)."""
@@ -54,9 +57,9 @@ def fit_file_size(state: ModelState, ctx: PassContext, pipeline: Pipeline, max_b
         out = fitted.run(state, ctx, start=i, stop=i + 1)
         size = len(encode_evx(*to_container(out)[:2], meta_of(fitted)))
         if size <= max_bytes:
-            log(f"max bytes {max_bytes}: the file takes {size} (weights target {target})")
+            log.info(f"max bytes {max_bytes}: the file takes {size} (weights target {target})")
             break
-        log(f"max bytes {max_bytes}: {size} bytes with a weights target of {target}; trying again with less")
+        log.info(f"max bytes {max_bytes}: {size} bytes with a weights target of {target}; trying again with less")
         target -= max(size - max_bytes, target // 100) << attempt  # the allocation moves in steps
     else:
         raise EvonnxError(f"--max-bytes {max_bytes}: the bit allocation's size estimate stayed above the limit "

@@ -1,12 +1,15 @@
 """Fitting a run into `--time-limit`: what the passes get after loading, and what they can afford."""
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
 
 from evonnx.errors import EvonnxError
 from evonnx.passes.state import ModelState
+
+log = logging.getLogger(__name__)
 
 SEARCH_SHARE = 0.7  # of --time-limit for the sparsity search; the rest is left for the bit allocation
 LIGHT_BITS = {"schemes": ["uniform/channel/sym"], "bits": [2, 3, 4, 5, 6, 8]}  # the bit allocation when time is short
@@ -84,7 +87,7 @@ def check_options(time_limit: float | None, max_drop: float | None, samples: int
         raise EvonnxError(f"--holdout must be a share in [0, 1), not {holdout:g}")
 
 
-def search_seconds(time_limit: float, spent: float, forward: float, state: ModelState, log) -> float:
+def search_seconds(time_limit: float, spent: float, forward: float, state: ModelState) -> float:
     """What is left of `time_limit` for the passes' searches: less what loading took, the passes' own fixed
     costs (PASS_FORWARDS passes over the calibration set) and a reserve for encoding, decoding and verifying
     the container (FINISH_FORWARDS passes, encoding by the parameter)."""
@@ -93,7 +96,7 @@ def search_seconds(time_limit: float, spent: float, forward: float, state: Model
     left = time_limit - spent - reserve
     floor = MIN_SEARCH_SHARE * time_limit
     if left < floor:
-        log(f"time limit {time_limit:g} s: loading took {spent:.0f} s, and setting up, finishing and verifying "
-            f"need about {reserve:.0f} s; "
-            f"searching for {floor:.0f} s, so the run will take longer")
+        log.info(f"time limit {time_limit:g} s: loading took {spent:.0f} s, and setting up, finishing and verifying "
+                 f"need about {reserve:.0f} s; "
+                 f"searching for {floor:.0f} s, so the run will take longer")
     return max(left, floor)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Iterator
 from evonnx.errors import EvonnxError
 from evonnx.formats.atomic import atomic_write_bytes
 from evonnx.passes.compress.auto import AUTO_DIR
+
+log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 
@@ -32,7 +35,7 @@ def work_dir(workdir: str | Path | None, report: str | Path | None) -> Iterator[
         yield None
 
 
-def claim(wd: Path, fp: str, resume: bool, source: str, log) -> None:
+def claim(wd: Path, fp: str, resume: bool, source: str) -> None:
     """Refuse what would mix two runs in one work dir; start fresh or continue (see the module docstring)."""
     run_file = wd / RUN_FILE
     try:
@@ -45,7 +48,7 @@ def claim(wd: Path, fp: str, resume: bool, source: str, log) -> None:
         if previous.get("fingerprint") != fp:
             raise EvonnxError(f"{wd}: holds a run of another model, calibration set or settings "
                               f"({previous.get('source')}); --resume needs the same command line")
-        log(f"resuming the run in {wd}")
+        log.info(f"resuming the run in {wd}")
         return
     if previous is not None and not previous.get("finished"):
         raise EvonnxError(f"{wd}: holds an unfinished run ({previous.get('source')}); add --resume to continue it, "

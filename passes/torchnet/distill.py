@@ -13,6 +13,7 @@ of the snapshots and checkpoints.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from evonnx.passes.sparsity import checkpoint
 from evonnx.passes.torchnet import regrow, weight_evolution
 from evonnx.passes.torchnet.constrain import Constraint
 from evonnx.passes.torchnet.convert import OnnxModule, run_numpy
+
+log = logging.getLogger(__name__)
 
 AUGMENTS = ("shift", "noise", "mixup")
 
@@ -90,7 +93,7 @@ class Distiller:
 
     def __init__(self, teacher: OnnxModule, student: OnnxModule, constraints: dict[str, Constraint],
                  inputs: dict[str, np.ndarray], labels: np.ndarray | None, s: Settings, seed: int,
-                 ckpt: Path | None, fingerprint: str, progress: bool, log,
+                 ckpt: Path | None, fingerprint: str, progress: bool,
                  train: tuple[dict[str, np.ndarray], np.ndarray | None] | None = None,
                  evolve_axes: dict[str, int] | None = None):
         """`inputs`/`labels`: the calibration set, split by `holdout` into training and validation;
@@ -99,7 +102,7 @@ class Distiller:
         `evolve_axes`: weights that Weight Evolution may change, with their filter axes."""
         self.evolve_axes, self.evolved = dict(evolve_axes or {}), {}
         self.teacher, self.student, self.constraints, self.s = teacher, student, constraints, s
-        self.ckpt, self.fp, self.progress, self.log = ckpt, fingerprint, progress, log
+        self.ckpt, self.fp, self.progress = ckpt, fingerprint, progress
         names = student.input_names
         source, source_labels = (inputs, labels) if train is None else train
         n = len(next(iter(source.values())))
@@ -257,7 +260,7 @@ class Distiller:
         s = self.s
         if self.best is None:
             self._evaluate()
-        bar = progress(s.steps, "distill-finetune", self.progress, self.log, self.step)
+        bar = progress(s.steps, "distill-finetune", self.progress, self.step)
         stop = "steps"
         while self.step < s.steps:
             if s.time_limit and self.elapsed() >= s.time_limit:
@@ -336,5 +339,5 @@ class Distiller:
         self.evolved = dict(header.get("we_evolved", {}))
         self.regrown = dict(header.get("regrown", {}))
         self.best = {k[5:]: v for k, v in arrays.items() if k.startswith("best:")}
-        self.log(f"distill-finetune: resumed at step {self.step}")
+        log.info(f"distill-finetune: resumed at step {self.step}")
         return True

@@ -438,6 +438,14 @@ def fast_gelu(x, bias=None, *, _opset=17):
     return F.gelu(x if bias is None else x + bias, approximate="tanh")
 
 
+@op("com.microsoft.FusedMatMul")
+def fused_matmul(a, b, *, alpha=1.0, transA=0, transB=0, transBatchA=0, transBatchB=0, _opset=17):
+    if transBatchA or transBatchB:
+        _refuse("com.microsoft.FusedMatMul", f"transBatchA={transBatchA}, transBatchB={transBatchB}")
+    y = torch.matmul(a.transpose(-1, -2) if transA else a, b.transpose(-1, -2) if transB else b)
+    return y if alpha == 1.0 else y * alpha
+
+
 @op("Split", multi=True)
 def split(x, split=None, *, axis=0, num_outputs=None, _opset=17, _outputs=1):
     """Sizes from the `split` input (or attribute before opset 13), else `num_outputs` (or the output count)

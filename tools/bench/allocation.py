@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         entry = BY_NAME[name]
         state = load_state(str(entry.path()))
-        ctx = PassContext(load_npz(entry.calib_path(), state.model), progress=False, log=lambda *_: None)
+        ctx = PassContext(load_npz(entry.calib_path(), state.model), progress=False)
         engine = ctx.engine(state)
         for sparsity in args.sparsities:
             cells = []

@@ -64,7 +64,7 @@ def _setup(name: str, samples: int, tmp: Path):
     from evonnx.tools.zoo import build
     from evonnx.tools.zoo.build import labelled_calibration
 
-    entry = build(name, log=lambda *_: None)
+    entry = build(name)
     return entry.model_path, labelled_calibration(entry, samples, tmp / f"{name}-calib.npz"), entry.load_test()
 
 
@@ -78,8 +78,7 @@ def one_run(name, model, calib, test, budget, seed, limit, holdout, tmp: Path) -
     start = time.perf_counter()
     row = {"model": name, "budget": budget, "seed": seed, "time_limit": limit}
     try:
-        result = compress(model, out, calib=calib, seed=seed, time_limit=limit, holdout=holdout, progress=False,
-                          log=lambda *_: None, **options)
+        result = compress(model, out, calib=calib, seed=seed, time_limit=limit, holdout=holdout, progress=False, **options)
     except BudgetError as exc:
         return {**row, "exit": 3, "seconds": round(time.perf_counter() - start, 1), "message": str(exc)}
     teacher, student = _test_predictions(model, out, test)

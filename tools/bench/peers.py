@@ -85,8 +85,7 @@ def evonnx_rows(model_path: Path, calib: Path, train: str, x: np.ndarray, y: np.
             out = Path(tmp) / "m.evx"
             start = time.perf_counter()
             try:
-                compress(model_path, out, calib=calib, time_limit=time_limit, device=device, progress=False,
-                         log=lambda *_: None, **kwargs)
+                compress(model_path, out, calib=calib, time_limit=time_limit, device=device, progress=False, **kwargs)
             except BudgetError:  # nothing within --max-drop on the held-out share: the row says so
                 rows.append({"method": label + " (exit 3: beyond budget)", "file": None})
                 continue
@@ -98,7 +97,7 @@ def evonnx_rows(model_path: Path, calib: Path, train: str, x: np.ndarray, y: np.
 
 
 def bench(name: str, time_limit: float, device: str = "auto", long: bool = False) -> list[dict]:
-    entry = build(name, log=lambda *_: None)
+    entry = build(name)
     test = entry.load_test()
     x, y = test["input"], test["labels"]
     from evonnx.passes.engine.calib import CalibData

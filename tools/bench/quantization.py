@@ -133,13 +133,13 @@ def _short(spec: str) -> str:
 
 def bench_model(name: str, args) -> tuple[str, dict]:
     from evonnx.tools.zoo.build import build
-    entry = build(name, log=lambda _: None)
+    entry = build(name)
     base = load_state(entry.model_path, label=name)
     calib = load_npz(entry.calib_path, base.model)
     t = entry.load_test()
     test = CalibData({"input": t["input"]}, t["labels"], "test")
     workdir = args.workdir / name if args.workdir else None  # DE checkpoints: a rerun resumes its finished search
-    ctx = PassContext(calib=calib, seed=0, log=lambda _: None, progress=False, workdir=workdir)
+    ctx = PassContext(calib=calib, seed=0, progress=False, workdir=workdir)
     engine = ctx.engine(base)
     fp32 = os.path.getsize(entry.model_path)
     rows = ort_rows(entry.model_path, test)

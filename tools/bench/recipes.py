@@ -74,7 +74,7 @@ def _setup(name: str, zoo_seed: int, samples: int, tmp: Path):
     from evonnx.tools.zoo.build import default_dir, labelled_calibration, train_split
 
     folder = default_dir(name) if zoo_seed == 0 else default_dir(name).with_name(f"{name}-zoo-seed{zoo_seed}")
-    entry = build(name, folder, seed=zoo_seed, log=lambda *_: None)
+    entry = build(name, folder, seed=zoo_seed)
     calib = labelled_calibration(entry, samples, tmp / f"{name}-{zoo_seed}-calib.npz")
     own = len(entry.load_calib()["labels"])
     train = tmp / f"{name}-{zoo_seed}-train.npz"
@@ -89,7 +89,7 @@ def one_run(name, model, calib, train, test, zoo_seed, seed, holdout, tmp: Path)
     out = tmp / f"{name}-{zoo_seed}-{seed}.evx"
     start = time.perf_counter()
     result = compress(model, out, calib=calib, pipeline=recovery(str(train), 0.97, RECOVERY[name]), seed=seed,
-                      max_drop=math.inf, holdout=holdout, progress=False, log=lambda *_: None)
+                      max_drop=math.inf, holdout=holdout, progress=False)
     teacher, student = _test_predictions(model, out, test)
     y = test["labels"]
     return {"model": name, "zoo_seed": zoo_seed, "seed": seed, "ratio": round(result.ratio, 2),

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     prev, secs = cache[key[:-1]] if i > 1 else (state, 0.0)
                     folder = work / "-".join(key) if i > 1 else work
-                    step_ctx = PassContext(calib, device=args.device, seed=args.seed, progress=False, log=lambda _: None,
+                    step_ctx = PassContext(calib, device=args.device, seed=args.seed, progress=False,
                                            workdir=folder)
                     t0, out = time.perf_counter(), prev
                     for name, config in step(key[-1]):

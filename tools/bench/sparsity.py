@@ -40,7 +40,7 @@ def logits(model, inputs: dict[str, np.ndarray], batch: int = 1000) -> np.ndarra
 
 def run_one(entry, state, calib, test, teacher, method: str, sparsity: float, refit: bool, seed: int,
             overrides: dict) -> dict:
-    ctx = PassContext(calib, device="cpu", seed=seed, progress=False, log=lambda _: None)
+    ctx = PassContext(calib, device="cpu", seed=seed, progress=False)
     config = {"sparsity": sparsity, "refit": refit, **(overrides if method == "de" else {})}
     t0 = time.perf_counter()
     out = get_pass(METHODS[method])(**config).run(state, ctx)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import time
 import warnings
@@ -45,6 +46,8 @@ __all__ = [
     "ort_predict",
     "train_model",
 ]
+
+log = logging.getLogger(__name__)
 
 ZOO_VERSION = 1
 OPSET = 17
@@ -309,7 +312,7 @@ def verify_onnx(proto_or_session, model, x: np.ndarray, atol: float = VERIFY_ATO
     return err
 
 
-def train_model(model, x: np.ndarray, y: np.ndarray, recipe: Recipe, seed: int = 0, log=print) -> float:
+def train_model(model, x: np.ndarray, y: np.ndarray, recipe: Recipe, seed: int = 0) -> float:
     """Train in place with Adam + cosine decay, seeded shuffles; returns wall seconds."""
     with _torch_mode(seed) as torch:
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
@@ -331,7 +334,8 @@ def train_model(model, x: np.ndarray, y: np.ndarray, recipe: Recipe, seed: int =
                 opt.step()
                 sched.step()
                 total += loss.detach() * len(idx)
-            log(f"  epoch {epoch + 1}/{recipe.epochs}: loss {total.item() / n:.4f} ({time.perf_counter() - t0:.1f}s)")
+            seconds = time.perf_counter() - t0
+            log.info(f"  epoch {epoch + 1}/{recipe.epochs}: loss {total.item() / n:.4f} ({seconds:.1f}s)")
         model.eval()
         return time.perf_counter() - t0
 
@@ -359,7 +363,6 @@ def build(
     name: str,
     out_dir: str | os.PathLike | None = None,
     force: bool = False,
-    log: Callable[[str], Any] = print,
     *,
     seed: int = 0,
     image_size: int | None = None,
@@ -376,13 +379,13 @@ def build(
     out = Path(out_dir) if out_dir is not None else default_dir(name, image_size)
     out.mkdir(parents=True, exist_ok=True)
     if not force and (hit := _read_cached(name, out, seed, image_size)) is not None:
-        log(f"zoo: {name} cached in {out}")
+        log.info(f"zoo: {name} cached in {out}")
         return hit
     with _dir_lock(out):
         if not force and (hit := _read_cached(name, out, seed, image_size)) is not None:
-            log(f"zoo: {name} built concurrently in {out}")
+            log.info(f"zoo: {name} built concurrently in {out}")
             return hit
-        return _build_locked(name, out, seed, input_shape, log)
+        return _build_locked(name, out, seed, input_shape)
 
 
 def labelled_calibration(entry: ZooEntry, samples: int, path: Path) -> Path:
@@ -434,7 +437,7 @@ def rows_in(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return hit
 
 
-def _build_locked(name: str, out: Path, seed: int, input_shape: list[int], log) -> ZooEntry:
+def _build_locked(name: str, out: Path, seed: int, input_shape: list[int]) -> ZooEntry:
     import onnxruntime as ort
     import torch
 
@@ -450,14 +453,14 @@ def _build_locked(name: str, out: Path, seed: int, input_shape: list[int], log) 
         model = MODELS[name](image_size=input_shape[1]) if name in _UNTRAINED else MODELS[name]()
     if recipe is not None:
         ds = zdata.load_dataset(seed=seed)
-        log(f"zoo: training {name} on {ds.name} ({len(ds.y_train)} train, {recipe})")
-        train_seconds = train_model(model, ds.x_train, ds.y_train, recipe, seed=seed, log=log)
+        log.info(f"zoo: training {name} on {ds.name} ({len(ds.y_train)} train, {recipe})")
+        train_seconds = train_model(model, ds.x_train, ds.y_train, recipe, seed=seed)
         idx = np.sort(rng.choice(len(ds.y_train), size=min(N_CALIB, len(ds.y_train)), replace=False))
         calib = {"input": ds.x_train[idx], "labels": ds.y_train[idx]}
         test = {"input": ds.x_test, "labels": ds.y_test}
         dataset_name = ds.name
     else:
-        log(f"zoo: {name} random init (seed {seed}), input {input_shape}")
+        log.info(f"zoo: {name} random init (seed {seed}), input {input_shape}")
         with _torch_mode(seed):
             _calibrate_bn(model, input_shape, seed)
         train_seconds = 0.0
@@ -470,13 +473,13 @@ def _build_locked(name: str, out: Path, seed: int, input_shape: list[int], log) 
         proto = export_onnx(model, input_shape)
         sess = ort_session(proto)
         max_diff = verify_onnx(sess, model, (test or calib)["input"][:64])
-    log(f"zoo: exported {name} (max |ORT-torch| {max_diff:.2e}, {time.perf_counter() - t0:.1f}s)")
+    log.info(f"zoo: exported {name} (max |ORT-torch| {max_diff:.2e}, {time.perf_counter() - t0:.1f}s)")
 
     test_accuracy = None
     if test is not None:
         pred = ort_predict(sess, test["input"]).argmax(axis=1)
         test_accuracy = float(np.mean(pred == test["labels"]))
-        log(f"zoo: {name} ONNX test accuracy {test_accuracy:.4f}")
+        log.info(f"zoo: {name} ONNX test accuracy {test_accuracy:.4f}")
 
     model_path = out / MODEL_FILE
     _atomic_write(model_path, lambda fh: fh.write(proto.SerializeToString()))
@@ -515,5 +518,5 @@ def _build_locked(name: str, out: Path, seed: int, input_shape: list[int], log) 
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     _atomic_write(out / META_FILE, lambda fh: fh.write(json.dumps(meta, indent=2).encode()))
-    log(f"zoo: wrote {name} to {out}")
+    log.info(f"zoo: wrote {name} to {out}")
     return _entry(name, out, meta)
