@@ -225,6 +225,9 @@ CASES = {
     "ms_gelu": ([ms("Gelu", ["x"])], {"x": f32(3, 8)}, {}, 17),
     "ms_fast_gelu": ([ms("FastGelu", ["x", "b"])], {"x": f32(3, 8)}, {"b": f32(8)}, 17),
     "ms_fast_gelu_no_bias": ([ms("FastGelu", ["x"])], {"x": f32(3, 8)}, {}, 17),
+    "ms_fused_matmul": ([ms("FusedMatMul", ["a", "b"], alpha=0.125, transB=1)], {"a": f32(2, 3, 5, 4)},
+                        {"b": f32(2, 3, 6, 4)}, 17),
+    "ms_fused_matmul_trans_a": ([ms("FusedMatMul", ["a", "b"], transA=1)], {"a": f32(3, 4, 5)}, {"b": f32(4, 2)}, 17),
 }
 
 
@@ -274,9 +277,11 @@ def test_refused_attributes_name_the_op():
         OnnxModule(model)(torch.zeros(1, 1, 4, 4))
 
 
-def test_corpus_transformer_matches_onnxruntime():
-    """MiniLM-L3 (BERT-style: Gather embeddings, LayerNormalization, additive mask) on 4 real inputs: max error
-    within 1e-4 of the output scale."""
+@pytest.mark.parametrize("optimized", [False, True], ids=["as-shipped", "ort-fused"])
+def test_corpus_transformer_matches_onnxruntime(optimized, tmp_path):
+    """MiniLM-L3 (BERT-style: Gather embeddings, LayerNormalization, additive mask) on 4 real inputs, as shipped
+    and as ONNX Runtime's optimizer fuses it (SkipLayerNormalization, FastGelu, FusedMatMul): max error within
+    1e-4 of the output scale."""
     pytest.importorskip("tokenizers")
     from evonnx.tools.corpus.models import BY_NAME
     entry = BY_NAME["minilm-l3"]
@@ -284,8 +289,15 @@ def test_corpus_transformer_matches_onnxruntime():
         path, feeds = entry.path(), entry.build(4, 0)
     except (OSError, EvonnxError) as e:
         pytest.skip(f"corpus model not available: {e}")
+    if optimized:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(tmp_path / "fused.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        path = tmp_path / "fused.onnx"
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     module = OnnxModule(onnx.load(str(path)))
+    assert not optimized or any(name.startswith("com.microsoft.") for name, *_ in module.nodes)
     for i in range(4):  # fixed batch 1
         sample = {k: v[i:i + 1] for k, v in feeds.items()}
         for got, expected in zip(run_numpy(module, sample), sess.run(None, sample)):
