@@ -85,17 +85,51 @@ class Pass:
 
     def __init__(self, config: Any = None, **overrides: Any):
         base = config if config is not None else self.Config()
-        known = {f.name for f in dataclasses.fields(base)}
-        unknown = set(overrides) - known
-        if unknown:
-            raise EvonnxError(f"pass {self.name!r}: unknown parameter(s) {sorted(unknown)} (known: {sorted(known)})")
-        self.config = dataclasses.replace(base, **overrides)
+        self.config = with_overrides(base, overrides, f"pass {self.name!r}")
 
     def run(self, state: ModelState, ctx: PassContext) -> ModelState:
         raise NotImplementedError
 
     @classmethod
     def describe(cls) -> list[tuple[str, Any, str]]:
-        """(name, default, help) of each config parameter, for docs and the CLI."""
-        return [(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory(),
-                 f.metadata.get("help", "")) for f in dataclasses.fields(cls.Config)]
+        """(name, default, help) of each config parameter, for docs and the CLI; an option group's as
+        "group.name"."""
+        return _describe(cls.Config())
+
+
+def _describe(config: Any, prefix: str = "") -> list[tuple[str, Any, str]]:
+    rows = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += _describe(value, f"{prefix}{f.name}.")
+        else:
+            rows.append((prefix + f.name, value, f.metadata.get("help", "")))
+    return rows
+
+
+def with_overrides(config: Any, overrides: dict[str, Any], where: str) -> Any:
+    """`config` with `overrides`. An option group (a dataclass field) takes a dict or dotted keys
+    ("regrow.every"); the config's ALIASES map flat spellings ("regrow_every", or a group's own name for
+    its switch) onto group fields."""
+    aliases = getattr(type(config), "ALIASES", {})
+    known = {f.name for f in dataclasses.fields(config)}
+    flat: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {}
+    unknown = []
+    for key, value in overrides.items():
+        if key in aliases and not isinstance(value, dict):
+            key = aliases[key]
+        group, _, sub = key.partition(".")
+        if group not in known:
+            unknown.append(key)
+        elif sub or dataclasses.is_dataclass(getattr(config, group)):
+            groups.setdefault(group, {}).update({sub: value} if sub else dict(value))
+        else:
+            flat[key] = value
+    if unknown:
+        names = sorted(r[0] for r in _describe(config)) + sorted(aliases)
+        raise EvonnxError(f"{where}: unknown parameter(s) {sorted(unknown)} (known: {names})")
+    for group, values in groups.items():
+        flat[group] = with_overrides(getattr(config, group), values, f"{where} {group}")
+    return dataclasses.replace(config, **flat)

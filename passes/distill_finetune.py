@@ -15,7 +15,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -24,6 +25,32 @@ from evonnx.passes.base import Pass, PassContext, param, register
 from evonnx.passes.state import ModelState
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class WeightEvolution:
+    """Weight Evolution (Lin et al. 2021, passes/torchnet/weight_evolution.py): cross inferior filters with
+    important ones of the same layer, on allowed entries only."""
+
+    enabled: bool = param(False, "evolve filters during training")
+    every: int = param(100, "steps between weight evolutions")
+    fraction: float = param(0.2, "global share of evolvable filters under the norm threshold (paper: 0.2)")
+    relative: float = param(0.1, "a filter is inferior only if its norm is <= this x its layer's largest")
+    decay: bool = param(True, "scale `fraction` by the cosine learning-rate factor (the paper shrinks it as the "
+                              "learning rate drops)")
+    layers: str = param("conv", "conv (Conv/ConvTranspose filters, as the paper) | all (also 2-D Gemm/MatMul "
+                                "weights); never a weight whose channels are graph outputs")
+
+
+@dataclass
+class Regrow:
+    """Prune-and-regrow (RigL, Evci et al. 2020, passes/torchnet/regrow.py) of the float weights' masks."""
+
+    share: float = param(0.0, "share of each pruned float weight's kept entries moved every `every` steps, from "
+                              "the smallest |w| to the largest |dL/dw|, cosine-decayed to 0 at `until` of the run "
+                              "(0: masks fixed)")
+    every: int = param(100, "steps between mask updates")
+    until: float = param(0.75, "fraction of the run after which masks stay fixed")
 
 
 @register
@@ -57,20 +84,13 @@ class DistillFinetune(Pass):
                               "holdout > 0")
         checkpoint_every: int = param(200, "steps between checkpoints in the work dir")
         resume: bool = param(True, "resume from the work dir's checkpoint of the same run")
-        weight_evolution: bool = param(False, "Weight Evolution (Lin et al. 2021): cross inferior filters with "
-                                              "important ones of the same layer, on allowed entries only")
-        we_every: int = param(100, "steps between weight evolutions")
-        we_fraction: float = param(0.2, "global share of evolvable filters under the norm threshold (paper: 0.2)")
-        we_relative: float = param(0.1, "a filter is inferior only if its norm is <= this x its layer's largest")
-        we_decay: bool = param(True, "scale we_fraction by the cosine learning-rate factor (the paper shrinks "
-                                     "it as the learning rate drops)")
-        we_layers: str = param("conv", "conv (Conv/ConvTranspose filters, as the paper) | all (also 2-D "
-                                       "Gemm/MatMul weights); never a weight whose channels are graph outputs")
-        regrow: float = param(0.0, "prune-and-regrow (RigL, Evci et al. 2020): share of each pruned float weight's "
-                                   "kept entries moved every regrow_every steps, from the smallest |w| to the "
-                                   "largest |dL/dw|, cosine-decayed to 0 at regrow_until of the run (0: masks fixed)")
-        regrow_every: int = param(100, "steps between mask updates")
-        regrow_until: float = param(0.75, "fraction of the run after which masks stay fixed")
+        weight_evolution: WeightEvolution = field(default_factory=WeightEvolution)
+        regrow: Regrow = field(default_factory=Regrow)
+        # the flat spellings of the option groups (`weight_evolution = true`, `we_every = 50`, `regrow = 0.3`)
+        ALIASES: ClassVar[dict[str, str]] = {
+            "weight_evolution": "weight_evolution.enabled", "regrow": "regrow.share",
+            **{f"we_{k}": f"weight_evolution.{k}" for k in ("every", "fraction", "relative", "decay", "layers")},
+            **{f"regrow_{k}": f"regrow.{k}" for k in ("every", "until")}}
 
     def run(self, state: ModelState, ctx: PassContext) -> ModelState:
         from evonnx.passes.torchnet import require_torch, torch_device
@@ -85,10 +105,12 @@ class DistillFinetune(Pass):
         bad = set(cfg.augment) - set(distill.AUGMENTS)
         if bad:
             raise EvonnxError(f"{self.name}: unknown augment {sorted(bad)} (known: {distill.AUGMENTS})")
-        if not 0 <= cfg.regrow <= 1 or cfg.regrow_every < 1 or not 0 < cfg.regrow_until <= 1:
-            raise EvonnxError(f"{self.name}: regrow must be in [0, 1], regrow_every >= 1, 0 < regrow_until <= 1")
-        if cfg.we_layers not in ("conv", "all") or cfg.we_every < 1 or not 0 <= cfg.we_fraction <= 1:
-            raise EvonnxError(f"{self.name}: we_layers must be conv|all, we_every >= 1, 0 <= we_fraction <= 1")
+        rg, we = cfg.regrow, cfg.weight_evolution
+        if not 0 <= rg.share <= 1 or rg.every < 1 or not 0 < rg.until <= 1:
+            raise EvonnxError(f"{self.name}: regrow share must be in [0, 1], every >= 1, 0 < until <= 1")
+        if we.layers not in ("conv", "all") or we.every < 1 or not 0 <= we.fraction <= 1:
+            raise EvonnxError(f"{self.name}: weight_evolution layers must be conv|all, every >= 1, "
+                              "0 <= fraction <= 1")
         t_start = time.perf_counter()
         names = trainable_names(state, cfg.trainable)
         device = torch_device(torch, ctx.device)
@@ -98,7 +120,6 @@ class DistillFinetune(Pass):
         constraints = build_constraints(state, names, cfg.quant_mode, cfg.freeze_zeros)
         for n, c in constraints.items():
             student.transforms[n] = c.to(device).transform
-        settings = distill.Settings(**{f.name: getattr(cfg, f.name) for f in fields(distill.Settings)})
         folder = ctx.pass_dir(self.name)
         train = None
         if cfg.data:
@@ -107,10 +128,10 @@ class DistillFinetune(Pass):
             train = (extra.inputs, extra.labels)
         fp = _fingerprint(state, ctx, {k: v for k, v in asdict(cfg).items() if k != "data"}, train)  # data: by content
         torch.manual_seed(ctx.seed)
-        trainer = distill.Distiller(teacher, student, constraints, ctx.calib.inputs, ctx.calib.labels, settings,
+        trainer = distill.Distiller(teacher, student, constraints, ctx.calib.inputs, ctx.calib.labels, cfg,
                                     ctx.seed, folder / "checkpoint.npz" if folder else None, fp, ctx.progress,
-                                    train=train, evolve_axes=evolution_axes(state, names, constraints, cfg.we_layers)
-                                    if cfg.weight_evolution else None)
+                                    train=train, evolve_axes=evolution_axes(state, names, constraints, we.layers)
+                                    if we.enabled else None)
         if cfg.resume:
             trainer.resume()
         val_before = trainer.curve[0][1] if trainer.curve else trainer.validate()
@@ -140,9 +161,9 @@ class DistillFinetune(Pass):
                   "accuracy_before": before.accuracy, "accuracy": after.accuracy,
                   "train_seconds": trainer.elapsed(), "wall_seconds": time.perf_counter() - t_start,
                   "torch_device": device.type}
-        if cfg.weight_evolution:
+        if we.enabled:
             record.update(evolvable=sorted(trainer.evolve_axes), evolved_filters=dict(trainer.evolved))
-        if cfg.regrow > 0:
+        if rg.share > 0:
             record.update(regrown=dict(trainer.regrown))
         log.info(f"{self.name}: {trainer.step} steps ({stop}, torch on {device.type}), validation KL "
                      f"{val_before:.4g} -> {trainer.best_val:.4g} "

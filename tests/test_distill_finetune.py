@@ -10,6 +10,7 @@ torch.set_num_threads(1)  # tiny graphs: one thread is fastest on a shared machi
 
 from evonnx.formats.tensor import dequantize  # noqa: E402
 from evonnx.passes.base import PassContext, get_pass  # noqa: E402
+from evonnx.passes.distill_finetune import DistillFinetune  # noqa: E402
 from evonnx.passes.engine.calib import CalibData  # noqa: E402
 from evonnx.passes.state import load_state  # noqa: E402
 from evonnx.errors import EvonnxError  # noqa: E402
@@ -160,7 +161,7 @@ def test_shift_augmentation_moves_images_within_bounds():
     x = np.zeros((8, 1, 6, 6), np.float32)
     x[:, :, 3, 3] = 1.0
     d = distill.Distiller.__new__(distill.Distiller)
-    d.s, d.rng = distill.Settings(shift=2), rng
+    d.s, d.rng = DistillFinetune.Config(shift=2), rng
     y = d._shift(x)
     assert y.shape == x.shape and np.all(y.sum(axis=(1, 2, 3)) == 1.0)
     pos = np.argwhere(y[:, 0] == 1.0)[:, 1:]
@@ -191,7 +192,7 @@ def test_holdout_of_a_separate_data_file_validates_on_rows_it_does_not_train_on(
     labels = np.arange(100) % 6
 
     def split(holdout):
-        s = distill.Settings(holdout=holdout)
+        s = DistillFinetune.Config(holdout=holdout)
         d = distill.Distiller(OnnxModule(state.model), OnnxModule(state.model, ["w1"], state.weights), {},
                               calib.inputs, None, s, 0, None, "fp", False, train=({"x": x}, labels))
         return d.val_x["x"], d.train_x[0], d.train_y
@@ -301,3 +302,27 @@ def test_regrow_grows_where_the_gradient_is_largest():
     assert sorted(grown.tolist()) == [3, 6]  # the largest gradients among the pruned (5.0, 0.3)
     assert new.sum() == mask.sum() and not new.view(-1)[dropped].any() and new.view(-1)[grown].all()
     assert fraction(0, 100, 0.3, 0.75) == pytest.approx(0.3) and fraction(75, 100, 0.3, 0.75) == 0.0
+
+
+def test_option_groups_take_nested_dotted_and_flat_spellings_alike(tmp_path):
+    """Weight Evolution and regrow are option groups; the flat spellings of earlier pipelines still work,
+    and a pipeline file records only the changed fields of a group."""
+    from evonnx.passes.compress.container import describe
+    from evonnx.passes.pipeline import Pipeline
+    flat = get_pass("distill-finetune")(weight_evolution=True, we_every=7, regrow=0.3, regrow_until=0.5).config
+    nested = get_pass("distill-finetune")(weight_evolution={"enabled": True, "every": 7},
+                                          regrow={"share": 0.3, "until": 0.5}).config
+    dotted = get_pass("distill-finetune")(**{"weight_evolution.enabled": True, "weight_evolution.every": 7,
+                                             "regrow.share": 0.3, "regrow.until": 0.5}).config
+    assert flat == nested == dotted
+    assert flat.weight_evolution.every == 7 and flat.weight_evolution.fraction == 0.2 and flat.regrow.every == 100
+    toml = tmp_path / "p.toml"
+    toml.write_text('[[passes]]\nname = "distill-finetune"\nregrow = {share = 0.3, until = 0.5}\n'
+                    'weight_evolution = {enabled = true, every = 7}\n')
+    assert describe(Pipeline.from_file(toml)) == [{"name": "distill-finetune", "weight_evolution":
+                                                   {"enabled": True, "every": 7}, "regrow": {"share": 0.3, "until": 0.5}}]
+    assert ("regrow.every", 100, "steps between mask updates") in DistillFinetune.describe()
+    with pytest.raises(EvonnxError, match=r"regrow: unknown parameter\(s\) \['often'\]"):
+        get_pass("distill-finetune")(regrow={"often": 2})
+    with pytest.raises(EvonnxError, match="we_often"):
+        get_pass("distill-finetune")(we_often=2)

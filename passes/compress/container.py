@@ -83,11 +83,21 @@ def describe(pipeline: Pipeline, full: bool = False) -> list[dict]:
 
 
 def step(p: Pass, full: bool = False) -> dict:
-    settings = jsonable(dataclasses.asdict(p.config))
-    if not full:
-        defaults = jsonable(dataclasses.asdict(type(p.config)()))
-        settings = {k: v for k, v in settings.items() if v != defaults[k]}
+    settings = jsonable(dataclasses.asdict(p.config)) if full else _changed(p.config, type(p.config)())
     return {"name": p.name, **settings}
+
+
+def _changed(config, default) -> dict:
+    """The settings that differ from the defaults; of an option group, only its changed fields."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value, base = getattr(config, f.name), getattr(default, f.name)
+        if dataclasses.is_dataclass(value):
+            if changed := _changed(value, base):
+                out[f.name] = changed
+        elif jsonable(value) != jsonable(base):
+            out[f.name] = jsonable(value)
+    return out
 
 
 def run_meta(source: str, seed: int, steps: list[dict], trials: list | None = None) -> dict:

@@ -16,49 +16,26 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from evonnx.passes.progress import progress
 
 from evonnx.passes.engine.metrics import kl_divergence
+from evonnx.passes.progress import progress
 from evonnx.passes.sparsity import checkpoint
 from evonnx.passes.torchnet import regrow, weight_evolution
 from evonnx.passes.torchnet.constrain import Constraint
 from evonnx.passes.torchnet.convert import OnnxModule, run_numpy
 
+if TYPE_CHECKING:
+    from evonnx.passes.distill_finetune import DistillFinetune
+
 log = logging.getLogger(__name__)
 
 AUGMENTS = ("shift", "noise", "mixup")
-
-
-@dataclass
-class Settings:
-    steps: int = 1000
-    time_limit: float = 0.0
-    batch_size: int = 128
-    lr: float = 3e-4
-    temperature: float = 2.0
-    label_weight: float = 0.0
-    augment: list = field(default_factory=lambda: ["noise"])
-    shift: int = 2
-    noise: float = 0.1
-    mixup: float = 0.4
-    holdout: float = 0.0
-    eval_every: int = 100
-    keep_best: bool = True
-    checkpoint_every: int = 200
-    weight_evolution: bool = False
-    we_every: int = 100
-    we_fraction: float = 0.2
-    we_relative: float = 0.1
-    we_decay: bool = True
-    regrow: float = 0.0
-    regrow_every: int = 100
-    regrow_until: float = 0.75
 
 
 def is_classifier(t: np.ndarray | torch.Tensor) -> bool:
@@ -92,7 +69,7 @@ class Distiller:
     """One run: split, batches, augmentation, optimizer, validation, checkpoints."""
 
     def __init__(self, teacher: OnnxModule, student: OnnxModule, constraints: dict[str, Constraint],
-                 inputs: dict[str, np.ndarray], labels: np.ndarray | None, s: Settings, seed: int,
+                 inputs: dict[str, np.ndarray], labels: np.ndarray | None, s: DistillFinetune.Config, seed: int,
                  ckpt: Path | None, fingerprint: str, progress: bool,
                  train: tuple[dict[str, np.ndarray], np.ndarray | None] | None = None,
                  evolve_axes: dict[str, int] | None = None):
@@ -120,7 +97,7 @@ class Distiller:
         self.device = student.device
         self.val_t = run_numpy(teacher, self.val_x)
         self.stds = [float(np.std(x)) if np.issubdtype(x.dtype, np.floating) else 0.0 for x in self.train_x]
-        self.regrow_names = [n for n in student.weight_names if s.regrow > 0 and n in constraints
+        self.regrow_names = [n for n in student.weight_names if s.regrow.share > 0 and n in constraints
                              and constraints[n].mask is not None and constraints[n].record is None]
         self.regrown: dict[str, int] = {}
         self.params = [student.parameter(n) for n in student.weight_names]
@@ -177,10 +154,11 @@ class Distiller:
     def evolve(self) -> dict[str, int]:
         """Weight Evolution on the evolvable weights, then their constraints; adds up the counts per layer."""
         s = self.s
-        frac = s.we_fraction * (0.5 * (1 + math.cos(math.pi * self.step / max(s.steps, 1))) if s.we_decay else 1.0)
+        we = self.s.weight_evolution
+        frac = we.fraction * (0.5 * (1 + math.cos(math.pi * self.step / max(s.steps, 1))) if we.decay else 1.0)
         weights = {n: self.student.parameter(n) for n in self.evolve_axes}
         masks = {n: self.constraints[n].mask if n in self.constraints else None for n in self.evolve_axes}
-        stats = weight_evolution.evolve(weights, masks, self.evolve_axes, frac, s.we_relative)
+        stats = weight_evolution.evolve(weights, masks, self.evolve_axes, frac, we.relative)
         for n, k in stats.items():
             if n in self.constraints:
                 self.constraints[n].project(weights[n])
@@ -190,12 +168,13 @@ class Distiller:
 
     def train_step(self) -> float:
         s = self.s
-        if s.weight_evolution and self.evolve_axes and self.step and self.step % max(s.we_every, 1) == 0:
+        if self.evolve_axes and self.step and self.step % s.weight_evolution.every == 0:
             self.evolve()
         for g in self.opt.param_groups:
             g["lr"] = s.lr * 0.5 * (1 + math.cos(math.pi * self.step / max(s.steps, 1)))
-        share = regrow.fraction(self.step, s.steps, s.regrow, s.regrow_until) \
-            if self.regrow_names and self.step and self.step % max(s.regrow_every, 1) == 0 else 0.0
+        rg = s.regrow
+        share = regrow.fraction(self.step, s.steps, rg.share, rg.until) \
+            if self.regrow_names and self.step and self.step % rg.every == 0 else 0.0
         taps = self._tap() if share > 0 else {}
         xs, ys, mix = self.batch()
         with torch.no_grad():
