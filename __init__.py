@@ -7,11 +7,12 @@ from evonnx.errors import CalibrationError, EvonnxError, EvxFormatError, ModelEr
 
 __version__ = "0.1.0"
 __all__ = ["EvonnxError", "ModelError", "CalibrationError", "EvxFormatError", "compress", "CompressResult",
-           "decode", "Pipeline", "load_state", "__version__"]
+           "decode", "inspect", "Pipeline", "load_state", "__version__"]
 
 # the user API, imported on first use: compress needs onnxruntime, decode only numpy and onnx
 _LAZY = {"compress": "evonnx.passes.compress", "CompressResult": "evonnx.passes.compress",
-         "decode": "evonnx.runtime.decode", "Pipeline": "evonnx.passes.pipeline", "load_state": "evonnx.passes.state"}
+         "decode": "evonnx.runtime.decode", "inspect": "evonnx.runtime.summary",
+         "Pipeline": "evonnx.passes.pipeline", "load_state": "evonnx.passes.state"}
 
 
 def __getattr__(name: str):

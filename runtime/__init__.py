@@ -4,5 +4,6 @@
 InferenceSession of it.
 """
 from evonnx.runtime.decode import FORMATS, decode
+from evonnx.runtime.summary import inspect
 
-__all__ = ["decode", "FORMATS"]
+__all__ = ["decode", "inspect", "FORMATS"]

@@ -199,6 +199,8 @@ def test_cli_inspect(evx, capsys):
     assert cli_main(["inspect", str(evx)]) == 0
     text = capsys.readouterr().out
     assert "conv.w" in text and "8x3x3x3" in text and "ratio" in text
+    import evonnx
+    assert evonnx.inspect(evx) == {**rep, "file": str(evx)}  # the Python API is what the command prints
 
 
 def test_commands_expose_parser_and_run(evx, tmp_path):

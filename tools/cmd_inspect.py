@@ -1,17 +1,10 @@
-"""`evonnx inspect IN.evx [--json]`: per-tensor and total sizes of an .evx container.
-
-JSON keys (stable; documented in formats/SPEC.md, "inspect --json"): file, version, container_bytes,
-graph_bytes, graph_coded_bytes, original_bytes, ratio, tensor_bytes, tensor_coded_bytes, payload_bits,
-entropy_bits, bits_over_entropy, meta, tensors[] (name, shape, dtype, scheme, bits, elements, kept,
-sparsity, mask_codec, value_codec, coded_bytes, payload_bits, entropy_bits, bits_over_entropy,
-original_bytes).
-"""
+"""`evonnx inspect IN.evx [--json]`: per-tensor and total sizes of an .evx container (runtime/summary.py)."""
 from __future__ import annotations
 
 import argparse
 import json
 
-from evonnx.formats import read_evx
+from evonnx.runtime.summary import inspect
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -21,12 +14,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("input", metavar="IN.evx", help="the container to inspect")
     p.add_argument("--json", action="store_true", help="print one JSON object (stable keys)")
     return p
-
-
-def report(path: str) -> dict:
-    """The JSON object `inspect --json` prints."""
-    c = read_evx(path)
-    return {"file": str(path), **c.stats.to_json(), "meta": c.meta}
 
 
 def _fmt_bytes(n: float) -> str:
@@ -42,7 +29,7 @@ def _ratio(x) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    rep = report(args.input)
+    rep = inspect(args.input)
     if args.json:
         print(json.dumps(rep, indent=2, sort_keys=False))
         return 0
