@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -132,4 +133,16 @@ def with_overrides(config: Any, overrides: dict[str, Any], where: str) -> Any:
         raise EvonnxError(f"{where}: unknown parameter(s) {sorted(unknown)} (known: {names})")
     for group, values in groups.items():
         flat[group] = with_overrides(getattr(config, group), values, f"{where} {group}")
-    return dataclasses.replace(config, **flat)
+    out = dataclasses.replace(config, **flat)
+    _check_choices(out, where)
+    return out
+
+
+def _check_choices(config: Any, where: str) -> None:
+    """Fields typed `Literal[...]` hold one of their choices (checked when the pass is made, not mid-run)."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        hint, value = hints.get(f.name), getattr(config, f.name)
+        if typing.get_origin(hint) is typing.Literal and value not in typing.get_args(hint):
+            choices = " | ".join(map(str, typing.get_args(hint)))
+            raise EvonnxError(f"{where}: {f.name} must be one of {choices}, got {value!r}")

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 from evonnx.errors import EvonnxError
 from evonnx.passes.base import Pass, PassContext, param, register
 from evonnx.passes.quant.allocate import Option, Searcher, frontier
-from evonnx.passes.quant.apply import NONTARGET, Fidelity, Quantizer, nontargets, rounded_nontargets
+from evonnx.passes.quant.apply import Fidelity, Nontarget, Quantizer, nontargets, rounded_nontargets
 from evonnx.passes.quant.layer import QuantSpec
 from evonnx.passes.quant.sizing import HEADER_BYTES, coded_bytes
 from evonnx.passes.quantize import quantize_plan
@@ -26,7 +27,7 @@ from evonnx.passes.state import ModelState
 
 log = logging.getLogger(__name__)
 
-METRICS = ("auto", "task", "accuracy", "agreement", "cosine", "kl")
+BudgetMetric = Literal["auto", "task", "accuracy", "agreement", "cosine", "kl"]
 
 
 @register
@@ -40,7 +41,7 @@ class BitAllocation(Pass):
         schemes: list = param(["uniform/channel/sym", "uniform/channel/asym", "uniform/tensor/sym", "codebook",
                                "codebook+refit"], "scheme families tried per layer (see the quantize pass)")
         bits: list = param([1, 2, 3, 4, 5, 6, 7, 8], "bit widths tried per scheme")
-        metric: str = param("auto", "budget metric: task (the run's task metric, passes/engine/tasks.py, at its "
+        metric: BudgetMetric = param("auto", "budget metric: task (the run's task metric, passes/engine/tasks.py, at its "
                             "upper bound: measured + z standard errors), accuracy (labels), agreement (top-1 with "
                             "the incoming model), cosine (100 x (1 - the lowest output's mean cosine): cosine "
                             "points), kl (mean KL, or rel. MSE for non-classifiers); auto = task when the run has "
@@ -52,9 +53,9 @@ class BitAllocation(Pass):
         max_kl: float = param(0.01, "mean KL (rel. MSE for non-classifiers) from the incoming model, metric = kl")
         target_bytes: int = param(0, "> 0: best fidelity within this estimated size of all weights (bytes), "
                                   "instead of a loss budget")
-        search: str = param("knapsack", "knapsack (bisected on joint measurements, then refined) or greedy")
+        search: Literal["knapsack", "greedy"] = param("knapsack", "knapsack (bisected on joint measurements, then refined) or greedy")
         min_size: int = param(32, "target weights with fewer entries are kept exact")
-        nontarget: str = param("auto", "biases, norms and small tensors: exact, fp16 or bf16 (rounded), int8 "
+        nontarget: Literal["auto", Nontarget] = param("auto", "biases, norms and small tensors: exact, fp16 or bf16 (rounded), int8 "
                                            "(uniform per tensor), or auto: the smallest of int8, fp16, exact "
                                            "whose joint loss stays within the budget (with target_bytes: chosen "
                                            "with the allocation, by the lowest measured KL within the size)")
@@ -63,10 +64,6 @@ class BitAllocation(Pass):
 
     def run(self, state: ModelState, ctx: PassContext) -> ModelState:
         cfg = self.config
-        if (cfg.search not in ("knapsack", "greedy") or cfg.nontarget not in NONTARGET + ("auto",)
-                or cfg.metric not in METRICS):
-            raise EvonnxError(f"bit-allocation: search must be knapsack|greedy, nontarget {NONTARGET + ('auto',)}, "
-                              f"metric {METRICS}")
         engine = ctx.engine(state)
         fidelity = Fidelity(engine, {n: state.current(n) for n in engine.weight_names}, ctx.metric)  # biases too
         metric, limit = _budget(cfg, fidelity)

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -38,7 +38,7 @@ class WeightEvolution:
     relative: float = param(0.1, "a filter is inferior only if its norm is <= this x its layer's largest")
     decay: bool = param(True, "scale `fraction` by the cosine learning-rate factor (the paper shrinks it as the "
                               "learning rate drops)")
-    layers: str = param("conv", "conv (Conv/ConvTranspose filters, as the paper) | all (also 2-D Gemm/MatMul "
+    layers: Literal["conv", "all"] = param("conv", "conv (Conv/ConvTranspose filters, as the paper) | all (also 2-D Gemm/MatMul "
                                 "weights); never a weight whose channels are graph outputs")
 
 
@@ -75,8 +75,8 @@ class DistillFinetune(Pass):
                                     "to pick the best step (0: pick on all of the calibration set)")
         eval_every: int = param(100, "steps between validations")
         keep_best: bool = param(True, "return the weights of the best validation, not the last step")
-        trainable: str = param("all", "all (every float weight but BatchNorm statistics) | targets")
-        quant_mode: str = param("ste", "quantized weights: ste (train on the fixed grid / centroids) | "
+        trainable: Literal["all", "targets"] = param("all", "all (every float weight but BatchNorm statistics) | targets")
+        quant_mode: Literal["ste", "requantize"] = param("ste", "quantized weights: ste (train on the fixed grid / centroids) | "
                                        "requantize (train in float, then same scheme and bits afresh)")
         freeze_zeros: bool = param(True, "zero entries of unmasked target weights stay zero")
         data: str = param("", "an .npz of training inputs (optional `labels`) used instead of the calibration "
@@ -96,21 +96,17 @@ class DistillFinetune(Pass):
         from evonnx.passes.torchnet import require_torch, torch_device
         torch = require_torch(self.name)
         from evonnx.passes.torchnet import distill
-        from evonnx.passes.torchnet.constrain import MODES
         from evonnx.passes.torchnet.convert import OnnxModule
 
         cfg = self.config
-        if cfg.quant_mode not in MODES or cfg.trainable not in ("all", "targets"):
-            raise EvonnxError(f"{self.name}: quant_mode must be one of {MODES}, trainable all|targets")
         bad = set(cfg.augment) - set(distill.AUGMENTS)
         if bad:
             raise EvonnxError(f"{self.name}: unknown augment {sorted(bad)} (known: {distill.AUGMENTS})")
         rg, we = cfg.regrow, cfg.weight_evolution
         if not 0 <= rg.share <= 1 or rg.every < 1 or not 0 < rg.until <= 1:
             raise EvonnxError(f"{self.name}: regrow share must be in [0, 1], every >= 1, 0 < until <= 1")
-        if we.layers not in ("conv", "all") or we.every < 1 or not 0 <= we.fraction <= 1:
-            raise EvonnxError(f"{self.name}: weight_evolution layers must be conv|all, every >= 1, "
-                              "0 <= fraction <= 1")
+        if we.every < 1 or not 0 <= we.fraction <= 1:
+            raise EvonnxError(f"{self.name}: weight_evolution every must be >= 1, 0 <= fraction <= 1")
         t_start = time.perf_counter()
         names = trainable_names(state, cfg.trainable)
         device = torch_device(torch, ctx.device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -27,7 +28,7 @@ class GradientPrune(Pass):
 
     @dataclass
     class Config(common.ScopedTargetConfig):
-        method: str = param("taylor2", "taylor1 |w dL/dw| | snip |w sum dL/dw| | taylor2 w^2 diag(Fisher) / 2")
+        method: Literal["taylor1", "snip", "taylor2"] = param("taylor2", "taylor1 |w dL/dw| | snip |w sum dL/dw| | taylor2 w^2 diag(Fisher) / 2")
         samples: int = param(256, "calibration samples the gradients are taken on")
         refit: bool = param(False, "re-fit surviving weights (and biases) to the teacher's layer outputs")
 

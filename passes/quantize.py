@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 from evonnx.errors import EvonnxError
 from evonnx.passes.base import Pass, PassContext, param, register
-from evonnx.passes.quant.apply import NONTARGET, Fidelity, Quantizer, nontargets, round_nontarget, row
+from evonnx.passes.quant.apply import Fidelity, Nontarget, Quantizer, nontargets, round_nontarget, row
 from evonnx.passes.quant.layer import QuantSpec
 from evonnx.passes.quant.sizing import coded_bytes
 from evonnx.passes.quant.report import format_rows, metrics_summary
@@ -35,15 +35,13 @@ class Quantize(Pass):
         bits: int = param(4, "bits per surviving weight (1-8)")
         layers: dict = param({}, "per-weight overrides, e.g. {'fc1.weight': 'codebook@3', 'fc3.weight': 'raw'}")
         min_size: int = param(32, "target weights with fewer entries are kept exact")
-        nontarget: str = param("exact", "biases, norms and small tensors: exact, fp16 or bf16 (rounded), "
+        nontarget: Nontarget = param("exact", "biases, norms and small tensors: exact, fp16 or bf16 (rounded), "
                                             "or int8 (uniform per tensor)")
         refit_rows: int = param(4096, "calibration rows per layer for the codebook re-fit")
         measure_alone: bool = param(True, "measure each layer quantized alone, for the report (a forward pass each)")
 
     def run(self, state: ModelState, ctx: PassContext) -> ModelState:
         cfg = self.config
-        if cfg.nontarget not in NONTARGET:
-            raise EvonnxError(f"quantize: nontarget must be one of {NONTARGET}, got {cfg.nontarget!r}")
         unknown = set(cfg.layers) - set(state.targets)
         if unknown:
             raise EvonnxError(f"quantize: {sorted(unknown)[:3]} are not target weights (targets: {state.targets})")

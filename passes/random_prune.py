@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -23,7 +24,7 @@ class RandomPrune(Pass):
 
     @dataclass
     class Config(common.TargetConfig):
-        allocation: str = param("uniform", "how a global target is split (uniform | sensitivity)")
+        allocation: Literal["uniform", "sensitivity"] = param("uniform", "how a global target is split (uniform | sensitivity)")
 
     def run(self, state: ModelState, ctx: PassContext) -> ModelState:
         cfg, t0 = self.config, time.perf_counter()

@@ -326,3 +326,7 @@ def test_option_groups_take_nested_dotted_and_flat_spellings_alike(tmp_path):
         get_pass("distill-finetune")(regrow={"often": 2})
     with pytest.raises(EvonnxError, match="we_often"):
         get_pass("distill-finetune")(we_often=2)
+    with pytest.raises(EvonnxError, match=r"weight_evolution: layers must be one of conv \| all, got 'dense'"):
+        get_pass("distill-finetune")(we_layers="dense")  # a Literal-typed option is checked when the pass is made
+    with pytest.raises(EvonnxError, match=r"nontarget must be one of auto \| exact \| fp16 \| bf16 \| int8"):
+        get_pass("bit-allocation")(nontarget="int4")

@@ -6,6 +6,7 @@ searched plan). Non-target tensors stay exact, or are rounded to fp16/bf16 only 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -19,7 +20,8 @@ from evonnx.passes.quant.refit import gram_matrices, layer_views, refit_centroid
 from evonnx.passes.quant.sizing import coded_bytes
 from evonnx.passes.state import ModelState
 
-NONTARGET = ("exact", "fp16", "bf16", "int8")
+Nontarget = Literal["exact", "fp16", "bf16", "int8"]  # how biases, norms and small tensors are stored
+NONTARGET = get_args(Nontarget)
 INT8 = QuantSpec.parse("uniform/tensor/asym", 8)
 
 
