@@ -19,13 +19,11 @@ Imports only numpy and onnx (the onnxruntime session helper is evonnx.tools.sess
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from evonnx.errors import EvonnxError, EvxFormatError
+from evonnx.errors import EvonnxError
 from evonnx.formats import Container, QuantizedTensor, dequantize, read_evx
 from evonnx.formats.dtypes import ELEM_TYPES
 from evonnx.runtime.model_io import default_opset
@@ -194,14 +192,3 @@ def _add_quant_initializer(g: onnx.GraphProto, name: str, x: np.ndarray, elem: i
     init.data_type = TensorProto.UINT4
     init.dims.extend(x.shape)
     init.raw_data = (flat[0::2] | (flat[1::2] << 4)).tobytes()
-
-
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
-    """Serialize and write atomically; returns the byte count."""
-    from evonnx.formats.atomic import atomic_write_bytes
-    try:
-        data = model.SerializeToString()
-    except ValueError as exc:  # protobuf refuses messages over 2 GiB
-        raise EvxFormatError(f"the decoded model cannot be serialized as one ONNX file ({exc})") from None
-    atomic_write_bytes(path, data)
-    return len(data)

@@ -5,7 +5,8 @@ import argparse
 import os
 
 from evonnx.errors import EvonnxError
-from evonnx.runtime.decode import FORMATS, decode, save_model
+from evonnx.runtime.decode import FORMATS, decode
+from evonnx.runtime.model_io import save_model
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -24,7 +25,9 @@ def run(args: argparse.Namespace) -> int:
     if os.path.abspath(args.output) == os.path.abspath(args.input):
         raise EvonnxError(f"{args.output}: the output would overwrite the input container")
     model = decode(args.input, args.format)
-    size = save_model(model, args.output)
+    path = save_model(model, args.output)
+    data = path.with_name(path.name + ".data")
+    size = path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
     if not getattr(args, "quiet", False):
-        print(f"{args.output}: {size} bytes ({args.format})")
+        print(f"{args.output}: {size} bytes ({args.format}{', weights in ' + data.name if data.is_file() else ''})")
     return 0

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from evonnx.passes.engine.fitness import Runner
     from evonnx.passes.engine.providers import resolve
     from evonnx.runtime import decode
-    from evonnx.runtime.decode import save_model
+    from evonnx.runtime.model_io import save_model
     from evonnx.tools.cmd_compress import format_summary
     from evonnx.passes.compress import compress
     from evonnx.tools.zoo import build
