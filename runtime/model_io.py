@@ -1,8 +1,10 @@
 """Read and write ONNX models: external data, clear errors, atomic writes, a readable IR version."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -97,3 +99,14 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
         return path
     atomic_write_bytes(path, model.SerializeToString())
     return path
+
+
+@contextlib.contextmanager
+def runtime_source(model: onnx.ModelProto) -> Iterator[bytes | str]:
+    """What an onnxruntime session is built from: the model's bytes, or, above protobuf's 2 GiB, the path of
+    a temporary copy with external data (valid inside the `with`)."""
+    if model.ByteSize() <= _PROTO_LIMIT:
+        yield model.SerializeToString()
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield str(save_model(model, Path(tmp) / "model.onnx"))

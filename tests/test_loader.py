@@ -89,6 +89,22 @@ def test_written_back_model_is_valid_and_runs(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_models_beyond_the_protobuf_limit_are_written_and_run_through_external_data(tmp_path, monkeypatch):
+    """The class of models over 2 GiB, with the limit lowered: decode's writer and the engine's sessions go
+    through a file with external data instead of one serialized message."""
+    from evonnx.passes.engine.fitness import Runner
+    from evonnx.runtime import model_io
+    model = corpus.mlp(d_in=64, hidden=64)
+    x = {"x": np.ones((2, 64), np.float32)}
+    monkeypatch.setattr(model_io, "_PROTO_LIMIT", model.ByteSize() // 2)
+    out = save_model(model, tmp_path / "big.onnx")
+    assert (tmp_path / "big.onnx.data").stat().st_size > model.ByteSize() // 2
+    assert np.array_equal(run(onnx.load(str(out)), x)[0], run(model, x)[0])
+    with model_io.runtime_source(model) as source:
+        assert isinstance(source, str) and source.endswith(".onnx")
+    assert np.array_equal(Runner(model, ["CPUExecutionProvider"]).run(x)[0], run(model, x)[0])
+
+
 @pytest.mark.parametrize("data, message", [
     (b"", "empty file"),
     (b"\x00\x01garbage that is not protobuf\xff\xff\xff", "not an ONNX model"),

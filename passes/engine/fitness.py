@@ -20,6 +20,7 @@ from evonnx.passes.engine import providers as prov
 from evonnx.passes.engine import samples
 from evonnx.passes.engine.calib import CalibData, fixed_batch
 from evonnx.passes.engine.metrics import Metrics, compare
+from evonnx.runtime.model_io import runtime_source
 from evonnx.runtime.weights import read_weights
 
 DEFAULT_BATCH = 256
@@ -57,7 +58,8 @@ class Runner:
             raise EvonnxError(f"{THREADS_ENV}={threads!r}: expected a number of threads")
         options.intra_op_num_threads = int(threads)
         try:
-            self.session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+            with runtime_source(model) as source:
+                self.session = ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for bad models
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise ModelError(f"{label}: onnxruntime {ort.__version__} cannot run this model "
