@@ -19,13 +19,15 @@ from evonnx.errors import EvxFormatError
 from evonnx.formats import record
 from evonnx.formats.atomic import atomic_write_bytes
 from evonnx.formats.bytesio import Reader
+from evonnx.formats.dtypes import INTEGER_DTYPES
 from evonnx.formats.stats import ContainerStats, container_stats, tensor_stats
 from evonnx.formats.symbols import zstd_compress, zstd_decompress
 from evonnx.formats.tensor import QuantizedTensor
 
 MAGIC = b"\x89EVX\r\n\x1a\n"
 END_MAGIC = b"EVXEND\x00\x00"
-MAJOR, MINOR = 2, 0
+MAJOR, MINOR = 2, 1                      # the newest version this module reads and writes
+INTEGER_MINOR = 1                        # 2.1 added integer (already-quantized) records
 ALIGN = {1: 64, 2: 1}                    # section alignment by major version (2.0 dropped the padding)
 HEADER = struct.Struct("<8sHHIQII")      # magic, major, minor, section_count, file_size, flags, header_crc
 SECTIONS = {1: struct.Struct("<4sIQQII"),  # kind, flags, offset, length, crc32, reserved
@@ -97,7 +99,8 @@ def encode_evx(graph: onnx.ModelProto, tensors: list[QuantizedTensor], meta: dic
     _check_graph(graph, set(names))
     if meta is not None and not isinstance(meta, dict):
         raise EvxFormatError(f"meta must be a dict, got {type(meta).__name__}")
-    manifest = {"format": "evx", "version": f"{MAJOR}.{MINOR}", "producer": _producer(),
+    version = (MAJOR, _minor(tensors))
+    manifest = {"format": "evx", "version": "{}.{}".format(*version), "producer": _producer(),
                 "tensor_count": len(tensors)}
     manifest_bytes = _json(manifest, "manifest")
     graph_bytes = graph.SerializeToString()
@@ -107,7 +110,12 @@ def encode_evx(graph: onnx.ModelProto, tensors: list[QuantizedTensor], meta: dic
     if meta:  # optional, so a 1.0 reader skips it (and sees no meta)
         sections.append((KIND_META, _framed(_json(meta, "meta")), 0))
     sections += [(KIND_TENSOR, record.encode_record(t, MAJOR), REQUIRED) for t in tensors]
-    return _assemble(sections)
+    return _assemble(sections, version)
+
+
+def _minor(tensors: list[QuantizedTensor]) -> int:
+    """The lowest minor version that describes the file: files a 2.0 reader decodes say 2.0."""
+    return INTEGER_MINOR if any(t.dtype in INTEGER_DTYPES for t in tensors) else 0
 
 
 def _json(obj: dict, what: str) -> bytes:

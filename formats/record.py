@@ -15,7 +15,7 @@ from evonnx.errors import EvxFormatError
 from evonnx.formats import masks, symbols
 from evonnx.formats.bytesio import Reader, Writer
 from evonnx.formats.contexts import KeptGrid, view_2d
-from evonnx.formats.dtypes import DTYPE_NAMES, ELEM_TYPES, itemsize, pattern_dtype
+from evonnx.formats.dtypes import DTYPE_NAMES, ELEM_TYPES, INTEGER_DTYPES, itemsize, pattern_dtype
 from evonnx.formats.tensor import MAX_NDIM, QuantizedTensor, scale_shape
 
 SCHEME_IDS = {"raw": 0, "uniform": 1, "codebook": 2}
@@ -95,7 +95,8 @@ def encode_record(t: QuantizedTensor, major: int = LATEST) -> bytes:
     limit = 1 << (8 * itemsize(t.dtype)) if t.scheme == "raw" else (
         t.centroids.size if t.scheme == "codebook" else 1 << t.bits)
     value_stream = symbols.encode(t.codes, limit, grid=_kept_grid(t.mask, t.shape, t.size),
-                                  itemsize=itemsize(t.dtype) if t.scheme == "raw" else None)
+                                  itemsize=itemsize(t.dtype) if t.scheme == "raw" else None,
+                                  zstd_level=symbols.LOSSLESS_ZSTD_LEVEL if t.dtype in INTEGER_DTYPES else None)
     count(len(mask_stream)).raw(mask_stream)
     if major == 1:
         w.u64(len(value_stream))
@@ -125,7 +126,7 @@ def read_header(data, where: str, major: int = LATEST) -> RecordHeader:
     r.where = f"{where} (tensor {name!r})"
     elem = r.u8("element type")
     if elem not in DTYPE_NAMES:
-        raise r.fail(f"unsupported element type {elem}")
+        raise r.fail(f"unsupported element type {elem} (written by a newer evonnx?)")
     dtype = DTYPE_NAMES[elem]
     ndim = r.u8("rank")
     if ndim > MAX_NDIM:
@@ -142,6 +143,8 @@ def read_header(data, where: str, major: int = LATEST) -> RecordHeader:
     if scheme_id not in SCHEME_NAMES:
         raise r.fail(f"unknown scheme {scheme_id}")
     scheme = SCHEME_NAMES[scheme_id]
+    if dtype in INTEGER_DTYPES and scheme != "raw":
+        raise r.fail(f"{dtype} record with the {scheme} scheme (integers are stored raw)")
     bits = r.u8("bits")
     n_kept = _count(r, major, "kept count")
     if n_kept > size:

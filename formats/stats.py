@@ -5,6 +5,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from evonnx.formats.dtypes import INTEGER_DTYPES
+from evonnx.formats.symbols import LOSSLESS_ZSTD_LEVEL, zstd_compress
 from evonnx.formats.tensor import QuantizedTensor
 
 
@@ -24,17 +26,30 @@ def mask_entropy_bits(t: QuantizedTensor) -> float:
 
 
 def code_entropy_bits(t: QuantizedTensor) -> float | None:
-    """n_kept * H(codes) for uniform/codebook codes; None for raw values (no finite alphabet)."""
-    if t.scheme == "raw":
+    """n_kept * H(codes) for uniform/codebook codes and integer values; None for raw floats."""
+    if t.scheme == "raw" and t.dtype not in INTEGER_DTYPES:
         return None
     return _entropy_bits(np.bincount(t.codes, minlength=1 << t.bits))
+
+
+def scheme_label(t: QuantizedTensor) -> str:
+    """The scheme as inspect names it: `lossless-int8` / `lossless-uint8` for integer records."""
+    return f"lossless-{t.dtype}" if t.dtype in INTEGER_DTYPES else t.scheme
+
+
+def zstd_bytes(t: QuantizedTensor) -> int | None:
+    """Bytes of zstd (LOSSLESS_ZSTD_LEVEL) on an integer record's values, the baseline its coding is
+    chosen against; None for other records."""
+    if t.dtype not in INTEGER_DTYPES:
+        return None
+    return len(zstd_compress(t.codes.tobytes(), LOSSLESS_ZSTD_LEVEL))
 
 
 def entropy_bits(t: QuantizedTensor) -> float | None:
     """Zero-order empirical entropy of the codes including the mask, in bits.
 
     Equals the entropy of the tensor as one symbol stream over {pruned} + codes (chain rule):
-    size * H_b(kept fraction) + n_kept * H(codes | kept). None for raw records.
+    size * H_b(kept fraction) + n_kept * H(codes | kept). None for raw float records.
     """
     codes = code_entropy_bits(t)
     return None if codes is None else mask_entropy_bits(t) + codes
@@ -47,7 +62,7 @@ class TensorStats:
     name: str
     shape: list[int]
     dtype: str
-    scheme: str
+    scheme: str               # raw, uniform, codebook, or lossless-int8 / lossless-uint8
     bits: int
     elements: int
     kept: int
@@ -56,9 +71,10 @@ class TensorStats:
     value_codec: str
     coded_bytes: int          # the whole record (header, parameters, streams)
     payload_bits: int         # mask + value streams, tables included, in bits
-    entropy_bits: float | None  # zero-order bound of codes + mask (None for raw)
+    entropy_bits: float | None  # zero-order bound of codes + mask (None for raw floats)
     bits_over_entropy: float | None  # payload_bits / entropy_bits
     original_bytes: int       # dense weight in its original dtype
+    zstd_bytes: int | None    # integer records: zstd level 19 on the same values (None otherwise)
 
 
 @dataclass
@@ -86,9 +102,10 @@ def tensor_stats(t: QuantizedTensor, coded_bytes: int, mask_bytes: int, value_by
                  mask_codec: str, value_codec: str) -> TensorStats:
     bound = entropy_bits(t)
     payload = 8 * (mask_bytes + value_bytes)
-    return TensorStats(t.name, list(t.shape), t.dtype, t.scheme, t.bits, t.size, t.n_kept, round(t.sparsity, 6),
-                       mask_codec, value_codec, coded_bytes, payload, None if bound is None else round(bound, 1),
-                       None if not bound else round(payload / bound, 5), t.nbytes)
+    return TensorStats(t.name, list(t.shape), t.dtype, scheme_label(t), t.bits, t.size, t.n_kept,
+                       round(t.sparsity, 6), mask_codec, value_codec, coded_bytes, payload,
+                       None if bound is None else round(bound, 1), None if not bound else round(payload / bound, 5),
+                       t.nbytes, zstd_bytes(t))
 
 
 def container_stats(version: str, container_bytes: int, graph_bytes: int, graph_coded_bytes: int,

@@ -59,13 +59,17 @@ def unpack(data, n: int, width: int, dtype) -> np.ndarray:
 
 
 # -- ZSTD_PLANES ----------------------------------------------------------------------------------
+LOSSLESS_ZSTD_LEVEL = 19  # integer records: zstd at its strongest usual level, the baseline our coder must beat
+
+
 def zstd_level(nbytes: int) -> int:
     return 19 if nbytes <= 1 << 20 else 12 if nbytes <= 1 << 24 else 6
 
 
-def zstd_compress(data: bytes) -> bytes:
-    return zstandard.ZstdCompressor(level=zstd_level(len(data)), write_content_size=True,
-                                    write_checksum=True).compress(data)
+def zstd_compress(data: bytes, level: int | None = None) -> bytes:
+    """One zstd frame declaring its content size; `level` None picks one by size (faster for large data)."""
+    return zstandard.ZstdCompressor(level=zstd_level(len(data)) if level is None else level,
+                                    write_content_size=True, write_checksum=True).compress(data)
 
 
 def zstd_decompress(frame, size: int, what: str) -> bytes:
@@ -86,9 +90,9 @@ def zstd_decompress(frame, size: int, what: str) -> bytes:
     return out
 
 
-def _planes_encode(values: np.ndarray, itemsize: int) -> bytes:
+def _planes_encode(values: np.ndarray, itemsize: int, level: int | None) -> bytes:
     planes = np.ascontiguousarray(values).view(np.uint8).reshape(-1, itemsize).T
-    return zstd_compress(np.ascontiguousarray(planes).tobytes())
+    return zstd_compress(np.ascontiguousarray(planes).tobytes(), level)
 
 
 def _planes_decode(frame, n: int, itemsize: int, what: str) -> np.ndarray:
@@ -225,9 +229,9 @@ def _encode_ans(symbols: np.ndarray, alphabet: int) -> bytes:
 
 
 def encode(symbols: np.ndarray, limit: int, *, grid: KeptGrid | None = None,
-           itemsize: int | None = None) -> bytes:
+           itemsize: int | None = None, zstd_level: int | None = None) -> bytes:
     """Shortest stream for `symbols` (all < limit). `grid` (where the symbols sit) enables ANS_GRID;
-    `itemsize` (raw bit patterns) enables ZSTD_PLANES."""
+    `itemsize` (raw bit patterns) enables ZSTD_PLANES, at `zstd_level` (None: by size)."""
     sym = np.asarray(symbols).ravel()
     n = sym.size
     if n == 0:
@@ -240,7 +244,7 @@ def encode(symbols: np.ndarray, limit: int, *, grid: KeptGrid | None = None,
     width = hi.bit_length()
     candidates = [Writer().u8(PACKED).u8(width).raw(pack(sym, width)).bytes()]
     if itemsize is not None:
-        frame = _planes_encode(sym, itemsize)
+        frame = _planes_encode(sym, itemsize, zstd_level)
         candidates.append(Writer().u8(ZSTD_PLANES).u8(itemsize).varint(len(frame)).raw(frame).bytes())
     if hi < ans.MAX_ALPHABET:
         alphabet = hi + 1

@@ -11,8 +11,9 @@ Conventions (also in SPEC.md):
 * ``codes`` holds one code per kept entry, in C (row-major) order of the kept positions, so
   ``len(codes) == mask.sum()`` (or ``size`` when dense).
 * ``scheme == "raw"``: codes are the little-endian bit patterns of the kept values in the original
-  dtype (uint16 for float16/bfloat16, uint32 for float32, uint64 for float64); lossless, -0.0 and
-  NaN payloads included. ``bits`` is 8 * itemsize.
+  dtype (uint16 for float16/bfloat16, uint32 for float32, uint64 for float64, uint8 for int8/uint8);
+  lossless, -0.0 and NaN payloads included. ``bits`` is 8 * itemsize. Integer dtypes (weights that
+  came quantized) take this scheme only.
 * ``scheme == "uniform"``: codes are unsigned, 0 <= q < 2**bits (1 <= bits <= 8), and
   ``w = (float32(q) - zero_point) * scale``: a float32 subtraction then a float32 multiplication,
   each rounded to nearest-even. ``scale`` and ``zero_point`` are float32 (any finite value; an
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from evonnx.errors import EvxFormatError
-from evonnx.formats.dtypes import dtype_name, np_dtype, pattern_dtype
+from evonnx.formats.dtypes import INTEGER_DTYPES, dtype_name, np_dtype, pattern_dtype
 
 SCHEMES = ("raw", "uniform", "codebook")
 MAX_NDIM = 32
@@ -55,7 +56,7 @@ class QuantizedTensor:
 
     name: str
     shape: tuple[int, ...]
-    dtype: str                          # original numpy dtype name: float32, float16, bfloat16, float64
+    dtype: str                          # original numpy dtype name: float32, float16, bfloat16, float64, int8, uint8
     scheme: str                         # "raw", "uniform" or "codebook"
     bits: int                           # 1..8 for uniform/codebook, 8 * itemsize for raw
     codes: np.ndarray                   # 1-D codes of the kept entries in C order
@@ -81,6 +82,8 @@ class QuantizedTensor:
         self.dtype = dtype_name(np_dtype(str(self.dtype)))
         if self.scheme not in SCHEMES:
             raise EvxFormatError(f"{where}: unknown scheme {self.scheme!r} (expected one of {SCHEMES})")
+        if self.dtype in INTEGER_DTYPES and self.scheme != "raw":
+            raise EvxFormatError(f"{where}: {self.dtype} tensors take the raw (lossless) scheme only")
         self.bits = int(self.bits)
         if self.mask is not None:
             mask = np.asarray(self.mask)
@@ -170,7 +173,7 @@ class QuantizedTensor:
     # -- constructors -------------------------------------------------------------------------
     @classmethod
     def raw(cls, name: str, array: np.ndarray, mask: np.ndarray | None = None) -> "QuantizedTensor":
-        """A lossless record of `array` (kept entries only when `mask` is given; the rest become +0.0)."""
+        """A lossless record of `array` (kept entries only when `mask` is given; the rest become zero)."""
         array = np.asarray(array)
         dtype = dtype_name(array.dtype)
         pattern = pattern_dtype(dtype)

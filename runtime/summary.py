@@ -3,7 +3,7 @@
 Keys (stable; formats/SPEC.md, "inspect --json"): file, version, container_bytes, graph_bytes,
 graph_coded_bytes, original_bytes, ratio, tensor_bytes, tensor_coded_bytes, payload_bits, entropy_bits,
 bits_over_entropy, meta, tensors[] (name, shape, dtype, scheme, bits, elements, kept, sparsity, mask_codec,
-value_codec, coded_bytes, payload_bits, entropy_bits, bits_over_entropy, original_bytes).
+value_codec, coded_bytes, payload_bits, entropy_bits, bits_over_entropy, original_bytes, zstd_bytes).
 """
 from __future__ import annotations
 

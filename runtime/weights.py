@@ -7,6 +7,7 @@ name is one weight, however many nodes share it, and a weight can be overridden 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -24,6 +25,8 @@ FLOAT_TYPES = {
 }
 QUANTIZED_TYPES = {getattr(onnx.TensorProto, t) for t in ("INT8", "UINT8", "INT16", "UINT16", "INT4", "UINT4")
                    if hasattr(onnx.TensorProto, t)}
+LOSSLESS_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}  # already quantized: entropy-coded as they are
+MIN_LOSSLESS_ELEMENTS = 256  # smaller ones (zero points, tiny tables) stay in the graph: a record's framing costs more
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 TARGET_ROLES = ("conv", "matrix", "embedding")
 NORM_OPS = {"BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization",
@@ -90,6 +93,7 @@ class Skipped:
 class WeightTable:
     weights: dict[str, WeightInfo]
     skipped: list[Skipped]
+    lossless: list[str] = field(default_factory=list)  # int8/uint8 initializers stored losslessly as records
 
     @property
     def targets(self) -> list[WeightInfo]:
@@ -218,14 +222,17 @@ def all_names(model: onnx.ModelProto) -> set[str]:
 
 
 def weight_table(model: onnx.ModelProto, origins: dict[str, str] | None = None) -> WeightTable:
-    """Describe every main-graph float initializer of a normalized model; list what is skipped and why."""
+    """Describe every main-graph float initializer of a normalized model; list the already-quantized ones
+    to store losslessly, and what is skipped and why."""
     consumers = _consumers(model)
     quant_fed = {name for name, cs in consumers.items() if any(c.op_type in QUANT_OPS for c in cs)}
     shape_fed = shape_feeding(model)
-    weights, skipped = {}, []
+    weights, skipped, lossless = {}, [], []
     for tensor in model.graph.initializer:
         if tensor.data_type not in FLOAT_TYPES:
-            if tensor.data_type in QUANTIZED_TYPES:  # other integers (shapes, indices) are not weights
+            if tensor.data_type in LOSSLESS_TYPES and math.prod(tensor.dims) >= MIN_LOSSLESS_ELEMENTS:
+                lossless.append(tensor.name)
+            elif tensor.data_type in QUANTIZED_TYPES:  # other integers (shapes, indices) are not weights
                 kind = onnx.TensorProto.DataType.Name(tensor.data_type).lower()
                 skipped.append(Skipped(tensor.name, f"{kind} tensor (already quantized)"))
             continue
@@ -239,7 +246,7 @@ def weight_table(model: onnx.ModelProto, origins: dict[str, str] | None = None) 
                           consumers.get(tensor.name, []), origin=(origins or {}).get(tensor.name, "initializer"))
         info.role, info.channel_axis = _role(info, model)
         weights[tensor.name] = info
-    return WeightTable(weights, skipped)
+    return WeightTable(weights, skipped, lossless)
 
 
 def shape_feeding(model: onnx.ModelProto) -> dict[str, str]:

@@ -228,7 +228,8 @@ def mask_stream(r: R, size: int, rows: int, cols: int, n_kept: int):
 
 
 DTYPES = {1: np.float32, 10: np.float16, 11: np.float64,
-          16: helper.tensor_dtype_to_np_dtype(onnx.TensorProto.BFLOAT16)}
+          16: helper.tensor_dtype_to_np_dtype(onnx.TensorProto.BFLOAT16), 3: np.int8, 2: np.uint8}
+ITEMSIZE = {1: 4, 10: 2, 11: 8, 16: 2, 3: 1, 2: 1}
 
 
 def tensor_record(b: bytes, major: int):
@@ -260,7 +261,7 @@ def tensor_record(b: bytes, major: int):
     assert len(kept) == n_kept
     value_len = r.u(8) if major == 1 else len(b) - r.pos
     vr = R(b, r.pos, r.pos + value_len)
-    itemsize = {1: 4, 10: 2, 11: 8, 16: 2}[elem]
+    itemsize = ITEMSIZE[elem]
     amax = 1 << (8 * itemsize) if scheme == 0 else len(params["centroids"]) if scheme == 2 else 1 << bits
     grid = (rows, cols, [divmod(k, cols) for k in kept]) if size else None
     q = symbol_stream(vr, n_kept, amax, grid)
@@ -283,7 +284,7 @@ def tensor_record(b: bytes, major: int):
                 g = int(np.ravel_multi_index(pidx, params["pshape"]))
             out[k] = (np.float32(q[i]) - np.float32(params["zp"][g])) * np.float32(params["scale"][g])
     if scheme == 0:
-        pattern = {2: np.uint16, 4: np.uint32, 8: np.uint64}[itemsize]
+        pattern = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}[itemsize]
         return name, out.astype(pattern).view(DTYPES[elem]).reshape(dims)
     return name, out.astype(DTYPES[elem]).reshape(dims)
 
@@ -365,6 +366,9 @@ def _records(rng):
                                   mask=rng.random((20, 30)) < 0.4))
     ts.append(QuantizedTensor.raw("scalar", np.float16(-0.0)))
     ts.append(QuantizedTensor.raw("empty", np.zeros((0, 3), np.float32)))
+    # already-quantized integers (2.1): lossless; ANS beats zstd at this size
+    ts.append(QuantizedTensor.raw("int8", np.clip(np.rint(rng.laplace(0, 1.5, (128, 384))), -127, 127).astype(np.int8)))
+    ts.append(QuantizedTensor.raw("uint8", rng.integers(0, 256, (7, 9)).astype(np.uint8)))
     m = rng.random((5, 300)) < 0.02
     ts.append(QuantizedTensor.uniform("runs", (5, 300), "float32", 1, rng.integers(0, 2, m.sum()),
                                       np.float32(0.5), np.float32(0.5), mask=m))

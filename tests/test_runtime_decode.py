@@ -181,7 +181,7 @@ TOP_KEYS = {"file", "version", "container_bytes", "graph_bytes", "graph_coded_by
             "tensor_bytes", "tensor_coded_bytes", "payload_bits", "entropy_bits", "bits_over_entropy", "meta",
             "tensors"}
 TENSOR_KEYS = {"name", "shape", "dtype", "scheme", "bits", "elements", "kept", "sparsity", "mask_codec", "value_codec",
-               "coded_bytes", "payload_bits", "entropy_bits", "bits_over_entropy", "original_bytes"}
+               "coded_bytes", "payload_bits", "entropy_bits", "bits_over_entropy", "original_bytes", "zstd_bytes"}
 
 
 def test_cli_inspect(evx, capsys):

@@ -125,6 +125,11 @@ def format_summary(s: dict) -> str:
     for k in s.get("skipped", []):
         by_reason.setdefault(k["reason"], []).append(k["name"])
     lines += [f"left untouched ({reason}): {_names(names)}" for reason, names in by_reason.items()]
+    if s.get("lossless"):
+        rows = s["lossless"]
+        lines.append(f"already quantized, coded losslessly: {len(rows)} tensors in "
+                     f"{sum(r['coded_bytes'] for r in rows):,} bytes (zstd -19: "
+                     f"{sum(r['zstd_bytes'] for r in rows):,}): {_names([r['name'] for r in rows])}")
     if s.get("kept_exact"):
         lines.append(f"kept exact (not exercised by the calibration data): {_names(s['kept_exact'])}")
     lines += s.get("notes", [])

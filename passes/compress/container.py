@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from evonnx.errors import EvonnxError
-from evonnx.formats.container import encode_evx, read_evx
+from evonnx.formats.container import Container, encode_evx, read_evx
 from evonnx.formats.tensor import QuantizedTensor
 from evonnx.passes.base import Pass
 from evonnx.passes.compress.result import jsonable
@@ -20,7 +20,8 @@ from evonnx.runtime.weights import read_weights
 
 
 def to_container(state: ModelState) -> tuple[onnx.ModelProto, list[QuantizedTensor], dict[str, np.ndarray]]:
-    """The graph without its float weights, one record per float weight, and the weights they stand for."""
+    """The graph without its recorded weights, one record per float weight and per already-quantized integer
+    weight (lossless), and the weights they stand for."""
     records, expected = [], {}
     for info in state.table:
         if info.name in state.quant:
@@ -29,6 +30,9 @@ def to_container(state: ModelState) -> tuple[onnx.ModelProto, list[QuantizedTens
             record = QuantizedTensor.raw(info.name, state.current(info.name), state.masks.get(info.name))
         records.append(record)
         expected[info.name] = state.current(info.name)
+    for name in state.table.lossless:
+        expected[name] = state.original(name)
+        records.append(QuantizedTensor.raw(name, expected[name]))
     graph = onnx.ModelProto()
     graph.CopyFrom(state.model)
     kept = [t for t in graph.graph.initializer if t.name not in expected]
@@ -43,6 +47,7 @@ class Verified:
 
     blob: bytes
     records: list[QuantizedTensor]
+    container: Container  # the blob, read back
     decoded: onnx.ModelProto
     measured: list[np.ndarray]  # the student's outputs on the calibration batches, weights baked
     max_diff: float  # the largest difference of the decoded model's outputs from those
@@ -56,7 +61,8 @@ def encode_and_verify(state: ModelState, engine, meta: dict) -> Verified:
     and a deep network can amplify that rounding (3e-3 at a ViT's output)."""
     graph, records, expected = to_container(state)
     blob = encode_evx(graph, records, meta)
-    decoded = build_model(read_evx(blob))
+    container = read_evx(blob)
+    decoded = build_model(container)
     _check_weights(decoded, expected)
     measured = engine.model_outputs(state.to_onnx(), "student")
     shipped = engine.model_outputs(decoded, "decoded")
@@ -65,7 +71,7 @@ def encode_and_verify(state: ModelState, engine, meta: dict) -> Verified:
     scale = max((float(np.max(np.abs(m))) if m.size else 0.0 for m in measured), default=0.0) or 1.0
     if diff > 1e-4 * scale:
         raise EvonnxError(f"verification failed: the decoded model's outputs differ from the measured ones by {diff:g}")
-    return Verified(blob, records, decoded, measured, diff)
+    return Verified(blob, records, container, decoded, measured, diff)
 
 
 def _check_weights(decoded: onnx.ModelProto, expected: dict[str, np.ndarray]) -> None:

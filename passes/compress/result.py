@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from evonnx.formats.stats import ContainerStats
 from evonnx.formats.tensor import QuantizedTensor
 from evonnx.passes.state import ModelState
 
@@ -36,6 +37,7 @@ class CompressResult:
     rejected: list[dict] = field(default_factory=list)  # results the guard measured beyond the budget
     layers: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # tensors left untouched (already quantized, ...) and why
+    lossless: list[dict] = field(default_factory=list)  # already-quantized integer tensors, coded losslessly
     kept_exact: list[str] = field(default_factory=list)  # targets the calibration data never exercises
     notes: list[str] = field(default_factory=list)
     auto: list[dict] = field(default_factory=list)  # the trials of sparsity="auto"
@@ -50,10 +52,19 @@ class CompressResult:
 def layer_rows(state: ModelState, records: list[QuantizedTensor]) -> list[dict]:
     rows = []
     for r in records:
+        if r.name not in state.table.weights:
+            continue  # an already-quantized integer tensor: `lossless_rows`
         info = state.table[r.name]
         rows.append({"name": r.name, "role": info.role, "shape": list(r.shape), "sparsity": round(r.sparsity, 4),
                      "scheme": r.scheme, "bits": r.bits})
     return rows
+
+
+def lossless_rows(stats: ContainerStats) -> list[dict]:
+    """Per integer record: its coded bytes (whole record), the value codec chosen, and zstd-19's bytes."""
+    return [{"name": t.name, "dtype": t.dtype, "shape": t.shape, "coded_bytes": t.coded_bytes,
+             "value_codec": t.value_codec, "zstd_bytes": t.zstd_bytes}
+            for t in stats.tensors if t.zstd_bytes is not None]
 
 
 def jsonable(value):

@@ -17,7 +17,7 @@ from evonnx.passes.compress.auto import auto_sparsity
 from evonnx.passes.compress.container import describe, run_meta, source_bytes
 from evonnx.passes.compress.default import default_pipeline
 from evonnx.passes.compress.guard import Guard, safer, same_pruning
-from evonnx.passes.compress.result import CompressResult, layer_rows
+from evonnx.passes.compress.result import CompressResult, layer_rows, lossless_rows
 from evonnx.passes.compress.size import fit_file_size, max_bytes_of
 from evonnx.passes.compress.timing import Budget, check_options, forward_seconds, search_seconds
 from evonnx.passes.compress.workdir import claim, finish_run, read_logs, work_dir
@@ -90,6 +90,9 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
     if isinstance(pipeline, (str, Path)):
         pipeline = Pipeline.from_file(pipeline)
     skipped = [{"name": s.name, "reason": s.reason} for s in state.table.skipped]
+    if state.table.lossless:
+        log.info(f"already quantized: {len(state.table.lossless)} int8/uint8 tensors, stored losslessly as "
+                 "entropy-coded records")
     if skipped:
         log.info(f"left untouched: {len(skipped)} tensors already quantized or setting shapes "
                  f"({', '.join(s['name'] for s in skipped[:4])}{', …' if len(skipped) > 4 else ''})")
@@ -168,6 +171,7 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
                                  fit.labels)
     within = f": within --max-drop {enforced:g}" if enforced is not None else ""
     log.info(f"{shipped.drop.describe()} on {shipped.data}{within}")
+    lossless = lossless_rows(verified.container.stats)
     result = CompressResult(
         output=str(output), original_bytes=original, container_bytes=len(verified.blob),
         ratio=original / len(verified.blob),
@@ -179,7 +183,8 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
         calibration={"data": f"the {fit.num_samples} calibration samples the search fitted to",
                      **calib_drop.as_dict()},
         shipped=shipped.what, rejected=shipped.rejected,
-        layers=layer_rows(state, verified.records), skipped=skipped, kept_exact=kept, notes=notes, auto=trials,
+        layers=layer_rows(state, verified.records), skipped=skipped, lossless=lossless, kept_exact=kept, notes=notes,
+        auto=trials,
         history=state.history, search_log=search_log)
     if report is not None:
         from evonnx.tools.report import write_report

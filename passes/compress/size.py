@@ -34,8 +34,8 @@ def max_bytes_of(value: int | str | None, original: int, sparsity, bits, pipelin
 def fit_file_size(state: ModelState, ctx: PassContext, pipeline: Pipeline, max_bytes: int,
                   meta_of) -> tuple[ModelState, Pipeline]:
     """Run `pipeline` with its one bit-allocation fitted to `max_bytes`: its size target leaves room for the
-    file's other bytes (graph, metadata, section table), and it runs again with less when the
-    encoded file is still too large. Passes after it must not change the size (a fine-tune on the grid)."""
+    file's other bytes (graph, metadata, lossless integer records, section table), and it runs again with less
+    when the encoded file is still too large. Passes after it must not change the size (a fine-tune on the grid)."""
     from evonnx.formats.container import SECTION
     from evonnx.passes.bit_allocation import BitAllocation
 
@@ -45,8 +45,9 @@ def fit_file_size(state: ModelState, ctx: PassContext, pipeline: Pipeline, max_b
     i = at[0]
     state = pipeline.run(state, ctx, stop=i)
     graph, records, _ = to_container(state)
-    framing = len(records) * SECTION.size  # a table entry each
-    overhead = len(encode_evx(graph, [], meta_of(pipeline))) + framing
+    lossless = [r for r in records if r.name not in state.table.weights]
+    framing = (len(records) - len(lossless)) * SECTION.size  # a table entry each
+    overhead = len(encode_evx(graph, lossless, meta_of(pipeline))) + framing
     target = max_bytes - overhead
     for attempt in range(4):
         if target <= 0:
