@@ -6,6 +6,14 @@ the entries to zero, scoring candidates by the fitness against the teacher throu
 evaluation (passes/sparsity/suffix.py); the winner is committed and, with `refit`, the survivors are
 re-fitted to the teacher's layer outputs. A global target is split across layers by measured
 sensitivity. The run checkpoints after every step and resumes bit-identically.
+
+Embedding tables (a weight read only by Gather on its rows, [vocab, dim]) are not pruned: a row's effect is
+observed only for the tokens the calibration data holds, so most rows would be judged on no data at all.
+They stay exact here and go to the bit allocation, whose per-row error does not depend on the data.
+
+Transformer activations [batch, tokens, features] (or [batch, heads, tokens, d], or [batch*tokens, d]
+after a Reshape) count every token as a row of the layer's input, like a Gemm's; with an attention-mask
+input, rows of padding tokens are left out of the fitness, the priors and the re-fit (sparsity/tokens.py).
 """
 from __future__ import annotations
 
@@ -70,7 +78,7 @@ class _Run:
 
     def __init__(self, cfg, state: ModelState, ctx: PassContext):
         self.cfg, self.ctx, self.t_start = cfg, ctx, time.perf_counter()
-        self.layers, self.ev = common.setup(state, ctx, cfg)
+        self.layers, self.ev = common.setup(state, ctx, cfg, embeddings=False)
         self.teacher_state = state
         self.dir = ctx.pass_dir(DirectedEvolution.name)
         self.settings = SearchSettings(cfg.population, cfg.generations, cfg.pool, cfg.mutation, cfg.credit)

@@ -6,6 +6,8 @@ symbolic dims (the symbol shared by the most inputs, e.g. `batch`), unless the u
 intermediate values get theirs by measurement: one sample, then the same sample twice; the axis that
 doubles is the sample axis, and a value whose shape does not change (a scalar, shape arithmetic, an empty
 tensor) has none. Values without a sample axis are passed whole to every batch and never concatenated.
+A value may hold several entries per sample on its axis: a transformer's [batch*tokens, features] after a
+Reshape holds `tokens` (its rows per sample, `rows_per_sample`).
 """
 from __future__ import annotations
 
@@ -18,12 +20,13 @@ import numpy as np
 Axis = int | None
 
 
-def take(arr: np.ndarray, axis: Axis, start: int, stop: int) -> np.ndarray:
-    """Samples [start, stop) of `arr` along its sample axis (the whole array when it has none)."""
+def take(arr: np.ndarray, axis: Axis, start: int, stop: int, per: int = 1) -> np.ndarray:
+    """Samples [start, stop) of `arr` along its sample axis (the whole array when it has none), `per`
+    entries of the axis each."""
     if axis is None:
         return arr
     index = [slice(None)] * arr.ndim
-    index[axis] = slice(start, stop)
+    index[axis] = slice(start * per, stop * per)
     return arr[tuple(index)]
 
 
@@ -52,10 +55,29 @@ def measured_axes(one: Sequence[np.ndarray], two: Sequence[np.ndarray]) -> list[
     return axes
 
 
-def fixed_batch_axes(values: Sequence[np.ndarray], batch: int) -> list[Axis]:
+def fixed_batch_axes(values: Sequence[np.ndarray], batch: int,
+                     other: Sequence[np.ndarray] | None = None) -> list[Axis]:
     """For a model whose batch is fixed (no second measurement possible): the first axis of the batch's size
-    (a time-major [T, batch, C] output has it on axis 1), else none."""
-    return [next((i for i, d in enumerate(np.shape(v)) if d == batch), None) for v in values]
+    (a time-major [T, batch, C] output has it on axis 1), else none. With `other`, the values on a second
+    batch, a value without such an axis that differs between the batches holds its samples folded into its
+    first axis that is a multiple of the batch ([batch*tokens, features] after a Reshape)."""
+    axes = [next((i for i, d in enumerate(np.shape(v)) if d == batch), None) for v in values]
+    if other is None:
+        return axes
+    return [_folded(v, w, batch) if a is None else a for a, v, w in zip(axes, values, other)]
+
+
+def _folded(a: np.ndarray, b: np.ndarray, batch: int) -> Axis:
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or np.array_equal(a, b):
+        return None
+    return next((i for i, d in enumerate(a.shape) if d and d % batch == 0), None)
+
+
+def rows_per_sample(values: Sequence[np.ndarray], axes: Sequence[Axis], n: int) -> list[int]:
+    """Entries per sample on each value's sample axis, the values holding `n` samples (1 unless samples are
+    folded with another extent, such as tokens)."""
+    return [1 if a is None else max(int(np.shape(v)[a]) // n, 1) for v, a in zip(values, axes)]
 
 
 # dim names that measure an extent of one sample, never the batch (an image's width, a sequence's length)

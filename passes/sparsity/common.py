@@ -69,8 +69,13 @@ def masks_by_score(pass_name: str, state: ModelState, ev: Evaluator, layers: lis
             for l in layers}
 
 
-def setup(state: ModelState, ctx: PassContext, cfg: TargetConfig) -> tuple[list[Layer], Evaluator]:
+def setup(state: ModelState, ctx: PassContext, cfg: TargetConfig,
+          embeddings: bool = True) -> tuple[list[Layer], Evaluator]:
+    """The layers of the targets (cfg.weights, or every target; without `embeddings`, embedding tables
+    aside) and their evaluator."""
     names = list(cfg.weights) or state.targets
+    if not embeddings:
+        names = [n for n in names if state.table[n].role != "embedding"]
     layers = analyse(state, names)
     ev = Evaluator(state, layers, ctx.calib, prov.resolve(ctx.device), cfg.fitness_samples, cfg.refit_samples,
                    ctx.batch_size or 256)
@@ -87,14 +92,15 @@ def mask_of(state: ModelState, layer: Layer) -> np.ndarray:
 def priors(view: LayerView, kinds: list[str], ridge: float, x: np.ndarray | None) -> dict[str, np.ndarray]:
     """Per-entry saliencies of the layer's current weights (lower = safer to zero), flat [out*K].
 
-    magnitude |w|; wanda |w| * ||x_k|| (input-activation norm); hessian w^2 / [(H + lam I)^-1]_kk, the OBS
+    magnitude |w|; wanda |w| * ||x_k|| (input-activation norm, over the rows of real tokens); hessian w^2 / [(H + lam I)^-1]_kk, the OBS
     cost of zeroing one entry when the rest of its row is re-fitted (layers with K <= 2048; wider ones get wanda).
     """
     w = np.abs(view.w_mat.astype(np.float64))
     out = {}
     norms = None
     if view.layer.fast:
-        norms = np.sqrt(np.einsum("kr,kr->k", view.x_t, view.x_t, dtype=np.float64))
+        x_t = view.x_t if view.row_keep is None else view.x_t[:, view.row_keep]  # real tokens only
+        norms = np.sqrt(np.einsum("kr,kr->k", x_t, x_t, dtype=np.float64))
     for kind in kinds:
         if kind == "magnitude" or norms is None:
             out[kind if norms is not None else "magnitude"] = w.ravel()
@@ -119,7 +125,8 @@ def refit_layer(view: LayerView, mask: np.ndarray, w_mat: np.ndarray, cfg: Targe
     if layer.bias and beta != 0:
         bias = view.weights[layer.bias].astype(np.float32) * np.float32(beta)
     else:  # a bias we may not change: fit W to the teacher output minus the student's constant offset
-        offset = np.mean(view.y_flat - view.x_t.T @ view.w_mat.T, axis=0)
+        rest = view.y_flat - view.x_t.T @ view.w_mat.T
+        offset = np.mean(rest if view.row_keep is None else rest[view.row_keep], axis=0)
         t, floor = t - offset[None], -offset.astype(np.float32)
     relu = floor if cfg.refit_relu and layer.relu_out else None
     new_w, new_b, stats = rf.refit(w_mat, mask, x, t, bias, cfg.ridge, relu_floor=relu)
@@ -204,5 +211,5 @@ def record(name: str, cfg, state: ModelState, layers: list[Layer], ev: Evaluator
     fit = ev.fitness(state)
     return {"pass": name, "settings": {k: v for k, v in vars(cfg).items()},
             "layer_sparsity": {l.weight: state.sparsity(l.weight) for l in layers},
-            "sparsity": float(sum(state.sparsity(l.weight) * l.size for l in layers) / sum(l.size for l in layers)),
+            "sparsity": float(sum(state.sparsity(l.weight) * l.size for l in layers) / max(sum(l.size for l in layers), 1)),
             "fitness": fit, "evaluations": ev.counter.evaluations, "wall_seconds": time.perf_counter() - t0, **extra}

@@ -113,7 +113,7 @@ def analyse(state: ModelState, names: list[str]) -> list[Layer]:
         layer = Layer(name, tuple(info.shape))
         main = [c for c in info.consumers if c.graph == ""]
         if len(info.consumers) == 1 and len(main) == 1:
-            node = next(n for n in graph.node if (n.name or "") == main[0].node or _auto(graph, n) == main[0].node)
+            node = next(n for i, n in enumerate(graph.node) if (n.name or f"{n.op_type}_{i}") == main[0].node)
             _fill(layer, node, main[0].input_index, inits, readers)
             order[name] = list(graph.node).index(node)
         layers.append(layer)
@@ -128,10 +128,6 @@ def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
             for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
                 out |= {i for n in sub.node for i in n.input} | _subgraph_reads(sub)
     return out
-
-
-def _auto(graph: onnx.GraphProto, node: onnx.NodeProto) -> str:
-    return f"{node.op_type}_{list(graph.node).index(node)}"
 
 
 def _attrs(node: onnx.NodeProto) -> dict:

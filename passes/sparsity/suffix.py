@@ -20,6 +20,7 @@ from evonnx.passes.engine.calib import CalibData, fixed_batch
 from evonnx.passes.engine.fitness import Runner, run_batches
 from evonnx.passes.engine.metrics import is_classifier, is_probability, log_probs
 from evonnx.passes.sparsity.graph import build_probe, build_suffix, elem_types, suffix_structure
+from evonnx.passes.sparsity import tokens
 from evonnx.passes.sparsity.layers import Layer
 from evonnx.passes.state import ModelState
 
@@ -31,21 +32,23 @@ MEASURE_GROUP = 8  # probe outputs measured together
 ACTIVATION_BYTES = 2 << 30  # most bytes of cached activations (every layer's input and output) on the re-fit samples
 
 
-def fitness_batch(teacher: list[np.ndarray], student: list[np.ndarray]) -> np.ndarray:
+def fitness_batch(teacher: list[np.ndarray], student: list[np.ndarray],
+                  keep: list[np.ndarray | None] | None = None) -> np.ndarray:
     """Per-candidate fitness, the engine's definition: mean KL over classifier outputs, else mean relative
-    MSE (integer outputs: mismatch rate). `student` arrays carry a leading candidate axis."""
+    MSE (integer outputs: mismatch rate). `student` arrays carry a leading candidate axis; `keep` (per
+    output, None: all) broadcasts to a float output and marks the entries the MSE counts (real tokens)."""
     kls, mses = [], []
-    for t, s in zip(teacher, student):
-        k = s.shape[0]
+    for t, s, w in zip(teacher, student, keep or [None] * len(teacher)):
         if not np.issubdtype(t.dtype, np.floating):
-            mses.append(np.mean((s != t[None]).reshape(k, -1), axis=1))
+            mses.append(np.mean((s != t[None]).reshape(len(s), -1), axis=1))
         elif is_classifier(t):
             probs = is_probability(t)
             lt, ls = log_probs(t[None], probs), log_probs(s, probs)
             kls.append(np.mean(np.sum(np.exp(lt) * (lt - ls), axis=-1), axis=-1))
         else:
-            t64 = t.astype(np.float64)
-            diff = (s.astype(np.float64) - t64[None]).reshape(k, -1)
+            t64 = t.astype(np.float64) if w is None else t.astype(np.float64) * w
+            diff = s.astype(np.float64) - t.astype(np.float64)[None]
+            diff = (diff if w is None else diff * w).reshape(len(s), -1)
             mses.append(np.sum(diff * diff, axis=1) / max(float(np.sum(t64 * t64)), 1e-30))
     return np.mean(kls, axis=0) if kls else np.mean(mses, axis=0)
 
@@ -94,27 +97,38 @@ class Evaluator:
         self.counter = Counter()
         original = {n: state.original(n) for n in self.exposed}
         self._measure(original, fixed)
+        self.tokens = tokens.token_keep(self.data.inputs, self.data.axes)
         acts = self.run_probe(original)
         self.teacher_out = [self.take(acts, o, self.n_fit) for o in self.output_names]
+        self.out_keep = [self._output_keep(o, t) for o, t in zip(self.output_names, self.teacher_out)]
         self.teacher_y = {l.weight: acts[l.y] for l in layers if l.fast}
         self.forward_at_start = self.forward_seconds()
 
     def _measure(self, weights: dict[str, np.ndarray], fixed: int | None) -> None:
-        """Every cached value's sample axis (`self.axes`), measured a few probe outputs at a time (all of them
-        for even two samples may not fit in memory), and fewer re-fit (and fitness) samples when the cached
-        activations of all of them would pass ACTIVATION_BYTES."""
+        """Every cached value's sample axis (`self.axes`) and entries per sample on it (`self.per`: tokens
+        folded into the batch), measured a few probe outputs at a time (all of them for even two samples may
+        not fit in memory), and fewer re-fit (and fitness) samples when the cached activations of all of
+        them would pass ACTIVATION_BYTES. A fixed batch is measured on two batches (one when there is no
+        second): a value that differs between them carries samples even without a batch-sized axis."""
         names = self.probe.output_names
-        one, two = (self.data.feed(0, fixed), None) if fixed else self.data.pair()
+        if fixed:
+            one = self.data.feed(0, fixed)
+            two = self.data.feed(fixed, 2 * fixed) if self.data.num_samples >= 2 * fixed else None
+        else:
+            one, two = self.data.pair()
         axes: dict[str, samples.Axis] = {}
+        self.per: dict[str, int] = {}
         per_sample = 0.0
         for i in range(0, len(names), MEASURE_GROUP):
             group = names[i:i + MEASURE_GROUP]
             first = self.probe.run({**one, **weights}, group)
-            got = (samples.fixed_batch_axes(first, fixed) if fixed
-                   else samples.measured_axes(first, self.probe.run({**two, **weights}, group)))
+            second = self.probe.run({**two, **weights}, group) if two is not None else None
+            got = (samples.fixed_batch_axes(first, fixed, second) if fixed else samples.measured_axes(first, second))
             axes.update(zip(group, got))
+            self.per.update(zip(group, samples.rows_per_sample(first, got, fixed or 1)))
             per_sample += sum(o.nbytes for o, axis in zip(first, got) if axis is not None) / (fixed or 1)
         self.axes = {**axes, **self.data.axes}
+        self.per.update({name: 1 for name in self.data.axes})
         cap = max(fixed or 1, int(ACTIVATION_BYTES // max(per_sample, 1.0)))
         if cap < self.n_refit:
             self.n_refit, self.n_fit = cap, min(self.n_fit, cap)
@@ -134,7 +148,25 @@ class Evaluator:
 
     def take(self, acts: dict[str, np.ndarray], name: str, n: int, start: int = 0) -> np.ndarray:
         """Samples [start, n) of a cached value (the whole value when it has no sample axis)."""
-        return samples.take(acts[name], self.axes[name], start, n)
+        return self.slice(acts[name], name, start, n)
+
+    def slice(self, arr: np.ndarray, name: str, start: int, stop: int) -> np.ndarray:
+        """Samples [start, stop) of `arr`, a value shaped like the one named `name`."""
+        return samples.take(arr, self.axes[name], start, stop, self.per.get(name, 1))
+
+    def rows(self, name: str, lead: tuple[int, ...], n: int) -> np.ndarray | None:
+        """Flat bool over the rows of the value `name` shaped [*lead, features] on n samples: True at real
+        tokens (None: every row counts; see tokens.py)."""
+        keep = None if self.tokens is None else self.tokens[:n]
+        return tokens.row_keep(lead, self.axes.get(name), self.per.get(name, 1), keep)
+
+    def layer_rows(self, layer: Layer, x: np.ndarray, n: int) -> np.ndarray | None:
+        """`rows` of layer.x_mat(x), x being the layer's input on n samples (convolutions: every row)."""
+        return None if layer.kind == "conv" or layer.trans_a else self.rows(layer.x, x.shape[:-1], n)
+
+    def _output_keep(self, name: str, teacher: np.ndarray) -> np.ndarray | None:
+        keep = self.rows(name, teacher.shape[:-1], self.n_fit)
+        return None if keep is None else keep.reshape(*teacher.shape[:-1], 1)
 
     def current(self, state: ModelState) -> dict[str, np.ndarray]:
         return {n: state.current(n) for n in self.exposed}
@@ -149,7 +181,7 @@ class Evaluator:
     def fitness(self, state: ModelState) -> float:
         """Fitness of a whole student state on the fitness subset (one full forward pass)."""
         acts = self.run_probe(self.current(state), self.n_fit, self.output_names)
-        return float(fitness_batch(self.teacher_out, [acts[o][None] for o in self.output_names])[0])
+        return float(fitness_batch(self.teacher_out, [acts[o][None] for o in self.output_names], self.out_keep)[0])
 
     def forward_seconds(self, repeats: int = 20, seconds: float = 1.0) -> float:
         """Median time of one baked forward pass of the original model on the fitness subset (up to `repeats`
@@ -190,7 +222,9 @@ class LayerView:
             return
         y = ev.take(acts, layer.y, n)
         self.y_shape = y.shape
-        self.x_t = np.ascontiguousarray(layer.x_mat(ev.take(acts, layer.x, n)).T)  # [K, rows]
+        x = ev.take(acts, layer.x, n)
+        self.x_t = np.ascontiguousarray(layer.x_mat(x).T)  # [K, rows]
+        self.row_keep = ev.layer_rows(layer, x, n)  # the rows of real tokens (None: all)
         self.y_flat = layer.y_flat(y).astype(np.float32)
 
     # -- the suffix, built on the first evaluation (re-fit-only visits never build a session) ------------
@@ -215,12 +249,15 @@ class LayerView:
 
     # -- refit data -------------------------------------------------------------------------------------
     def refit_data(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(X [rows, K], teacher T [rows, out]) on the re-fit samples, rows subsampled for convs."""
+        """(X [rows, K], teacher T [rows, out]) on the re-fit samples: the rows of real tokens, subsampled
+        to REFIT_ROWS (convolutions, long token sequences)."""
         layer, x = self.layer, self.acts[self.layer.x]
-        total = layer.n_rows(x.shape)
-        rows = None
+        valid = self.ev.layer_rows(layer, x, self.ev.n_refit)
+        rows = None if valid is None else np.flatnonzero(valid)
+        total = layer.n_rows(x.shape) if rows is None else len(rows)
         if total > REFIT_ROWS:
-            rows = np.sort(np.random.default_rng(seed).choice(total, REFIT_ROWS, replace=False))
+            rows = np.sort(np.random.default_rng(seed).choice(total if rows is None else rows, REFIT_ROWS,
+                                                              replace=False))
         t = layer.y_flat(self.ev.teacher_y[layer.weight])
         return layer.x_mat(x, rows).astype(np.float32), (t if rows is None else t[rows])
 
@@ -331,7 +368,7 @@ class LayerView:
             outs[self.layer.y] = y
         student = [outs[o] if o in outs else np.broadcast_to(self.const_out[o], (kc, *self.const_out[o].shape))
                    for o in self.ev.output_names]
-        return fitness_batch(self.ev.teacher_out, student)
+        return fitness_batch(self.ev.teacher_out, student, self.ev.out_keep)
 
     def _run_suffix(self, y: np.ndarray) -> list[np.ndarray]:
         kc, n = y.shape[:2]
@@ -340,13 +377,13 @@ class LayerView:
             feed.update({k: samples.join([v] * kc, self.ev.axes[k]) for k, v in self.side.items()})
             return [_unstack(r, kc, self.ev.axes.get(name, 0))
                     for name, r in zip(self.runner.output_names, self.runner.run(feed))]
-        ev, y_axis = self.ev, self.ev.axes[self.layer.y]
+        ev, y_name = self.ev, self.layer.y
         out_axes = [ev.axes.get(name, 0) for name in self.runner.output_names]
+        n = ev.n_fit if ev.axes[y_name] is not None else ev.batch
         per = []
         for c in range(kc):
-            n = y.shape[1:][y_axis] if y_axis is not None else ev.batch
-            feeds = [{self.suffix.inputs[0]: samples.take(y[c], y_axis, start, start + ev.batch),
-                      **{k: samples.take(v, ev.axes[k], start, start + ev.batch) for k, v in self.side.items()}}
+            feeds = [{self.suffix.inputs[0]: ev.slice(y[c], y_name, start, start + ev.batch),
+                      **{k: ev.slice(v, k, start, start + ev.batch) for k, v in self.side.items()}}
                      for start in range(0, n, ev.batch)]
             per.append(run_batches(self.runner, feeds, out_axes))
         return [np.stack([p[i] for p in per]) for i in range(len(per[0]))]
@@ -382,4 +419,5 @@ class LayerView:
 
     def _run_weights(self, change: dict[str, np.ndarray]) -> float:
         acts = self.ev.run_probe({**self.weights, **change}, self.ev.n_fit, self.ev.output_names)
-        return float(fitness_batch(self.ev.teacher_out, [acts[o][None] for o in self.ev.output_names])[0])
+        return float(fitness_batch(self.ev.teacher_out, [acts[o][None] for o in self.ev.output_names],
+                                   self.ev.out_keep)[0])
