@@ -77,6 +77,8 @@ def markdown(result, plots: list[str], skipped: str | None) -> str:
         lines += [f"| {100 * t['sparsity']:.2f} % | {100 * t['reached']:.2f} % | {t['drop']:.3f} | {t['limit']:g} | "
                   f"{'yes' if t['kept'] else 'no'} |" for t in s["auto"]]
     notes = [f"- left untouched: `{k['name']}` ({k['reason']})" for k in s["skipped"]]
+    notes += [f"- already quantized, coded losslessly: `{r['name']}` ({r['dtype']}, {r['value_codec']}) "
+              f"{r['coded_bytes']:,} bytes, zstd -19 {r['zstd_bytes']:,}" for r in s["lossless"]]
     notes += [f"- kept exact: `{n}` (not exercised by the calibration data)" for n in s["kept_exact"]]
     notes += [f"- {n}" for n in s["notes"]]
     if notes:
