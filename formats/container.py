@@ -26,8 +26,7 @@ from evonnx.formats.tensor import QuantizedTensor
 
 MAGIC = b"\x89EVX\r\n\x1a\n"
 END_MAGIC = b"EVXEND\x00\x00"
-MAJOR, MINOR = 2, 1                      # the newest version this module reads and writes
-INTEGER_MINOR = 1                        # 2.1 added integer (already-quantized) records
+MAJOR, MINOR = 2, 1                      # the newest version; 2.1 added integer (already-quantized) records
 ALIGN = {1: 64, 2: 1}                    # section alignment by major version (2.0 dropped the padding)
 HEADER = struct.Struct("<8sHHIQII")      # magic, major, minor, section_count, file_size, flags, header_crc
 SECTIONS = {1: struct.Struct("<4sIQQII"),  # kind, flags, offset, length, crc32, reserved
@@ -115,7 +114,7 @@ def encode_evx(graph: onnx.ModelProto, tensors: list[QuantizedTensor], meta: dic
 
 def _minor(tensors: list[QuantizedTensor]) -> int:
     """The lowest minor version that describes the file: files a 2.0 reader decodes say 2.0."""
-    return INTEGER_MINOR if any(t.dtype in INTEGER_DTYPES for t in tensors) else 0
+    return MINOR if any(t.dtype in INTEGER_DTYPES for t in tensors) else 0
 
 
 def _json(obj: dict, what: str) -> bytes:
