@@ -30,7 +30,8 @@ def token_mlp(fixed=False):
     batch = 1 if fixed else "batch"
     mask = (helper.make_tensor_value_info("attention_mask", TensorProto.FLOAT, [1, 1, 1, T]) if fixed
             else helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [batch, T]))
-    inits = [const("w1", normal(F, H, seed=1) / np.float32(np.sqrt(F))), const("b1", normal(H, seed=2) * np.float32(0.1)),
+    inits = [const("w1", normal(F, H, seed=1) / np.float32(np.sqrt(F))),
+             const("b1", normal(H, seed=2) * np.float32(0.1)),
              const("w2", normal(H, O, seed=3) / np.float32(np.sqrt(H))), const("rows", np.array([-1, F], np.int64)),
              const("tokens", np.array([-1, T, O], np.int64)), const("gate", np.array([-1, T, 1], np.int64)),
              const("scale", np.array(0.01, np.float32))]
@@ -49,9 +50,9 @@ def token_mlp(fixed=False):
                 helper.make_node("Cast", ["attention_mask"], ["mf"], to=TensorProto.FLOAT),
                 helper.make_node("Reshape", ["mf", "gate"], ["m"])]
     body += [helper.make_node("Mul", ["m", "scale"], ["ms"]), helper.make_node("Add", ["y", "ms"], ["out"])]
-    graph = helper.make_graph(body, "token_mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, T, F]),
-                                                  mask],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch, T, O])], inits)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, T, F])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch, T, O])
+    graph = helper.make_graph(body, "token_mlp", [x, mask], [out], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
@@ -106,8 +107,9 @@ def test_directed_evolution_reaches_its_target_on_token_activations():
 def embedding_model(vocab=50, dim=8):
     inits = [const("table", normal(vocab, dim, seed=1)), const("w", normal(dim, O, seed=2))]
     nodes = [helper.make_node("Gather", ["table", "input_ids"], ["e"]), helper.make_node("MatMul", ["e", "w"], ["out"])]
-    graph = helper.make_graph(nodes, "embed", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", T])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", T, O])], inits)
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", T])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", T, O])
+    graph = helper.make_graph(nodes, "embed", [ids], [out], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 

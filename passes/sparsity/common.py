@@ -92,8 +92,9 @@ def mask_of(state: ModelState, layer: Layer) -> np.ndarray:
 def priors(view: LayerView, kinds: list[str], ridge: float, x: np.ndarray | None) -> dict[str, np.ndarray]:
     """Per-entry saliencies of the layer's current weights (lower = safer to zero), flat [out*K].
 
-    magnitude |w|; wanda |w| * ||x_k|| (input-activation norm, over the rows of real tokens); hessian w^2 / [(H + lam I)^-1]_kk, the OBS
-    cost of zeroing one entry when the rest of its row is re-fitted (layers with K <= 2048; wider ones get wanda).
+    magnitude |w|; wanda |w| * ||x_k|| (input-activation norm, over the rows of real tokens); hessian
+    w^2 / [(H + lam I)^-1]_kk, the OBS cost of zeroing one entry when the rest of its row is re-fitted (layers
+    with K <= 2048; wider ones get wanda).
     """
     w = np.abs(view.w_mat.astype(np.float64))
     out = {}
@@ -211,5 +212,6 @@ def record(name: str, cfg, state: ModelState, layers: list[Layer], ev: Evaluator
     fit = ev.fitness(state)
     return {"pass": name, "settings": {k: v for k, v in vars(cfg).items()},
             "layer_sparsity": {l.weight: state.sparsity(l.weight) for l in layers},
-            "sparsity": float(sum(state.sparsity(l.weight) * l.size for l in layers) / max(sum(l.size for l in layers), 1)),
+            "sparsity": float(sum(state.sparsity(l.weight) * l.size for l in layers)
+                              / max(sum(l.size for l in layers), 1)),
             "fitness": fit, "evaluations": ev.counter.evaluations, "wall_seconds": time.perf_counter() - t0, **extra}
