@@ -236,3 +236,29 @@ def test_kmeans_codes_weights_already_on_a_grid_exactly():
     assert np.array_equal(centroids[codes], values)  # 100 distinct values fit 128 centroids: no error
     codes, centroids = kmeans_1d(values, 16)
     assert len(centroids) <= 16 and not np.array_equal(centroids[codes], values)
+
+
+def test_the_clipping_search_of_a_large_tensor_samples_without_losing_its_outliers():
+    """Above 2 x SAMPLE_VALUES values the grid search measures a weighted sample that keeps every group's
+    outermost values (what clipping cuts): its grids are as good as the full search's."""
+    import evonnx.passes.quant.uniform as uniform
+    rng = np.random.default_rng(3)
+    w = (rng.standard_t(3, (256, 4200)) * rng.gamma(2, 1, (256, 1))).ravel()
+    groups = np.repeat(np.arange(256), 4200)
+    pick, weight = uniform.search_sample(np.abs(w), groups, 256)
+    assert len(pick) < len(w) // 3 and weight.sum() == pytest.approx(len(w), rel=0.02)
+    outermost = np.argmax(np.abs(w).reshape(256, -1), axis=1) + 4200 * np.arange(256)
+    assert np.isin(outermost, pick).all()
+
+    def error(bits):
+        codes, scale, zero = uniform.fit_uniform(w, groups, 256, bits, True)
+        return float(np.mean(((codes - zero[groups]) * scale[groups] - w) ** 2))
+
+    sampled = [error(bits) for bits in (2, 4, 8)]
+    full = uniform.SAMPLE_VALUES
+    try:
+        uniform.SAMPLE_VALUES = len(w)
+        exact = [error(bits) for bits in (2, 4, 8)]
+    finally:
+        uniform.SAMPLE_VALUES = full
+    assert sampled == pytest.approx(exact, rel=0.01)
