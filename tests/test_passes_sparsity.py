@@ -155,3 +155,15 @@ def test_global_magnitude_is_exact_over_all_layers_and_refit_helps():
         assert sum(np.count_nonzero(out.current(n) == 0) for n in ("w1", "w2")) == tg.zero_count(total, 0.7)
     assert np.array_equal(plain.masks["w1"], refit.masks["w1"])
     assert refit.history[-1]["fitness"] < plain.history[-1]["fitness"]
+
+
+def test_the_lowest_entries_are_a_stable_argsorts_first_in_linear_time():
+    from evonnx.passes.sparsity.targets import lamp, lowest
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(1, 120))
+        values = rng.integers(0, 5, n).astype(float) if trial % 2 else rng.standard_normal(n)
+        values[rng.random(n) < 0.2 * (trial % 3 == 0)] = np.inf  # entries that may not be zeroed
+        k = int(rng.integers(0, n + 2))
+        assert sorted(lowest(values, k)) == sorted(np.argsort(values, kind="stable")[:k])
+    assert lamp({}, 0.5) == {}  # no prunable layer (every float weight kept exact)

@@ -21,10 +21,20 @@ def keep_mask(scores: np.ndarray, n_zero: int, allowed: np.ndarray | None = None
     flat = np.asarray(scores, dtype=np.float64).ravel()
     order_key = flat if allowed is None else np.where(allowed.ravel(), flat, np.inf)
     keep = np.ones(flat.size, dtype=bool)
-    if n_zero > 0:
-        idx = np.argsort(order_key, kind="stable")[:n_zero]
-        keep[idx] = False
+    keep[lowest(order_key, n_zero)] = False
     return keep.reshape(np.shape(scores))
+
+
+def lowest(values: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the `n` lowest of `values`, ties broken by index: the first n of a stable argsort, in
+    linear time (a partition finds the n-th value; of the entries equal to it, the first ones are taken)."""
+    if n <= 0:
+        return np.zeros(0, np.int64)
+    if n >= values.size:
+        return np.arange(values.size)
+    kth = np.partition(values, n - 1)[n - 1]
+    below = np.flatnonzero(values < kth)
+    return np.concatenate([below, np.flatnonzero(values == kth)[: n - below.size]])
 
 
 def resolve(names: list[str], sizes: dict[str, int], sparsity: float | None,
@@ -50,6 +60,8 @@ def lamp(weights: dict[str, np.ndarray], sparsity: float) -> dict[str, float]:
     weight's square over the sum of the squares of the weights of its layer at least as large; the globally
     lowest scores are zeroed. Each layer keeps its largest weight (its score is 1)."""
     names = list(weights)
+    if not names:
+        return {}
     scores, owner = [], []
     for i, name in enumerate(names):
         sq = np.sort(np.asarray(weights[name], np.float64).ravel() ** 2)
@@ -57,7 +69,7 @@ def lamp(weights: dict[str, np.ndarray], sparsity: float) -> dict[str, float]:
         scores.append(np.where(tail > 0, sq / np.where(tail > 0, tail, 1.0), 0.0))
         owner.append(np.full(sq.size, i))
     flat, owner = np.concatenate(scores), np.concatenate(owner)
-    zeros = np.bincount(owner[np.argsort(flat, kind="stable")[:zero_count(flat.size, sparsity)]], minlength=len(names))
+    zeros = np.bincount(owner[lowest(flat, zero_count(flat.size, sparsity))], minlength=len(names))
     return {name: float(zeros[i]) / weights[name].size for i, name in enumerate(names)}
 
 
