@@ -30,6 +30,7 @@ LADDER = tuple(1 - 0.5 ** k for k in range(1, 7))  # 0.5 … 0.984: the kept fra
 BISECTIONS = 2
 AUTO_SHARE = 0.5  # of --max-drop the auto sparsity may spend; the bit allocation gets what is left
 AUTO_Z = 1.0  # a rung's drop is taken at measured + AUTO_Z standard errors
+RUNG_FORWARDS = 8  # what a rung costs beyond its search, in passes over the calibration set, until one is measured
 
 
 def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, max_drop: float,
@@ -38,7 +39,8 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
     """sparsity="auto" (see the module docstring): the ladder and bisection of Directed Evolution runs,
     then the bit stage with the rest of the budget. Returns the state, the passes that made it, the trials.
     With `time_limit`, a rung starts only when the time left pays for its search and for the most a rung
-    has cost beyond its search so far (setting up, finishing), and the bit stage gets what is left
+    has cost beyond its search so far (setting up, finishing; before the first, RUNG_FORWARDS passes over
+    the calibration set), and the bit stage gets what is left
     (`forward`: seconds of one pass over the calibration set, to size it). Also returns the accepted rungs'
     students, least sparse first."""
     limit = AUTO_SHARE * max_drop
@@ -47,7 +49,7 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
     loss = budget_loss("task", AUTO_Z)
     start = time.perf_counter()
     deadline = start + SEARCH_SHARE * time_limit if time_limit else None
-    best, best_drop, passed, failed, bisected, overhead = state, 0.0, 0.0, None, 0, 0.0
+    best, best_drop, passed, failed, bisected, overhead = state, 0.0, 0.0, None, 0, RUNG_FORWARDS * forward
     steps, trials, rungs = [], [], []
     while (nxt := _next_sparsity(passed, failed, bisected)) is not None:
         target, left = nxt
@@ -56,6 +58,8 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
         if deadline is not None:
             remaining = deadline - time.perf_counter() - overhead
             if remaining <= 0:
+                log.info(f"auto sparsity: no time left for a rung at {target:.4f} (its set-up and finish take "
+                         f"about {overhead:.0f} s)")
                 break
             given = round(remaining / left, 3)
             params.update(time_limit=given, on_budget="finish", **budget.de)
@@ -64,7 +68,7 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
         t0 = time.perf_counter()
         student = de.run(best, dataclasses.replace(ctx, workdir=sub))
         if given is not None:
-            overhead = max(overhead, time.perf_counter() - t0 - given)
+            overhead = max(overhead if trials else 0.0, time.perf_counter() - t0 - given)
         drop = float(loss(fidelity.evaluate([{n: student.current(n) for n in engine.weight_names}])[0]))
         ok = drop <= limit
         trials.append({"sparsity": target, "reached": round(student.global_sparsity(), 4), "drop": round(drop, 4),
