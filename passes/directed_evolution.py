@@ -117,13 +117,12 @@ class _Run:
                   "evaluations": self.ev.counter.evaluations, "eval_seconds": self.ev.counter.seconds,
                   "by_layer": self.ev.counter.by_layer, "elapsed": self.elapsed(), "log_lines": self.log_lines,
                   "steps_log": self.steps_log}
-        arrays = {f"w:{n}": v for n, v in self.student.weights.items()}
-        arrays.update({f"m:{n}": v for n, v in self.student.masks.items()})
-        for n, (s, c) in self.credit.items():
-            arrays[f"cs:{n}"], arrays[f"cc:{n}"] = s, c
-        checkpoint.save(self.dir / "checkpoint.npz", header, arrays)
+        checkpoint.save(self.dir / "checkpoint.npz", header, {
+            "weights": self.student.weights, "masks": self.student.masks,
+            "credit_sums": {n: s for n, (s, _) in self.credit.items()},
+            "credit_counts": {n: c for n, (_, c) in self.credit.items()}})
 
-    def _restore(self, header: dict, arrays: dict) -> None:
+    def _restore(self, header: dict, groups: checkpoint.Groups) -> None:
         self.targets, self.curves, self.density0 = header["targets"], header["curves"], header["density0"]
         self.position = tuple(header["position"])
         self.rng = np.random.default_rng()
@@ -131,10 +130,9 @@ class _Run:
         c = self.ev.counter
         c.evaluations, c.seconds, c.by_layer = header["evaluations"], header["eval_seconds"], header["by_layer"]
         self.elapsed_before, self.log_lines, self.steps_log = header["elapsed"], header["log_lines"], header["steps_log"]
-        self.student = self.teacher_state.replace(
-            weights={k[2:]: v for k, v in arrays.items() if k.startswith("w:")},
-            masks={k[2:]: v for k, v in arrays.items() if k.startswith("m:")})
-        self.credit = {l.weight: (arrays[f"cs:{l.weight}"], arrays[f"cc:{l.weight}"]) for l in self.layers}
+        self.student = self.teacher_state.replace(weights=groups["weights"], masks=groups["masks"])
+        self.credit = {l.weight: (groups["credit_sums"][l.weight], groups["credit_counts"][l.weight])
+                       for l in self.layers}
         path = self.dir / "log.jsonl"
         lines = path.read_text().splitlines(keepends=True)[: self.log_lines] if path.exists() else []
         path.write_text("".join(lines))

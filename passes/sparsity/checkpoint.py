@@ -1,5 +1,5 @@
-"""Atomic checkpoints of a search: a JSON header and small arrays in one .npz replaced in one rename,
-large arrays content-addressed beside it."""
+"""Atomic checkpoints of a search: a JSON header and named groups of arrays (each keyed by tensor name) in
+one .npz replaced in one rename, large arrays content-addressed beside it."""
 from __future__ import annotations
 
 import hashlib
@@ -12,6 +12,8 @@ import onnx
 
 BLOB_BYTES = 1 << 20
 BLOB_KEY = "__blobs__"
+GROUPS_KEY = "__groups__"
+Groups = dict[str, dict[str, np.ndarray]]  # e.g. {"weights": {tensor name: array}, "masks": {...}}
 
 
 def fingerprint(model: onnx.ModelProto, inputs: dict[str, np.ndarray], settings: dict, seed: int) -> str:
@@ -38,10 +40,12 @@ def _write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def save(path: Path, header: dict, arrays: dict[str, np.ndarray]) -> None:
+def save(path: Path, header: dict, groups: Groups) -> None:
     """Replace the checkpoint at `path`. Arrays of BLOB_BYTES or more are stored once per content in
     `path.blobs/` (a step that changes one layer of a large model rewrites only that layer); the header
     names them, blobs are written before it and unreferenced ones removed after it."""
+    names = {group: list(arrays) for group, arrays in groups.items()}
+    arrays = {f"{group}.{i}": value for group, members in groups.items() for i, value in enumerate(members.values())}
     inline, refs = {}, {}
     for name, value in arrays.items():
         if value.nbytes < BLOB_BYTES:
@@ -54,15 +58,16 @@ def save(path: Path, header: dict, arrays: dict[str, np.ndarray]) -> None:
         if not blob.is_file():
             blob.parent.mkdir(exist_ok=True)
             _write(blob, lambda fh, v=value: np.save(fh, v, allow_pickle=False))
-    _write(path, lambda fh: np.savez(fh, __header__=np.array(json.dumps({**header, BLOB_KEY: refs})), **inline))
+    meta = json.dumps({**header, BLOB_KEY: refs, GROUPS_KEY: names})
+    _write(path, lambda fh: np.savez(fh, __header__=np.array(meta), **inline))
     if _blobs(path).is_dir():
         for f in _blobs(path).iterdir():
             if f.stem not in refs.values() or f.suffix != ".npy":
                 f.unlink(missing_ok=True)
 
 
-def load(path: Path, fp: str) -> tuple[dict, dict[str, np.ndarray]] | None:
-    """The checkpoint's header and arrays, or None when absent, unreadable or from another run."""
+def load(path: Path, fp: str) -> tuple[dict, Groups] | None:
+    """The checkpoint's header and groups of arrays, or None when absent, unreadable or from another run."""
     if not path.is_file():
         return None
     try:
@@ -73,6 +78,8 @@ def load(path: Path, fp: str) -> tuple[dict, dict[str, np.ndarray]] | None:
             arrays = {k: z[k] for k in z.files if k != "__header__"}
         for name, digest in header.pop(BLOB_KEY, {}).items():
             arrays[name] = np.load(_blobs(path) / f"{digest}.npy", allow_pickle=False)
+        groups = {group: {name: arrays[f"{group}.{i}"] for i, name in enumerate(members)}
+                  for group, members in header.pop(GROUPS_KEY).items()}
     except (OSError, ValueError, KeyError):
         return None
-    return header, arrays
+    return header, groups

@@ -100,9 +100,9 @@ class Distiller:
         self.regrow_names = [n for n in student.weight_names if s.regrow.share > 0 and n in constraints
                              and constraints[n].mask is not None and constraints[n].record is None]
         self.regrown: dict[str, int] = {}
-        self.params = [student.parameter(n) for n in student.weight_names]
-        self.params += [c.centroids for c in constraints.values() if c.centroids is not None]
-        self.opt = torch.optim.Adam(self.params, lr=s.lr, foreach=True)
+        self.params = {n: student.parameter(n) for n in student.weight_names}  # by name, as checkpoints hold them
+        self.params.update({f"{n}/centroids": c.centroids for n, c in constraints.items() if c.centroids is not None})
+        self.opt = torch.optim.Adam(list(self.params.values()), lr=s.lr, foreach=True)
         self.rng = np.random.default_rng([seed, 0xD1])
         self.step, self.elapsed_before, self.curve = 0, 0.0, []
         self.best_val, self.best_step, self.best = math.inf, 0, None
@@ -266,18 +266,18 @@ class Distiller:
         if val < self.best_val or not self.s.keep_best:
             self.best_val, self.best_step, self.best = val, self.step, self._snapshot()
 
-    def _snapshot(self) -> dict[str, np.ndarray]:
-        out = {f"p{i}": p.detach().cpu().numpy().copy() for i, p in enumerate(self.params)}
-        out.update({f"mask{j}": self.constraints[n].mask.copy() for j, n in enumerate(self.regrow_names)})
-        return out
+    def _snapshot(self) -> dict[str, dict[str, np.ndarray]]:
+        """The parameters and regrown masks, by name."""
+        return {"params": {n: p.detach().cpu().numpy().copy() for n, p in self.params.items()},
+                "masks": {n: self.constraints[n].mask.copy() for n in self.regrow_names}}
 
-    def _load(self, arrays: dict[str, np.ndarray]) -> None:
+    def _load(self, snapshot: dict[str, dict[str, np.ndarray]]) -> None:
         """Parameters (and regrown masks) from a snapshot."""
         with torch.no_grad():
-            for i, p in enumerate(self.params):
-                p.copy_(torch.from_numpy(arrays[f"p{i}"]))
-        for j, n in enumerate(self.regrow_names):
-            self.constraints[n].set_mask(arrays[f"mask{j}"].astype(bool))
+            for n, p in self.params.items():
+                p.copy_(torch.from_numpy(snapshot["params"][n]))
+        for n in self.regrow_names:
+            self.constraints[n].set_mask(snapshot["masks"][n].astype(bool))
 
     def restore_best(self) -> None:
         self._load(self.best)
@@ -286,30 +286,28 @@ class Distiller:
     def save(self) -> None:
         if self.ckpt is None:
             return
-        arrays = {f"cur:{k}": v for k, v in self._snapshot().items()}
-        arrays.update({f"best:{k}": v for k, v in self.best.items()})
-        adam_steps = []
-        for i, p in enumerate(self.params):
-            st = self.opt.state.get(p, {})
-            adam_steps.append(float(st["step"]) if "step" in st else 0.0)
-            if "exp_avg" in st:
-                arrays[f"m{i}"], arrays[f"v{i}"] = st["exp_avg"].cpu().numpy(), st["exp_avg_sq"].cpu().numpy()
+        current = self._snapshot()
+        adam = {n: self.opt.state[p] for n, p in self.params.items() if "exp_avg" in self.opt.state.get(p, {})}
+        groups = {"params": current["params"], "masks": current["masks"], "best_params": self.best["params"],
+                  "best_masks": self.best["masks"],
+                  "adam_first_moments": {n: st["exp_avg"].cpu().numpy() for n, st in adam.items()},
+                  "adam_second_moments": {n: st["exp_avg_sq"].cpu().numpy() for n, st in adam.items()}}
+        adam_steps = {n: float(st["step"]) for n, st in adam.items()}
         header = {"fingerprint": self.fp, "step": self.step, "elapsed": self.elapsed(), "adam_steps": adam_steps,
                   "rng": self.rng.bit_generator.state, "best_val": self.best_val, "best_step": self.best_step,
                   "curve": self.curve, "we_evolved": self.evolved, "regrown": self.regrown}
-        checkpoint.save(self.ckpt, header, arrays)
+        checkpoint.save(self.ckpt, header, groups)
 
     def resume(self) -> bool:
         loaded = checkpoint.load(self.ckpt, self.fp) if self.ckpt is not None else None
         if not loaded:
             return False
-        header, arrays = loaded
-        self._load({k[4:]: v for k, v in arrays.items() if k.startswith("cur:")})
-        state = {}
-        for i, p in enumerate(self.params):
-            if f"m{i}" in arrays:
-                state[i] = {"step": torch.tensor(header["adam_steps"][i]), "exp_avg": torch.from_numpy(arrays[f"m{i}"]),
-                            "exp_avg_sq": torch.from_numpy(arrays[f"v{i}"])}
+        header, groups = loaded
+        self._load({"params": groups["params"], "masks": groups["masks"]})
+        state = {i: {"step": torch.tensor(header["adam_steps"][n]),
+                     "exp_avg": torch.from_numpy(groups["adam_first_moments"][n]),
+                     "exp_avg_sq": torch.from_numpy(groups["adam_second_moments"][n])}
+                 for i, n in enumerate(self.params) if n in header["adam_steps"]}
         self.opt.load_state_dict({"state": state, "param_groups": self.opt.state_dict()["param_groups"]})
         self.step, self.elapsed_before = header["step"], header["elapsed"]
         self.rng.bit_generator.state = header["rng"]
@@ -317,6 +315,6 @@ class Distiller:
         self.curve = [tuple(c) for c in header["curve"]]
         self.evolved = dict(header.get("we_evolved", {}))
         self.regrown = dict(header.get("regrown", {}))
-        self.best = {k[5:]: v for k, v in arrays.items() if k.startswith("best:")}
+        self.best = {"params": groups["best_params"], "masks": groups["best_masks"]}
         log.info(f"distill-finetune: resumed at step {self.step}")
         return True
