@@ -12,7 +12,7 @@ import corpus
 from evonnx.formats.container import read_evx
 from evonnx.passes.compress import compress
 from evonnx.passes.compress.auto import AUTO_SHARE, LADDER
-from evonnx.tools.report import write_report
+from evonnx.passes.compress.report import write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -8,7 +8,6 @@ import warnings
 from evonnx.errors import EvonnxError
 from evonnx.passes.engine.calib import HOLDOUT, parse_batch_axes, parse_input_shapes
 from evonnx.tools.options import add_data_options
-from evonnx.tools.report import fidelity_lines
 
 AUTO_HELP = ("auto (default): budget-driven: Directed Evolution tries 50, 75, 87.5, 93.75, 96.9, 98.4 %%, each from "
              "the last accepted student, then bisects twice; it keeps the sparsest student whose drop is within half "
@@ -106,6 +105,8 @@ def _names(names: list[str], shown: int = 4) -> str:
 
 
 def format_summary(s: dict) -> str:
+    from evonnx.passes.compress.report import fidelity_lines
+
     pct = lambda v: "-" if v is None else f"{100 * v:.2f} %"  # noqa: E731
     lines = [f"{s['output']}: {s['container_bytes']:,} bytes from {s['original_bytes']:,} ({s['ratio']:.1f}x)",
              *[f"{what}: {figure}" for what, figure in fidelity_lines(s)],

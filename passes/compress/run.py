@@ -187,7 +187,7 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
         auto=trials,
         history=state.history, search_log=search_log)
     if report is not None:
-        from evonnx.tools.report import write_report
+        from evonnx.passes.compress.report import write_report
         for line in write_report(result, report):
             log.info(line)
     return result

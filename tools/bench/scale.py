@@ -10,12 +10,15 @@ For each model, in one run:
 - one candidate evaluation by the fitness engine (weights fed as inputs) against a forward of the baked model;
 - `evonnx compress --time-limit T` in a child process: wall time against the limit, and peak RSS against the
   model's bytes plus all of its activations on the calibration samples (the most the search could cache).
+Children start from a small forkserver process: a child forked from this one would count its memory in
+its own peak RSS.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import platform
 import subprocess
@@ -216,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=32, help="calibration samples")
     p.add_argument("--out", help="write the table here too")
     args = p.parse_args(argv)
+    small = multiprocessing.get_context("forkserver").Pool(1)  # started while this process is still small
+    base = small.apply(baseline_rss)
     rows = []
     for kind in args.kinds:
         for size in args.sizes:
@@ -223,11 +228,12 @@ def main(argv: list[str] | None = None) -> int:
             calib = calibration(path, args.samples)
             row = {"name": f"{kind}-{size}M", "bytes": path.stat().st_size,
                    "activations": activation_bytes(path, args.samples), **engine_cost(path, calib)}
-            row["compress"] = compress_child(path, calib, args.time_limit)
+            row["compress"] = small.apply(compress_child, (path, calib, args.time_limit))
             print(json.dumps({k: v for k, v in row.items() if k != "compress"} | {
                 k: v for k, v in row["compress"].items() if k != "summary"}), file=sys.stderr, flush=True)
             rows.append(row)
-    return emit(table(rows, args.time_limit, args.samples, baseline_rss()), args.out)
+    small.close()
+    return emit(table(rows, args.time_limit, args.samples, base), args.out)
 
 
 if __name__ == "__main__":
