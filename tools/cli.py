@@ -28,7 +28,8 @@ _SEARCH = "pip install 'evonnx[gpu]' (ONNX Runtime with CUDA) or 'evonnx[cpu]'"
 EXTRAS = {"onnxruntime": _SEARCH, "onnx_graphsurgeon": _SEARCH, "rapidfuzz": _SEARCH,
           "torch": "pip install 'evonnx[torch]'", "matplotlib": "pip install 'evonnx[report]'",
           "yaml": "pip install 'evonnx[yaml]'", "tokenizers": "pip install 'evonnx[corpus]'",
-          "PIL": "pip install 'evonnx[corpus]'", "soundfile": "pip install 'evonnx[corpus]'"}
+          "PIL": "pip install 'evonnx[corpus]'", "soundfile": "pip install 'evonnx[corpus]'",
+          "ray": "pip install 'evonnx[distributed]'"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ import warnings
 
 from evonnx.errors import EvonnxError
 from evonnx.passes.engine.calib import HOLDOUT, parse_batch_axes, parse_input_shapes
-from evonnx.tools.options import add_data_options
+from evonnx.tools.options import add_data_options, add_worker_options
 
 AUTO_HELP = ("auto (default): budget-driven: Directed Evolution tries 50, 75, 87.5, 93.75, 96.9, 98.4 %%, each from "
              "the last accepted student, then bisects twice; it keeps the sparsest student whose drop is within half "
@@ -55,6 +55,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--report", metavar="DIR", help="write report.md, summary.json and PNG plots (with "
                         "matplotlib) there")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_worker_options(parser)
     return parser
 
 
@@ -93,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
                       bits=_bits(args.bits), max_drop=args.max_drop, metric=args.metric, holdout=args.holdout,
                       time_limit=args.time_limit, seed=args.seed, workdir=args.workdir,
                       resume=args.resume, pipeline=args.config, device=args.device, progress=not args.quiet,
-                      report=args.report, max_bytes=args.max_bytes)
+                      report=args.report, max_bytes=args.max_bytes, workers=args.workers,
+                      ray_address=args.ray_address)
     summary = result.as_dict()
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0

@@ -19,6 +19,13 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
 
 
+def add_worker_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, metavar="N", help="score candidates on N Ray actors of a local Ray "
+                        "runtime (the `distributed` extra); the result is the serial one")
+    parser.add_argument("--ray-address", metavar="ADDR", help="score candidates on the Ray cluster at ADDR (as "
+                        "`ray start --head` prints it; --workers actors, default one per CPU)")
+
+
 def calibration(args: argparse.Namespace, model) -> CalibData:
     shapes, axes = parse_input_shapes(args.input_shape), parse_batch_axes(args.batch_axis)
     if args.calib:

@@ -1,6 +1,7 @@
 """`evonnx.compress`: load → hold out → passes → encode, decode, verify, check the budget → atomic write → report."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -42,7 +43,8 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
              time_limit: float | None = None, seed: int = 0, workdir: str | Path | None = None,
              resume: bool = False, pipeline: Pipeline | str | Path | None = None, device: str = "auto",
              progress: bool = True, report: str | Path | None = None,
-             max_bytes: int | str | None = None) -> CompressResult:
+             max_bytes: int | str | None = None, workers: int | None = None,
+             ray_address: str | None = None) -> CompressResult:
     """Compress an ONNX model into an .evx container, decode it again and verify it before writing it.
 
     `calib`: an .npz path, or Python data (passes/engine/calib.py `from_python`: a dict of arrays, an iterable
@@ -57,9 +59,13 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
 
     `sparsity` "auto" (the default, but for `max_bytes` runs: 0.9) is budget-driven (passes/compress/auto.py);
     a number fixes it. Without `calib`, random inputs stand in only with `synthetic_ok`. `batch_axes` names inputs' sample axes (None:
-    no sample axis) where the model's dims don't tell; `report` writes report.md, summary.json and plots."""
+    no sample axis) where the model's dims don't tell; `report` writes report.md, summary.json and plots.
+
+    `workers` (a local Ray runtime with that many actors) or `ray_address` (a running Ray cluster) score the
+    search's candidates on Ray actors (passes/engine/distributed.py), with the serial result."""
     start = time.perf_counter()
     check_options(time_limit, max_drop, samples, holdout)
+    pool = _workers(workers, ray_address, device)
     output = Path(output)
     if not output.parent.exists():
         raise EvonnxError(f"{output}: folder {output.parent} does not exist")
@@ -98,8 +104,8 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
                  f"({', '.join(s['name'] for s in skipped[:4])}{', …' if len(skipped) > 4 else ''})")
     notes, trials, targets = [], [], state.targets
     search_drop = enforced if enforced is not None else DEFAULT_MAX_DROP  # what the passes aim at
-    with work_dir(workdir, report) as wd:
-        ctx = PassContext(fit, device=device, seed=seed, workdir=wd, progress=progress)
+    with work_dir(workdir, report) as wd, pool as pool_workers:
+        ctx = PassContext(fit, device=device, seed=seed, workdir=wd, progress=progress, workers=pool_workers)
         engine = ctx.engine(state)
         ctx.metric = pick(metric, per_sample(engine.teacher, engine.axes), engine.output_names, fit.labels,
                           engine.axes)
@@ -191,6 +197,14 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
         for line in write_report(result, report):
             log.info(line)
     return result
+
+
+def _workers(count: int | None, address: str | None, device: str):
+    """The Ray actors of a run (needs the `distributed` extra), or none."""
+    if count is None and address is None:
+        return contextlib.nullcontext()
+    from evonnx.passes.engine.distributed import Workers
+    return Workers(count, address, device)
 
 
 def _unexercised(state: ModelState, engine) -> list[str]:

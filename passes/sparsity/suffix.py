@@ -30,6 +30,10 @@ REFIT_ROWS = 16384  # most activation rows used to re-fit one layer
 POOL_CACHE_ELEMENTS = 32 << 20  # most gathered activation elements cached for a search pool
 MEASURE_GROUP = 8  # probe outputs measured together
 ACTIVATION_BYTES = 2 << 30  # most bytes of cached activations (every layer's input and output) on the re-fit samples
+# what scoring a visit's pool candidates reads, of an Evaluator and of a LayerView (see scoring_copy)
+EVALUATOR_SCORING = ("teacher_out", "out_keep", "output_names", "axes", "per", "n_fit", "batch", "stackable_batch",
+                     "providers", "label")
+VIEW_SCORING = ("layer", "w_mat", "out", "k", "const_out", "y_shape", "x_t", "row_keep", "y_flat")
 
 
 def fitness_batch(teacher: list[np.ndarray], student: list[np.ndarray],
@@ -79,8 +83,10 @@ class Evaluator:
     """Evaluates candidate zero-sets layer by layer against the teacher on a calibration subset."""
 
     def __init__(self, state: ModelState, layers: list[Layer], calib: CalibData, providers: list[str],
-                 fitness_samples: int = 256, refit_samples: int = 1024, batch_size: int = 256):
+                 fitness_samples: int = 256, refit_samples: int = 1024, batch_size: int = 256, workers=None):
         self.state, self.layers, self.providers = state, {l.weight: l for l in layers}, providers
+        self.label = state.label
+        self.workers = workers  # a distributed.Workers: pool candidates are scored on its actors
         n = calib.num_samples
         self.n_fit, self.n_refit = min(fitness_samples, n), min(max(refit_samples, fitness_samples), n)
         fixed = fixed_batch(state.model, calib.axes, state.label)
@@ -168,6 +174,12 @@ class Evaluator:
         keep = self.rows(name, teacher.shape[:-1], self.n_fit)
         return None if keep is None else keep.reshape(*teacher.shape[:-1], 1)
 
+    def scoring_copy(self) -> "Evaluator":
+        """What scoring candidates reads, without the model, the probe or the calibration data."""
+        ev = object.__new__(Evaluator)
+        ev.__dict__.update({k: self.__dict__[k] for k in EVALUATOR_SCORING}, counter=Counter(), workers=None)
+        return ev
+
     def current(self, state: ModelState) -> dict[str, np.ndarray]:
         return {n: state.current(n) for n in self.exposed}
 
@@ -213,6 +225,7 @@ class LayerView:
     def __init__(self, ev: Evaluator, layer: Layer, state: ModelState, weights: dict, acts: dict):
         self.ev, self.layer = ev, layer
         self.weights = weights
+        self.remote = None  # this visit shared with the evaluator's workers
         self.w_mat = layer.to_mat(weights[layer.weight]).astype(np.float32)
         self.out, self.k = self.w_mat.shape
         n = ev.n_fit
@@ -241,11 +254,19 @@ class LayerView:
     @cached_property
     def runner(self) -> Runner | None:
         model = self.suffix.model
-        return Runner(model, self.ev.providers, self.ev.state.label) if model is not None else None
+        return Runner(model, self.ev.providers, self.ev.label) if model is not None else None
 
     @cached_property
     def stack(self) -> int:
         return self._check_stacking()
+
+    def scoring_copy(self) -> "LayerView":
+        """A copy holding what evaluate_members needs (the suffix built, no ORT session, no probe activations), to
+        ship to worker processes once per visit."""
+        view = object.__new__(LayerView)
+        view.__dict__.update({k: self.__dict__[k] for k in VIEW_SCORING}, ev=self.ev.scoring_copy(),
+                             suffix=self.suffix, side=self.side, remote=None)
+        return view
 
     # -- refit data -------------------------------------------------------------------------------------
     def refit_data(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -269,6 +290,10 @@ class LayerView:
         self.pool_order = np.argsort(self.pool, kind="stable")
         if not self.layer.fast:
             return
+        if self.ev.workers is not None:
+            self.remote = self.remote or self.ev.workers.share(self)
+            self.remote.use_pool(self.pool)
+            return
         sorted_pool = self.pool[self.pool_order]
         outs = sorted_pool // self.k
         self.pool_outputs = np.unique(outs)
@@ -282,6 +307,11 @@ class LayerView:
         """Fitness of candidates given as a bool matrix [candidates, pool] over the pool of use_pool."""
         if not self.layer.fast:
             return self.evaluate([np.sort(self.pool[row]) for row in members])
+        if self.remote is not None:
+            t0 = time.perf_counter()
+            scores = self.remote.score(members)
+            self._count(len(members), t0)
+            return scores
         stack = self.stack  # builds the suffix session on first use: a cost of the visit, not of a candidate
         t0 = time.perf_counter()
         z = members[:, self.pool_order].astype(np.float32)
@@ -291,6 +321,8 @@ class LayerView:
 
     def apply(self, idx: np.ndarray) -> None:
         """Commit zeroing `idx` inside this view (weights and cached layer output), for a further search."""
+        if self.remote is not None:
+            self.remote.apply(idx)
         if self.layer.fast:
             flat_w = self.w_mat.ravel()
             delta = sparse_rows(self.x_t, idx // self.k, idx % self.k, -flat_w[idx], self.out)

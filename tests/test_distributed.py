@@ -1,0 +1,98 @@
+"""Candidate evaluation on Ray actors: the serial container byte for byte, through a killed worker too."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from corpus import mlp
+
+ray = pytest.importorskip("ray")
+distributed = pytest.importorskip("evonnx.passes.engine.distributed")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """compress(**kw) of a small MLP at 60 % sparsity into a fresh file, ORT on one thread; its bytes. A local Ray
+    runtime of 2 CPUs lives as long as the module."""
+    root = tmp_path_factory.mktemp("distributed")
+    model = mlp(hidden=64, d_in=32, classes=10)
+    model.ir_version = 10
+    onnx.save(model, root / "m.onnx")
+    np.savez(root / "c.npz", x=np.random.default_rng(0).standard_normal((200, 32)).astype(np.float32))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EVONNX_ORT_THREADS", "1")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from evonnx.passes.compress import compress
+
+    def go(name: str, **kw) -> bytes:
+        compress(root / "m.onnx", root / name, calib=root / "c.npz", sparsity=0.6, bits=8, max_drop=math.inf,
+                 progress=False, **kw)
+        return (root / name).read_bytes()
+
+    go.root = root
+    yield go
+    ray.shutdown()
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def serial(run) -> bytes:
+    return run("serial.evx")
+
+
+def _count_gathers(monkeypatch, on_call=None) -> list:
+    calls: list = []
+    original = distributed.gather
+
+    def counted(futures):
+        calls.append(len(futures))
+        if on_call:
+            on_call(len(calls))
+        return original(futures)
+
+    monkeypatch.setattr(distributed, "gather", counted)
+    return calls
+
+
+def test_two_workers_give_the_serial_container(run, serial, monkeypatch):
+    calls = _count_gathers(monkeypatch)
+    assert run("two.evx", workers=2) == serial
+    assert len(calls) > 10 and max(calls) == 2  # every generation went to both actors
+
+
+def test_a_killed_worker_is_replaced_and_the_result_unchanged(run, serial, monkeypatch):
+    seen: dict = {}
+    enter = distributed.Workers.__enter__
+
+    def recording(self):
+        seen["workers"] = enter(self)
+        seen["pids"] = self.pids()
+        return seen["workers"]
+
+    def kill(call: int) -> None:
+        if call == 3:  # the generation's tasks are submitted, not gathered
+            os.kill(seen["pids"][0], signal.SIGKILL)
+        if call == 6:
+            seen["after"] = seen["workers"].pids()
+
+    monkeypatch.setattr(distributed.Workers, "__enter__", recording)
+    _count_gathers(monkeypatch, kill)
+    assert run("killed.evx", workers=2) == serial
+    assert seen["after"][0] != seen["pids"][0] and seen["after"][1] == seen["pids"][1]
+
+
+def test_workers_without_ray_exit_2_naming_the_extra(run):
+    code = ("import sys\nsys.modules['ray'] = None\nfrom evonnx.tools.cli import main\n"
+            f"sys.exit(main(['compress', {str(run.root / 'm.onnx')!r}, '-o', {str(run.root / 'no.evx')!r}, "
+            "'--synthetic-ok', '--workers', '2']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "evonnx[distributed]" in out.stderr and "Traceback" not in out.stderr
+    assert not (run.root / "no.evx").exists()
