@@ -1,7 +1,8 @@
 """bit-allocation: the fewest coded bytes per layer whose joint loss stays within a budget.
 
 Sensitivity: every target layer is quantized alone under every scheme x bit width (plus exact) and
-measured with the fitness engine against the incoming (e.g. sparsified) model's outputs. Search
+measured with the fitness engine against the incoming (e.g. sparsified) model's outputs, on all calibration
+samples or, to fit a time limit, on an even spread of a share of them (`sensitivity_share`). Search
 (passes/quant/allocate.py): a knapsack on the additive damage estimate, its budget bisected against
 joint measurements, then single-layer refinements; or a greedy descent from all-exact. The objective
 is the estimated *coded* size (entropy of codes and mask plus side information,
@@ -13,11 +14,15 @@ many allocations on the same calibration set, and the raw drop lets it pick nois
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+import numpy as np
+
 from evonnx.errors import EvonnxError
 from evonnx.passes.base import Pass, PassContext, param, register
+from evonnx.passes.engine.calib import fixed_batch
 from evonnx.passes.quant.allocate import Option, Searcher, frontier
 from evonnx.passes.quant.apply import Fidelity, Nontarget, Quantizer, nontargets, rounded_nontargets
 from evonnx.passes.quant.layer import QuantSpec
@@ -27,6 +32,7 @@ from evonnx.passes.state import ModelState
 
 log = logging.getLogger(__name__)
 
+MIN_SENSITIVITY_SAMPLES = 8
 BudgetMetric = Literal["auto", "task", "accuracy", "agreement", "cosine", "kl"]
 
 
@@ -38,8 +44,8 @@ class BitAllocation(Pass):
 
     @dataclass
     class Config:
-        schemes: list = param(["uniform/channel/sym", "uniform/channel/asym", "uniform/tensor/sym", "codebook",
-                               "codebook+refit"], "scheme families tried per layer (see the quantize pass)")
+        schemes: list = param(["uniform/channel/sym", "uniform/channel/asym", "uniform/channel/rate",
+                               "uniform/tensor/sym", "codebook", "codebook+refit"], "scheme families tried per layer (see the quantize pass)")
         bits: list = param([1, 2, 3, 4, 5, 6, 7, 8], "bit widths tried per scheme")
         metric: BudgetMetric = param("auto", "budget metric: task (the run's task metric, passes/engine/tasks.py, at its "
                             "upper bound: measured + z standard errors), accuracy (labels), agreement (top-1 with "
@@ -61,11 +67,15 @@ class BitAllocation(Pass):
                                            "with the allocation, by the lowest measured KL within the size)")
         refit_rows: int = param(4096, "calibration rows per layer for the codebook re-fit")
         keep: list = param([], "target weights kept exact (e.g. ones the calibration data never exercises)")
+        sensitivity_share: float = param(1.0, "share of the calibration samples each layer alone is measured on "
+                                         f"(evenly spread, at least {MIN_SENSITIVITY_SAMPLES}); the joint search "
+                                         "measures all")
 
     def run(self, state: ModelState, ctx: PassContext) -> ModelState:
         cfg = self.config
         engine = ctx.engine(state)
         fidelity = Fidelity(engine, {n: state.current(n) for n in engine.weight_names}, ctx.metric)  # biases too
+        alone = _sensitivity_fidelity(state, ctx, fidelity, cfg.sensitivity_share)
         metric, limit = _budget(cfg, fidelity)
         loss = budget_loss(metric, cfg.z)
         quantizer = Quantizer(state, engine, cfg.refit_rows, ctx.seed)
@@ -76,7 +86,7 @@ class BitAllocation(Pass):
         for name in names:
             tried = [s for s in specs if not s.refit or quantizer.can_refit(name)]
             done = [quantizer.quantize(name, s) for s in tried]
-            metrics = fidelity.evaluate([{name: q.weight} for q in done])
+            metrics = alone.evaluate([{name: q.weight} for q in done])
             options = [Option(s, q, coded_bytes(q.tensor)["total"], m.metrics.fitness, loss(m))
                        for s, q, m in zip(tried, done, metrics)]
             measured[name] = [(o.spec.label, round(o.bytes, 1), o.damage, o.drop) for o in options]
@@ -102,6 +112,7 @@ class BitAllocation(Pass):
                                                      max(limit, searcher.loss(choice)))
         extra = {"metric": metric, "limit": limit, "joint_loss": searcher.loss(choice),
                  "joint_evaluations": len(searcher.cache), "sensitivity_evaluations": sum(map(len, measured.values())),
+                 "sensitivity_samples": alone.engine.calib.num_samples,
                  "allocation": {n: s.label for n, s in plan.items()}, "sensitivity": measured,
                  "tried": [(round(searcher.bytes(c), 1), loss) for c, loss in searcher.cache.items()],
                  "chosen_bytes": round(searcher.bytes(choice), 1), "nontarget_mode": nontarget,
@@ -114,6 +125,20 @@ class BitAllocation(Pass):
                                                                                      extra["allocation"].items()))
         return quantize_plan(state, ctx, plan, nontarget, cfg.refit_rows, self.name, asdict(cfg), extra, quantizer,
                              exact=set(cfg.keep))
+
+
+def _sensitivity_fidelity(state: ModelState, ctx: PassContext, fidelity: Fidelity, share: float) -> Fidelity:
+    """`fidelity` on an even spread of `share` of its calibration samples (at least MIN_SENSITIVITY_SAMPLES, a
+    multiple of the model's fixed batch), or `fidelity` itself when that is all of them."""
+    calib = fidelity.engine.calib
+    total, multiple = calib.num_samples, fixed_batch(state.model, calib.axes) or 1
+    n = -(-max(math.ceil(share * total), MIN_SENSITIVITY_SAMPLES) // multiple) * multiple
+    if n >= total:
+        return fidelity
+    index = np.round(np.linspace(0, total - 1, n)).astype(np.int64)
+    sub = calib.select(index, f"{calib.source} ({n} samples for the sensitivity)")
+    engine = PassContext(sub, device=ctx.device, batch_size=ctx.batch_size).engine(state, fidelity.engine.weight_names)
+    return Fidelity(engine, fidelity.base, fidelity.task)
 
 
 def _fit_size(state: ModelState, fidelity: Fidelity, searcher: Searcher, names: set[str], keep: set[str],

@@ -21,7 +21,7 @@ from evonnx.passes.compress.container import Verified, describe, encode_and_veri
 from evonnx.passes.compress.default import fixed_bits
 from evonnx.passes.dead_units import DeadUnits
 from evonnx.passes.engine.calib import CalibData
-from evonnx.passes.engine.tasks import Z_CHECK, Drop, TaskMetric, per_sample
+from evonnx.passes.engine.tasks import Z_CHECK, Drop, TaskMetric, per_sample, real_tokens
 from evonnx.passes.pipeline import Pipeline
 from evonnx.passes.state import ModelState
 
@@ -61,7 +61,7 @@ class Guard:
         if all(np.array_equal(t, o) for t, o in zip(engine.teacher, outputs)):  # the teacher's very outputs
             return Drop(self.task.label, 0.0, 0.0, engine.calib.num_samples, {"identical": True})
         return self.task.drop(per_sample(engine.teacher, engine.axes), per_sample(outputs, engine.axes),
-                              engine.calib.labels)
+                              engine.calib.labels, real_tokens(engine.calib))
 
     def screen(self, state: ModelState) -> Drop | None:
         """The held-out drop of `state` with its weights fed to the held-out session (None: no budget, no

@@ -12,12 +12,14 @@ from evonnx.passes.state import ModelState
 log = logging.getLogger(__name__)
 
 SEARCH_SHARE = 0.7  # of --time-limit for the sparsity search; the rest is left for the bit allocation
-LIGHT_BITS = {"schemes": ["uniform/channel/sym"], "bits": [2, 3, 4, 5, 6, 8]}  # the bit allocation when time is short
+LIGHT_BITS = {"schemes": ["uniform/channel/rate"], "bits": [2, 3, 4, 5, 6, 8]}  # the bit allocation when time is short
 FINISH_FORWARDS = 5  # passes over the calibration set after the search: final metrics, decode, verify, held out
 PASS_FORWARDS = 10  # passes over it the passes spend outside their search: set-up, finishing, joint measurements
 ENCODE_SECONDS_PER_PARAM = 1e-6  # entropy coding and decoding the container (~1 s per million weights here)
 MIN_SEARCH_SHARE = 0.1  # of --time-limit the passes get however little is left
 JOINT_EVALUATIONS = 40  # about what the bit allocation's joint search measures
+FULL_SHARE = 0.5  # the least share of the calibration samples the full bit allocation measures layers alone on
+LIGHT_SHARE = 0.125  # likewise for the uniform per-channel bits only
 
 
 @dataclass
@@ -28,7 +30,8 @@ class Budget:
     bounded by its time limit: when they would take over a quarter of it, a global target is split by
     LAMP scores (no data) and survivors are not re-fitted. The bit allocation measures every scheme x bit width per
     target, then searches jointly: when the time left after the sparsity search cannot pay for that, it
-    tries uniform per-channel 2-8 bits only, and when not even that, every target gets 8 bits.
+    measures each target on a share of the calibration samples, or tries entropy-sized per-channel grids only
+    (on a share too), and when not even that, every target gets 8 bits.
     """
 
     de: dict = field(default_factory=dict)
@@ -45,16 +48,19 @@ class Budget:
 
     @staticmethod
     def bits_for(targets: int, forward_seconds: float, seconds: float) -> dict | None:
-        """The bit allocation `seconds` pay for: the full search ({}), uniform per-channel bits only, or
-        none (None: every target at 8 bits)."""
+        """The bit allocation `seconds` pay for: the full search ({}), or with each layer alone measured on a
+        share of the calibration samples (at least FULL_SHARE), else entropy-sized per-channel grids only on a share
+        (at least LIGHT_SHARE), else none (None: every target at 8 bits)."""
         from evonnx.passes.bit_allocation import BitAllocation
 
         defaults = BitAllocation.Config()
-        full, light = len(defaults.schemes) * len(defaults.bits) + 1, len(LIGHT_BITS["bits"]) + 1
-        affordable = seconds / max(forward_seconds, 1e-9)
-        if affordable >= targets * full + JOINT_EVALUATIONS:
-            return {}
-        return dict(LIGHT_BITS) if affordable >= targets * light + JOINT_EVALUATIONS else None
+        alone = seconds / max(forward_seconds, 1e-9) - JOINT_EVALUATIONS  # passes over all samples left for them
+        for specs, least, settings in ((len(defaults.schemes) * len(defaults.bits) + 1, FULL_SHARE, {}),
+                                       (len(LIGHT_BITS["bits"]) + 1, LIGHT_SHARE, LIGHT_BITS)):
+            share = alone / max(targets * specs, 1)
+            if share >= least:
+                return {**settings, **({"sensitivity_share": round(share, 3)} if share < 1 else {})}
+        return None
 
     def describe(self) -> str:
         parts = [f"{k}={v}" for k, v in self.de.items()]

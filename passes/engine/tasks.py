@@ -8,7 +8,7 @@ budget can be checked at a confidence bound rather than at a lucky draw.
 |---|---|---|
 | accuracy | classifiers with labels | 100 x (teacher right - student right) |
 | agreement | classifiers | 100 when the student's top-1 differs from the teacher's |
-| cosine | embeddings, anything | 100 x (1 - cosine) of the worst output (exact-match share for integers) |
+| cosine | embeddings, anything | 100 x (1 - cosine) of the worst output (exact-match share for integers), over real tokens |
 | ctc[:BLANK] | CTC recognisers, [N, T, C] | character error rate of the student's greedy string against the teacher's |
 | detection[:LAYOUT[:CONF]] | detectors | share of the teacher's detections above CONF the student misses (same class, IoU >= 0.5) |
 | dense[:THRESHOLD] | segmentation, saliency maps, per-sample decisions (VAD) | 100 x (1 - IoU) of the thresholded maps (both empty: IoU 1) |
@@ -17,6 +17,9 @@ budget can be checked at a confidence bound rather than at a lucky draw.
 Detection layouts: `yolov8` ([4 + classes, anchors], centre boxes, class scores), `yolox` / `yolov5`
 ([anchors, 4 + objectness + classes]) and `boxes` ([K, 6]: x1, y1, x2, y2, score, class, after NMS);
 `auto` tells the first two apart by which axis is longer.
+
+Padding: `drop` takes the real tokens of the samples ([samples, tokens], from the attention-mask input:
+`real_tokens`); the cosine leaves out the rows of an output's token axis at pads, which nobody reads.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from rapidfuzz.distance import Levenshtein
 from evonnx.errors import EvonnxError
 from evonnx.passes.engine.metrics import is_classifier, kl_divergence
 from evonnx.passes.engine.samples import Axis
+from evonnx.passes.sparsity.tokens import row_keep, token_keep
 
 Z_CHECK = 1.645  # one-sided 95 %: the final budget check takes the drop at its upper confidence bound
 Z_CI = 1.96  # the two-sided 95 % interval a report states
@@ -84,8 +88,16 @@ class TaskMetric:
         100 / n points, as the interval of a proportion would."""
         return ()
 
-    def drop(self, teacher: list[np.ndarray], student: list[np.ndarray], labels: np.ndarray | None = None) -> Drop:
-        losses, details = self.losses(teacher, student, labels)
+    def real(self, outputs: list[np.ndarray], tokens: np.ndarray | None) -> list[np.ndarray]:
+        """The outputs this metric reads, given the real tokens of the samples (all of them, unless a metric
+        leaves pads out)."""
+        return outputs
+
+    def drop(self, teacher: list[np.ndarray], student: list[np.ndarray], labels: np.ndarray | None = None,
+             tokens: np.ndarray | None = None) -> Drop:
+        """The drop over sample-first outputs; `tokens`: [samples, tokens] bool, the real tokens (None: no
+        padding known)."""
+        losses, details = self.losses(self.real(teacher, tokens), self.real(student, tokens), labels)
         losses = np.asarray(losses, dtype=np.float64)
         n = len(losses)
         points = float(losses.mean()) if n else 0.0
@@ -149,6 +161,9 @@ class Agreement(TaskMetric):
 class Cosine(TaskMetric):
     name = "cosine"
 
+    def real(self, outputs, tokens):
+        return [_zero_pads(o, tokens) for o in outputs]
+
     def losses(self, teacher, student, labels):
         per_output = []
         for t, s in zip(teacher, student):
@@ -159,6 +174,20 @@ class Cosine(TaskMetric):
                 per_output.append(diff.mean(1) if diff.shape[1] else np.zeros(len(t)))
         worst = np.max(per_output, axis=0)
         return 100.0 * worst, {"cosine": [float(1 - p.mean()) for p in per_output]}
+
+
+def real_tokens(calib) -> np.ndarray | None:
+    """[samples, tokens] bool: the real tokens of calibration data by its attention-mask input (None: none)."""
+    return token_keep(calib.inputs, calib.axes)
+
+
+def _zero_pads(output: np.ndarray, tokens: np.ndarray | None) -> np.ndarray:
+    """A sample-first output with its rows at pad tokens zeroed (unchanged without a token axis): in teacher
+    and student alike, they then add nothing to a cosine."""
+    if tokens is None or output.ndim < 2 or len(output) != len(tokens):
+        return output
+    keep = row_keep(output.shape[:-1], 0, 1, tokens)
+    return output if keep is None else output * keep.reshape(output.shape[:-1] + (1,))
 
 
 def _cosines(teacher: np.ndarray, student: np.ndarray) -> np.ndarray:
@@ -322,7 +351,7 @@ class UserMetric(TaskMetric):
     def label(self) -> str:
         return getattr(self.fn, "__name__", "callable")
 
-    def drop(self, teacher, student, labels=None) -> Drop:
+    def drop(self, teacher, student, labels=None, tokens=None) -> Drop:
         t = [np.moveaxis(o, 0, a) if a is not None else o[0] for o, a in zip(teacher, self.axes)]
         s = [np.moveaxis(o, 0, a) if a is not None else o[0] for o, a in zip(student, self.axes)]
         base, got = float(self.fn(t, t)), float(self.fn(t, s))

@@ -14,7 +14,7 @@ from evonnx.errors import EvonnxError
 from evonnx.formats.dtypes import np_dtype
 from evonnx.formats.tensor import QuantizedTensor, dequantize
 from evonnx.passes.engine.metrics import Metrics, compare, is_classifier
-from evonnx.passes.engine.tasks import Drop, TaskMetric, per_sample
+from evonnx.passes.engine.tasks import Drop, TaskMetric, per_sample, real_tokens
 from evonnx.passes.quant.layer import QuantSpec, Quantized, quantize_weight, survivors
 from evonnx.passes.quant.refit import gram_matrices, layer_views, refit_centroids
 from evonnx.passes.quant.sizing import coded_bytes
@@ -120,7 +120,7 @@ class Fidelity:
 
     def __init__(self, engine, base: dict[str, np.ndarray], task: TaskMetric | None = None):
         self.engine, self.base, self.task = engine, base, task
-        self.labels = engine.calib.labels
+        self.labels, self.tokens = engine.calib.labels, real_tokens(engine.calib)
         self.reference = engine.outputs(base)
         self.samples = per_sample(self.reference, engine.axes)
         self.head = next((i for i, t in enumerate(self.reference) if is_classifier(t) and self.labels is not None
@@ -130,7 +130,7 @@ class Fidelity:
     def _measure(self, outputs) -> Measure:
         metrics = compare(self.engine.output_names, self.reference, outputs, self.labels)
         task = None if self.task is None else self.task.drop(self.samples, per_sample(outputs, self.engine.axes),
-                                                             self.labels)
+                                                             self.labels, self.tokens)
         if self.head is None:
             return Measure(metrics, task=task)
         was = self.reference[self.head].argmax(-1) == self.labels

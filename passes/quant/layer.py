@@ -15,14 +15,15 @@ import numpy as np
 from evonnx.errors import EvonnxError
 from evonnx.formats.tensor import QuantizedTensor, dequantize
 from evonnx.passes.quant.kmeans import kmeans_1d
-from evonnx.passes.quant.uniform import fit_uniform
+from evonnx.passes.quant.uniform import RATE_BITS, fit_rate, fit_uniform
 
-_SPEC = re.compile(r"(uniform(?:/(channel|tensor))?(?:/(sym|asym))?|codebook(\+refit)?|raw)(?:@(\d+))?")
+_SPEC = re.compile(r"(uniform(?:/(channel|tensor))?(?:/(sym|asym|rate))?|codebook(\+refit)?|raw)(?:@(\d+))?")
 
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """How to quantize one weight: 'uniform/channel/sym@4', 'uniform/tensor/asym@3', 'codebook@4',
+    """How to quantize one weight: 'uniform/channel/sym@4', 'uniform/tensor/asym@3', 'uniform/channel/rate@4'
+    (a fine grid sized for about 4 entropy-coded bits a weight, passes/quant/uniform.py), 'codebook@4',
     'codebook+refit@3' (centroids re-fitted to the layer output) or 'raw' (exact)."""
 
     scheme: str = "uniform"  # uniform | codebook | raw
@@ -30,11 +31,13 @@ class QuantSpec:
     per_channel: bool = True
     symmetric: bool = True
     refit: bool = False
+    rate: bool = False  # uniform: `bits` is the coded rate of an entropy-sized grid, not the code range
 
     @property
     def family(self) -> str:
         if self.scheme == "uniform":
-            return f"uniform/{'channel' if self.per_channel else 'tensor'}/{'sym' if self.symmetric else 'asym'}"
+            grid = "rate" if self.rate else "sym" if self.symmetric else "asym"
+            return f"uniform/{'channel' if self.per_channel else 'tensor'}/{grid}"
         return "codebook+refit" if self.scheme == "codebook" and self.refit else self.scheme
 
     @property
@@ -53,7 +56,7 @@ class QuantSpec:
         if not 1 <= nbits <= 8:
             raise EvonnxError(f"{text!r}: bits must be 1 to 8, got {nbits}")
         if head.startswith("uniform"):
-            return cls("uniform", nbits, gran != "tensor", sym != "asym")
+            return cls("uniform", nbits, gran != "tensor", sym != "asym", rate=sym == "rate")
         return cls("codebook", nbits, refit=bool(refit))
 
 
@@ -86,10 +89,12 @@ def quantize_weight(name: str, array: np.ndarray, keep: np.ndarray, spec: QuantS
             groups, n_groups = np.zeros(values.size, np.int64), 1
         else:
             groups, n_groups = np.nonzero(keep)[axis], array.shape[axis]
-        codes, scale, zero = fit_uniform(values, groups, n_groups, spec.bits, spec.symmetric)
+        codes, scale, zero = (fit_rate(values, groups, n_groups, spec.bits) if spec.rate else
+                              fit_uniform(values, groups, n_groups, spec.bits, spec.symmetric))
         if axis is None:
             scale, zero = scale.reshape(()), zero.reshape(())
-        t = QuantizedTensor.uniform(name, array.shape, array.dtype.name, spec.bits, codes, scale, zero, mask, axis)
+        bits = RATE_BITS if spec.rate else spec.bits
+        t = QuantizedTensor.uniform(name, array.shape, array.dtype.name, bits, codes, scale, zero, mask, axis)
     else:
         codes, centroids = kmeans_1d(values, 1 << spec.bits)
         if spec.refit:

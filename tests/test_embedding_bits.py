@@ -1,0 +1,119 @@
+"""Embedding tables at few bits: entropy-sized grids, the clipping search on many small rows, the pad-aware
+cosine, and a bit allocation whose layers alone are measured on a share of the calibration samples."""
+import numpy as np
+import pytest
+
+import corpus
+from evonnx.formats.tensor import dequantize
+from evonnx.passes.base import PassContext, get_pass
+from evonnx.passes.bit_allocation import BitAllocation
+from evonnx.passes.compress.timing import Budget
+from evonnx.passes.engine.calib import CalibData
+from evonnx.passes.engine.tasks import Cosine, real_tokens
+from evonnx.passes.quant import uniform
+from evonnx.passes.quant.layer import QuantSpec, quantize_weight, survivors
+from evonnx.passes.quant.sizing import coded_bytes
+from evonnx.passes.state import load_state
+
+
+def table(rows=3000, dim=384, seed=0):
+    """A heavy-tailed table whose rows differ in scale by 10x, one row with an outlier, like a word embedding."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_t(5, (rows, dim)) * np.exp(rng.uniform(np.log(0.01), np.log(0.1), (rows, 1)))
+    w[7, 3] = 40 * np.abs(w[7]).max()
+    return w.astype(np.float32)
+
+
+def row_errors(w, spec):
+    q = quantize_weight("emb", w, survivors(w, None), QuantSpec.parse(spec), 0)
+    err = np.linalg.norm(q.weight.astype(np.float64) - w, axis=1) / np.linalg.norm(w, axis=1)
+    return err, coded_bytes(q.tensor)["total"] * 8 / w.size, q
+
+
+def test_a_table_at_4_coded_bits_per_row_keeps_every_rows_error_small_and_never_clips():
+    """rate@4: a step of about 0.26 RMS a row, so each row's error is about 0.26 / sqrt(12) of its RMS whatever
+    its scale; no row is clipped (the outlier row gets a wider step), no survivor decodes to zero."""
+    w = table()
+    err, bits, q = row_errors(w, "uniform/channel/rate@4")
+    assert bits < 4.2  # codes about 4 bits (heavy tails: fewer) plus 8 bytes of scale and zero point a row
+    normal = np.delete(err, 7)
+    assert normal.max() < 0.09 and normal.max() < 1.3 * np.median(normal)
+    assert np.abs(q.weight[7, 3] - w[7, 3]) <= 0.5 * q.tensor.scale[7] * (1 + 1e-6)  # the outlier is on the grid
+    assert not np.any(q.weight == 0) and q.bumped == 0 and q.tensor.bits == uniform.RATE_BITS
+    assert np.array_equal(dequantize(q.tensor), q.weight)
+
+
+def test_in_fewer_coded_bits_the_entropy_sized_grid_beats_the_clipped_one_most_in_the_worst_row():
+    w = table(seed=1)
+    clipped, clipped_bits, _ = row_errors(w, "uniform/channel/sym@4")
+    sized, sized_bits, _ = row_errors(w, "uniform/channel/rate@3")
+    assert sized_bits < clipped_bits
+    assert np.sqrt(np.mean(sized ** 2)) < 0.95 * np.sqrt(np.mean(clipped ** 2))
+    assert np.delete(sized, 7).max() < 0.5 * np.delete(clipped, 7).max()
+
+
+def test_the_clipping_search_on_many_short_rows_measures_a_third_and_finds_the_same_grids():
+    """8000 rows of 384 (a word embedding's shape): the search measures PER_GROUP values a row (its TAIL
+    outermost all), and its grids are within 1 % of the full search's squared error."""
+    rng = np.random.default_rng(2)
+    rows, dim = 8000, 384
+    w = (rng.standard_t(4, (rows, dim)) * rng.gamma(2, 1, (rows, 1))).ravel()
+    groups = np.repeat(np.arange(rows), dim)
+    pick, weight = uniform.search_sample(np.abs(w), groups, rows)
+    assert len(pick) <= rows * uniform.PER_GROUP and weight.sum() == pytest.approx(len(w), rel=0.02)
+    outermost = np.argmax(np.abs(w).reshape(rows, dim), axis=1) + dim * np.arange(rows)
+    assert np.isin(outermost, pick).all()
+
+    def error():
+        codes, scale, zero = uniform.fit_uniform(w, groups, rows, 3, False)
+        return float(np.mean(((codes - zero[groups]) * scale[groups] - w) ** 2))
+
+    sampled, full = error(), uniform.SAMPLE_VALUES
+    try:
+        uniform.SAMPLE_VALUES = len(w)
+        exact = error()
+    finally:
+        uniform.SAMPLE_VALUES = full
+    assert sampled == pytest.approx(exact, rel=0.01)
+
+
+def test_the_cosine_leaves_out_padded_rows_when_told_the_real_tokens():
+    rng = np.random.default_rng(3)
+    teacher = rng.standard_normal((4, 6, 8))
+    tokens = np.arange(6)[None, :] < np.array([[6], [4], [2], [5]])
+    student = teacher.copy()
+    student[~tokens] = rng.standard_normal((int((~tokens).sum()), 8))  # only pads differ
+    assert Cosine().drop([teacher], [student]).points > 1.0
+    assert Cosine().drop([teacher], [student], tokens=tokens).points == pytest.approx(0.0, abs=1e-9)
+    student[0, 0] += 1.0  # a real token differs: counted
+    assert Cosine().drop([teacher], [student], tokens=tokens).points > 0
+    pooled = rng.standard_normal((4, 8))  # no token axis: every entry counts
+    assert Cosine().drop([pooled], [pooled + 1], tokens=tokens).points == Cosine().drop([pooled], [pooled + 1]).points
+
+
+def test_real_tokens_read_an_additive_mask():
+    mask = np.zeros((3, 1, 1, 5), np.float32)
+    mask[1, ..., 3:] = -1e4
+    calib = CalibData({"input_ids": np.ones((3, 5), np.int64), "attention_mask": mask}, None, "t")
+    assert real_tokens(calib).tolist() == [[True] * 5, [True] * 3 + [False] * 2, [True] * 5]
+
+
+def test_a_short_time_limit_measures_layers_alone_on_a_share_of_the_samples():
+    assert Budget.bits_for(10, 1.0, 10_000) == {}
+    full = len(BitAllocation.Config().schemes) * len(BitAllocation.Config().bits) + 1
+    share = Budget.bits_for(10, 1.0, 40 + 10 * full * 0.6)  # full search, layers alone on 60 % of the samples
+    assert share == {"sensitivity_share": 0.6}
+    light = Budget.bits_for(10, 1.0, 40 + 10 * 7 * 0.5)
+    assert light["schemes"] == ["uniform/channel/rate"] and light["sensitivity_share"] == 0.5
+    assert Budget.bits_for(10, 1.0, 40 + 10 * 7 * 0.1) is None
+
+
+def test_the_bit_allocation_measures_layers_alone_on_an_even_spread_of_the_samples():
+    state = load_state(corpus.mlp(seed=3, d_in=24, hidden=48, classes=6).SerializeToString(), label="mlp")
+    x = np.random.default_rng(0).standard_normal((64, 24)).astype(np.float32)
+    ctx = PassContext(calib=CalibData({"x": x}, None, "synthetic"))
+    out = get_pass("bit-allocation")(schemes=["uniform/channel/rate"], bits=[3, 6], metric="kl", max_kl=0.05,
+                                     sensitivity_share=0.2, nontarget="exact").run(state, ctx)
+    record = out.history[-1]
+    assert record["sensitivity_samples"] == 13 and record["joint_loss"] <= 0.05
+    assert set(record["allocation"].values()) <= {"uniform/channel/rate@3", "uniform/channel/rate@6"}
