@@ -124,3 +124,24 @@ def test_max_bytes_fits_the_bit_allocation_of_a_config_and_runs_what_follows(tin
     two = Pipeline([("bit-allocation", {}), ("bit-allocation", {})])
     with pytest.raises(Exception, match="exactly one bit-allocation"):
         compress(model, root / "no.evx", calib=calib, pipeline=two, max_bytes=3000, progress=False)
+
+
+def test_a_compress_request_is_typed_defaulted_and_checked_before_any_work(tmp_path):
+    import inspect
+
+    import evonnx
+    from evonnx.errors import EvonnxError
+    from evonnx.passes.compress.request import CompressRequest
+    r = CompressRequest("m.onnx", str(tmp_path / "m.evx"))
+    assert r.output == tmp_path / "m.evx" and r.sparsity == "auto" and r.max_drop == 0.5 and r.enforced == 0.5
+    sized = CompressRequest("m.onnx", tmp_path / "m.evx", max_bytes="100x")
+    assert sized.sparsity == 0.9 and sized.max_drop is None and sized.enforced is None and sized.aim == 0.5
+    assert CompressRequest("m.onnx", tmp_path / "m.evx", max_drop=math.inf).enforced is None
+    for bad, message in [({"time_limit": -5}, "--time-limit"), ({"max_drop": -1}, "--max-drop"),
+                         ({"holdout": 1.0}, "--holdout"), ({"resume": True}, "--workdir"),
+                         ({"sparsity": 0.5, "pipeline": "p.toml"}, "--config")]:
+        with pytest.raises(EvonnxError, match=message):
+            CompressRequest("m.onnx", tmp_path / "m.evx", **bad)
+    with pytest.raises(EvonnxError, match="does not exist"):
+        evonnx.compress("m.onnx", tmp_path / "missing" / "m.evx")
+    assert list(inspect.signature(evonnx.compress).parameters)[:3] == ["model", "output", "calib"]

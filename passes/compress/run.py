@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
-import math
 import time
 from collections.abc import Iterator
 from itertools import chain
@@ -18,83 +18,52 @@ from evonnx.passes.compress.auto import auto_sparsity
 from evonnx.passes.compress.container import describe, run_meta, source_bytes
 from evonnx.passes.compress.default import default_pipeline
 from evonnx.passes.compress.guard import Guard, safer, same_pruning
+from evonnx.passes.compress.request import CompressRequest
 from evonnx.passes.compress.result import CompressResult, layer_rows, lossless_rows
 from evonnx.passes.compress.size import fit_file_size, max_bytes_of
-from evonnx.passes.compress.timing import Budget, check_options, forward_seconds, search_seconds
+from evonnx.passes.compress.timing import Budget, forward_seconds, search_seconds
 from evonnx.passes.compress.workdir import claim, finish_run, read_logs, work_dir
-from evonnx.passes.engine.calib import HOLDOUT, SYNTHETIC_SAMPLES, fixed_batch, from_python, load_npz, synthetic
+from evonnx.passes.engine.calib import fixed_batch, from_python, load_npz, synthetic
 from evonnx.passes.engine.metrics import compare
-from evonnx.passes.engine.tasks import MetricFn, per_sample, pick
-from evonnx.passes.pipeline import Pipeline
+from evonnx.passes.engine.tasks import per_sample, pick
 from evonnx.passes.sparsity.checkpoint import fingerprint
 from evonnx.passes.state import ModelState, load_state
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_DROP = 0.5  # points of the task metric, when neither --max-drop nor --max-bytes is given
-SIZED_SPARSITY = 0.9  # the sparsity of a --max-bytes run that names none; the bit allocation fits the size
 
 
-def compress(model: str | Path, output: str | Path, *, calib=None,
-             input_shapes: dict[str, list[int]] | None = None, batch_axes: dict[str, int | None] | None = None,
-             samples: int = SYNTHETIC_SAMPLES, synthetic_ok: bool = False,
-             sparsity: float | str | None = None, bits: int | str = "auto", max_drop: float | None = None,
-             metric: str | MetricFn | None = None, holdout: float = HOLDOUT,
-             time_limit: float | None = None, seed: int = 0, workdir: str | Path | None = None,
-             resume: bool = False, pipeline: Pipeline | str | Path | None = None, device: str = "auto",
-             progress: bool = True, report: str | Path | None = None,
-             max_bytes: int | str | None = None, workers: int | None = None,
-             ray_address: str | None = None) -> CompressResult:
+def compress(model: str | Path | bytes, output: str | Path, **options) -> CompressResult:
     """Compress an ONNX model into an .evx container, decode it again and verify it before writing it.
+    `options` are the fields of CompressRequest (passes/compress/request.py): data, budget, search, where it
+    runs, files. No result within budget raises BudgetError and writes nothing."""
+    return run(CompressRequest(model, output, **options))
 
-    `calib`: an .npz path, or Python data (passes/engine/calib.py `from_python`: a dict of arrays, an iterable
-    of batch dicts, or an onnxruntime CalibrationDataReader); with 'labels' for accuracy.
 
-    The budget: `max_drop` points of `metric` (passes/engine/tasks.py: a name, a callable(teacher_outputs,
-    student_outputs) -> score, or None to pick from the outputs) against the teacher, on the `holdout` share
-    of the calibration samples that no pass fits to, at its 95 % upper bound. None: 0.5 points, or, with
-    `max_bytes` (a byte count, or "100x": a ratio against the model's file), no fidelity bound (the drop is
-    reported); math.inf: none enforced (the passes aim at 0.5 points; the drop is reported). No result
-    within budget raises BudgetError and writes nothing.
+compress.__signature__ = inspect.signature(CompressRequest).replace(return_annotation=CompressResult)
 
-    `sparsity` "auto" (the default, but for `max_bytes` runs: 0.9) is budget-driven (passes/compress/auto.py);
-    a number fixes it. Without `calib`, random inputs stand in only with `synthetic_ok`. `batch_axes` names inputs' sample axes (None:
-    no sample axis) where the model's dims don't tell; `report` writes report.md, summary.json and plots.
 
-    `workers` (a local Ray runtime with that many actors) or `ray_address` (a running Ray cluster) score the
-    search's candidates on Ray actors (passes/engine/distributed.py), with the serial result."""
+def run(r: CompressRequest) -> CompressResult:
+    """Carry out a checked request (see `compress`)."""
     start = time.perf_counter()
-    check_options(time_limit, max_drop, samples, holdout)
-    pool = _workers(workers, ray_address, device)
-    output = Path(output)
-    if not output.parent.exists():
-        raise EvonnxError(f"{output}: folder {output.parent} does not exist")
-    if resume and workdir is None:
-        raise EvonnxError("resuming needs the work dir of the run (--workdir)")
-    if sparsity is not None and pipeline is not None:
-        raise EvonnxError("--sparsity drives the default pipeline; it cannot be combined with --config")
-    if sparsity is None and pipeline is None:
-        sparsity = SIZED_SPARSITY if max_bytes is not None else "auto"
-    budget = max_drop if max_drop is not None else None if max_bytes else DEFAULT_MAX_DROP
-    enforced = budget if budget is not None and math.isfinite(budget) else None
-    original = source_bytes(model)
-    limit_bytes = max_bytes_of(max_bytes, original, sparsity, bits, pipeline)
-    state = load_state(model, allow_empty=True)
-    data = (load_npz(calib, state.model, input_shapes, batch_axes) if isinstance(calib, (str, Path))
-            else synthetic(state.model, samples, input_shapes, seed, batch_axes) if calib is None
-            else from_python(calib, state.model, input_shapes, batch_axes))
-    if calib is None and not synthetic_ok:
+    pool = _workers(r.workers, r.ray_address, r.device)
+    enforced = r.enforced
+    original = source_bytes(r.model)
+    limit_bytes = max_bytes_of(r.max_bytes, original, r.sparsity, r.bits, r.pipeline)
+    state = load_state(r.model, allow_empty=True)
+    data = (load_npz(r.calib, state.model, r.input_shapes, r.batch_axes) if isinstance(r.calib, (str, Path))
+            else synthetic(state.model, r.samples, r.input_shapes, r.seed, r.batch_axes) if r.calib is None
+            else from_python(r.calib, state.model, r.input_shapes, r.batch_axes))
+    if r.calib is None and not r.synthetic_ok:
         raise EvonnxError("no --calib: a budget measured on random inputs says nothing about real ones; give "
                           "calibration inputs (an .npz keyed by input name, optional 'labels') or --synthetic-ok")
-    if calib is None:
-        log.warning(f"no --calib: {samples} random standard-normal inputs stand in for real ones, so the "
+    if r.calib is None:
+        log.warning(f"no --calib: {r.samples} random standard-normal inputs stand in for real ones, so the "
                     "fidelity measured on them says little about real data")
-    fit, held = data.split(holdout, seed, fixed_batch(state.model, data.axes, state.label) or 1)
+    fit, held = data.split(r.holdout, r.seed, fixed_batch(state.model, data.axes, state.label) or 1)
     log.info(f"held out {held.num_samples} of {data.num_samples} calibration samples for the budget check"
              if held is not None else f"{data.num_samples} calibration sample(s): too few to hold any out; the budget "
              "is checked on the samples the search fits to, which is optimistic")
-    if isinstance(pipeline, (str, Path)):
-        pipeline = Pipeline.from_file(pipeline)
     skipped = [{"name": s.name, "reason": s.reason} for s in state.table.skipped]
     if state.table.lossless:
         log.info(f"already quantized: {len(state.table.lossless)} int8/uint8 tensors, stored losslessly as "
@@ -103,11 +72,11 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
         log.info(f"left untouched: {len(skipped)} tensors already quantized or setting shapes "
                  f"({', '.join(s['name'] for s in skipped[:4])}{', …' if len(skipped) > 4 else ''})")
     notes, trials, targets = [], [], state.targets
-    search_drop = enforced if enforced is not None else DEFAULT_MAX_DROP  # what the passes aim at
-    with work_dir(workdir, report) as wd, pool as pool_workers:
-        ctx = PassContext(fit, device=device, seed=seed, workdir=wd, progress=progress, workers=pool_workers)
+    search_drop = r.aim
+    with work_dir(r.workdir, r.report) as wd, pool as pool_workers:
+        ctx = PassContext(fit, device=r.device, seed=r.seed, workdir=wd, progress=r.progress, workers=pool_workers)
         engine = ctx.engine(state)
-        ctx.metric = pick(metric, per_sample(engine.teacher, engine.axes), engine.output_names, fit.labels,
+        ctx.metric = pick(r.metric, per_sample(engine.teacher, engine.axes), engine.output_names, fit.labels,
                           engine.axes)
         log.info(f"fidelity metric: {ctx.metric.label}" + (f", budget {enforced:g} points" if enforced is not None
                                                            else ", no budget enforced (reported only)"))
@@ -115,23 +84,23 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
         kept = _unexercised(state, engine)
         if kept:
             log.info(f"not exercised by the calibration data (a branch it never takes?): {', '.join(kept)}"
-                     + ("; kept exact" if pipeline is None else "; the --config pipeline compresses them blind"))
-        if workdir is not None:
-            settings = {"sparsity": sparsity, "bits": bits, "max_drop": budget, "time_limit": time_limit,
-                        "metric": ctx.metric.label, "holdout": holdout,
+                     + ("; kept exact" if r.pipeline is None else "; the --config pipeline compresses them blind"))
+        if r.workdir is not None:
+            settings = {"sparsity": r.sparsity, "bits": r.bits, "max_drop": r.max_drop, "time_limit": r.time_limit,
+                        "metric": ctx.metric.label, "holdout": r.holdout,
                         **({"max_bytes": limit_bytes} if limit_bytes else {}),
-                        "pipeline": describe(pipeline, full=True) if pipeline else None, "keep": kept}
+                        "pipeline": describe(r.pipeline, full=True) if r.pipeline else None, "keep": kept}
             labels = {} if data.labels is None else {"labels": data.labels}
-            claim(wd, fingerprint(state.model, {**data.inputs, **labels}, settings, seed), resume, state.label)
+            claim(wd, fingerprint(state.model, {**data.inputs, **labels}, settings, r.seed), r.resume, state.label)
         prune = [n for n in targets if n not in kept]
         timing = Budget()
-        search_limit, forward = time_limit, 0.0
-        if time_limit and targets and pipeline is None:
+        search_limit, forward = r.time_limit, 0.0
+        if r.time_limit and targets and r.pipeline is None:
             forward = forward_seconds(engine)
-            search_limit = search_seconds(time_limit, time.perf_counter() - start, forward, state)
+            search_limit = search_seconds(r.time_limit, time.perf_counter() - start, forward, state)
             timing = Budget.fit(len(prune), forward, search_limit)
             if timing.describe():
-                log.info(f"time limit {time_limit:g} s ({search_limit:.0f} s to search): {timing.describe()}")
+                log.info(f"time limit {r.time_limit:g} s ({search_limit:.0f} s to search): {timing.describe()}")
         fallbacks: Iterator = iter(())
         if not targets:
             notes.append("nothing to compress: no conv kernel, matrix or embedding among the float weights; "
@@ -139,33 +108,34 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
             log.info(notes[-1])
             steps: list[dict] = []
             result = state
-        elif sparsity == "auto":
-            result, steps, trials, rungs = auto_sparsity(state, ctx, engine, bits, search_drop, search_limit, prune,
-                                                         kept, timing, forward)
-            fallbacks = safer(rungs, state, ctx, bits, kept)
+        elif r.sparsity == "auto":
+            result, steps, trials, rungs = auto_sparsity(state, ctx, engine, r.bits, search_drop, search_limit,
+                                                         prune, kept, timing, forward)
+            fallbacks = safer(rungs, state, ctx, r.bits, kept)
         elif limit_bytes:
-            pipeline = pipeline or default_pipeline(sparsity, bits, search_drop, search_limit, prune=prune, keep=kept,
-                                                    budget=timing, target_bytes=limit_bytes)
+            pipeline = r.pipeline or default_pipeline(r.sparsity, r.bits, search_drop, search_limit, prune=prune,
+                                                      keep=kept, budget=timing, target_bytes=limit_bytes)
             result, pipeline = fit_file_size(state, ctx, pipeline, limit_bytes,
-                                              lambda p: run_meta(Path(str(model)).name, seed, describe(p)))
+                                             lambda p: run_meta(Path(str(r.model)).name, r.seed, describe(p)))
             steps = describe(pipeline)
-        elif pipeline is not None:
-            result = pipeline.run(state, ctx)
-            steps = describe(pipeline)
+        elif r.pipeline is not None:
+            result = r.pipeline.run(state, ctx)
+            steps = describe(r.pipeline)
         else:
-            full = default_pipeline(sparsity, bits, search_drop, search_limit, prune=prune, keep=kept, budget=timing)
+            full = default_pipeline(r.sparsity, r.bits, search_drop, search_limit, prune=prune, keep=kept,
+                                    budget=timing)
             last = len(full.passes) - 1
             pruned = full.run(state, ctx, stop=last)
             result, steps = full.run(pruned, ctx, start=last), describe(full)
-            if bits == "auto":
+            if r.bits == "auto":
                 fallbacks = same_pruning(pruned, ctx, kept, steps[:last])
-        meta = lambda s: run_meta(Path(str(model)).name, seed, s, trials)  # noqa: E731
+        meta = lambda s: run_meta(Path(str(r.model)).name, r.seed, s, trials)  # noqa: E731
         shipped = guard.ship(chain([("the searched result", result, steps)], fallbacks), engine, meta)
         search_log = read_logs(wd) if wd is not None else []
     state, verified = shipped.state, shipped.verified
-    atomic_write_bytes(output, verified.blob)
-    if workdir is not None:
-        finish_run(Path(workdir))
+    atomic_write_bytes(r.output, verified.blob)
+    if r.workdir is not None:
+        finish_run(Path(r.workdir))
     if shipped.rejected:
         first = shipped.rejected[0]
         notes.append(f"shipped {shipped.what}: the searched result was beyond the budget on held-out data"
@@ -179,7 +149,7 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
     log.info(f"{shipped.drop.describe()} on {shipped.data}{within}")
     lossless = lossless_rows(verified.container.stats)
     result = CompressResult(
-        output=str(output), original_bytes=original, container_bytes=len(verified.blob),
+        output=str(r.output), original_bytes=original, container_bytes=len(verified.blob),
         ratio=original / len(verified.blob),
         sparsity=state.global_sparsity() if targets else 0.0, provider=engine.provider,
         seconds=time.perf_counter() - start, teacher_accuracy=engine.teacher_metrics().accuracy,
@@ -192,9 +162,9 @@ def compress(model: str | Path, output: str | Path, *, calib=None,
         layers=layer_rows(state, verified.records), skipped=skipped, lossless=lossless, kept_exact=kept, notes=notes,
         auto=trials,
         history=state.history, search_log=search_log)
-    if report is not None:
+    if r.report is not None:
         from evonnx.passes.compress.report import write_report
-        for line in write_report(result, report):
+        for line in write_report(result, r.report):
             log.info(line)
     return result
 

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
-from evonnx.errors import EvonnxError
 from evonnx.passes.state import ModelState
 
 log = logging.getLogger(__name__)
@@ -79,18 +77,6 @@ def forward_seconds(engine) -> float:
         engine.outputs({})
         times.append(time.perf_counter() - start)
     return min(times)
-
-
-def check_options(time_limit: float | None, max_drop: float | None, samples: int, holdout: float) -> None:
-    """Refuse options out of range before any work (a negative time limit or budget means nothing)."""
-    if time_limit is not None and not (math.isfinite(time_limit) and time_limit > 0):
-        raise EvonnxError(f"--time-limit must be a positive number of seconds, not {time_limit:g}")
-    if max_drop is not None and not (max_drop >= 0):  # inf: no budget; NaN fails
-        raise EvonnxError(f"--max-drop must be a number of points >= 0 (inf: none), not {max_drop:g}")
-    if samples < 1:
-        raise EvonnxError(f"--samples must be at least 1, not {samples}")
-    if not 0 <= holdout < 1:
-        raise EvonnxError(f"--holdout must be a share in [0, 1), not {holdout:g}")
 
 
 def search_seconds(time_limit: float, spent: float, forward: float, state: ModelState) -> float:
