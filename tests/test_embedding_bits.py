@@ -106,6 +106,9 @@ def test_a_short_time_limit_measures_layers_alone_on_a_share_of_the_samples():
     light = Budget.bits_for(10, 1.0, 40 + 10 * 7 * 0.5)
     assert light["schemes"] == ["uniform/channel/rate"] and light["sensitivity_share"] == 0.5
     assert Budget.bits_for(10, 1.0, 40 + 10 * 7 * 0.1) is None
+    seconds = 40 + 10 * 7 * 0.5  # the bits get 30 % of a pruning run's search, all of a run that prunes nothing
+    assert Budget.fit(10, 1.0, seconds).bits is None
+    assert Budget.fit(10, 1.0, seconds, prunes=False).bits == light
 
 
 def test_the_bit_allocation_measures_layers_alone_on_an_even_spread_of_the_samples():

@@ -98,7 +98,7 @@ def run(r: CompressRequest) -> CompressResult:
         if r.time_limit and targets and r.pipeline is None:
             forward = forward_seconds(engine)
             search_limit = search_seconds(r.time_limit, time.perf_counter() - start, forward, state)
-            timing = Budget.fit(len(prune), forward, search_limit)
+            timing = Budget.fit(len(prune), forward, search_limit, prunes=r.sparsity != 0)
             if timing.describe():
                 log.info(f"time limit {r.time_limit:g} s ({search_limit:.0f} s to search): {timing.describe()}")
         fallbacks: Iterator = iter(())

@@ -36,10 +36,12 @@ class Budget:
     bits: dict | None = field(default_factory=dict)  # None: fixed 8 bits instead of the bit allocation
 
     @classmethod
-    def fit(cls, targets: int, forward_seconds: float, time_limit: float) -> "Budget":
+    def fit(cls, targets: int, forward_seconds: float, time_limit: float, prunes: bool = True) -> "Budget":
+        """The settings `time_limit` pays for; without pruning (`prunes` False) the bits get all of it."""
         from evonnx.passes.sparsity.common import LEVELS
 
-        budget = cls(bits=cls.bits_for(targets, forward_seconds, (1 - SEARCH_SHARE) * time_limit))
+        bits_share = 1 - SEARCH_SHARE if prunes else 1.0
+        budget = cls(bits=cls.bits_for(targets, forward_seconds, bits_share * time_limit))
         if targets * len(LEVELS) * forward_seconds > 0.25 * SEARCH_SHARE * time_limit:
             budget.de = {"allocation": "lamp", "refit": False}
         return budget
