@@ -20,6 +20,7 @@ import ray
 
 from evonnx.errors import EvonnxError
 from evonnx.passes.engine.fitness import THREADS_ENV
+from evonnx.passes.engine.providers import resolve
 
 RESTARTS = 8  # times an actor is restarted, and a task re-run, after its process died
 
@@ -37,7 +38,6 @@ class Scorer:
 
     def score(self, key: int, view: list, ops: list, members: np.ndarray) -> np.ndarray:
         """Fitness of `members` in visit `key` (`view`: [its ObjectRef]) after `ops` (refs of (kind, array))."""
-        from evonnx.passes.engine.providers import resolve
         if key != self.key:
             self.view, self.key, self.done = ray.get(view[0]), key, 0
             self.view.ev.providers = resolve(self.device)
@@ -82,8 +82,11 @@ class Workers:
 
     def __enter__(self) -> "Workers":
         if not ray.is_initialized():
-            ray.init(address=self.address, num_cpus=None if self.address else self.count, include_dashboard=False,
-                     logging_level=logging.WARNING, log_to_driver=False)
+            # a local runtime runs its actors at the driver's priority (Ray's default, niceness 15, starves them
+            # on a machine shared with other work)
+            local = {} if self.address else {"num_cpus": self.count, "_system_config": {"worker_niceness": 0}}
+            ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING,
+                     log_to_driver=False, **local)
             self.started = True
         resources = ray.cluster_resources()
         n = self.count or max(1, int(resources.get("CPU", 1)))

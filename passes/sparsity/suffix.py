@@ -33,7 +33,7 @@ ACTIVATION_BYTES = 2 << 30  # most bytes of cached activations (every layer's in
 # what scoring a visit's pool candidates reads, of an Evaluator and of a LayerView (see scoring_copy)
 EVALUATOR_SCORING = ("teacher_out", "out_keep", "output_names", "axes", "per", "n_fit", "batch", "stackable_batch",
                      "providers", "label")
-VIEW_SCORING = ("layer", "w_mat", "out", "k", "const_out", "y_shape", "x_t", "row_keep", "y_flat")
+VIEW_SCORING = ("layer", "w_mat", "out", "k", "const_out", "y_shape", "x_t", "y_flat")
 
 
 def fitness_batch(teacher: list[np.ndarray], student: list[np.ndarray],

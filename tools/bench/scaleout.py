@@ -1,12 +1,13 @@
 """Candidate evaluations per second on Ray actors against the serial search, measured in one run.
 
     python -m evonnx.tools.bench.scaleout [--models resnet50ish captcha-lstm] [--workers 1 2 4 8]
-        [--samples 32] [--population 16] [--generations 4] [--out FILE.md]
+        [--samples 32] [--population 16] [--rounds 3] [--out FILE.md]
 
 One mid-graph layer of each model is visited as Directed Evolution does (cached activations, baked suffix);
 a generation is `population` candidates zeroing 1 % of the layer from a pool twice that size, scored
-serially and then with `--workers` actors of a local Ray runtime (contiguous chunks, one per actor).
-Speed-up is against serial, efficiency = speed-up / workers. Ray's overhead is the round trip of an empty
+serially and with `--workers` actors of a local Ray runtime (contiguous chunks, one per actor), the two
+alternately. Speed-up is the median ratio of the pairs, efficiency = speed-up / workers; run it with
+EVONNX_ORT_THREADS=1 OMP_NUM_THREADS=1 for per-core figures (an actor holds one CPU). Ray's overhead is the round trip of an empty
 actor call, against one candidate's serial cost. The split by calibration shards (every actor all
 candidates on 1/W of the samples, partial sums added) is timed in-process as per-actor compute beside the
 split by candidates (1/W of the candidates on all samples).
@@ -57,15 +58,10 @@ def generation(layer, rng: np.random.Generator, population: int) -> tuple[np.nda
     return pool, members
 
 
-def rate(ev, layer, state, pool: np.ndarray, members: np.ndarray, generations: int) -> float:
-    """Candidates per second of a fresh visit (the first generation, which builds the suffix, not timed)."""
-    view = ev.visit(layer, state)
-    view.use_pool(pool)
-    view.evaluate_members(members)
+def timed(view, members: np.ndarray) -> float:
     t0 = time.perf_counter()
-    for _ in range(generations):
-        view.evaluate_members(members)
-    return generations * len(members) / (time.perf_counter() - t0)
+    view.evaluate_members(members)
+    return time.perf_counter() - t0
 
 
 def round_trip(workers, calls: int = 50) -> float:
@@ -85,50 +81,56 @@ def split_compute(state, calib, layer_name: str, samples: int, pool, members, wa
         ev, _ = evaluator(state, calib.subset(n_samples), n_samples)
         view = ev.visit(ev.layers[layer_name], state)
         view.use_pool(pool)
-        view.evaluate_members(rows)
-        t0 = time.perf_counter()
-        view.evaluate_members(rows)
-        return time.perf_counter() - t0
+        timed(view, rows)
+        return timed(view, rows)
     return seconds(samples, members[: -(-len(members) // ways)]), seconds(samples // ways, members)
 
 
-def measure(name: str, workers: list[int], samples: int, population: int, generations: int) -> list[dict]:
+def measure(name: str, workers: list[int], samples: int, population: int, rounds: int) -> list[dict]:
+    """Per worker count: serial and distributed generations of one visit each, timed alternately (`rounds`
+    pairs, so that load from other processes hits both alike); the first generation of a visit (which builds
+    the suffix's ORT session, and ships the visit) is its set-up."""
     from evonnx.passes.engine.distributed import Workers
     state, calib = load(name, samples)
     ev, layer = evaluator(state, calib, samples)
     pool, members = generation(layer, np.random.default_rng(0), population)
-    serial = rate(ev, layer, state, pool, members, generations)
+    local = ev.visit(layer, state)
+    local.use_pool(pool)
+    local_first = timed(local, members)
     chunk, shard = split_compute(state, calib, layer.weight, ev.n_fit, pool, members, 2)
-    rows = [{"model": name, "layer": layer.weight, "samples": ev.n_fit, "workers": 0, "rate": serial,
-             "chunk_s": chunk, "shard_s": shard}]
+    rows = []
     for w in workers:
         with Workers(w, device="cpu") as pool_workers:
             ev.workers = pool_workers
-            got = rate(ev, layer, state, pool, members, generations)
-            rows.append({"model": name, "layer": layer.weight, "samples": ev.n_fit, "workers": w, "rate": got,
-                         "overhead": round_trip(pool_workers), "eval": 1 / serial})
-        ev.workers = None
+            for _ in range(2):  # the first visit also starts the actors' imports
+                remote = ev.visit(layer, state)
+                remote.use_pool(pool)
+                remote_first = timed(remote, members)
+            ev.workers = None
+            pairs = np.array([(timed(local, members), timed(remote, members)) for _ in range(rounds)])
+            serial, spread = np.median(pairs, axis=0)
+            rows.append({"model": name, "layer": layer.weight, "samples": ev.n_fit, "workers": w,
+                         "serial": population / serial, "rate": population / spread,
+                         "speedup": float(np.median(pairs[:, 0] / pairs[:, 1])),
+                         "setup": (local_first - serial, remote_first - spread),
+                         "overhead": round_trip(pool_workers), "eval": serial / population,
+                         "chunk_s": chunk, "shard_s": shard})
     return rows
 
 
 def table(rows: list[dict], load_before: float, load_after: float) -> str:
-    lines = [f"{os.cpu_count()} CPUs, load average {load_before:.1f} before, {load_after:.1f} after; "
-             f"EVONNX_ORT_THREADS={os.environ.get('EVONNX_ORT_THREADS', 'unset')}", "",
-             "| model | layer | samples | workers | candidates/s | speed-up | efficiency | Ray call / one evaluation |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    splits = []
+    env = ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("EVONNX_ORT_THREADS", "OMP_NUM_THREADS"))
+    lines = [f"{os.cpu_count()} CPUs, load average {load_before:.1f} before, {load_after:.1f} after; {env}", "",
+             "| model | layer | samples | workers | serial cand./s | workers cand./s | speed-up | efficiency "
+             "| visit set-up serial / workers (s) | Ray call / one evaluation (ms) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        if r["workers"] == 0:
-            serial = r["rate"]
-            lines.append(f"| {r['model']} | {r['layer'][-24:]} | {r['samples']} | serial | {serial:.1f} | 1 | - | - |")
-            splits.append(f"| {r['model']} | {1e3 * r['chunk_s']:.1f} | {1e3 * r['shard_s']:.1f} |")
-            continue
-        up = r["rate"] / serial
-        lines.append(f"| {r['model']} | {r['layer'][-24:]} | {r['samples']} | {r['workers']} | {r['rate']:.1f} | "
-                     f"{up:.2f} | {up / r['workers']:.2f} | {1e3 * r['overhead']:.2f} ms / "
-                     f"{1e3 * r['eval']:.2f} ms |")
+        lines.append(f"| {r['model']} | {r['layer'][-24:]} | {r['samples']} | {r['workers']} | {r['serial']:.1f} | "
+                     f"{r['rate']:.1f} | {r['speedup']:.2f} | {r['speedup'] / r['workers']:.2f} | "
+                     f"{r['setup'][0]:.2f} / {r['setup'][1]:.2f} | {1e3 * r['overhead']:.2f} / {1e3 * r['eval']:.2f} |")
+    splits = {r["model"]: f"| {r['model']} | {1e3 * r['chunk_s']:.1f} | {1e3 * r['shard_s']:.1f} |" for r in rows}
     lines += ["", "Per-actor compute of one generation split 2 ways:", "",
-              "| model | by candidates (ms) | by calibration shards (ms) |", "|---|---:|---:|", *splits]
+              "| model | by candidates (ms) | by calibration shards (ms) |", "|---|---:|---:|", *splits.values()]
     return "\n".join(lines)
 
 
@@ -138,13 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", nargs="+", type=int, default=[1, 2, 4, 8])
     p.add_argument("--samples", type=int, default=32, help="calibration samples scored per candidate")
     p.add_argument("--population", type=int, default=16)
-    p.add_argument("--generations", type=int, default=4, help="timed generations per setting")
+    p.add_argument("--rounds", type=int, default=3, help="timed serial/distributed pairs of generations")
     p.add_argument("--out")
     args = p.parse_args(argv)
     workers = [w for w in args.workers if w <= (os.cpu_count() or 1)]
     before = os.getloadavg()[0]
     rows = [r for name in args.models
-            for r in measure(name, workers, args.samples, args.population, args.generations)]
+            for r in measure(name, workers, args.samples, args.population, args.rounds)]
     return emit(table(rows, before, os.getloadavg()[0]), args.out)
 
 
