@@ -85,7 +85,7 @@ class Workers:
             # a local runtime runs its actors at the driver's priority (Ray's default, niceness 15, starves them
             # on a machine shared with other work)
             local = {} if self.address else {"num_cpus": self.count, "_system_config": {"worker_niceness": 0}}
-            ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING,
+            ray.init(address=self.address, include_dashboard=False, logging_level=logging.ERROR,
                      log_to_driver=False, **local)
             self.started = True
         resources = ray.cluster_resources()
