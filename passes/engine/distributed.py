@@ -7,6 +7,10 @@ candidates are split into contiguous chunks, one per actor, and gathered in orde
 serial ones. An actor that dies is restarted and its task re-run: it rebuilds the visit from the object
 store and replays the ops, so a killed worker changes nothing but the time taken.
 
+Candidates, not calibration shards, are split: per actor both cost the same compute (tools/bench/scaleout.py),
+and shards' partial sums would add up in another order than the serial run's. An actor pays off where one
+candidate costs milliseconds (Ray's round trip is ~0.7 ms): convolutional and recurrent models, not tiny MLPs.
+
 ONNX Runtime's threads per actor follow EVONNX_ORT_THREADS (1 when unset: an actor holds one CPU); set it
 for the serial run too when comparing results bit by bit.
 """
