@@ -68,3 +68,17 @@ def test_report_without_matplotlib_is_markdown_only(auto_run, tmp_path, monkeypa
     assert any("plots skipped: matplotlib is not installed" in line for line in lines)
     assert "plots skipped" in (tmp_path / "plain" / "report.md").read_text()
     assert not list((tmp_path / "plain").glob("*.png"))
+
+
+def test_no_bisection_starves_the_bit_allocation(tmp_path, monkeypatch):
+    """After a failed rung, a bisection runs only if the time left still pays for the full bit allocation."""
+    from evonnx.passes.compress.timing import Budget
+    teacher = corpus.mlp(d_in=32, hidden=64, classes=10)
+    onnx.save_model(teacher, str(tmp_path / "mlp.onnx"))
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((128, 32)).astype(np.float32))
+    options = dict(calib=tmp_path / "calib.npz", metric="cosine", max_drop=0.001, time_limit=20, progress=False)
+    both = compress(tmp_path / "mlp.onnx", tmp_path / "a.evx", **options)
+    assert [t["kept"] for t in both.auto] == [False, False, False]  # 50 % fails, then two bisections
+    monkeypatch.setattr(Budget, "full_bits_seconds", staticmethod(lambda targets, forward: 1e9))
+    starved = compress(tmp_path / "mlp.onnx", tmp_path / "b.evx", **options)
+    assert [t["sparsity"] for t in starved.auto] == [LADDER[0]]

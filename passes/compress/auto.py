@@ -1,9 +1,11 @@
 """`sparsity="auto"`: Directed Evolution climbs a ladder of global sparsities (the kept fraction halves each
 rung: 50 %, 75 %, 87.5 %, …), each rung continuing from the last accepted student, then bisects between
-the last rung within budget and the first beyond it. A rung is accepted when its drop against the teacher
-in the run's task metric (passes/engine/tasks.py), taken at measured + 1 standard error on the data the
-search fits to, is within half of `max_drop`; the bit allocation gets what is left of `max_drop`. The
-accepted rungs are returned too: the budget guard falls back on them when the held-out check fails."""
+the last rung within budget and the first beyond it, unless a bisection would leave the bit allocation
+less time than its full measurement needs (bits then pay more than a little sparsity). A rung is accepted
+when its drop against the teacher in the run's task metric (passes/engine/tasks.py), taken at measured + 1
+standard error on the data the search fits to, is within half of `max_drop`; the bit allocation gets what is
+left of `max_drop`. The accepted rungs are returned too: the budget guard falls back on them when the
+held-out check fails."""
 from __future__ import annotations
 
 import dataclasses
@@ -62,6 +64,10 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
                          f"about {overhead:.0f} s)")
                 break
             given = round(remaining / left, 3)
+            bits_left = start + time_limit - time.perf_counter() - given - overhead
+            if failed is not None and bits_left < Budget.full_bits_seconds(len(prune), forward):
+                log.info(f"auto sparsity: no bisection below {failed:.4f}: the bit allocation needs the time left")
+                break
             params.update(time_limit=given, on_budget="finish", **budget.de)
         de = DirectedEvolution(**params)
         sub = ctx.workdir / AUTO_DIR / f"{len(trials):02d}-{target:.4f}" if ctx.workdir else None

@@ -47,15 +47,17 @@ class Budget:
         return budget
 
     @staticmethod
+    def full_bits_seconds(targets: int, forward_seconds: float) -> float:
+        """Seconds the full bit allocation takes (every layer alone on all samples, then the joint search)."""
+        return forward_seconds * (targets * _full_specs() + JOINT_EVALUATIONS)
+
+    @staticmethod
     def bits_for(targets: int, forward_seconds: float, seconds: float) -> dict | None:
         """The bit allocation `seconds` pay for: the full search ({}), or with each layer alone measured on a
         share of the calibration samples (at least FULL_SHARE), else entropy-sized per-channel grids only on a share
         (at least LIGHT_SHARE), else none (None: every target at 8 bits)."""
-        from evonnx.passes.bit_allocation import BitAllocation
-
-        defaults = BitAllocation.Config()
         alone = seconds / max(forward_seconds, 1e-9) - JOINT_EVALUATIONS  # passes over all samples left for them
-        for specs, least, settings in ((len(defaults.schemes) * len(defaults.bits) + 1, FULL_SHARE, {}),
+        for specs, least, settings in ((_full_specs(), FULL_SHARE, {}),
                                        (len(LIGHT_BITS["bits"]) + 1, LIGHT_SHARE, LIGHT_BITS)):
             share = alone / max(targets * specs, 1)
             if share >= least:
@@ -69,6 +71,14 @@ class Budget:
         elif self.bits:
             parts.append("bit allocation over " + ", ".join(f"{k}={v}" for k, v in self.bits.items()))
         return ", ".join(parts)
+
+
+def _full_specs() -> int:
+    """Quantizations the full bit allocation measures per layer: every scheme x bit width, and exact."""
+    from evonnx.passes.bit_allocation import BitAllocation
+
+    defaults = BitAllocation.Config()
+    return len(defaults.schemes) * len(defaults.bits) + 1
 
 
 def forward_seconds(engine) -> float:
