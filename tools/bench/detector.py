@@ -106,17 +106,20 @@ def one_run(run: str, args, calib: Path, train: Path, unseen: np.ndarray, teache
             "steps": distill.get("steps"), "detections": detections(teacher, outputs(decode(out), unseen))}
 
 
+def _share(d: dict) -> str:
+    return f"{d['reproduced'] / d['teacher']:.1%} ({d['reproduced']})" if d["teacher"] else "–"
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| run | ratio | sparsity | bits | teacher detections > 0.8 | reproduced | new > 0.8 | "
              "teacher detections > 0.5 | reproduced | held-out drop (pts, 95 % bound) | seconds |",
              "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         hi, lo = r["detections"]["0.8"], r["detections"]["0.5"]
-        share = lambda d: f"{d['reproduced'] / d['teacher']:.1%} ({d['reproduced']})" if d["teacher"] else "–"  # noqa: E731
         bits = "/".join(str(b) for b in r["bits"]) or "–"
         run = r["run"] + (f" ({r['steps']} steps)" if r.get("steps") else "")
-        lines.append(f"| {run} | {r['ratio']:.1f}× | {r['sparsity']:.1%} | {bits} | {hi['teacher']} | {share(hi)} | "
-                     f"{hi['extra']} | {lo['teacher']} | {share(lo)} | {r['held_out']['points']:.2f} "
+        lines.append(f"| {run} | {r['ratio']:.1f}× | {r['sparsity']:.1%} | {bits} | {hi['teacher']} | {_share(hi)} | "
+                     f"{hi['extra']} | {lo['teacher']} | {_share(lo)} | {r['held_out']['points']:.2f} "
                      f"({r['held_out']['upper']:.2f}) | {r['seconds']:.0f} |")
     met = [r["run"] for r in rows if r["ratio"] >= GOAL_RATIO and r["detections"]["0.8"]["teacher"]
            and r["detections"]["0.8"]["reproduced"] >= GOAL_SHARE * r["detections"]["0.8"]["teacher"]]
