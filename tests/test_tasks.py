@@ -63,6 +63,23 @@ def test_detection_counts_the_teacher_detections_the_student_misses():
     assert Detection().drop([teacher], [relabelled]).points == pytest.approx(50.0)
 
 
+def test_detection_pools_over_detections_and_certifies_nothing_without_them():
+    """The drop is the share of all the teacher's detections missed (not an average over images, where
+    images without any count as perfect), and its bound needs detections to be small."""
+    one = yolov8_table([(10, 10, 8, 8)], [0])
+    three = yolov8_table([(10, 10, 8, 8), (50, 50, 10, 10), (30, 70, 6, 6)], [0, 1, 1])
+    empty = yolov8_table([], [])
+    teacher = np.stack([one, three, empty, empty])
+    student = np.stack([empty, three, empty, empty])  # 1 of 4 detections missed
+    drop = Detection().drop([teacher], [student])
+    assert drop.points == pytest.approx(25.0) and drop.details["teacher_detections"] == 4
+    none = np.stack([empty] * 8)
+    nothing = Detection().drop([none], [none])
+    assert nothing.points == 0.0 and nothing.upper(1.645) > 50  # no detection seen: no certificate
+    many = np.stack([three] * 200)
+    assert Detection().drop([many], [many]).upper(1.645) < 1.0  # 600 detections, none missed
+
+
 def test_detection_yolox_layout_reads_objectness_times_class():
     table = np.zeros((12, 7), np.float32)  # [anchors, 4 + obj + 2 classes]
     table[0] = [20, 20, 6, 6, 0.95, 0.9, 0.1]
