@@ -109,6 +109,9 @@ def test_a_short_time_limit_measures_layers_alone_on_a_share_of_the_samples():
     seconds = 40 + 10 * 7 * 0.5  # the bits get 30 % of a pruning run's search, all of a run that prunes nothing
     assert Budget.fit(10, 1.0, seconds).bits is None
     assert Budget.fit(10, 1.0, seconds, prunes=False).bits == light
+    # fitting each quantization of 20M weights costs time too: the full search no longer fits what it did
+    assert Budget.bits_for(10, 1.0, 40 + 10 * full * 0.6, params=20_000_000) != share
+    assert Budget.full_bits_seconds(10, 1.0, params=20_000_000) > Budget.full_bits_seconds(10, 1.0) + 100
 
 
 def test_the_bit_allocation_measures_layers_alone_on_an_even_spread_of_the_samples():

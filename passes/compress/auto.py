@@ -50,6 +50,7 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
     metric = ctx.metric.label
     loss = budget_loss("task", AUTO_Z)
     start = time.perf_counter()
+    entries = sum(state.table[n].size for n in prune)
     deadline = start + SEARCH_SHARE * time_limit if time_limit else None
     best, best_drop, passed, failed, bisected, overhead = state, 0.0, 0.0, None, 0, RUNG_FORWARDS * forward
     steps, trials, rungs = [], [], []
@@ -65,7 +66,7 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
                 break
             given = round(remaining / left, 3)
             bits_left = start + time_limit - time.perf_counter() - given - overhead
-            if failed is not None and bits_left < Budget.full_bits_seconds(len(prune), forward):
+            if failed is not None and bits_left < Budget.full_bits_seconds(len(prune), forward, entries):
                 log.info(f"auto sparsity: no bisection below {failed:.4f}: the bit allocation needs the time left")
                 break
             params.update(time_limit=given, on_budget="finish", **budget.de)
@@ -94,7 +95,7 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
     left = None
     if time_limit:
         left = max(start + time_limit - time.perf_counter(), 1e-3)
-        budget = dataclasses.replace(budget, bits=Budget.bits_for(len(prune), forward, left))
+        budget = dataclasses.replace(budget, bits=Budget.bits_for(len(prune), forward, left, entries))
     rest = Pipeline([DeadUnits(), *default_pipeline(0, bits, left_over, left, keep=kept, budget=budget).passes])
     return rest.run(best, ctx), steps + describe(rest), trials, rungs
 

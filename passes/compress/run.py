@@ -98,7 +98,8 @@ def run(r: CompressRequest) -> CompressResult:
         if r.time_limit and targets and r.pipeline is None:
             forward = forward_seconds(engine)
             search_limit = search_seconds(r.time_limit, time.perf_counter() - start, forward, state)
-            timing = Budget.fit(len(prune), forward, search_limit, prunes=r.sparsity != 0)
+            timing = Budget.fit(len(prune), forward, search_limit, prunes=r.sparsity != 0,
+                                params=sum(state.table[n].size for n in prune))
             if timing.describe():
                 log.info(f"time limit {r.time_limit:g} s ({search_limit:.0f} s to search): {timing.describe()}")
         fallbacks: Iterator = iter(())

@@ -14,6 +14,7 @@ LIGHT_BITS = {"schemes": ["uniform/channel/rate"], "bits": [2, 3, 4, 5, 6, 8]}  
 FINISH_FORWARDS = 5  # passes over the calibration set after the search: final metrics, decode, verify, held out
 PASS_FORWARDS = 10  # passes over it the passes spend outside their search: set-up, finishing, joint measurements
 ENCODE_SECONDS_PER_PARAM = 1e-6  # entropy coding and decoding the container (~1 s per million weights here)
+QUANT_SECONDS_PER_PARAM = 1e-6  # fitting one quantization of a weight, per entry (grids, codebooks, sizing)
 MIN_SEARCH_SHARE = 0.1  # of --time-limit the passes get however little is left
 JOINT_EVALUATIONS = 40  # about what the bit allocation's joint search measures
 FULL_SHARE = 0.5  # the least share of the calibration samples the full bit allocation measures layers alone on
@@ -36,29 +37,34 @@ class Budget:
     bits: dict | None = field(default_factory=dict)  # None: fixed 8 bits instead of the bit allocation
 
     @classmethod
-    def fit(cls, targets: int, forward_seconds: float, time_limit: float, prunes: bool = True) -> "Budget":
-        """The settings `time_limit` pays for; without pruning (`prunes` False) the bits get all of it."""
+    def fit(cls, targets: int, forward_seconds: float, time_limit: float, prunes: bool = True,
+            params: int = 0) -> "Budget":
+        """The settings `time_limit` pays for; without pruning (`prunes` False) the bits get all of it.
+        `params`: the entries of the targets, whose quantizations the bit allocation fits."""
         from evonnx.passes.sparsity.common import LEVELS
 
         bits_share = 1 - SEARCH_SHARE if prunes else 1.0
-        budget = cls(bits=cls.bits_for(targets, forward_seconds, bits_share * time_limit))
+        budget = cls(bits=cls.bits_for(targets, forward_seconds, bits_share * time_limit, params))
         if targets * len(LEVELS) * forward_seconds > 0.25 * SEARCH_SHARE * time_limit:
             budget.de = {"allocation": "lamp", "refit": False}
         return budget
 
     @staticmethod
-    def full_bits_seconds(targets: int, forward_seconds: float) -> float:
+    def full_bits_seconds(targets: int, forward_seconds: float, params: int = 0) -> float:
         """Seconds the full bit allocation takes (every layer alone on all samples, then the joint search)."""
-        return forward_seconds * (targets * _full_specs() + JOINT_EVALUATIONS)
+        specs = _full_specs()
+        return forward_seconds * (targets * specs + JOINT_EVALUATIONS) + QUANT_SECONDS_PER_PARAM * params * specs
 
     @staticmethod
-    def bits_for(targets: int, forward_seconds: float, seconds: float) -> dict | None:
+    def bits_for(targets: int, forward_seconds: float, seconds: float, params: int = 0) -> dict | None:
         """The bit allocation `seconds` pay for: the full search ({}), or with each layer alone measured on a
         share of the calibration samples (at least FULL_SHARE), else entropy-sized per-channel grids only on a share
-        (at least LIGHT_SHARE), else none (None: every target at 8 bits)."""
-        alone = seconds / max(forward_seconds, 1e-9) - JOINT_EVALUATIONS  # passes over all samples left for them
+        (at least LIGHT_SHARE), else none (None: every target at 8 bits). Fitting each quantization of the
+        targets' `params` entries comes off `seconds` first."""
         for specs, least, settings in ((_full_specs(), FULL_SHARE, {}),
                                        (len(LIGHT_BITS["bits"]) + 1, LIGHT_SHARE, LIGHT_BITS)):
+            fitting = QUANT_SECONDS_PER_PARAM * params * specs
+            alone = (seconds - fitting) / max(forward_seconds, 1e-9) - JOINT_EVALUATIONS  # passes left for them
             share = alone / max(targets * specs, 1)
             if share >= least:
                 return {**settings, **({"sensitivity_share": round(share, 3)} if share < 1 else {})}
