@@ -65,6 +65,7 @@ class PassContext:
         if key not in self._engines:
             self._engines[key] = FitnessEngine(state.model, self.calib, names, device=self.device,
                                                batch_size=self.batch_size, label=state.label)
+        self._engines[key].balance(self.metric)
         return self._engines[key]
 
     def pass_dir(self, name: str) -> Path | None:

@@ -127,7 +127,7 @@ class DistillFinetune(Pass):
         trainer = distill.Distiller(teacher, student, constraints, ctx.calib.inputs, ctx.calib.labels, cfg,
                                     ctx.seed, folder / "checkpoint.npz" if folder else None, fp, ctx.progress,
                                     train=train, evolve_axes=evolution_axes(state, names, constraints, we.layers)
-                                    if we.enabled else None)
+                                    if we.enabled else None, metric=ctx.metric)
         if cfg.resume:
             trainer.resume()
         val_before = trainer.curve[0][1] if trainer.curve else trainer.validate()

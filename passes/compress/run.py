@@ -78,6 +78,7 @@ def run(r: CompressRequest) -> CompressResult:
         engine = ctx.engine(state)
         ctx.metric = pick(r.metric, per_sample(engine.teacher, engine.axes), engine.output_names, fit.labels,
                           engine.axes)
+        engine.balance(ctx.metric)
         log.info(f"fidelity metric: {ctx.metric.label}" + (f", budget {enforced:g} points" if enforced is not None
                                                            else ", no budget enforced (reported only)"))
         guard = Guard(state, ctx, held, ctx.metric, enforced)
@@ -143,7 +144,7 @@ def run(r: CompressRequest) -> CompressResult:
                      + (f" at its 95 % bound only (measured {first['points']:.3g} points): {first['n']} held-out "
                         "samples are too few to certify it, and more calibration samples would let it ship"
                         if first["points"] <= (enforced or 0) else ""))
-    metrics = compare(engine.output_names, engine.teacher, verified.measured, engine.calib.labels)
+    metrics = compare(engine.output_names, engine.teacher, verified.measured, engine.calib.labels, engine.groups)
     calib_drop = ctx.metric.drop(per_sample(engine.teacher, engine.axes), per_sample(verified.measured, engine.axes),
                                  fit.labels)
     within = f": within --max-drop {enforced:g}" if enforced is not None else ""

@@ -20,6 +20,7 @@ from evonnx.passes.engine import providers as prov
 from evonnx.passes.engine import samples
 from evonnx.passes.engine.calib import CalibData, fixed_batch
 from evonnx.passes.engine.metrics import Metrics, compare
+from evonnx.passes.engine.tasks import output_groups
 from evonnx.runtime.model_io import runtime_source
 from evonnx.runtime.weights import read_weights
 
@@ -149,6 +150,15 @@ class FitnessEngine:
         for name, arr in self.original.items():
             self.student.pin(f"weight:{name}", arr)
         self.evaluations = 0
+        self.groups: list[np.ndarray | None] | None = None  # each output's error groups (see `balance`)
+        self._balanced_for = None
+
+    def balance(self, metric) -> None:
+        """Take the error groups of the task metric `metric` (passes/engine/tasks.py) into the relative MSE of
+        every later comparison (None: one group per output)."""
+        if metric is not self._balanced_for:
+            self.groups = output_groups(metric, self.teacher, self.axes)
+            self._balanced_for = metric
 
     def _batch_size(self, fixed: int | None, calib: CalibData, requested: int | None) -> int:
         if fixed:
@@ -201,7 +211,8 @@ class FitnessEngine:
 
     def evaluate(self, candidates: Sequence[dict[str, np.ndarray]]) -> list[Metrics]:
         """Metrics of each candidate against the teacher (a batch API: callers pass several at once)."""
-        return [compare(self.output_names, self.teacher, self.outputs(c), self.calib.labels) for c in candidates]
+        return [compare(self.output_names, self.teacher, self.outputs(c), self.calib.labels, self.groups)
+                for c in candidates]
 
     def fitness(self, candidates: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
         """The scalar to minimise for each candidate."""
@@ -209,7 +220,7 @@ class FitnessEngine:
 
     def teacher_metrics(self) -> Metrics:
         """The teacher against itself, with task accuracy when labels exist."""
-        return compare(self.output_names, self.teacher, self.teacher, self.calib.labels)
+        return compare(self.output_names, self.teacher, self.teacher, self.calib.labels, self.groups)
 
     def model_outputs(self, model: onnx.ModelProto, label: str = "student") -> list[np.ndarray]:
         """Outputs of another model (same inputs and outputs, any structure) on the calibration batches."""
@@ -220,4 +231,5 @@ class FitnessEngine:
 
     def compare_model(self, model: onnx.ModelProto, label: str = "student") -> Metrics:
         """Metrics of another model against the teacher."""
-        return compare(self.output_names, self.teacher, self.model_outputs(model, label), self.calib.labels)
+        return compare(self.output_names, self.teacher, self.model_outputs(model, label), self.calib.labels,
+                       self.groups)

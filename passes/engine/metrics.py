@@ -1,4 +1,10 @@
-"""Teacher–student metrics for every output: KL, top-1 agreement, relative MSE, cosine, accuracy."""
+"""Teacher–student metrics for every output: KL, top-1 agreement, relative MSE, cosine, accuracy.
+
+Relative MSE is the squared error over the teacher's energy. An output whose parts live on different
+scales (a detector's box coordinates in pixels beside its class probabilities) can be split into error
+groups (`groups`: an integer id per entry, broadcast against the output); each group's error is then taken
+over its own energy and the groups are averaged, so that no part drowns the others.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -38,9 +44,24 @@ def top1_agreement(teacher: np.ndarray, student: np.ndarray) -> float:
     return float(np.mean(teacher.argmax(-1) == student.argmax(-1)))
 
 
-def relative_mse(teacher: np.ndarray, student: np.ndarray) -> float:
-    t, s = teacher.astype(np.float64), student.astype(np.float64)
-    return float(np.sum((s - t) ** 2) / max(np.sum(t * t), 1e-30))
+def error_weights(teacher: np.ndarray, groups: np.ndarray | None = None,
+                  keep: np.ndarray | None = None) -> np.ndarray | float:
+    """Weights w with sum(w * (student - teacher)**2) the relative MSE: per entry, one over the teacher's energy
+    in the entry's group times the number of groups (one group: a scalar); `keep` (broadcast against the
+    output) leaves entries out of both the error and the energy."""
+    t = teacher.astype(np.float64) if keep is None else teacher.astype(np.float64) * keep
+    if groups is None:
+        scale = 1.0 / max(float(np.sum(t * t)), 1e-30)
+        return scale if keep is None else scale * keep
+    ids, index = np.unique(np.broadcast_to(groups, t.shape), return_inverse=True)
+    energy = np.bincount(index.ravel(), weights=(t * t).ravel(), minlength=len(ids))
+    weights = (1.0 / (len(ids) * np.maximum(energy, 1e-30)))[index].reshape(t.shape)
+    return weights if keep is None else weights * keep
+
+
+def relative_mse(teacher: np.ndarray, student: np.ndarray, groups: np.ndarray | None = None) -> float:
+    diff = student.astype(np.float64) - teacher.astype(np.float64)
+    return float(np.sum(error_weights(teacher, groups) * diff * diff))
 
 
 def cosine(teacher: np.ndarray, student: np.ndarray) -> float:
@@ -92,15 +113,16 @@ class Metrics:
 
 
 def compare(names: list[str], teacher: list[np.ndarray], student: list[np.ndarray],
-            labels: np.ndarray | None = None) -> Metrics:
-    """Metrics of every output; accuracy on the first classifier output when labels are given."""
+            labels: np.ndarray | None = None, groups: list[np.ndarray | None] | None = None) -> Metrics:
+    """Metrics of every output; accuracy on the first classifier output when labels are given; `groups`:
+    each output's error groups (None: one)."""
     result, labelled = Metrics(), False
-    for name, t, s in zip(names, teacher, student):
+    for name, t, s, g in zip(names, teacher, student, groups or [None] * len(names)):
         if not np.issubdtype(t.dtype, np.floating):  # integer outputs (indices, ids): exact-match rate
             match = float(np.mean(t == s)) if t.size else 1.0
             result.outputs.append(OutputMetrics(name, rel_mse=1.0 - match, cosine=match))
             continue
-        out = OutputMetrics(name, relative_mse(t, s), cosine(t, s))
+        out = OutputMetrics(name, relative_mse(t, s, g), cosine(t, s))
         if is_classifier(t):
             out.kl, out.top1 = kl_divergence(t, s), top1_agreement(t, s)
             if labels is not None and not labelled and len(labels) == len(s):

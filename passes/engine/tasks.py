@@ -68,6 +68,16 @@ def per_sample(outputs: Sequence[np.ndarray], axes: Sequence[Axis]) -> list[np.n
     return [np.asarray(o)[None] if a is None else np.moveaxis(np.asarray(o), a, 0) for o, a in zip(outputs, axes)]
 
 
+def output_groups(metric: "TaskMetric | None", teacher: Sequence[np.ndarray],
+                  axes: Sequence[Axis]) -> list[np.ndarray | None]:
+    """The metric's error groups of each output in the engine's layout (a size-1 sample axis where the output
+    has one); all None without a metric."""
+    if metric is None:
+        return [None] * len(teacher)
+    groups = metric.groups(per_sample(teacher, axes))
+    return [g if g is None or a is None else np.expand_dims(g, a) for g, a in zip(groups, axes)]
+
+
 class TaskMetric:
     """One task's metric over sample-first outputs (see `per_sample`)."""
 
@@ -87,6 +97,11 @@ class TaskMetric:
         rate of 0: one pseudo-sample of each kind gives the bound an Agresti-Coull-like floor of about
         100 / n points, as the interval of a proportion would."""
         return ()
+
+    def groups(self, teacher: list[np.ndarray]) -> list[np.ndarray | None]:
+        """Each output's error groups for the search's relative MSE (passes/engine/metrics.py), as integer ids
+        broadcast against one sample of it (None: one group)."""
+        return [None] * len(teacher)
 
     def real(self, outputs: list[np.ndarray], tokens: np.ndarray | None) -> list[np.ndarray]:
         """The outputs this metric reads, given the real tokens of the samples (all of them, unless a metric
@@ -264,6 +279,16 @@ class Detection(TaskMetric):
         per_image = max(sum(found), 1) / max(len(found), 1)
         return 100.0 * np.array(missed) / per_image, {"teacher_detections": sum(found)}
 
+    def groups(self, teacher):
+        """The table's box coordinates, objectness and class scores each on their own scale: boxes are in
+        pixels and scores are probabilities, so one relative MSE over the table would see the boxes only."""
+        table = teacher[0][0]
+        if resolve_layout(table, self.layout) == "yolov8":  # rows: 4 box coordinates, then class scores
+            ids = np.r_[np.zeros(4), np.ones(table.shape[0] - 4)][:, None]
+        else:  # columns: 4 box coordinates, objectness (yolox, yolov5) or score (boxes), then classes
+            ids = np.r_[np.zeros(4), 1, np.full(table.shape[1] - 5, 2)][None, :]
+        return [ids.astype(np.int64)] + [None] * (len(teacher) - 1)
+
     def pseudo(self, teacher):
         """One image missing one detection and one missing none: without detections in the data, or with
         none missed among few, nothing is certified."""
@@ -282,8 +307,7 @@ class Detection(TaskMetric):
 def decode_boxes(table: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(corner boxes [K, 4], scores [K], classes [K]) of one image's output table."""
     x = table.astype(np.float64)
-    if layout == "auto":
-        layout = "yolov8" if x.shape[0] < x.shape[1] else "yolox"
+    layout = resolve_layout(x, layout)
     if layout == "boxes":
         return x[:, :4], x[:, 4], x[:, 5].astype(np.int64)
     if layout == "yolov8":
@@ -295,6 +319,13 @@ def decode_boxes(table: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray
         label = cls.argmax(1) if cls.shape[1] else np.zeros(len(x), np.int64)
     corners = np.concatenate([centre[:, :2] - centre[:, 2:] / 2, centre[:, :2] + centre[:, 2:] / 2], axis=1)
     return corners, score, label
+
+
+def resolve_layout(table: np.ndarray, layout: str) -> str:
+    """`auto` as yolov8 ([4 + classes, anchors]) when the table is wider than tall, else yolox."""
+    if layout != "auto":
+        return layout
+    return "yolov8" if table.shape[0] < table.shape[1] else "yolox"
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -128,7 +128,7 @@ class Fidelity:
         self.start = self._measure(self.reference).metrics
 
     def _measure(self, outputs) -> Measure:
-        metrics = compare(self.engine.output_names, self.reference, outputs, self.labels)
+        metrics = compare(self.engine.output_names, self.reference, outputs, self.labels, self.engine.groups)
         task = None if self.task is None else self.task.drop(self.samples, per_sample(outputs, self.engine.axes),
                                                              self.labels, self.tokens)
         if self.head is None:

@@ -78,7 +78,7 @@ def setup(state: ModelState, ctx: PassContext, cfg: TargetConfig,
         names = [n for n in names if state.table[n].role != "embedding"]
     layers = analyse(state, names)
     ev = Evaluator(state, layers, ctx.calib, prov.resolve(ctx.device), cfg.fitness_samples, cfg.refit_samples,
-                   ctx.batch_size or 256, ctx.workers)
+                   ctx.batch_size or 256, ctx.workers, ctx.metric)
     return layers, ev
 
 

@@ -18,7 +18,8 @@ import numpy as np
 from evonnx.passes.engine import samples
 from evonnx.passes.engine.calib import CalibData, fixed_batch
 from evonnx.passes.engine.fitness import Runner, run_batches
-from evonnx.passes.engine.metrics import is_classifier, is_probability, log_probs
+from evonnx.passes.engine.tasks import output_groups
+from evonnx.passes.engine.metrics import error_weights, is_classifier, is_probability, log_probs
 from evonnx.passes.sparsity.graph import build_probe, build_suffix, elem_types, suffix_structure
 from evonnx.passes.sparsity import tokens
 from evonnx.passes.sparsity.layers import Layer
@@ -31,18 +32,19 @@ POOL_CACHE_ELEMENTS = 32 << 20  # most gathered activation elements cached for a
 MEASURE_GROUP = 8  # probe outputs measured together
 ACTIVATION_BYTES = 2 << 30  # most bytes of cached activations (every layer's input and output) on the re-fit samples
 # what scoring a visit's pool candidates reads, of an Evaluator and of a LayerView (see scoring_copy)
-EVALUATOR_SCORING = ("teacher_out", "out_keep", "output_names", "axes", "per", "n_fit", "batch", "stackable_batch",
+EVALUATOR_SCORING = ("teacher_out", "out_weights", "output_names", "axes", "per", "n_fit", "batch", "stackable_batch",
                      "providers", "label")
 VIEW_SCORING = ("layer", "w_mat", "out", "k", "const_out", "y_shape", "x_t", "y_flat")
 
 
 def fitness_batch(teacher: list[np.ndarray], student: list[np.ndarray],
-                  keep: list[np.ndarray | None] | None = None) -> np.ndarray:
+                  weights: list[np.ndarray | float | None] | None = None) -> np.ndarray:
     """Per-candidate fitness, the engine's definition: mean KL over classifier outputs, else mean relative
-    MSE (integer outputs: mismatch rate). `student` arrays carry a leading candidate axis; `keep` (per
-    output, None: all) broadcasts to a float output and marks the entries the MSE counts (real tokens)."""
+    MSE (integer outputs: mismatch rate). `student` arrays carry a leading candidate axis; `weights` (per
+    output, None: the plain relative MSE) are the output's `metrics.error_weights` (real tokens, error
+    groups)."""
     kls, mses = [], []
-    for t, s, w in zip(teacher, student, keep or [None] * len(teacher)):
+    for t, s, w in zip(teacher, student, weights or [None] * len(teacher)):
         if not np.issubdtype(t.dtype, np.floating):
             mses.append(np.mean((s != t[None]).reshape(len(s), -1), axis=1))
         elif is_classifier(t):
@@ -50,10 +52,9 @@ def fitness_batch(teacher: list[np.ndarray], student: list[np.ndarray],
             lt, ls = log_probs(t[None], probs), log_probs(s, probs)
             kls.append(np.mean(np.sum(np.exp(lt) * (lt - ls), axis=-1), axis=-1))
         else:
-            t64 = t.astype(np.float64) if w is None else t.astype(np.float64) * w
+            w = error_weights(t) if w is None else w
             diff = s.astype(np.float64) - t.astype(np.float64)[None]
-            diff = (diff if w is None else diff * w).reshape(len(s), -1)
-            mses.append(np.sum(diff * diff, axis=1) / max(float(np.sum(t64 * t64)), 1e-30))
+            mses.append(np.sum((diff * diff * w).reshape(len(s), -1), axis=1))
     return np.mean(kls, axis=0) if kls else np.mean(mses, axis=0)
 
 
@@ -83,7 +84,9 @@ class Evaluator:
     """Evaluates candidate zero-sets layer by layer against the teacher on a calibration subset."""
 
     def __init__(self, state: ModelState, layers: list[Layer], calib: CalibData, providers: list[str],
-                 fitness_samples: int = 256, refit_samples: int = 1024, batch_size: int = 256, workers=None):
+                 fitness_samples: int = 256, refit_samples: int = 1024, batch_size: int = 256, workers=None,
+                 metric=None):
+        """`metric`: the run's task metric (passes/engine/tasks.py), whose error groups the fitness takes."""
         self.state, self.layers, self.providers = state, {l.weight: l for l in layers}, providers
         self.label = state.label
         self.workers = workers  # a distributed.Workers: pool candidates are scored on its actors
@@ -106,7 +109,9 @@ class Evaluator:
         self.tokens = tokens.token_keep(self.data.inputs, self.data.axes)
         acts = self.run_probe(original)
         self.teacher_out = [self.take(acts, o, self.n_fit) for o in self.output_names]
-        self.out_keep = [self._output_keep(o, t) for o, t in zip(self.output_names, self.teacher_out)]
+        groups = output_groups(metric, self.teacher_out, [self.axes[o] for o in self.output_names])
+        self.out_weights = [error_weights(t, g, self._output_keep(o, t))
+                            for o, t, g in zip(self.output_names, self.teacher_out, groups)]
         self.teacher_y = {l.weight: acts[l.y] for l in layers if l.fast}
         self.forward_at_start = self.forward_seconds()
 
@@ -193,7 +198,7 @@ class Evaluator:
     def fitness(self, state: ModelState) -> float:
         """Fitness of a whole student state on the fitness subset (one full forward pass)."""
         acts = self.run_probe(self.current(state), self.n_fit, self.output_names)
-        return float(fitness_batch(self.teacher_out, [acts[o][None] for o in self.output_names], self.out_keep)[0])
+        return float(fitness_batch(self.teacher_out, [acts[o][None] for o in self.output_names], self.out_weights)[0])
 
     def forward_seconds(self, repeats: int = 20, seconds: float = 1.0) -> float:
         """Median time of one baked forward pass of the original model on the fitness subset (up to `repeats`
@@ -400,7 +405,7 @@ class LayerView:
             outs[self.layer.y] = y
         student = [outs[o] if o in outs else np.broadcast_to(self.const_out[o], (kc, *self.const_out[o].shape))
                    for o in self.ev.output_names]
-        return fitness_batch(self.ev.teacher_out, student, self.ev.out_keep)
+        return fitness_batch(self.ev.teacher_out, student, self.ev.out_weights)
 
     def _run_suffix(self, y: np.ndarray) -> list[np.ndarray]:
         kc, n = y.shape[:2]
@@ -452,4 +457,4 @@ class LayerView:
     def _run_weights(self, change: dict[str, np.ndarray]) -> float:
         acts = self.ev.run_probe({**self.weights, **change}, self.ev.n_fit, self.ev.output_names)
         return float(fitness_batch(self.ev.teacher_out, [acts[o][None] for o in self.ev.output_names],
-                                   self.ev.out_keep)[0])
+                                   self.ev.out_weights)[0])

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evonnx.passes.engine.metrics import kl_divergence
+from evonnx.passes.engine.metrics import kl_divergence, relative_mse
+from evonnx.passes.engine.tasks import output_groups
 from evonnx.passes.progress import progress
 from evonnx.passes.sparsity import checkpoint
 from evonnx.passes.torchnet import regrow, weight_evolution
@@ -52,14 +53,28 @@ def is_probability(t: torch.Tensor) -> bool:
     return bool(t.min() >= 0 and t.max() <= 1 and torch.allclose(t.sum(-1), torch.ones((), dtype=t.dtype), atol=1e-3))
 
 
-def distill_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], temperature: float) -> torch.Tensor:
+def grouped_mse(student: torch.Tensor, teacher: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """metrics.relative_mse with error groups, in torch: each group's squared error over its teacher energy,
+    averaged over the groups (`groups`: ids 0..G-1 broadcast against the output)."""
+    ids = groups.expand_as(teacher).reshape(-1)
+    err = torch.zeros(int(ids.max()) + 1, dtype=teacher.dtype, device=teacher.device)
+    err = err.index_add(0, ids, (student - teacher).pow(2).reshape(-1))
+    energy = torch.zeros_like(err).index_add(0, ids, teacher.pow(2).reshape(-1))
+    return (err / energy.clamp_min(1e-30)).mean()
+
+
+def distill_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], temperature: float,
+                 groups: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """The loss of one batch; `groups`: each output's error groups (passes/engine/tasks.py; None: one)."""
     total = 0.0
-    for s, t in zip(student, teacher):
+    for s, t, g in zip(student, teacher, groups or [None] * len(teacher)):
         if is_classifier(t):
             probs = is_probability(t)
             s, t = as_logits(s, probs), as_logits(t, probs)
             total = total + F.kl_div(F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1),
                                      log_target=True, reduction="batchmean") * temperature ** 2
+        elif g is not None:
+            total = total + grouped_mse(s, t, g)
         else:
             total = total + F.mse_loss(s, t) / (t.pow(2).mean() + 1e-12)
     return total
@@ -72,11 +87,12 @@ class Distiller:
                  inputs: dict[str, np.ndarray], labels: np.ndarray | None, s: DistillFinetune.Config, seed: int,
                  ckpt: Path | None, fingerprint: str, progress: bool,
                  train: tuple[dict[str, np.ndarray], np.ndarray | None] | None = None,
-                 evolve_axes: dict[str, int] | None = None):
+                 evolve_axes: dict[str, int] | None = None, metric=None):
         """`inputs`/`labels`: the calibration set, split by `holdout` into training and validation;
         `train`: a separate (inputs, labels) training set, in which case `holdout` of it validates (with
         0, all of `inputs` validates: biased where earlier passes fitted weights to the calibration set);
-        `evolve_axes`: weights that Weight Evolution may change, with their filter axes."""
+        `evolve_axes`: weights that Weight Evolution may change, with their filter axes; `metric`: the run's task
+        metric, whose error groups the loss takes (samples on axis 0 of every output)."""
         self.evolve_axes, self.evolved = dict(evolve_axes or {}), {}
         self.teacher, self.student, self.constraints, self.s = teacher, student, constraints, s
         self.ckpt, self.fp, self.progress = ckpt, fingerprint, progress
@@ -96,6 +112,10 @@ class Distiller:
         self.val_x = {k: val_x[k] for k in names}
         self.device = student.device
         self.val_t = run_numpy(teacher, self.val_x)
+        self.groups = output_groups(metric, self.val_t, [0] * len(self.val_t))
+        self.loss_groups = [None if g is None else torch.from_numpy(np.unique(g, return_inverse=True)[1]
+                                                                    .reshape(g.shape)).to(self.device)
+                            for g in self.groups]
         self.stds = [float(np.std(x)) if np.issubdtype(x.dtype, np.floating) else 0.0 for x in self.train_x]
         self.regrow_names = [n for n in student.weight_names if s.regrow.share > 0 and n in constraints
                              and constraints[n].mask is not None and constraints[n].record is None]
@@ -146,8 +166,8 @@ class Distiller:
 
     def validate(self) -> float:
         ys = run_numpy(self.student, self.val_x)
-        vals = [kl_divergence(t, s) if is_classifier(t) else float(np.mean((s - t) ** 2) / (np.mean(t ** 2) + 1e-12))
-                for s, t in zip(ys, self.val_t)]
+        vals = [kl_divergence(t, s) if is_classifier(t) else relative_mse(t, s, g)
+                for s, t, g in zip(ys, self.val_t, self.groups)]
         kls = [v for v, t in zip(vals, self.val_t) if is_classifier(t)]
         return float(np.mean(kls if kls else vals))
 
@@ -182,7 +202,7 @@ class Distiller:
         s_out = self.student(*xs)
         for name in taps:
             self.student.transforms[name] = self.constraints[name].transform
-        loss = distill_loss(s_out, t_out, s.temperature)
+        loss = distill_loss(s_out, t_out, s.temperature, self.loss_groups)
         if s.label_weight > 0 and ys is not None:
             head = next((o for o in s_out if is_classifier(o)), None)
             if head is not None:
