@@ -25,13 +25,17 @@ class Reference:
         self.teacher = per_sample(engine.teacher, self.axes)
         self.metric = pick(metric, self.teacher, self.names, None, self.axes)
 
-    def measure(self, session: ort.InferenceSession) -> dict:
-        """The task metric's drop (points) and the lowest output's mean cosine of another model, each sample
-        run alone (so fixed-batch models and every decode form run the same way)."""
+    def outputs(self, session: ort.InferenceSession) -> list[np.ndarray]:
+        """Another model's outputs on the held-out inputs, sample-first, each sample run alone (so fixed-batch
+        models and every decode form run the same way)."""
         n, data = self.data.num_samples, self.data
         runs = [session.run(None, {k: take(v, data.axes[k], i, i + 1) for k, v in data.inputs.items()})
                 for i in range(n)]
-        student = per_sample([join([r[k] for r in runs], a) for k, a in enumerate(self.axes)], self.axes)
+        return per_sample([join([r[k] for r in runs], a) for k, a in enumerate(self.axes)], self.axes)
+
+    def measure(self, session: ort.InferenceSession) -> dict:
+        """The task metric's drop (points) and the lowest output's mean cosine of another model."""
+        student = self.outputs(session)
         drop = self.metric.drop(self.teacher, student)
         cosines = Cosine().drop(self.teacher, student).details["cosine"]
         return {"metric": drop.metric, "drop": float(drop.points), "cos": float(np.min(cosines))}
