@@ -2,7 +2,8 @@
 
 Sensitivity: every target layer is quantized alone under every scheme x bit width (plus exact) and
 measured with the fitness engine against the incoming (e.g. sparsified) model's outputs, on all calibration
-samples or, to fit a time limit, on an even spread of a share of them (`sensitivity_share`). Search
+samples or, to fit a time limit, on an even spread of a share of them (`sensitivity_share`); with the
+context's Ray workers, a layer's quantizations are measured across them (passes/engine/distributed.py). Search
 (passes/quant/allocate.py): a knapsack on the additive damage estimate, its budget bisected against
 joint measurements, then single-layer refinements; or a greedy descent from all-exact. The objective
 is the estimated *coded* size (entropy of codes and mask plus side information,
@@ -76,6 +77,7 @@ class BitAllocation(Pass):
         engine = ctx.engine(state)
         fidelity = Fidelity(engine, {n: state.current(n) for n in engine.weight_names}, ctx.metric)  # biases too
         alone = _sensitivity_fidelity(state, ctx, fidelity, cfg.sensitivity_share)
+        measure = alone if ctx.workers is None else ctx.workers.fidelity(alone, state.model)
         metric, limit = _budget(cfg, fidelity)
         loss = budget_loss(metric, cfg.z)
         quantizer = Quantizer(state, engine, cfg.refit_rows, ctx.seed)
@@ -86,7 +88,7 @@ class BitAllocation(Pass):
         for name in names:
             tried = [s for s in specs if not s.refit or quantizer.can_refit(name)]
             done = [quantizer.quantize(name, s) for s in tried]
-            metrics = alone.evaluate([{name: q.weight} for q in done])
+            metrics = measure.evaluate([{name: q.weight} for q in done])
             options = [Option(s, q, coded_bytes(q.tensor)["total"], m.metrics.fitness, loss(m))
                        for s, q, m in zip(tried, done, metrics)]
             measured[name] = [(o.spec.label, round(o.bytes, 1), o.damage, o.drop) for o in options]

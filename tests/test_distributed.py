@@ -19,8 +19,8 @@ distributed = pytest.importorskip("evonnx.passes.engine.distributed")
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """compress(**kw) of a small MLP at 60 % sparsity into a fresh file, ORT on one thread; its bytes. A local Ray
-    runtime of 2 CPUs lives as long as the module."""
+    """compress(**kw) of a small MLP (default: at 60 % sparsity and 8 bits) into a fresh file, ORT on one thread;
+    its bytes. A local Ray runtime of 2 CPUs lives as long as the module."""
     root = tmp_path_factory.mktemp("distributed")
     model = mlp(hidden=64, d_in=32, classes=10)
     model.ir_version = 10
@@ -32,8 +32,8 @@ def run(tmp_path_factory):
     from evonnx.passes.compress import compress
 
     def go(name: str, **kw) -> bytes:
-        compress(root / "m.onnx", root / name, calib=root / "c.npz", sparsity=0.6, bits=8, max_drop=math.inf,
-                 progress=False, **kw)
+        kw = {"sparsity": 0.6, "bits": 8, **kw}
+        compress(root / "m.onnx", root / name, calib=root / "c.npz", max_drop=math.inf, progress=False, **kw)
         return (root / name).read_bytes()
 
     go.root = root
@@ -42,9 +42,17 @@ def run(tmp_path_factory):
     mp.undo()
 
 
+BITS = {"sparsity": 0, "bits": "auto"}  # the bit allocation alone: each layer's quantizations measured alone
+
+
 @pytest.fixture(scope="module")
 def serial(run) -> bytes:
     return run("serial.evx")
+
+
+@pytest.fixture(scope="module")
+def serial_bits(run) -> bytes:
+    return run("serial-bits.evx", **BITS)
 
 
 def _count_gathers(monkeypatch, on_call=None) -> list:
@@ -67,7 +75,14 @@ def test_two_workers_give_the_serial_container(run, serial, monkeypatch):
     assert len(calls) > 10 and max(calls) == 2  # every generation went to both actors
 
 
-def test_a_killed_worker_is_replaced_and_the_result_unchanged(run, serial, monkeypatch):
+def test_two_workers_measure_the_bit_allocation_as_serial(run, serial_bits, monkeypatch):
+    calls = _count_gathers(monkeypatch)
+    assert run("two-bits.evx", workers=2, **BITS) == serial_bits
+    assert calls == [2, 2]  # both layers' quantizations, across both actors
+
+
+@pytest.mark.parametrize("stage, kill_at", [("search", 3), ("bits", 1)])
+def test_a_killed_worker_is_replaced_and_the_result_unchanged(run, serial, serial_bits, monkeypatch, stage, kill_at):
     seen: dict = {}
     enter = distributed.Workers.__enter__
 
@@ -77,14 +92,17 @@ def test_a_killed_worker_is_replaced_and_the_result_unchanged(run, serial, monke
         return seen["workers"]
 
     def kill(call: int) -> None:
-        if call == 3:  # the generation's tasks are submitted, not gathered
+        if call == kill_at:  # a generation's or a layer's tasks are submitted, not gathered
             os.kill(seen["pids"][0], signal.SIGKILL)
-        if call == 6:
+        if call == kill_at + 1:
             seen["after"] = seen["workers"].pids()
 
     monkeypatch.setattr(distributed.Workers, "__enter__", recording)
     _count_gathers(monkeypatch, kill)
-    assert run("killed.evx", workers=2) == serial
+    if stage == "search":
+        assert run("killed.evx", workers=2) == serial
+    else:
+        assert run("killed-bits.evx", workers=2, **BITS) == serial_bits
     assert seen["after"][0] != seen["pids"][0] and seen["after"][1] == seen["pids"][1]
 
 

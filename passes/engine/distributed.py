@@ -1,11 +1,14 @@
 """Candidate evaluation on Ray actors (the `distributed` extra: pip install 'evonnx[distributed]').
 
-Each actor is a worker process holding one layer visit at a time: the visit's scoring copy (suffix model,
-cached activations, the teacher's outputs; passes/sparsity/suffix.py) is put in Ray's object store once per
-visit, and each later change (a search's pool, a committed zero-set) once as a small op. A generation's
-candidates are split into contiguous chunks, one per actor, and gathered in order, so the scores are the
-serial ones. An actor that dies is restarted and its task re-run: it rebuilds the visit from the object
-store and replays the ops, so a killed worker changes nothing but the time taken.
+Each actor is a worker process holding one shared object at a time, put in Ray's object store once: a
+Directed Evolution layer visit's scoring copy (suffix model, cached activations, the teacher's outputs;
+passes/sparsity/suffix.py), each later change to it (a search's pool, a committed zero-set) once as a small
+op; or a bit allocation's Fidelity (passes/quant/apply.py: the model with its weights as inputs, the
+calibration batches, the incoming model's outputs), whose layers quantized alone the actors measure. A
+generation's candidates, or a layer's quantizations, are split into contiguous chunks, one per actor, and
+gathered in order, so the results are the serial ones. An actor that dies is restarted and its task re-run:
+it rebuilds the object from the object store and replays the ops, so a killed worker changes nothing but
+the time taken.
 
 Candidates, not calibration shards, are split: per actor both cost the same compute (tools/bench/scaleout.py),
 and shards' partial sums would add up in another order than the serial run's. An actor pays off where one
@@ -18,20 +21,23 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 
 import numpy as np
+import onnx
 import ray
 
 from evonnx.errors import EvonnxError
-from evonnx.passes.engine.fitness import THREADS_ENV
+from evonnx.passes.engine.fitness import THREADS_ENV, FitnessEngine, Runner, expose_weights, run_batches
 from evonnx.passes.engine.providers import resolve
+from evonnx.passes.quant.apply import Fidelity, Measure
 
 RESTARTS = 8  # times an actor is restarted, and a task re-run, after its process died
 
 
 @ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)
 class Scorer:
-    """One worker process: the current visit, rebuilt from the object store when asked for another."""
+    """One worker process: the current shared object, rebuilt from the object store when asked for another."""
 
     def __init__(self, threads: str, device: str):
         os.environ[THREADS_ENV] = threads
@@ -40,19 +46,36 @@ class Scorer:
     def pid(self) -> int:
         return os.getpid()
 
-    def score(self, key: int, view: list, ops: list, members: np.ndarray) -> np.ndarray:
-        """Fitness of `members` in visit `key` (`view`: [its ObjectRef]) after `ops` (refs of (kind, array))."""
+    def _hold(self, key: int, view: list, engine: str):
+        """Shared object `key` (`view`: [its ObjectRef]), fetched when it is another, its `engine` attribute
+        set to run on this worker's device."""
         if key != self.key:
             self.view, self.key, self.done = ray.get(view[0]), key, 0
-            self.view.ev.providers = resolve(self.device)
+            getattr(self.view, engine).providers = resolve(self.device)
+        return self.view
+
+    def score(self, key: int, view: list, ops: list, members: np.ndarray) -> np.ndarray:
+        """Fitness of `members` in visit `key` after `ops` (refs of (kind, array))."""
+        visit = self._hold(key, view, "ev")
         for kind, arg in ray.get(ops[self.done:]):
-            self.view.use_pool(arg) if kind == "pool" else self.view.apply(arg)
+            visit.use_pool(arg) if kind == "pool" else visit.apply(arg)
         self.done = len(ops)
-        return self.view.evaluate_members(members)
+        return visit.evaluate_members(members)
+
+    def measure(self, key: int, view: list, changes: list[dict[str, np.ndarray]]) -> list[Measure]:
+        """Fidelity `key`'s measures of `changes` (each a dict of weights)."""
+        return self._hold(key, view, "engine").evaluate(changes)
 
 
 def gather(futures: list) -> list:
     return ray.get(futures)
+
+
+def spread(actors: list, items: Sequence, submit: Callable[[object, np.ndarray], object]) -> list:
+    """`submit(actor, indices)` for contiguous chunks of `items`' indices, one per actor (fewer actors when
+    fewer items), gathered in order."""
+    chunks = np.array_split(np.arange(len(items)), max(1, min(len(actors), len(items))))
+    return gather([submit(a, c) for a, c in zip(actors, chunks)])
 
 
 class SharedView:
@@ -68,9 +91,46 @@ class SharedView:
         self.ops.append(ray.put(("apply", idx)))
 
     def score(self, members: np.ndarray) -> np.ndarray:
-        chunks = np.array_split(members, min(len(self.actors), len(members)))
-        futures = [a.score.remote(self.key, [self.ref], self.ops, c) for a, c in zip(self.actors, chunks)]
-        return np.concatenate(gather(futures))
+        return np.concatenate(spread(self.actors, members, lambda a, c: a.score.remote(self.key, [self.ref],
+                                                                                        self.ops, members[c])))
+
+
+class Student:
+    """What a Fidelity's measurements read of its FitnessEngine, without the ORT sessions: the model with its
+    weights as graph inputs, the calibration batches, the weights the Fidelity's base leaves out. The session
+    is made where it first runs."""
+
+    def __init__(self, engine: FitnessEngine, model: onnx.ModelProto, base: dict[str, np.ndarray]):
+        self.model, self.label = expose_weights(model, engine.weight_names), engine.label
+        self.batches, self.axes, self.providers = engine.batches, engine.axes, engine.providers
+        self.output_names, self.groups = engine.output_names, engine.groups
+        self.original = {n: w for n, w in engine.original.items() if n not in base}  # every feed holds the base
+        self.runner: Runner | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "runner": None}
+
+    def outputs(self, candidate: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """As FitnessEngine.outputs, from numpy feeds: the batches with the weights and `candidate`."""
+        if self.runner is None:
+            self.runner = Runner(self.model, self.providers, self.label)
+        return run_batches(self.runner, [{**batch, **self.original, **candidate} for batch in self.batches],
+                           self.axes)
+
+
+class SharedFidelity:
+    """The driver's handle on a Fidelity shared with the actors: `evaluate` as Fidelity's, on the actors."""
+
+    def __init__(self, actors: list, key: int, fidelity: Fidelity, model: onnx.ModelProto):
+        portable = object.__new__(Fidelity)
+        portable.__dict__.update(fidelity.__dict__, engine=Student(fidelity.engine, model, fidelity.base))
+        self.actors, self.key, self.ref = actors, key, ray.put(portable)
+
+    def evaluate(self, changes: list[dict[str, np.ndarray]]) -> list[Measure]:
+        """The incoming weights with each dict of `changes` applied, measured (in order)."""
+        parts = spread(self.actors, changes, lambda a, c: a.measure.remote(self.key, [self.ref],
+                                                                             [changes[i] for i in c]))
+        return [m for part in parts for m in part]
 
 
 class Workers:
@@ -111,6 +171,11 @@ class Workers:
         """Hand the actors a layer visit (a LayerView)."""
         self.visits += 1
         return SharedView(self.actors, self.visits, view)
+
+    def fidelity(self, fidelity: Fidelity, model: onnx.ModelProto) -> SharedFidelity:
+        """Hand the actors a Fidelity whose engine runs `model` (the teacher, its weights baked in)."""
+        self.visits += 1
+        return SharedFidelity(self.actors, self.visits, fidelity, model)
 
     def pids(self) -> list[int]:
         return ray.get([a.pid.remote() for a in self.actors])
