@@ -1,7 +1,7 @@
 """Candidate evaluations per second on Ray actors against the serial search, measured in one run.
 
     python -m evonnx.tools.bench.scaleout [--models resnet50ish captcha-lstm] [--workers 1 2 4 8]
-        [--samples 32] [--population 16] [--rounds 3] [--out FILE.md]
+        [--samples 32] [--population 16] [--rounds 3] [--mode search|bits] [--out FILE.md]
 
 One mid-graph layer of each model is visited as Directed Evolution does (cached activations, baked suffix);
 a generation is `population` candidates zeroing 1 % of the layer from a pool twice that size, scored
@@ -11,6 +11,11 @@ EVONNX_ORT_THREADS=1 OMP_NUM_THREADS=1 for per-core figures (an actor holds one 
 actor call, against one candidate's serial cost. The split by calibration shards (every actor all
 candidates on 1/W of the samples, partial sums added) is timed in-process as per-actor compute beside the
 split by candidates (1/W of the candidates on all samples).
+
+`--mode bits` times the bit allocation's sensitivity instead: one mid-graph target quantized under each of
+BIT_SPECS, each measured alone by a full forward pass over `samples` samples, serially and split across the
+actors (passes/engine/distributed.py `Workers.fidelity`), alternately; its set-up is sharing the Fidelity
+(`ray.put`) and the actors' first measurements (fetching it, building the session).
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ import time
 import numpy as np
 
 from evonnx.tools.bench import emit
+
+BIT_SPECS = [f"uniform/channel/{kind}@{bits}" for kind in ("sym", "asym") for bits in (2, 4, 6, 8)]
 
 
 def load(name: str, samples: int):
@@ -118,9 +125,61 @@ def measure(name: str, workers: list[int], samples: int, population: int, rounds
     return rows
 
 
-def table(rows: list[dict], load_before: float, load_after: float) -> str:
+def measure_bits(name: str, workers: list[int], samples: int, rounds: int) -> list[dict]:
+    """Per worker count: one mid-graph target's BIT_SPECS quantizations measured alone, serially and on the
+    actors, timed alternately (`rounds` pairs); the first distributed measurements are the set-up."""
+    from evonnx.passes.base import PassContext
+    from evonnx.passes.engine.distributed import Workers
+    from evonnx.passes.quant.apply import Fidelity, Quantizer
+    from evonnx.passes.quant.layer import QuantSpec
+    state, calib = load(name, samples)
+    engine = PassContext(calib.subset(samples), device="cpu").engine(state)
+    fidelity = Fidelity(engine, {n: state.current(n) for n in engine.weight_names})
+    target, quantizer = state.targets[len(state.targets) // 2], Quantizer(state, engine)
+    changes = [{target: quantizer.quantize(target, QuantSpec.parse(spec)).weight} for spec in BIT_SPECS]
+
+    def timed(measurer) -> float:
+        t0 = time.perf_counter()
+        measurer.evaluate(changes)
+        return time.perf_counter() - t0
+
+    timed(fidelity)  # warm-up
+    rows = []
+    for w in workers:
+        with Workers(w, device="cpu") as pool:
+            t0 = time.perf_counter()
+            shared = pool.fidelity(fidelity, state.model)
+            put = time.perf_counter() - t0
+            first = timed(shared)
+            pairs = np.array([(timed(fidelity), timed(shared)) for _ in range(rounds)])
+            serial, spread = np.median(pairs, axis=0)
+            rows.append({"model": name, "layer": target, "samples": engine.calib.num_samples, "workers": w,
+                         "serial": len(changes) / serial, "rate": len(changes) / spread,
+                         "speedup": float(np.median(pairs[:, 0] / pairs[:, 1])), "setup": (put, first - spread),
+                         "overhead": round_trip(pool), "eval": serial / len(changes)})
+    return rows
+
+
+def header(load_before: float, load_after: float) -> str:
     env = ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("EVONNX_ORT_THREADS", "OMP_NUM_THREADS"))
-    lines = [f"{os.cpu_count()} CPUs, load average {load_before:.1f} before, {load_after:.1f} after; {env}", "",
+    return f"{os.cpu_count()} CPUs, load average {load_before:.1f} before, {load_after:.1f} after; {env}"
+
+
+def bits_table(rows: list[dict], load_before: float, load_after: float) -> str:
+    lines = [header(load_before, load_after), "",
+             f"Each layer quantized alone, {len(BIT_SPECS)} quantizations ({', '.join(BIT_SPECS)}):", "",
+             "| model | layer | samples | workers | serial meas./s | workers meas./s | speed-up | efficiency "
+             "| share (ray.put) / first extra (s) | Ray call / one measurement (ms) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['layer'][-24:]} | {r['samples']} | {r['workers']} | {r['serial']:.2f} | "
+                     f"{r['rate']:.2f} | {r['speedup']:.2f} | {r['speedup'] / r['workers']:.2f} | "
+                     f"{r['setup'][0]:.2f} / {r['setup'][1]:.2f} | {1e3 * r['overhead']:.2f} / {1e3 * r['eval']:.1f} |")
+    return "\n".join(lines)
+
+
+def table(rows: list[dict], load_before: float, load_after: float) -> str:
+    lines = [header(load_before, load_after), "",
              "| model | layer | samples | workers | serial cand./s | workers cand./s | speed-up | efficiency "
              "| visit set-up serial / workers (s) | Ray call / one evaluation (ms) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -141,10 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=32, help="calibration samples scored per candidate")
     p.add_argument("--population", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3, help="timed serial/distributed pairs of generations")
+    p.add_argument("--mode", choices=["search", "bits"], default="search",
+                   help="Directed Evolution's candidates, or the bit allocation's layers measured alone")
     p.add_argument("--out")
     args = p.parse_args(argv)
     workers = [w for w in args.workers if w <= (os.cpu_count() or 1)]
     before = os.getloadavg()[0]
+    if args.mode == "bits":
+        rows = [r for name in args.models for r in measure_bits(name, workers, args.samples, args.rounds)]
+        return emit(bits_table(rows, before, os.getloadavg()[0]), args.out)
     rows = [r for name in args.models
             for r in measure(name, workers, args.samples, args.population, args.rounds)]
     return emit(table(rows, before, os.getloadavg()[0]), args.out)
