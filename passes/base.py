@@ -53,7 +53,7 @@ class PassContext:
     batch_size: int | None = None
     folders: dict[str, str] = field(default_factory=dict)  # pass name -> its folder's name, if not the name
     metric: Any = None  # the run's task metric (passes/engine/tasks.py), for budgets measured as the user would
-    workers: Any = None  # a distributed.Workers scoring candidates on Ray actors (None: in this process)
+    workers: Any = None  # a distributed.Workers: candidates and layer sensitivities on Ray actors (None: here)
     _engines: dict = field(default_factory=dict, repr=False)
 
     def engine(self, state: ModelState, weights: list[str] | None = None):

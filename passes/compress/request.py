@@ -34,7 +34,8 @@ class CompressRequest:
     seconds for the whole run; `seed`.
 
     Where: `device` auto | cpu | cuda; `workers` (a local Ray runtime with that many actors) or
-    `ray_address` (a running Ray cluster) score candidates on Ray actors (passes/engine/distributed.py).
+    `ray_address` (a running Ray cluster) score Directed Evolution's candidates and measure the bit
+    allocation's layers on Ray actors (passes/engine/distributed.py).
 
     Files: `workdir` keeps checkpoints (`resume` continues a run there); `report` writes report.md,
     summary.json and plots."""
