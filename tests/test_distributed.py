@@ -1,4 +1,4 @@
-"""Candidate evaluation on Ray actors: the serial container byte for byte, through a killed worker too."""
+"""Candidates and bit-allocation sensitivities on Ray actors: the serial bytes, through a killed worker too."""
 from __future__ import annotations
 
 import math
