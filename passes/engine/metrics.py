@@ -2,7 +2,7 @@
 
 Relative MSE is the squared error over the teacher's energy. An output whose parts live on different
 scales (a detector's box coordinates in pixels beside its class probabilities) can be split into error
-groups (`groups`: an integer id per entry, broadcast against the output); each group's error is then taken
+groups (`groups`: an id 0..G-1 per entry, broadcast against the output); each group's error is then taken
 over its own energy and the groups are averaged, so that no part drowns the others.
 """
 from __future__ import annotations
@@ -53,9 +53,9 @@ def error_weights(teacher: np.ndarray, groups: np.ndarray | None = None,
     if groups is None:
         scale = 1.0 / max(float(np.sum(t * t)), 1e-30)
         return scale if keep is None else scale * keep
-    ids, index = np.unique(np.broadcast_to(groups, t.shape), return_inverse=True)
-    energy = np.bincount(index.ravel(), weights=(t * t).ravel(), minlength=len(ids))
-    weights = (1.0 / (len(ids) * np.maximum(energy, 1e-30)))[index].reshape(t.shape)
+    index = np.broadcast_to(groups, t.shape)
+    energy = np.bincount(index.ravel(), weights=(t * t).ravel())
+    weights = (1.0 / (len(energy) * np.maximum(energy, 1e-30)))[index]
     return weights if keep is None else weights * keep
 
 

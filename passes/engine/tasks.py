@@ -99,7 +99,7 @@ class TaskMetric:
         return ()
 
     def groups(self, teacher: list[np.ndarray]) -> list[np.ndarray | None]:
-        """Each output's error groups for the search's relative MSE (passes/engine/metrics.py), as integer ids
+        """Each output's error groups for the search's relative MSE (passes/engine/metrics.py), as ids 0..G-1
         broadcast against one sample of it (None: one group)."""
         return [None] * len(teacher)
 

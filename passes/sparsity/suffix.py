@@ -18,8 +18,8 @@ import numpy as np
 from evonnx.passes.engine import samples
 from evonnx.passes.engine.calib import CalibData, fixed_batch
 from evonnx.passes.engine.fitness import Runner, run_batches
-from evonnx.passes.engine.tasks import output_groups
 from evonnx.passes.engine.metrics import error_weights, is_classifier, is_probability, log_probs
+from evonnx.passes.engine.tasks import output_groups
 from evonnx.passes.sparsity.graph import build_probe, build_suffix, elem_types, suffix_structure
 from evonnx.passes.sparsity import tokens
 from evonnx.passes.sparsity.layers import Layer

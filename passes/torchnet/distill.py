@@ -113,9 +113,7 @@ class Distiller:
         self.device = student.device
         self.val_t = run_numpy(teacher, self.val_x)
         self.groups = output_groups(metric, self.val_t, [0] * len(self.val_t))
-        self.loss_groups = [None if g is None else torch.from_numpy(np.unique(g, return_inverse=True)[1]
-                                                                    .reshape(g.shape)).to(self.device)
-                            for g in self.groups]
+        self.loss_groups = [None if g is None else torch.from_numpy(g).to(self.device) for g in self.groups]
         self.stds = [float(np.std(x)) if np.issubdtype(x.dtype, np.floating) else 0.0 for x in self.train_x]
         self.regrow_names = [n for n in student.weight_names if s.regrow.share > 0 and n in constraints
                              and constraints[n].mask is not None and constraints[n].record is None]

@@ -22,7 +22,6 @@ detection metric of passes/engine/tasks.py, pooled over images), and the decoded
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evonnx.tools.bench import emit
+from evonnx.tools.bench import emit, keep_row, read_rows
 
 MODEL = "yolov8n"
 METRIC = "detection:yolov8:{conf:g}"
@@ -144,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out")
     args = p.parse_args(argv)
     if args.from_jsonl:
-        rows = [json.loads(line) for f in args.from_jsonl for line in Path(f).read_text().splitlines() if line]
-        return emit(table(rows), args.out)
+        return emit(table(read_rows(args.from_jsonl)), args.out)
     import torch
 
     from evonnx.passes.engine.fitness import THREADS_ENV
@@ -164,10 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                    "machine": f"{platform.machine()}, {os.cpu_count()} cores", "calib": args.calib,
                    "unseen": args.unseen}
             rows.append(row)
-            print(json.dumps(row), flush=True)
-            if args.jsonl:
-                with open(args.jsonl, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+            keep_row(row, args.jsonl)
     return emit(table(rows), args.out)
 
 

@@ -21,7 +21,6 @@ Issue goal: >= 10x at >= 0.99 cosine without training. Ratios are against the fp
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evonnx.tools.bench import emit
+from evonnx.tools.bench import emit, keep_row, read_rows
 
 MODELS = ("minilm-l3", "minilm-l6-int8", "vit-focus")
 HELD_OUT_SEED = 1
@@ -125,18 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out")
     args = p.parse_args(argv)
     if args.from_jsonl:
-        rows = [json.loads(line) for f in args.from_jsonl for line in Path(f).read_text().splitlines() if line]
-        return emit(table(rows), args.out)
+        return emit(table(read_rows(args.from_jsonl)), args.out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             row = {**one_run(name, args, args.save or Path(tmp)),
                    "machine": f"{platform.machine()}, {os.cpu_count()} cores"}
             rows.append(row)
-            print(json.dumps(row), flush=True)
-            if args.jsonl:
-                with open(args.jsonl, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+            keep_row(row, args.jsonl)
     return emit(table(rows), args.out)
 
 
