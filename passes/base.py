@@ -64,7 +64,8 @@ class PassContext:
         key = (id(state.model), names)
         if key not in self._engines:
             self._engines[key] = FitnessEngine(state.model, self.calib, names, device=self.device,
-                                               batch_size=self.batch_size, label=state.label)
+                                               batch_size=self.batch_size, label=state.label,
+                                               original={n: state.original(n) for n in names})
         self._engines[key].balance(self.metric)
         return self._engines[key]
 

@@ -1,12 +1,11 @@
 """Read and write ONNX models: external data, clear errors, atomic writes, a readable IR version."""
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
@@ -101,12 +100,53 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def runtime_source(model: onnx.ModelProto) -> Iterator[bytes | str]:
-    """What an onnxruntime session is built from: the model's bytes, or, above protobuf's 2 GiB, the path of
-    a temporary copy with external data (valid inside the `with`)."""
-    if model.ByteSize() <= _PROTO_LIMIT:
-        yield model.SerializeToString()
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        yield str(save_model(model, Path(tmp) / "model.onnx"))
+# a weight-free copy keeps tensors below this size inline: shape tensors, scalars (shape inference reads them)
+HELD_BYTES = 1024
+HELD_LOCATION = "evonnx-held"  # the external-data location of a held tensor: a name, never a file
+_PLAIN_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT8,
+                onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16, onnx.TensorProto.INT32,
+                onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL}
+
+
+def weight_free(model: onnx.ModelProto, min_bytes: int = HELD_BYTES) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """A copy of `model` whose main-graph initializers of `min_bytes` or more (plain numeric types, raw
+    data) are references of the same name, type and shape to external data at HELD_LOCATION, plus those
+    tensors' values. The copy is small whatever the model's size: it is what shape inference and session
+    building take (a session gets the held values as external initializers)."""
+    out = without_initializers(model)
+    held = {}
+    for tensor in model.graph.initializer:
+        raw = tensor.raw_data if tensor.data_type in _PLAIN_TYPES else b""
+        if len(raw) < min_bytes:
+            out.graph.initializer.append(tensor)
+            continue
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        held[tensor.name] = np.frombuffer(raw, dtype.newbyteorder("<")).reshape(tuple(tensor.dims))
+        ref = out.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
+                                    data_location=onnx.TensorProto.EXTERNAL)
+        for key, value in (("location", HELD_LOCATION), ("offset", "0"), ("length", str(len(raw)))):
+            ref.external_data.add(key=key, value=value)
+    return out, held
+
+
+def without_initializers(model: onnx.ModelProto, names: set[str] | None = None) -> onnx.ModelProto:
+    """A copy of `model` without its main-graph initializers named in `names` (None: without any), made
+    without copying them."""
+    out = onnx.ModelProto()
+    _copy_fields(model, out, skip="graph")
+    _copy_fields(model.graph, out.graph, skip="initializer")
+    out.graph.initializer.extend(t for t in model.graph.initializer if names is not None and t.name not in names)
+    return out
+
+
+def _copy_fields(src, dst, skip: str) -> None:
+    """Copy every set field of message `src` into `dst` but the one named `skip`."""
+    for fd, value in src.ListFields():
+        if fd.name == skip:
+            continue
+        if getattr(fd, "is_repeated", None) or getattr(fd, "label", None) == fd.LABEL_REPEATED:  # protobuf 7 / older
+            getattr(dst, fd.name).extend(value)
+        elif fd.type == fd.TYPE_MESSAGE:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)

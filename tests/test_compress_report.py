@@ -26,7 +26,7 @@ def auto_run(tmp_path_factory):
     session = ort.InferenceSession(teacher.SerializeToString(), providers=["CPUExecutionProvider"])
     np.savez(root / "calib.npz", x=x, labels=session.run(None, {"x": x})[0].argmax(1))
     result = compress(root / "mlp.onnx", root / "mlp.evx", calib=root / "calib.npz", sparsity="auto", max_drop=30.0,
-                      time_limit=15, report=root / "report", progress=False)  # room for the bits under load
+                      report=root / "report", progress=False)  # no time limit: the same search on any machine
     return root, result
 
 

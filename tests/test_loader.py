@@ -90,8 +90,8 @@ def test_written_back_model_is_valid_and_runs(tmp_path):
 
 
 def test_models_beyond_the_protobuf_limit_are_written_and_run_through_external_data(tmp_path, monkeypatch):
-    """The class of models over 2 GiB, with the limit lowered: decode's writer and the engine's sessions go
-    through a file with external data instead of one serialized message."""
+    """The class of models over 2 GiB, with the limit lowered: decode's writer goes through a file with
+    external data; the engine's sessions and shape inference take a weight-free copy whatever the size."""
     from evonnx.passes.engine.fitness import Runner
     from evonnx.runtime import model_io
     model = corpus.mlp(d_in=64, hidden=64)
@@ -100,8 +100,34 @@ def test_models_beyond_the_protobuf_limit_are_written_and_run_through_external_d
     out = save_model(model, tmp_path / "big.onnx")
     assert (tmp_path / "big.onnx.data").stat().st_size > model.ByteSize() // 2
     assert np.array_equal(run(onnx.load(str(out)), x)[0], run(model, x)[0])
-    with model_io.runtime_source(model) as source:
-        assert isinstance(source, str) and source.endswith(".onnx")
+    stub, held = model_io.weight_free(model)
+    assert stub.ByteSize() < 2048 and sum(a.nbytes for a in held.values()) > 0.9 * model.ByteSize()
+    assert all(np.array_equal(a, numpy_helper.to_array(t)) for t in model.graph.initializer
+               for a in [held.get(t.name)] if a is not None)
+    assert np.array_equal(Runner(model, ["CPUExecutionProvider"]).run(x)[0], run(model, x)[0])
+
+
+def test_sessions_from_a_weight_free_copy_keep_every_tensor_type_and_shape_constant():
+    """Held tensors of several types (float16 weights, int64 gather indices) go to the session as values;
+    a shape tensor stays inline, so shape inference of the copy still types the Reshape's output."""
+    from evonnx.passes.engine.fitness import Runner
+    from evonnx.passes.sparsity.graph import elem_types
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float16), "w"),
+             numpy_helper.from_array(rng.integers(0, 32, 300).astype(np.int64), "idx"),
+             numpy_helper.from_array(np.array([-1, 10, 2], np.int64), "shape")]
+    nodes = [onnx.helper.make_node("Cast", ["x"], ["xh"], to=onnx.TensorProto.FLOAT16),
+             onnx.helper.make_node("MatMul", ["xh", "w"], ["y"]),
+             onnx.helper.make_node("Gather", ["y", "idx"], ["g"], axis=1),
+             onnx.helper.make_node("Reshape", ["g", "shape"], ["r"]), onnx.helper.make_node("Relu", ["r"], ["o"])]
+    graph = onnx.helper.make_graph(nodes, "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 64])],
+                                   [onnx.helper.make_tensor_value_info("o", onnx.TensorProto.FLOAT16, None)], inits)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+    from evonnx.runtime import model_io
+    stub, held = model_io.weight_free(model)
+    assert set(held) == {"w", "idx"} and held["w"].dtype == np.float16
+    assert elem_types(model)["r"] == (onnx.TensorProto.FLOAT16, 3)
+    x = {"x": rng.standard_normal((4, 64)).astype(np.float32)}
     assert np.array_equal(Runner(model, ["CPUExecutionProvider"]).run(x)[0], run(model, x)[0])
 
 

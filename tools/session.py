@@ -7,7 +7,7 @@ from __future__ import annotations
 import onnxruntime as ort
 
 from evonnx.runtime.decode import decode
-from evonnx.runtime.model_io import runtime_source
+from evonnx.passes.engine.session import inference_session
 
 
 def session(path_or_bytes, providers=None, format: str = "fp32", sess_options=None):  # noqa: A002
@@ -21,6 +21,4 @@ def session(path_or_bytes, providers=None, format: str = "fp32", sess_options=No
     if sess_options is None and format == "qdq":
         sess_options = ort.SessionOptions()
         sess_options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
-    with runtime_source(model) as source:
-        return ort.InferenceSession(source, sess_options=sess_options,
-                                    providers=list(providers) if providers else ["CPUExecutionProvider"])
+    return inference_session(model, sess_options, list(providers) if providers else None)

@@ -7,16 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from evonnx.errors import EvonnxError
-from evonnx.formats.container import Container, encode_evx, read_evx
+from evonnx.formats.container import encode_evx, read_evx
+from evonnx.formats.stats import ContainerStats
 from evonnx.formats.tensor import QuantizedTensor
 from evonnx.passes.base import Pass
+from evonnx.passes.engine.fitness import Runner
 from evonnx.passes.compress.result import jsonable
 from evonnx.passes.pipeline import Pipeline
 from evonnx.passes.state import ModelState
 from evonnx.runtime.decode import build_model
-from evonnx.runtime.weights import read_weights
+from evonnx.runtime.model_io import without_initializers
 
 
 def to_container(state: ModelState) -> tuple[onnx.ModelProto, list[QuantizedTensor], dict[str, np.ndarray]]:
@@ -33,12 +36,7 @@ def to_container(state: ModelState) -> tuple[onnx.ModelProto, list[QuantizedTens
     for name in state.table.lossless:
         expected[name] = state.original(name)
         records.append(QuantizedTensor.raw(name, expected[name]))
-    graph = onnx.ModelProto()
-    graph.CopyFrom(state.model)
-    kept = [t for t in graph.graph.initializer if t.name not in expected]
-    del graph.graph.initializer[:]
-    graph.graph.initializer.extend(kept)
-    return graph, records, expected
+    return without_initializers(state.model, set(expected)), records, expected
 
 
 @dataclass
@@ -47,39 +45,54 @@ class Verified:
 
     blob: bytes
     records: list[QuantizedTensor]
-    container: Container  # the blob, read back
-    decoded: onnx.ModelProto
+    stats: ContainerStats  # of the blob, read back
     measured: list[np.ndarray]  # the student's outputs on the calibration batches, weights baked
     max_diff: float  # the largest difference of the decoded model's outputs from those
+    held_out: list[np.ndarray] | None  # the decoded model's outputs on the held-out engine's batches
 
 
-def encode_and_verify(state: ModelState, engine, meta: dict) -> Verified:
-    """The container of `state`, after checking that it decodes to the searched weights and outputs.
+def encode_and_verify(state: ModelState, engine, meta: dict, held_engine=None) -> Verified:
+    """The container of `state`, after checking that it decodes to the searched weights and outputs; with
+    `held_engine`, the decoded model's outputs on its data too (the same session).
 
     The outputs are those of the student with its weights baked in, as it ships: ONNX Runtime optimises a
     graph with constant weights differently from one with weights fed as inputs (as the search runs it),
-    and a deep network can amplify that rounding (3e-3 at a ViT's output)."""
+    and a deep network can amplify that rounding (3e-3 at a ViT's output). Only one copy of the model is
+    alive at a time: the decoded one is dropped once its session holds the weights."""
     graph, records, expected = to_container(state)
     blob = encode_evx(graph, records, meta)
+    del graph
+    measured = engine.model_outputs(state.model, "student", state.weights)
     container = read_evx(blob)
+    stats = container.stats
     decoded = build_model(container)
+    del container
     _check_weights(decoded, expected)
-    measured = engine.model_outputs(state.to_onnx(), "student")
-    shipped = engine.model_outputs(decoded, "decoded")
+    runner = Runner(decoded, engine.providers, "decoded")
+    del decoded
+    shipped = engine.runner_outputs(runner)
     diff = max((float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
                 for a, b in zip(measured, shipped)), default=0.0)
     scale = max((float(np.max(np.abs(m))) if m.size else 0.0 for m in measured), default=0.0) or 1.0
     if diff > 1e-4 * scale:
         raise EvonnxError(f"verification failed: the decoded model's outputs differ from the measured ones by {diff:g}")
-    return Verified(blob, records, container, decoded, measured, diff)
+    held = held_engine.runner_outputs(runner) if held_engine is not None else None
+    return Verified(blob, records, stats, measured, diff, held)
 
 
 def _check_weights(decoded: onnx.ModelProto, expected: dict[str, np.ndarray]) -> None:
-    got = read_weights(decoded, list(expected))
-    for name, want in expected.items():
-        have = got[name]
+    """Every expected weight is an initializer of `decoded` with the same bytes (read one at a time)."""
+    found = set()
+    for tensor in decoded.graph.initializer:
+        want = expected.get(tensor.name)
+        if want is None:
+            continue
+        have = numpy_helper.to_array(tensor)
         if have.shape != want.shape or have.tobytes() != np.ascontiguousarray(want, dtype=have.dtype).tobytes():
-            raise EvonnxError(f"verification failed: decoded weight {name!r} differs from the searched one")
+            raise EvonnxError(f"verification failed: decoded weight {tensor.name!r} differs from the searched one")
+        found.add(tensor.name)
+    if found != set(expected):
+        raise EvonnxError(f"verification failed: decoded model lacks {sorted(set(expected) - found)[:3]}")
 
 
 def describe(pipeline: Pipeline, full: bool = False) -> list[dict]:

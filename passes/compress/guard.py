@@ -77,7 +77,7 @@ class Guard:
     def measure(self, verified: Verified, fit_engine) -> Drop:
         if self.engine is None:
             return self._drop(fit_engine, verified.measured)
-        return self._drop(self.engine, self.engine.model_outputs(verified.decoded, "decoded"))
+        return self._drop(self.engine, verified.held_out)
 
     def within(self, drop: Drop) -> bool:
         return self.max_drop is None or drop.upper(Z_CHECK) <= self.max_drop + 1e-9
@@ -88,7 +88,7 @@ class Guard:
         for what, state, steps in candidates:
             drop, verified = self.screen(state), None
             if drop is None or self.within(drop):
-                verified = encode_and_verify(state, fit_engine, meta(steps))
+                verified = encode_and_verify(state, fit_engine, meta(steps), self.engine)
                 drop = self.measure(verified, fit_engine)
                 if self.within(drop):
                     return Shipped(what, state, steps, verified, drop, self.data, rejected)

@@ -24,6 +24,7 @@ from evonnx.passes.compress.size import fit_file_size, max_bytes_of
 from evonnx.passes.compress.timing import Budget, forward_seconds, search_seconds
 from evonnx.passes.compress.workdir import claim, finish_run, read_logs, work_dir
 from evonnx.passes.engine.calib import fixed_batch, from_python, load_npz, synthetic
+from evonnx.passes.engine.heap import return_freed_memory
 from evonnx.passes.engine.metrics import compare
 from evonnx.passes.engine.tasks import per_sample, pick
 from evonnx.passes.sparsity.checkpoint import fingerprint
@@ -46,6 +47,7 @@ compress.__signature__ = inspect.signature(CompressRequest).replace(return_annot
 def run(r: CompressRequest) -> CompressResult:
     """Carry out a checked request (see `compress`)."""
     start = time.perf_counter()
+    return_freed_memory()
     pool = _workers(r.workers, r.ray_address, r.device)
     enforced = r.enforced
     original = source_bytes(r.model)
@@ -149,7 +151,7 @@ def run(r: CompressRequest) -> CompressResult:
                                  fit.labels)
     within = f": within --max-drop {enforced:g}" if enforced is not None else ""
     log.info(f"{shipped.drop.describe()} on {shipped.data}{within}")
-    lossless = lossless_rows(verified.container.stats)
+    lossless = lossless_rows(verified.stats)
     result = CompressResult(
         output=str(r.output), original_bytes=original, container_bytes=len(verified.blob),
         ratio=original / len(verified.blob),

@@ -20,8 +20,8 @@ from evonnx.passes.engine import providers as prov
 from evonnx.passes.engine import samples
 from evonnx.passes.engine.calib import CalibData, fixed_batch
 from evonnx.passes.engine.metrics import Metrics, compare
+from evonnx.passes.engine.session import inference_session
 from evonnx.passes.engine.tasks import output_groups
-from evonnx.runtime.model_io import runtime_source
 from evonnx.runtime.weights import read_weights
 
 DEFAULT_BATCH = 256
@@ -50,7 +50,9 @@ def expose_weights(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelPr
 class Runner:
     """Run one ONNX model repeatedly: numpy feeds on CPU; on CUDA, device-resident inputs via IO binding."""
 
-    def __init__(self, model: onnx.ModelProto, providers: list[str], label: str = "model"):
+    def __init__(self, model: onnx.ModelProto, providers: list[str], label: str = "model",
+                 weights: dict[str, np.ndarray] | None = None):
+        """`weights`: main-graph initializers to run with other values (the model is not copied)."""
         options = ort.SessionOptions()
         options.log_severity_level = 4  # failures surface as exceptions; a probe that may fail must not print
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -59,10 +61,11 @@ class Runner:
             raise EvonnxError(f"{THREADS_ENV}={threads!r}: expected a number of threads")
         options.intra_op_num_threads = int(threads)
         try:
-            with runtime_source(model) as source:
-                self.session = ort.InferenceSession(source, options, providers=providers)
+            self.session = inference_session(model, options, providers, weights)
         except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for bad models
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            if isinstance(exc, ModelError):
+                raise
             raise ModelError(f"{label}: onnxruntime {ort.__version__} cannot run this model "
                              f"(IR {model.ir_version}, opsets {_opsets(model)}): {first}") from None
         self.provider = self.session.get_providers()[0]
@@ -125,15 +128,16 @@ class FitnessEngine:
 
     `weights`: the names fed as inputs (default: every float main-graph initializer the caller lists,
     usually the sparsification targets). A candidate is a dict {name: array}; weights it leaves out keep
-    their original values.
+    their original values, `original` when the caller holds them already (read from the model otherwise).
     """
 
     def __init__(self, model: onnx.ModelProto, calib: CalibData, weights: Sequence[str], *,
-                 device: str = "auto", batch_size: int | None = None, label: str = "model"):
+                 device: str = "auto", batch_size: int | None = None, label: str = "model",
+                 original: dict[str, np.ndarray] | None = None):
         self.label = label
         self.calib = calib
         self.weight_names = list(weights)
-        self.original = read_weights(model, self.weight_names)
+        self.original = original if original is not None else read_weights(model, self.weight_names)
         self.providers = providers = prov.resolve(device)
         fixed = fixed_batch(model, calib.axes, label)
         self.batch_size = self._batch_size(fixed, calib, batch_size)
@@ -222,11 +226,17 @@ class FitnessEngine:
         """The teacher against itself, with task accuracy when labels exist."""
         return compare(self.output_names, self.teacher, self.teacher, self.calib.labels, self.groups)
 
-    def model_outputs(self, model: onnx.ModelProto, label: str = "student") -> list[np.ndarray]:
-        """Outputs of another model (same inputs and outputs, any structure) on the calibration batches."""
-        runner = Runner(model, self.providers, label)
+    def model_outputs(self, model: onnx.ModelProto, label: str = "student",
+                      weights: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """Outputs of another model (same inputs and outputs, any structure; with `weights` in place of
+        its initializers of those names) on the calibration batches."""
+        return self.runner_outputs(Runner(model, self.providers, label, weights))
+
+    def runner_outputs(self, runner: Runner) -> list[np.ndarray]:
+        """Outputs of another model's runner on the calibration batches (one session, several engines)."""
         if runner.output_names != self.output_names:
-            raise ModelError(f"{label}: outputs {runner.output_names} differ from the teacher's {self.output_names}")
+            raise ModelError(f"{runner.label}: outputs {runner.output_names} differ from the teacher's "
+                             f"{self.output_names}")
         return self._collect(runner, self.batches)
 
     def compare_model(self, model: onnx.ModelProto, label: str = "student") -> Metrics:

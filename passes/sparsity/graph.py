@@ -8,6 +8,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from evonnx.passes.engine.fitness import expose_weights
+from evonnx.runtime.model_io import weight_free
 from evonnx.runtime.weights import walk_graphs
 
 MAX_IR = 10
@@ -35,8 +36,8 @@ class Suffix:
 
 
 def elem_types(model: onnx.ModelProto) -> dict[str, tuple[int, int | None]]:
-    """(elem_type, rank) of every value shape inference can type."""
-    inferred = onnx.shape_inference.infer_shapes(model)
+    """(elem_type, rank) of every value shape inference can type (inferred on a weight-free copy: any size)."""
+    inferred = onnx.shape_inference.infer_shapes(weight_free(model)[0])
     out = {}
     for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         t = v.type.tensor_type

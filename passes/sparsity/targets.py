@@ -58,18 +58,32 @@ def resolve(names: list[str], sizes: dict[str, int], sparsity: float | None,
 def lamp(weights: dict[str, np.ndarray], sparsity: float) -> dict[str, float]:
     """Per-layer sparsities of a global target from LAMP scores (Lee et al., ICLR 2021), without data: a
     weight's square over the sum of the squares of the weights of its layer at least as large; the globally
-    lowest scores are zeroed. Each layer keeps its largest weight (its score is 1)."""
+    lowest scores are zeroed (ties to the earlier layer). Each layer keeps its largest weight (its score is 1).
+
+    A layer's scores, in ascending order of magnitude, are ascending themselves, so the global cut is found
+    by bisecting the score's bits against per-layer binary searches: no array spans all layers."""
     names = list(weights)
     if not names:
         return {}
-    scores, owner = [], []
-    for i, name in enumerate(names):
+    scores = []
+    for name in names:
         sq = np.sort(np.asarray(weights[name], np.float64).ravel() ** 2)
         tail = np.cumsum(sq[::-1])[::-1]  # sum of the squares from each entry up
-        scores.append(np.where(tail > 0, sq / np.where(tail > 0, tail, 1.0), 0.0))
-        owner.append(np.full(sq.size, i))
-    flat, owner = np.concatenate(scores), np.concatenate(owner)
-    zeros = np.bincount(owner[lowest(flat, zero_count(flat.size, sparsity))], minlength=len(names))
+        sq /= np.where(tail > 0, tail, np.inf)
+        scores.append(np.maximum.accumulate(sq))  # ascending already, up to rounding
+    n = zero_count(sum(s.size for s in scores), sparsity)
+
+    def count(bits: int, side: str) -> np.ndarray:
+        value = np.int64(bits).view(np.float64)  # non-negative floats order like their bits
+        return np.array([np.searchsorted(s, value, side) for s in scores])
+
+    lo, hi = 0, int(np.float64(np.inf).view(np.int64))  # smallest bits with count(<=) >= n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if count(mid, "right").sum() >= n else (mid + 1, hi)
+    below, upto = count(lo, "left"), count(lo, "right")
+    ties = np.minimum(upto - below, np.maximum(0, n - below.sum() - np.r_[0, np.cumsum(upto - below)[:-1]]))
+    zeros = below + ties if n else np.zeros(len(names), np.int64)
     return {name: float(zeros[i]) / weights[name].size for i, name in enumerate(names)}
 
 
