@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import external_data_helper
+from onnx import external_data_helper, numpy_helper
 
 from evonnx.errors import ModelError
 from evonnx.formats.atomic import atomic_write_bytes
@@ -108,24 +108,45 @@ _PLAIN_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorPro
                 onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL}
 
 
-def weight_free(model: onnx.ModelProto, min_bytes: int = HELD_BYTES) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+def weight_free(model: onnx.ModelProto, min_bytes: int = HELD_BYTES, *, values: dict[str, np.ndarray] | None = None,
+                take: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """A copy of `model` whose main-graph initializers of `min_bytes` or more (plain numeric types, raw
     data) are references of the same name, type and shape to external data at HELD_LOCATION, plus those
     tensors' values. The copy is small whatever the model's size: it is what shape inference and session
-    building take (a session gets the held values as external initializers)."""
+    building take (a session gets the held values as external initializers).
+
+    `values`: other values for initializers of those names (dtype kept, shape checked; the model's own are
+    not read). `take`: clear each held tensor's data in `model` once it is copied out, for a model about
+    to be dropped, so that its weights exist once at a time."""
+    values = dict(values or {})
     out = without_initializers(model)
     held = {}
     for tensor in model.graph.initializer:
-        raw = tensor.raw_data if tensor.data_type in _PLAIN_TYPES else b""
-        if len(raw) < min_bytes:
+        plain = tensor.data_type in _PLAIN_TYPES
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type) if plain else None
+        value = values.pop(tensor.name, None)
+        if value is not None:
+            value = np.asarray(value)
+            if value.shape != tuple(tensor.dims):
+                raise ModelError(f"weight {tensor.name!r}: new shape {value.shape} != {tuple(tensor.dims)}")
+            if not plain or value.nbytes < min_bytes:
+                out.graph.initializer.append(numpy_helper.from_array(value.astype(dtype or value.dtype), tensor.name))
+                continue
+            held[tensor.name] = value.astype(dtype, copy=False)
+        elif plain and tensor.HasField("raw_data") and len(tensor.raw_data) >= min_bytes:
+            held[tensor.name] = np.frombuffer(tensor.raw_data, dtype.newbyteorder("<")).reshape(tuple(tensor.dims))
+            if take:
+                tensor.ClearField("raw_data")
+        else:
             out.graph.initializer.append(tensor)
             continue
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-        held[tensor.name] = np.frombuffer(raw, dtype.newbyteorder("<")).reshape(tuple(tensor.dims))
         ref = out.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
-                                    data_location=onnx.TensorProto.EXTERNAL)
-        for key, value in (("location", HELD_LOCATION), ("offset", "0"), ("length", str(len(raw)))):
-            ref.external_data.add(key=key, value=value)
+                                        data_location=onnx.TensorProto.EXTERNAL)
+        nbytes = str(held[tensor.name].nbytes)
+        for key, item in (("location", HELD_LOCATION), ("offset", "0"), ("length", nbytes)):
+            ref.external_data.add(key=key, value=item)
+    if values:
+        raise ModelError(f"weights not found in the model: {sorted(values)[:5]}")
     return out, held
 
 

@@ -131,6 +131,32 @@ def test_sessions_from_a_weight_free_copy_keep_every_tensor_type_and_shape_const
     assert np.array_equal(Runner(model, ["CPUExecutionProvider"]).run(x)[0], run(model, x)[0])
 
 
+def test_sessions_take_other_weights_without_a_model_copy_and_may_move_the_model_out():
+    """A session given other values for some initializers equals one of the model with them set; with
+    `take`, the source model's large tensors are moved out; a wrong shape or name is refused naming it."""
+    from evonnx.passes.engine.fitness import Runner
+    model = corpus.mlp(d_in=64, hidden=64)
+    x = {"x": np.ones((2, 64), np.float32)}
+    w1 = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "w1")) * 0.5
+    want = run(set_weights(model, {"w1": w1}), x)[0]
+    assert np.array_equal(Runner(model, ["CPUExecutionProvider"], weights={"w1": w1}).run(x)[0], want)
+    assert not np.array_equal(run(model, x)[0], want)  # the model itself is unchanged
+    with pytest.raises(ModelError, match="'w1': new shape"):
+        Runner(model, ["CPUExecutionProvider"], weights={"w1": w1[:, :32]})
+    with pytest.raises(ModelError, match="nope"):
+        Runner(model, ["CPUExecutionProvider"], weights={"nope": w1})
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    assert np.array_equal(Runner(copy, ["CPUExecutionProvider"], take=True).run(x)[0], run(model, x)[0])
+    assert not copy.graph.initializer[0].raw_data  # moved out into the session
+
+
+def test_freed_memory_goes_back_to_the_system_on_glibc():
+    import platform
+    from evonnx.passes.engine.heap import return_freed_memory
+    assert return_freed_memory() == (platform.libc_ver()[0] == "glibc")
+
+
 @pytest.mark.parametrize("data, message", [
     (b"", "empty file"),
     (b"\x00\x01garbage that is not protobuf\xff\xff\xff", "not an ONNX model"),

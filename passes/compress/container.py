@@ -68,7 +68,7 @@ def encode_and_verify(state: ModelState, engine, meta: dict, held_engine=None) -
     decoded = build_model(container)
     del container
     _check_weights(decoded, expected)
-    runner = Runner(decoded, engine.providers, "decoded")
+    runner = Runner(decoded, engine.providers, "decoded", take=True)
     del decoded
     shipped = engine.runner_outputs(runner)
     diff = max((float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0

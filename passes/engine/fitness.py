@@ -51,8 +51,9 @@ class Runner:
     """Run one ONNX model repeatedly: numpy feeds on CPU; on CUDA, device-resident inputs via IO binding."""
 
     def __init__(self, model: onnx.ModelProto, providers: list[str], label: str = "model",
-                 weights: dict[str, np.ndarray] | None = None):
-        """`weights`: main-graph initializers to run with other values (the model is not copied)."""
+                 weights: dict[str, np.ndarray] | None = None, take: bool = False):
+        """`weights`: main-graph initializers to run with other values (the model is not copied); `take`: the
+        caller drops `model` after this, so its large tensors may be moved out (session.inference_session)."""
         options = ort.SessionOptions()
         options.log_severity_level = 4  # failures surface as exceptions; a probe that may fail must not print
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -61,7 +62,7 @@ class Runner:
             raise EvonnxError(f"{THREADS_ENV}={threads!r}: expected a number of threads")
         options.intra_op_num_threads = int(threads)
         try:
-            self.session = inference_session(model, options, providers, weights)
+            self.session = inference_session(model, options, providers, weights, take)
         except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for bad models
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             if isinstance(exc, ModelError):

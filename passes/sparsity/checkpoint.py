@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from evonnx.runtime.model_io import weight_free
+
 BLOB_BYTES = 1 << 20
 BLOB_KEY = "__blobs__"
 GROUPS_KEY = "__groups__"
@@ -17,8 +19,13 @@ Groups = dict[str, dict[str, np.ndarray]]  # e.g. {"weights": {tensor name: arra
 
 
 def fingerprint(model: onnx.ModelProto, inputs: dict[str, np.ndarray], settings: dict, seed: int) -> str:
-    """Identifies a run: the model, the calibration data, the settings and the seed."""
-    h = hashlib.sha256(model.SerializeToString(deterministic=True))
+    """Identifies a run: the model, the calibration data, the settings and the seed (the model hashed as its
+    weight-free copy and its large tensors, one at a time: any size)."""
+    stub, held = weight_free(model)
+    h = hashlib.sha256(stub.SerializeToString(deterministic=True))
+    for name in sorted(held):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(held.pop(name)).data)
     for name in sorted(inputs):
         h.update(name.encode())
         h.update(np.ascontiguousarray(inputs[name]).tobytes())
