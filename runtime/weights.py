@@ -127,9 +127,9 @@ def walk_graphs(graph: onnx.GraphProto, path: str = "") -> Iterator[tuple[str, o
 
 
 def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """Return a copy with every float weight as a main-graph initializer, and each weight's origin."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
+    """Make every float weight of `model` a main-graph initializer, in place (a copy would double a large
+    model's memory); return it and each weight's origin."""
+    out = model
     main = out.graph
     taken = all_names(out)
     origins = {t.name: "initializer" for t in main.initializer}

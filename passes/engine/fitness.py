@@ -143,7 +143,7 @@ class FitnessEngine:
         fixed = fixed_batch(model, calib.axes, label)
         self.batch_size = self._batch_size(fixed, calib, batch_size)
         self.batches = calib.batches(self.batch_size)
-        baked = Runner(model, providers, label)
+        baked = Runner(model, providers, label, self.original)  # the arrays held already, not another copy
         self.output_names = baked.output_names
         self.axes = output_axes(baked, calib, fixed)
         self.teacher = self._collect(baked, self.batches)

@@ -96,7 +96,7 @@ def priors(view: LayerView, kinds: list[str], ridge: float, x: np.ndarray | None
     w^2 / [(H + lam I)^-1]_kk, the OBS cost of zeroing one entry when the rest of its row is re-fitted (layers
     with K <= 2048; wider ones get wanda).
     """
-    w = np.abs(view.w_mat.astype(np.float64))
+    w = np.abs(view.w_mat)  # float32: a layer of a billion entries needs no 8-byte copies
     out = {}
     norms = None
     if view.layer.fast:
@@ -106,13 +106,13 @@ def priors(view: LayerView, kinds: list[str], ridge: float, x: np.ndarray | None
         if kind == "magnitude" or norms is None:
             out[kind if norms is not None else "magnitude"] = w.ravel()
         elif kind == "wanda":
-            out[kind] = (w * norms[None]).ravel()
+            out[kind] = (w * norms[None].astype(np.float32)).ravel()
         elif kind == "hessian" and x is not None and view.k <= 2048:
             h = x.T.astype(np.float64) @ x.astype(np.float64)
             h[np.diag_indices_from(h)] += ridge * (np.mean(np.diag(h)) or 1.0)
-            out[kind] = (w ** 2 / np.diag(np.linalg.inv(h))[None]).ravel()
+            out[kind] = (w.astype(np.float64) ** 2 / np.diag(np.linalg.inv(h))[None]).ravel()
         elif kind == "hessian":  # too wide to invert (or no activations): fall back to wanda
-            out[kind] = (w * norms[None]).ravel()
+            out[kind] = (w * norms[None].astype(np.float32)).ravel()
     return out
 
 

@@ -203,7 +203,8 @@ class Evaluator:
     def forward_seconds(self, repeats: int = 20, seconds: float = 1.0) -> float:
         """Median time of one baked forward pass of the original model on the fitness subset (up to `repeats`
         runs, fewer once they took `seconds`: a slow model is timed by few runs)."""
-        runner = Runner(self.state.model, self.providers, self.state.label)
+        state = self.state
+        runner = Runner(state.model, self.providers, state.label, {n: state.original(n) for n in state.table.weights})
         feed = self.data.feed(0, self.n_fit if self.stackable_batch else self.batch)
         runner.run(feed)
         times: list[float] = []

@@ -18,7 +18,8 @@ def keep_mask(scores: np.ndarray, n_zero: int, allowed: np.ndarray | None = None
 
     `allowed` (bool, same shape) restricts which entries may be zeroed: those outside it are kept.
     """
-    flat = np.asarray(scores, dtype=np.float64).ravel()
+    flat = np.asarray(scores)
+    flat = (flat if np.issubdtype(flat.dtype, np.floating) else flat.astype(np.float64)).ravel()
     order_key = flat if allowed is None else np.where(allowed.ravel(), flat, np.inf)
     keep = np.ones(flat.size, dtype=bool)
     keep[lowest(order_key, n_zero)] = False
@@ -61,23 +62,19 @@ def lamp(weights: dict[str, np.ndarray], sparsity: float) -> dict[str, float]:
     lowest scores are zeroed (ties to the earlier layer). Each layer keeps its largest weight (its score is 1).
 
     A layer's scores, in ascending order of magnitude, are ascending themselves, so the global cut is found
-    by bisecting the score's bits against per-layer binary searches: no array spans all layers."""
+    by bisecting the score's bits against per-layer binary searches: the scores take 4 bytes per weight
+    (float32, sums in float64) and no array spans all layers."""
     names = list(weights)
     if not names:
         return {}
-    scores = []
-    for name in names:
-        sq = np.sort(np.asarray(weights[name], np.float64).ravel() ** 2)
-        tail = np.cumsum(sq[::-1])[::-1]  # sum of the squares from each entry up
-        sq /= np.where(tail > 0, tail, np.inf)
-        scores.append(np.maximum.accumulate(sq))  # ascending already, up to rounding
+    scores = [_lamp_scores(np.asarray(weights[name])) for name in names]
     n = zero_count(sum(s.size for s in scores), sparsity)
 
     def count(bits: int, side: str) -> np.ndarray:
-        value = np.int64(bits).view(np.float64)  # non-negative floats order like their bits
+        value = np.int32(bits).view(np.float32)  # non-negative floats order like their bits
         return np.array([np.searchsorted(s, value, side) for s in scores])
 
-    lo, hi = 0, int(np.float64(np.inf).view(np.int64))  # smallest bits with count(<=) >= n
+    lo, hi = 0, int(np.float32(np.inf).view(np.int32))  # smallest bits with count(<=) >= n
     while lo < hi:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if count(mid, "right").sum() >= n else (mid + 1, hi)
@@ -85,6 +82,21 @@ def lamp(weights: dict[str, np.ndarray], sparsity: float) -> dict[str, float]:
     ties = np.minimum(upto - below, np.maximum(0, n - below.sum() - np.r_[0, np.cumsum(upto - below)[:-1]]))
     zeros = below + ties if n else np.zeros(len(names), np.int64)
     return {name: float(zeros[i]) / weights[name].size for i, name in enumerate(names)}
+
+
+def _lamp_scores(w: np.ndarray, chunk: int = 1 << 22) -> np.ndarray:
+    """One layer's LAMP scores in ascending order (float32, in one array of the layer's size): the suffix
+    sums of the sorted squares are accumulated in float64 a chunk at a time, from the largest down."""
+    sq = np.square(w.ravel().astype(np.float64)).astype(np.float32) if w.dtype != np.float32 else np.square(w.ravel())
+    sq.sort()
+    carry = 0.0
+    for stop in range(sq.size, 0, -chunk):
+        part = sq[max(0, stop - chunk):stop]
+        tail = np.cumsum(part[::-1], dtype=np.float64)[::-1] + carry
+        carry = float(tail[0])
+        np.divide(part, tail, out=part, where=tail > 0)
+        part[tail <= 0] = 0.0
+    return np.maximum.accumulate(sq, out=sq)  # ascending already, up to rounding
 
 
 def allocate(levels: np.ndarray, curves: dict[str, np.ndarray], sizes: dict[str, int], sparsity: float,

@@ -1,12 +1,14 @@
 """A model over protobuf's 2 GiB end to end: compress, decode to a file with external data, run that file.
 
-    python -m evonnx.tools.bench.huge [--width 16384] [--layers 2] [--time-limit 600] [--samples 16] [--out FILE.md]
+    python -m evonnx.tools.bench.huge [--width 16384] [--layers 2] [--time-limit 600] [--samples 16]
+                                      [--compress-args "--sparsity 0 --bits 8"] [--out FILE.md]
 
 The model (built here with random weights, saved with external data): an input of width/4 features, a
 MatMul up to `width`, `layers` square MatMuls of width x width with ReLUs, a 10-way head; 2 layers of
 16384 make 604M parameters, 2.4 GB of float32. Each step runs in a child process (peak RSS by wait4):
 
-1. `evonnx compress --metric cosine --time-limit T` on random calibration inputs (cost, not fidelity);
+1. `evonnx compress --metric cosine --time-limit T` (plus `--compress-args`) on random calibration inputs
+   (cost, not fidelity);
 2. `evonnx decode` of the container: the decoded model must be written with external data;
 3. a child loads the decoded file by its path into onnxruntime and compares its logits with the teacher's
    on the calibration inputs (cosine, one session each, never both in memory).
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -95,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--time-limit", type=float, default=600.0)
     p.add_argument("--samples", type=int, default=16, help="calibration samples")
+    p.add_argument("--compress-args", default="", help="more `evonnx compress` options, e.g. a fixed recipe")
     p.add_argument("--out", help="write the table here too")
     args = p.parse_args(argv)
     path, calib = build(args.width, args.layers, args.samples)
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         steps = {"compress": child([sys.executable, "-m", "evonnx", "compress", str(path), "-o", str(tmp / "m.evx"),
                                     "--calib", str(calib), "--metric", "cosine", "--time-limit",
-                                    str(args.time_limit), "--json", "--quiet"])}
+                                    str(args.time_limit), "--json", "--quiet", *shlex.split(args.compress_args)])}
         if steps["compress"]["rc"] == 0:
             steps["decode"] = child([sys.executable, "-m", "evonnx", "decode", str(tmp / "m.evx"),
                                      "-o", str(tmp / "d.onnx")])
@@ -120,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     params = args.width // 4 * args.width + args.layers * args.width ** 2 + args.width * 10
     lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores; wide-{args.width}x{args.layers}: "
              f"{params / 1e6:.0f}M parameters, {data / 1e9:.2f} GB of external data (protobuf's limit: "
-             f"{PROTO_LIMIT / 1e9:.2f} GB); --time-limit {args.time_limit:g} s, {args.samples} random inputs", "",
+             f"{PROTO_LIMIT / 1e9:.2f} GB); --time-limit {args.time_limit:g} s {args.compress_args}, "
+             f"{args.samples} random inputs", "",
              "| step | exit | wall s | peak RSS GiB | peak RSS / model |", "|---|---:|---:|---:|---:|"]
     for name, s in steps.items():
         lines.append(f"| {name} | {s['rc']}{' (' + s['error'] + ')' if s['rc'] else ''} | {s['wall']:.0f} | "
