@@ -86,9 +86,11 @@ def quantize_weight(name: str, array: np.ndarray, keep: np.ndarray, spec: QuantS
     if spec.scheme == "uniform":
         axis = channel_axis if spec.per_channel and channel_axis is not None and array.ndim else None
         if axis is None:
-            groups, n_groups = np.zeros(values.size, np.int64), 1
-        else:
-            groups, n_groups = np.nonzero(keep)[axis], array.shape[axis]
+            groups, n_groups = np.zeros(values.size, np.int32), 1
+        else:  # each survivor's index along the axis, 4 bytes each (np.nonzero would make ndim 8-byte arrays)
+            n_groups = array.shape[axis]
+            index = np.arange(n_groups, dtype=np.int32).reshape([-1 if i == axis else 1 for i in range(array.ndim)])
+            groups = np.broadcast_to(index, array.shape)[keep]
         codes, scale, zero = (fit_rate(values, groups, n_groups, spec.bits) if spec.rate else
                               fit_uniform(values, groups, n_groups, spec.bits, spec.symmetric))
         if axis is None:
