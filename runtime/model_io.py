@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 from onnx import external_data_helper, numpy_helper
 
 from evonnx.errors import ModelError
@@ -15,6 +15,7 @@ from evonnx.formats.atomic import atomic_write_bytes
 
 # Protobuf refuses single messages above 2 GiB; bigger models must keep external data.
 _PROTO_LIMIT = 2**31 - 1
+_PAGE = 4096
 
 
 def load_model(source: str | os.PathLike | bytes, *, label: str | None = None) -> onnx.ModelProto:
@@ -84,19 +85,36 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Write a model atomically (temp file + rename); weights beyond 2 GiB go to an external data file."""
+    """Write a model atomically (temp files + rename); above protobuf's 2 GiB, its large tensors go to an
+    external data file beside it, written one tensor at a time (no copy of the model)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if model.ByteSize() > _PROTO_LIMIT:
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        data_name = path.name + ".data"
-        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            onnx.save_model(copy, os.path.join(tmp, path.name), save_as_external_data=True, location=data_name)
-            os.replace(os.path.join(tmp, data_name), path.parent / data_name)
-            os.replace(os.path.join(tmp, path.name), path)
+    try:
+        small = model.ByteSize() <= _PROTO_LIMIT
+    except EncodeError:  # protobuf cannot even size a message over 2 GiB
+        small = False
+    if small:
+        atomic_write_bytes(path, model.SerializeToString())
         return path
-    atomic_write_bytes(path, model.SerializeToString())
+    data_name = path.name + ".data"
+    stub = without_initializers(model)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        with open(os.path.join(tmp, data_name), "wb") as fh:
+            for tensor in model.graph.initializer:
+                raw = tensor.raw_data if tensor.HasField("raw_data") else b""
+                if len(raw) < HELD_BYTES:
+                    stub.graph.initializer.append(tensor)
+                    continue
+                fh.seek(-fh.tell() % _PAGE, os.SEEK_CUR)  # page-aligned, so that readers may map it
+                ref = stub.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
+                                                 data_location=onnx.TensorProto.EXTERNAL)
+                for key, value in (("location", data_name), ("offset", str(fh.tell())), ("length", str(len(raw)))):
+                    ref.external_data.add(key=key, value=value)
+                fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(os.path.join(tmp, data_name), path.parent / data_name)
+        atomic_write_bytes(path, stub.SerializeToString())
     return path
 
 
