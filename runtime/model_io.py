@@ -106,10 +106,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
                     stub.graph.initializer.append(tensor)
                     continue
                 fh.seek(-fh.tell() % _PAGE, os.SEEK_CUR)  # page-aligned, so that readers may map it
-                ref = stub.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
-                                                 data_location=onnx.TensorProto.EXTERNAL)
-                for key, value in (("location", data_name), ("offset", str(fh.tell())), ("length", str(len(raw)))):
-                    ref.external_data.add(key=key, value=value)
+                _external_ref(stub.graph, tensor, data_name, fh.tell(), len(raw))
                 fh.write(raw)
             fh.flush()
             os.fsync(fh.fileno())
@@ -158,14 +155,18 @@ def weight_free(model: onnx.ModelProto, min_bytes: int = HELD_BYTES, *, values: 
         else:
             out.graph.initializer.append(tensor)
             continue
-        ref = out.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
-                                        data_location=onnx.TensorProto.EXTERNAL)
-        nbytes = str(held[tensor.name].nbytes)
-        for key, item in (("location", HELD_LOCATION), ("offset", "0"), ("length", nbytes)):
-            ref.external_data.add(key=key, value=item)
+        _external_ref(out.graph, tensor, HELD_LOCATION, 0, held[tensor.name].nbytes)
     if values:
         raise ModelError(f"weights not found in the model: {sorted(values)[:5]}")
     return out, held
+
+
+def _external_ref(graph: onnx.GraphProto, tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """Append to `graph` an initializer of `tensor`'s name, type and shape whose data is external."""
+    ref = graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
+                                data_location=onnx.TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        ref.external_data.add(key=key, value=value)
 
 
 def without_initializers(model: onnx.ModelProto, names: set[str] | None = None) -> onnx.ModelProto:

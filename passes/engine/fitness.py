@@ -63,10 +63,10 @@ class Runner:
         options.intra_op_num_threads = int(threads)
         try:
             self.session = inference_session(model, options, providers, weights, take)
+        except ModelError:  # a weight that does not fit the model, named
+            raise
         except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for bad models
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            if isinstance(exc, ModelError):
-                raise
             raise ModelError(f"{label}: onnxruntime {ort.__version__} cannot run this model "
                              f"(IR {model.ir_version}, opsets {_opsets(model)}): {first}") from None
         self.provider = self.session.get_providers()[0]

@@ -17,7 +17,8 @@ MMAP_THRESHOLD_BYTES = 4 << 20
 
 
 def return_freed_memory() -> bool:
-    """Fix glibc's mmap threshold (once per process; a no-op elsewhere). True when it was set."""
+    """Fix glibc's mmap threshold for this process (repeating it changes nothing; a no-op without glibc). True
+    when it was set."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None

@@ -20,7 +20,7 @@ Groups = dict[str, dict[str, np.ndarray]]  # e.g. {"weights": {tensor name: arra
 
 def fingerprint(model: onnx.ModelProto, inputs: dict[str, np.ndarray], settings: dict, seed: int) -> str:
     """Identifies a run: the model, the calibration data, the settings and the seed (the model hashed as its
-    weight-free copy and its large tensors, one at a time: any size)."""
+    weight-free copy and its large tensors, never serialized whole: any size)."""
     stub, held = weight_free(model)
     h = hashlib.sha256(stub.SerializeToString(deterministic=True))
     for name in sorted(held):

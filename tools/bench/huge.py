@@ -34,7 +34,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from evonnx.tools.bench import emit
-from evonnx.tools.bench.scale import OPSET, IR_VERSION, _Graph, cache_dir
+from evonnx.tools.bench.scale import _Graph, cache_dir
 
 PROTO_LIMIT = 2**31
 
@@ -47,9 +47,7 @@ def wide(width: int, layers: int, seed: int = 0) -> onnx.ModelProto:
     for _ in range(layers):
         h = g.node("Relu", [g.node("MatMul", [h, g.weight((width, width), width)])])
     g.node("MatMul", [h, g.weight((width, 10), width)])
-    model = g.model(x, "logits", f"wide-{width}x{layers}")
-    assert model.opset_import[0].version == OPSET and model.ir_version == IR_VERSION
-    return model
+    return g.model(x, "logits", f"wide-{width}x{layers}")
 
 
 def build(width: int, layers: int, samples: int) -> tuple[Path, Path]:
