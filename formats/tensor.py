@@ -227,11 +227,7 @@ def scale_shape(shape: tuple[int, ...], axis: int | None, block_size: int) -> tu
     return tuple(-(-d // block_size) if i == axis else d for i, d in enumerate(shape))
 
 
-def _kept_index(t: QuantizedTensor) -> np.ndarray | None:
-    return None if t.mask is None else np.flatnonzero(t.mask)
-
-
-def _uniform_values(t: QuantizedTensor, kept: np.ndarray | None) -> np.ndarray:
+def _uniform_values(t: QuantizedTensor) -> np.ndarray:
     """float32 values of the kept entries (all entries when dense), in C order."""
     q = t.codes.astype(np.float32)
     scale, zp = t.scale, t.zero_point
@@ -241,7 +237,7 @@ def _uniform_values(t: QuantizedTensor, kept: np.ndarray | None) -> np.ndarray:
     outer = int(np.prod(shape[:axis], dtype=np.int64))
     inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
     dim = shape[axis]
-    if kept is None:  # dense: broadcast the parameters over a (outer, dim, inner) view
+    if t.mask is None:  # dense: broadcast the parameters over a (outer, dim, inner) view
         q3 = q.reshape(outer, dim, inner)
         if t.block_size == 0:
             s3, z3 = scale.reshape(1, dim, 1), zp.reshape(1, dim, 1)
@@ -250,12 +246,13 @@ def _uniform_values(t: QuantizedTensor, kept: np.ndarray | None) -> np.ndarray:
             s3 = np.repeat(scale.reshape(outer, nb, inner), t.block_size, axis=1)[:, :dim]
             z3 = np.repeat(zp.reshape(outer, nb, inner), t.block_size, axis=1)[:, :dim]
         return ((q3 - z3) * s3).reshape(-1)
-    channel = (kept // inner) % dim
-    if t.block_size == 0:
-        group = channel
+    if t.block_size == 0:  # each kept entry's channel, 4 bytes each
+        channel = np.arange(dim, dtype=np.int32).reshape(1, dim, 1)
+        group = np.broadcast_to(channel, (outer, dim, inner))[t.mask.reshape(outer, dim, inner)]
     else:
+        kept = np.flatnonzero(t.mask)
         nb = scale.shape[axis]
-        group = ((kept // (inner * dim)) * nb + channel // t.block_size) * inner + kept % inner
+        group = ((kept // (inner * dim)) * nb + (kept // inner) % dim // t.block_size) * inner + kept % inner
     flat_s, flat_z = scale.reshape(-1), zp.reshape(-1)
     return (q - flat_z[group]) * flat_s[group]
 
@@ -274,19 +271,11 @@ def dequantize(t: QuantizedTensor) -> np.ndarray:
         out = np.zeros(size, pattern)
         out[t.mask.reshape(-1)] = t.codes
         return out.view(dt).reshape(t.shape)
-    if t.scheme == "codebook":
-        vals = t.centroids[t.codes]
-        kept = None
-    else:
-        kept = _kept_index(t) if t.axis is not None else None
-        vals = _uniform_values(t, kept)
+    vals = t.centroids[t.codes] if t.scheme == "codebook" else _uniform_values(t)
     if t.mask is None:
         out = vals.reshape(t.shape)
     else:
         out = np.zeros(size, np.float32)
-        if kept is not None:
-            out[kept] = vals
-        else:
-            out[t.mask.reshape(-1)] = vals
+        out[t.mask.reshape(-1)] = vals
         out = out.reshape(t.shape)
     return out if dt == np.float32 else out.astype(dt)

@@ -3,7 +3,11 @@
 Sensitivity: every target layer is quantized alone under every scheme x bit width (plus exact) and
 measured with the fitness engine against the incoming (e.g. sparsified) model's outputs, on all calibration
 samples or, to fit a time limit, on an even spread of a share of them (`sensitivity_share`); with the
-context's Ray workers, a layer's quantizations are measured across them (passes/engine/distributed.py). Search
+context's Ray workers, a layer's quantizations are measured across them (passes/engine/distributed.py). When
+even that is too slow, `scale_from` measures each layer alone at one spec only and takes every other spec's
+damage as that measurement times the ratio of their error power (KL and 1 - cosine grow with the power of
+small output noise: the layer output error's on calibration activations when known, else the weight
+error's), and `max_joint` caps the joint measurements. Search
 (passes/quant/allocate.py): a knapsack on the additive damage estimate, its budget bisected against
 joint measurements, then single-layer refinements; or a greedy descent from all-exact. The objective
 is the estimated *coded* size (entropy of codes and mask plus side information,
@@ -46,7 +50,7 @@ class BitAllocation(Pass):
     @dataclass
     class Config:
         schemes: list = param(["uniform/channel/sym", "uniform/channel/asym", "uniform/channel/rate",
-                               "uniform/tensor/sym", "codebook", "codebook+refit"], "scheme families tried per layer (see the quantize pass)")
+                               "uniform/channel/rate+gptq", "uniform/tensor/sym", "codebook", "codebook+refit"], "scheme families tried per layer (see the quantize pass)")
         bits: list = param([1, 2, 3, 4, 5, 6, 7, 8], "bit widths tried per scheme")
         metric: BudgetMetric = param("auto", "budget metric: task (the run's task metric, passes/engine/tasks.py, at its "
                             "upper bound: measured + z standard errors), accuracy (labels), agreement (top-1 with "
@@ -71,6 +75,10 @@ class BitAllocation(Pass):
         sensitivity_share: float = param(1.0, "share of the calibration samples each layer alone is measured on "
                                          f"(evenly spread, at least {MIN_SENSITIVITY_SAMPLES}); the joint search "
                                          "measures all")
+        scale_from: str = param("", "a spec (e.g. uniform/channel/rate@3): each layer alone is measured at it only, "
+                                "every other spec's damage scaled from it by their error power; empty: "
+                                "every spec measured")
+        max_joint: int = param(0, "most joint measurements the search makes (0: as many as it needs)")
 
     def run(self, state: ModelState, ctx: PassContext) -> ModelState:
         cfg = self.config
@@ -83,18 +91,20 @@ class BitAllocation(Pass):
         quantizer = Quantizer(state, engine, cfg.refit_rows, ctx.seed)
         specs = list(dict.fromkeys([QuantSpec.parse(f, b) for f in cfg.schemes for b in cfg.bits]
                                    + [QuantSpec("raw", 32)]))
+        reference = QuantSpec.parse(cfg.scale_from) if cfg.scale_from else None
         names = [n for n in state.targets if state.table[n].size >= cfg.min_size and n not in cfg.keep]
-        table, measured = {}, {}
+        table, measured, evaluations = {}, {}, 0
         for name in names:
-            tried = [s for s in specs if not s.refit or quantizer.can_refit(name)]
+            tried = [s for s in specs if not s.refit or s.scheme == "uniform" or quantizer.can_refit(name)]
             done = [quantizer.quantize(name, s) for s in tried]
-            metrics = measure.evaluate([{name: q.weight} for q in done])
-            options = [Option(s, q, coded_bytes(q.tensor)["total"], m.metrics.fitness, loss(m))
-                       for s, q, m in zip(tried, done, metrics)]
+            scores, n = _alone(name, tried, done, quantizer, measure, loss, reference)
+            evaluations += n
+            options = [Option(s, q, coded_bytes(q.tensor)["total"], damage, drop)
+                       for s, q, (damage, drop) in zip(tried, done, scores)]
             measured[name] = [(o.spec.label, round(o.bytes, 1), o.damage, o.drop) for o in options]
             table[name] = frontier(options, None if cfg.target_bytes else limit)
         searcher = Searcher(table, lambda opts: loss(fidelity.evaluate(
-            [{n: o.quantized.weight for n, o in opts.items()}])[0]), limit)
+            [{n: o.quantized.weight for n, o in opts.items()}])[0]), limit, cfg.max_joint or None)
         nontarget, tried_modes = cfg.nontarget, {}
         if cfg.target_bytes > 0:
             nontarget, choice, size_scores, tried_modes = _fit_size(state, fidelity, searcher, set(names),
@@ -113,7 +123,7 @@ class BitAllocation(Pass):
             nontarget, tried_modes = _nontarget_mode(state, fidelity, loss, weights, set(plan) | set(cfg.keep),
                                                      max(limit, searcher.loss(choice)))
         extra = {"metric": metric, "limit": limit, "joint_loss": searcher.loss(choice),
-                 "joint_evaluations": len(searcher.cache), "sensitivity_evaluations": sum(map(len, measured.values())),
+                 "joint_evaluations": len(searcher.cache), "sensitivity_evaluations": evaluations,
                  "sensitivity_samples": alone.engine.calib.num_samples,
                  "allocation": {n: s.label for n, s in plan.items()}, "sensitivity": measured,
                  "tried": [(round(searcher.bytes(c), 1), loss) for c, loss in searcher.cache.items()],
@@ -126,7 +136,25 @@ class BitAllocation(Pass):
                      f"{extra['joint_evaluations']} joint evaluations; " + ", ".join(f"{n}: {s}" for n, s in
                                                                                      extra["allocation"].items()))
         return quantize_plan(state, ctx, plan, nontarget, cfg.refit_rows, self.name, asdict(cfg), extra, quantizer,
-                             exact=set(cfg.keep))
+                             exact=set(cfg.keep), alone={n: o.damage for n, o in chosen.items()},
+                             quantized={n: o.quantized for n, o in chosen.items()})
+
+
+def _alone(name: str, tried: list[QuantSpec], done: list, quantizer: Quantizer, measure, loss,
+           reference: QuantSpec | None) -> tuple[list[tuple[float, float]], int]:
+    """(damage, drop) of each quantization in `done` (under `tried`) of weight `name` alone, and how many were
+    measured: each measured, or with `reference` only that one, the others scaled by their error power
+    (Quantizer.error_power; each measured when the reference is exact)."""
+    if reference is not None:
+        same = [q.weight for s, q in zip(tried, done) if s == reference]
+        base = same[0] if same else quantizer.quantize(name, reference).weight
+        power = np.array([quantizer.error_power(name, w) for w in [*(q.weight for q in done), base]])
+        if power[-1] > 0:
+            m = measure.evaluate([{name: base}])[0]
+            ratio = power[:-1] / power[-1]
+            return [(m.metrics.fitness * r, loss(m) * r) for r in ratio], 1
+    metrics = measure.evaluate([{name: q.weight} for q in done])
+    return [(m.metrics.fitness, loss(m)) for m in metrics], len(done)
 
 
 def _sensitivity_fidelity(state: ModelState, ctx: PassContext, fidelity: Fidelity, share: float) -> Fidelity:

@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass
 
 from evonnx.errors import EvonnxError
 from evonnx.passes.base import Pass, PassContext, param, register
+from evonnx.passes.engine.metrics import compare
 from evonnx.passes.quant.apply import Fidelity, Nontarget, Quantizer, nontargets, round_nontarget, row
-from evonnx.passes.quant.layer import QuantSpec
+from evonnx.passes.quant.layer import QuantSpec, Quantized
 from evonnx.passes.quant.sizing import coded_bytes
 from evonnx.passes.quant.report import format_rows, metrics_summary
 from evonnx.passes.state import ModelState
@@ -55,20 +56,24 @@ class Quantize(Pass):
 def quantize_plan(state: ModelState, ctx: PassContext, plan: dict[str, QuantSpec], nontarget: str,
                   refit_rows: int, pass_name: str, settings: dict, extra: dict | None = None,
                   quantizer: Quantizer | None = None, exact: set[str] = frozenset(),
-                  measure_alone: bool = True) -> ModelState:
-    """Quantize the planned weights, round the other float tensors but `exact` as `nontarget` says, measure
-    each alone and all together against the incoming model, the result against the teacher, and record it."""
+                  measure_alone: bool = True, alone: dict[str, float] | None = None,
+                  quantized: dict[str, Quantized] | None = None) -> ModelState:
+    """Quantize the planned weights (`quantized`: those the caller has done already), round the other float
+    tensors but `exact` as `nontarget` says, measure the result against the incoming model and the teacher, and
+    record it. Each layer's KL alone, for the report: `alone` when the caller has it (the bit allocation's
+    sensitivity), else measured when `measure_alone`."""
     engine = ctx.engine(state)
     base = {n: state.current(n) for n in engine.weight_names}  # every weight as it comes in, biases too
     quantizer = quantizer or Quantizer(state, engine, refit_rows, ctx.seed)
     fidelity = Fidelity(engine, base)
-    done = {n: quantizer.quantize(n, spec) for n, spec in plan.items()}
+    done = {n: (quantized or {}).get(n) or quantizer.quantize(n, spec) for n, spec in plan.items()}
     rows = [row(q, plan[n], state.current(n)) for n, q in done.items()]
     weights = {n: q.weight for n, q in done.items()}
-    singles = [{n: q.weight} for n, q in done.items()] if measure_alone else []
-    *alone, joint = fidelity.evaluate(singles + [weights])
-    for r, m in zip(rows, alone):
-        r["kl_alone"] = m.metrics.fitness  # KL (or rel. MSE) from the incoming student, this layer quantized alone
+    if alone is None and measure_alone:
+        alone = {n: m.metrics.fitness for n, m in zip(done, fidelity.evaluate([{n: q.weight} for n, q in done.items()]))}
+    for r in rows:
+        if alone is not None and r["name"] in alone:
+            r["kl_alone"] = alone[r["name"]]  # KL (or rel. MSE) from the incoming student, this layer quantized alone
     quant = {n: q.tensor for n, q in done.items()}
     rounded = []
     if nontarget != "exact":
@@ -77,7 +82,10 @@ def quantize_plan(state: ModelState, ctx: PassContext, plan: dict[str, QuantSpec
             quant[name], weights[name] = t, w
             rounded.append({"name": name, "scheme": nontarget, "bits": 8 if nontarget == "int8" else 16,
                             "est_bytes": round(coded_bytes(t)["total"], 1)})
-    before, after = engine.evaluate([base, {**base, **weights}])
+    outputs = engine.outputs({**base, **weights})
+    joint = fidelity.measure(outputs)
+    before, after = (compare(engine.output_names, engine.teacher, o, engine.calib.labels, engine.groups)
+                     for o in (fidelity.reference, outputs))
     record = {"pass": pass_name, "settings": settings, "layers": rows, "nontarget": rounded,
               "bumped": int(sum(q.bumped for q in done.values())),
               "fallbacks": [n for n, q in done.items() if q.fallback],

@@ -94,6 +94,7 @@ class WeightTable:
     weights: dict[str, WeightInfo]
     skipped: list[Skipped]
     lossless: list[str] = field(default_factory=list)  # int8/uint8 initializers stored losslessly as records
+    resampled: list[str] = field(default_factory=list)  # float weights only a Resize reads: stored as fp16
 
     @property
     def targets(self) -> list[WeightInfo]:
@@ -227,7 +228,7 @@ def weight_table(model: onnx.ModelProto, origins: dict[str, str] | None = None) 
     consumers = _consumers(model)
     quant_fed = {name for name, cs in consumers.items() if any(c.op_type in QUANT_OPS for c in cs)}
     shape_fed = shape_feeding(model)
-    weights, skipped, lossless = {}, [], []
+    weights, skipped, lossless, resampled = {}, [], [], []
     for tensor in model.graph.initializer:
         if tensor.data_type not in FLOAT_TYPES:
             if tensor.data_type in LOSSLESS_TYPES and math.prod(tensor.dims) >= MIN_LOSSLESS_ELEMENTS:
@@ -240,19 +241,23 @@ def weight_table(model: onnx.ModelProto, origins: dict[str, str] | None = None) 
             skipped.append(Skipped(tensor.name, "parameter of a quantized operator"))
             continue
         if tensor.name in shape_fed:
-            skipped.append(Skipped(tensor.name, f"reaches {shape_fed[tensor.name]}: kept exact"))
+            where, data = shape_fed[tensor.name]
+            if data:
+                resampled.append(tensor.name)
+            skipped.append(Skipped(tensor.name, f"reaches {where}: " + ("stored as fp16" if data else "kept exact")))
             continue
         info = WeightInfo(tensor.name, tuple(int(d) for d in tensor.dims), FLOAT_TYPES[tensor.data_type],
                           consumers.get(tensor.name, []), origin=(origins or {}).get(tensor.name, "initializer"))
         info.role, info.channel_axis = _role(info, model)
         weights[tensor.name] = info
-    return WeightTable(weights, skipped, lossless)
+    return WeightTable(weights, skipped, lossless, resampled)
 
 
-def shape_feeding(model: onnx.ModelProto) -> dict[str, str]:
-    """Values whose contents reach a shape-sensitive input (SHAPE_SLOTS), each with the input it reaches;
-    also the weights of a computation on weights alone that a Resize or Upsample resamples (a position
-    embedding fitted to the input's grid: ONNX Runtime validates such a Resize only with constant data).
+def shape_feeding(model: onnx.ModelProto) -> dict[str, tuple[str, bool]]:
+    """Values whose contents reach a shape-sensitive input (SHAPE_SLOTS), each with the input it reaches and
+    False; also, with True, the weights of a computation on weights alone that a Resize or Upsample resamples
+    (a position embedding fitted to the input's grid: ONNX Runtime validates such a Resize only with constant
+    data, so the search cannot feed them; they are data, not shapes, and the container rounds them to fp16).
 
     Backward walks from those inputs through their producers, stopping at Shape/Size (whose outputs depend
     on shapes only); subgraph nodes are walked too."""
@@ -284,12 +289,12 @@ def shape_feeding(model: onnx.ModelProto) -> dict[str, str]:
                 todo.extend(n for n in node.input if n)
         return seen
 
-    reached: dict[str, str] = {}
+    reached: dict[str, tuple[str, bool]] = {}
     while pending:  # one shared walk: a value reached once is not walked again
         name, where = pending.pop()
         if name in reached:
             continue
-        reached[name] = where
+        reached[name] = (where, False)
         node = producers.get(name)
         if node is not None and node.op_type not in SHAPE_ONLY_OPS:
             pending.extend((n, where) for n in node.input if n)
@@ -297,7 +302,7 @@ def shape_feeding(model: onnx.ModelProto) -> dict[str, str]:
         values = closure(name)
         if not values & graph_inputs:  # weights only, resampled to the input's grid
             for value in values:
-                reached.setdefault(value, where)
+                reached.setdefault(value, (where, True))
     return reached
 
 

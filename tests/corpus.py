@@ -213,6 +213,21 @@ def shape_feeding_weights(seed=0) -> onnx.ModelProto:
     return _model(nodes, [fin("x", "N", 2, 4, 4)], [fin("y", "N", 3, 8, 8)], inits)
 
 
+def resampled_position(seed=0) -> onnx.ModelProto:
+    """A ViT-style position embedding fitted to another grid: pos[1,2,3,3] (a weight) is resized to the input's
+    grid (sizes from its shape, so nothing folds it) and added: x[N,2,H,W] + Resize(pos) -> Conv -> y[N,3,H,W]."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Shape", ["x"], ["x_shape"]),
+             helper.make_node("Slice", ["x_shape", "two", "four"], ["hw"]),
+             helper.make_node("Concat", ["lead", "hw"], ["grid"], axis=0),
+             helper.make_node("Resize", ["pos", "", "", "grid"], ["pos_up"], mode="linear"),
+             helper.make_node("Add", ["x", "pos_up"], ["h"]),
+             helper.make_node("Conv", ["h", "k"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+    pos = numpy_helper.from_array((rng.standard_normal((1, 2, 3, 3)) * 0.3 + 0.1).astype(np.float32), "pos")
+    inits = [pos, _const("two", [2]), _const("four", [4]), _const("lead", [1, 2]), _w(rng, 3, 2, 3, 3, name="k")]
+    return _model(nodes, [fin("x", "N", 2, "H", "W")], [fin("y", "N", 3, "H", "W")], inits)
+
+
 def lstm(seed=0, hidden=8, steps=5) -> onnx.ModelProto:
     """A time-major LSTM: x[T=5, N, 6] -> LSTM (W, R, B initializers) -> Y_h[1, N, 8] -> Gemm -> y[N, 3]."""
     rng = np.random.default_rng(seed)

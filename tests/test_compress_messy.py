@@ -147,6 +147,22 @@ def test_conv_model(tmp_path):
     assert run(decode(tmp_path / "cnn.evx"), {"x": x})[0].shape == (8, 10)
 
 
+def test_a_weight_only_a_resize_reads_is_stored_as_fp16_and_checked_on_the_decoded_model(tmp_path):
+    """A position embedding resized to the input's grid cannot be fed to the search's sessions (ONNX Runtime
+    checks such a Resize only with constant data): it stays baked, and the container holds it rounded to fp16."""
+    teacher = corpus.resampled_position()
+    model, calib = save(tmp_path, "pos", teacher, x=normal(32, 2, 4, 4))
+    result = compress(model, tmp_path / "pos.evx", calib=calib, pipeline=Pipeline(LIGHT), **quiet())
+    assert {s["name"]: s["reason"] for s in result.skipped}["pos"].endswith("stored as fp16")
+    assert [r["name"] for r in result.layers if r["role"] == "conv"] == ["k"]
+    decoded = decode(tmp_path / "pos.evx")
+    pos = {t.name: numpy_helper.to_array(t) for t in decoded.graph.initializer}["pos"]
+    original = numpy_helper.to_array(teacher.graph.initializer[0])
+    assert pos.dtype == np.float32 and np.array_equal(pos, original.astype(np.float16).astype(np.float32))
+    assert not np.array_equal(pos, original)
+    assert result.max_output_diff <= 1e-4  # the decoded model gives what the verification measured
+
+
 def test_nothing_to_compress_still_writes_a_container(tmp_path):
     teacher = corpus.int8_parts_only()
     model, _ = save(tmp_path, "none", teacher)

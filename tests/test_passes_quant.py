@@ -9,6 +9,7 @@ from evonnx.passes.base import PassContext, get_pass
 from evonnx.passes.engine.calib import synthetic
 from evonnx.passes.quant.kmeans import kmeans_1d
 from evonnx.passes.quant.layer import QuantSpec, never_zero, quantize_weight, survivors
+from evonnx.passes.quant.gptq import compensated_codes, inverse_factor
 from evonnx.passes.quant.refit import refit_centroids
 from evonnx.passes.quant.search import knapsack
 from evonnx.passes.quant.sizing import coded_bytes
@@ -154,6 +155,33 @@ def test_refit_solves_the_layer_output_least_squares():
     def out_err(q):
         return np.linalg.norm(x @ (q.weight - w).T.astype(np.float64))
     assert out_err(refit) < out_err(plain)
+
+
+def test_gptq_rounding_lowers_the_layer_output_error_on_the_same_grid():
+    """Correlated inputs (near rank 8, as real activations are): compensating each column's rounding error in the later ones beats rounding to nearest
+    on the layer output, with the same per-channel grid, pruned entries still zero and survivors nonzero."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((512, 8)) @ rng.standard_normal((8, 40)) + 0.3 * rng.standard_normal((512, 40))
+    w = sparse_weight(6, sparsity=0.2)
+    keep = survivors(w, None)
+    layer = Layer("w", w.shape, kind="gemm", trans_w=True)  # W stored [out, K]: channels are the rows
+    u = inverse_factor(x.T @ x)
+
+    def compensate(scale, zero, top):
+        return layer.from_mat(compensated_codes(layer.to_mat(w), layer.to_mat(keep), u, scale, zero, top))
+
+    for label in ("uniform/channel/rate@3", "uniform/channel/sym@3"):
+        plain = quantize_weight("w", w, keep, QuantSpec.parse(label), 0)
+        gptq = quantize_weight("w", w, keep, QuantSpec.parse(label.replace("@", "+gptq@")), 0, compensate=compensate)
+        np.testing.assert_array_equal(gptq.tensor.scale, plain.tensor.scale)  # the grid is the same
+        assert not np.array_equal(gptq.tensor.codes, plain.tensor.codes)
+        assert np.all(gptq.weight[~keep] == 0) and np.all(gptq.weight[keep] != 0)
+        assert dequantize(gptq.tensor).tobytes() == gptq.weight.tobytes()
+
+        def out_err(q):
+            return np.linalg.norm(x @ (q.weight - w).T.astype(np.float64))
+        assert out_err(gptq) < 0.6 * out_err(plain)
+    assert QuantSpec.parse("uniform/channel/rate+gptq@3").label == "uniform/channel/rate+gptq@3"
 
 
 def test_knapsack_matches_brute_force():

@@ -23,8 +23,9 @@ from evonnx.runtime.model_io import without_initializers
 
 
 def to_container(state: ModelState) -> tuple[onnx.ModelProto, list[QuantizedTensor], dict[str, np.ndarray]]:
-    """The graph without its recorded weights, one record per float weight and per already-quantized integer
-    weight (lossless), and the weights they stand for."""
+    """The graph without its recorded weights, one record per float weight, per already-quantized integer
+    weight (lossless) and per weight only a Resize reads (rounded to fp16: the search cannot feed those, and the
+    budget is checked on the decoded model), and the weights they stand for."""
     records, expected = [], {}
     for info in state.table:
         if info.name in state.quant:
@@ -36,7 +37,20 @@ def to_container(state: ModelState) -> tuple[onnx.ModelProto, list[QuantizedTens
     for name in state.table.lossless:
         expected[name] = state.original(name)
         records.append(QuantizedTensor.raw(name, expected[name]))
+    for name, value in resampled(state).items():
+        expected[name] = value
+        records.append(QuantizedTensor.raw(name, value))
     return without_initializers(state.model, set(expected)), records, expected
+
+
+def resampled(state: ModelState) -> dict[str, np.ndarray]:
+    """The weights only a Resize reads (position embeddings fitted to the input's grid), rounded to fp16 and
+    kept in their dtype."""
+    out = {}
+    for name in state.table.resampled:
+        value = state.original(name)
+        out[name] = value.astype(np.float16).astype(value.dtype) if value.dtype.itemsize > 2 else value
+    return out
 
 
 @dataclass
@@ -62,7 +76,7 @@ def encode_and_verify(state: ModelState, engine, meta: dict, held_engine=None) -
     graph, records, expected = to_container(state)
     blob = encode_evx(graph, records, meta)
     del graph
-    measured = engine.model_outputs(state.model, "student", state.weights)
+    measured = engine.model_outputs(state.model, "student", {**state.weights, **resampled(state)})
     container = read_evx(blob)
     stats = container.stats
     decoded = build_model(container)

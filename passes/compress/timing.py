@@ -10,13 +10,20 @@ from evonnx.passes.state import ModelState
 log = logging.getLogger(__name__)
 
 SEARCH_SHARE = 0.7  # of --time-limit for the sparsity search; the rest is left for the bit allocation
-LIGHT_BITS = {"schemes": ["uniform/channel/rate"], "bits": [2, 3, 4, 5, 6, 8]}  # the bit allocation when time is short
+LIGHT_BITS = {"schemes": ["uniform/channel/rate+gptq"], "bits": [2, 3, 4, 5, 6, 8]}  # the bit allocation when time is short
+SCALED_FROM = "uniform/channel/rate+gptq@3"  # the one spec each layer is measured at when even LIGHT_BITS is too slow
+RATE_BITS = {"schemes": ["uniform/channel/rate"], "bits": LIGHT_BITS["bits"], "scale_from": "uniform/channel/rate@3"}
 FINISH_FORWARDS = 5  # passes over the calibration set after the search: final metrics, decode, verify, held out
 PASS_FORWARDS = 10  # passes over it the passes spend outside their search: set-up, finishing, joint measurements
 ENCODE_SECONDS_PER_PARAM = 1e-6  # entropy coding and decoding the container (~1 s per million weights here)
 QUANT_SECONDS_PER_PARAM = 1e-6  # fitting one quantization of a weight, per entry (grids, codebooks, sizing)
+RATE_SECONDS_PER_PARAM = 1e-7  # likewise an entropy-sized grid (no clipping search; ~4e-8 on a 2-core x86-64)
+GPTQ_SECONDS_PER_PARAM = 6e-7  # likewise with GPTQ's rounding (~4e-7 on a 2-core x86-64, the layers' Grams once)
 MIN_SEARCH_SHARE = 0.1  # of --time-limit the passes get however little is left
 JOINT_EVALUATIONS = 40  # about what the bit allocation's joint search measures
+SCALED_JOINT = 12  # joint measurements of the scaled bit allocation (bisection, a few single-layer moves)
+MAX_JOINT = 1000  # the most joint measurements a time limit ever gives the search
+NONTARGET_EVALUATIONS = 2  # the bit allocation's measurements of rounding the other tensors (int8, fp16)
 FULL_SHARE = 0.5  # the least share of the calibration samples the full bit allocation measures layers alone on
 LIGHT_SHARE = 0.125  # likewise for the uniform per-channel bits only
 
@@ -30,7 +37,8 @@ class Budget:
     LAMP scores (no data) and survivors are not re-fitted. The bit allocation measures every scheme x bit width per
     target, then searches jointly: when the time left after the sparsity search cannot pay for that, it
     measures each target on a share of the calibration samples, or tries entropy-sized per-channel grids only
-    (on a share too), and when not even that, every target gets 8 bits.
+    (on a share too), or measures each target at one of them only and scales the others' damage from it; when
+    not even that, every target gets 8 bits. The joint measurements are capped at what the time left pays for.
     """
 
     de: dict = field(default_factory=dict)
@@ -57,17 +65,25 @@ class Budget:
 
     @staticmethod
     def bits_for(targets: int, forward_seconds: float, seconds: float, params: int = 0) -> dict | None:
-        """The bit allocation `seconds` pay for: the full search ({}), or with each layer alone measured on a
-        share of the calibration samples (at least FULL_SHARE), else entropy-sized per-channel grids only on a share
-        (at least LIGHT_SHARE), else none (None: every target at 8 bits). Fitting each quantization of the
-        targets' `params` entries comes off `seconds` first."""
-        for specs, least, settings in ((_full_specs(), FULL_SHARE, {}),
-                                       (len(LIGHT_BITS["bits"]) + 1, LIGHT_SHARE, LIGHT_BITS)):
-            fitting = QUANT_SECONDS_PER_PARAM * params * specs
-            alone = (seconds - fitting) / max(forward_seconds, 1e-9) - JOINT_EVALUATIONS  # passes left for them
-            share = alone / max(targets * specs, 1)
+        """The bit allocation `seconds` pay for, the first of: the full search ({}), with each layer alone measured
+        on a share of the calibration samples (at least FULL_SHARE); entropy-sized per-channel grids with GPTQ's
+        rounding only (LIGHT_BITS), on a share (at least LIGHT_SHARE); those with each layer measured at
+        SCALED_FROM only, on a share; the same with rounding to nearest (RATE_BITS); else none (None: every target
+        at 8 bits). Fitting each quantization of the targets' `params` entries and one pass for the layers'
+        activations come off `seconds` first; `max_joint` is what is left after the layers' measurements."""
+        light = len(LIGHT_BITS["bits"])
+        tiers = ((_full_specs(), _full_specs(), QUANT_SECONDS_PER_PARAM, FULL_SHARE, JOINT_EVALUATIONS, {}),
+                 (light + 1, light + 1, GPTQ_SECONDS_PER_PARAM, LIGHT_SHARE, JOINT_EVALUATIONS, LIGHT_BITS),
+                 (1, light + 1, GPTQ_SECONDS_PER_PARAM, LIGHT_SHARE, SCALED_JOINT,
+                  {**LIGHT_BITS, "scale_from": SCALED_FROM}),
+                 (1, light + 1, RATE_SECONDS_PER_PARAM, LIGHT_SHARE, SCALED_JOINT, RATE_BITS))
+        for measured, fitted, per_param, least, joint, settings in tiers:
+            fitting = per_param * params * fitted + forward_seconds  # the quantizations, the activations' pass
+            passes = (seconds - fitting) / max(forward_seconds, 1e-9) - NONTARGET_EVALUATIONS
+            share = min((passes - joint) / max(targets * measured, 1), 1.0)
             if share >= least:
-                return {**settings, **({"sensitivity_share": round(share, 3)} if share < 1 else {})}
+                most = min(int(passes - targets * measured * share), MAX_JOINT)
+                return {**settings, "max_joint": most, **({"sensitivity_share": round(share, 3)} if share < 1 else {})}
         return None
 
     def describe(self) -> str:

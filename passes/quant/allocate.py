@@ -11,6 +11,9 @@ exact is always a feasible allocation. Searches return one option index per laye
   `descend` tries single-layer downgrades on the best feasible point.
 * `greedy`: from all-exact, repeatedly take the downgrade with the most bytes saved per unit of
   damage, keeping it when the joint measurement still meets the budget.
+
+`max_joint` caps the joint measurements of `knapsack` and `greedy` (to fit a time limit): the search
+stops at the best feasible point found by then.
 """
 from __future__ import annotations
 
@@ -49,12 +52,18 @@ def frontier(options: list[Option], limit: float | None = None) -> list[Option]:
 class Searcher:
     """Searches over per-layer frontiers with a joint check `loss(choice) -> float` (cached)."""
 
-    def __init__(self, table: dict[str, list[Option]], loss: Callable[[dict[str, Option]], float], limit: float):
+    def __init__(self, table: dict[str, list[Option]], loss: Callable[[dict[str, Option]], float], limit: float,
+                 max_joint: int | None = None):
         self.names = list(table)
         self.table = table
         self._loss = loss
         self.limit = limit
+        self.max_joint = max_joint
         self.cache: dict[Choice, float] = {}
+
+    def spent(self) -> bool:
+        """Whether the joint measurements have reached `max_joint`."""
+        return self.max_joint is not None and len(self.cache) >= self.max_joint
 
     def options(self, choice: Choice) -> dict[str, Option]:
         return {n: self.table[n][i] for n, i in zip(self.names, choice)}
@@ -91,7 +100,7 @@ class Searcher:
             lo = max(float(positive[positive > 0].min()) / 2 if np.any(positive > 0) else hi, hi * 1e-9)
             consider(solve(0.0))
             for _ in range(steps):
-                if hi <= lo * 1.02:
+                if hi <= lo * 1.02 or self.spent():
                     break
                 mid = float(np.sqrt(lo * hi))
                 if consider(solve(mid)):
@@ -107,7 +116,7 @@ class Searcher:
         """Single-layer moves to the next cheaper option, best bytes-per-damage first, while feasible."""
         frozen: set[int] = set()
         evals = 0
-        while evals < max_evals:
+        while evals < max_evals and not self.spent():
             moves = []
             for layer, i in enumerate(choice):
                 if layer in frozen or i == 0:

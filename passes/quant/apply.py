@@ -15,6 +15,7 @@ from evonnx.formats.dtypes import np_dtype
 from evonnx.formats.tensor import QuantizedTensor, dequantize
 from evonnx.passes.engine.metrics import Metrics, compare, is_classifier
 from evonnx.passes.engine.tasks import Drop, TaskMetric, per_sample, real_tokens
+from evonnx.passes.quant.gptq import compensated_codes, inverse_factor
 from evonnx.passes.quant.layer import QuantSpec, Quantized, quantize_weight, survivors
 from evonnx.passes.quant.refit import gram_matrices, layer_views, refit_centroids
 from evonnx.passes.quant.sizing import coded_bytes
@@ -32,6 +33,7 @@ class Quantizer:
         self.state, self.engine, self.max_rows, self.seed = state, engine, max_rows, seed
         self.views = None
         self.grams: dict[str, np.ndarray] = {}
+        self.factors: dict[str, np.ndarray] = {}  # GPTQ's inverse factor per layer (passes/quant/gptq.py)
         self.keep = {n: survivors(state.current(n), state.masks.get(n)) for n in state.targets}
 
     def can_refit(self, name: str) -> bool:
@@ -43,16 +45,36 @@ class Quantizer:
             self.views = layer_views(self.state, self.state.targets)
 
     def quantize(self, name: str, spec: QuantSpec) -> Quantized:
-        array = self.state.current(name)
-        refit = None
-        if spec.scheme == "codebook" and spec.refit and self.can_refit(name):
+        """`name` under `spec`; a re-fit or compensated spec falls back to plain where the weight has no
+        matrix view (or, per channel, its channels are not the view's rows)."""
+        array, info = self.state.current(name), self.state.table[name]
+        refit = compensate = None
+        if spec.refit and self.can_refit(name):
             if name not in self.grams:
                 self.grams.update(gram_matrices(self.state, self.engine, self.views, self.max_rows, self.seed))
             layer, gram, keep = self.views[name], self.grams[name], self.keep[name]
-            def refit(codes, centroids):
-                return refit_centroids(layer, gram, array, keep, codes, centroids)
-        info = self.state.table[name]
-        return quantize_weight(name, array, self.keep[name], spec, info.channel_axis, refit)
+            if spec.scheme == "codebook":
+                def refit(codes, centroids):
+                    return refit_centroids(layer, gram, array, keep, codes, centroids)
+            elif not spec.per_channel or info.channel_axis == layer.row_axis:
+                if name not in self.factors:
+                    self.factors[name] = inverse_factor(gram)
+                def compensate(scale, zero, top, u=self.factors[name]):
+                    rows = (layer.out,)
+                    codes = compensated_codes(layer.to_mat(array), layer.to_mat(keep), u,
+                                              np.broadcast_to(scale, rows), np.broadcast_to(zero, rows), top)
+                    return layer.from_mat(codes)
+        return quantize_weight(name, array, self.keep[name], spec, info.channel_axis, refit, compensate)
+
+    def error_power(self, name: str, weight: np.ndarray) -> float:
+        """How far `weight` moves the layer from the incoming one: its output error's power on the calibration
+        activations, sum((dW H) * dW) over the matrix view, once the Gram H is known; else the weight error's."""
+        diff = weight.astype(np.float64) - self.state.current(name).astype(np.float64)
+        gram = self.grams.get(name)
+        if gram is None:
+            return float(np.sum(diff * diff))
+        d = self.views[name].to_mat(diff)
+        return float(np.sum((d @ gram) * d))
 
 
 def row(q: Quantized, spec: QuantSpec, original: np.ndarray) -> dict:
@@ -125,9 +147,10 @@ class Fidelity:
         self.samples = per_sample(self.reference, engine.axes)
         self.head = next((i for i, t in enumerate(self.reference) if is_classifier(t) and self.labels is not None
                           and len(self.labels) == len(t)), None)
-        self.start = self._measure(self.reference).metrics
+        self.start = self.measure(self.reference).metrics
 
-    def _measure(self, outputs) -> Measure:
+    def measure(self, outputs: list[np.ndarray]) -> Measure:
+        """A candidate's outputs against the incoming model's."""
         metrics = compare(self.engine.output_names, self.reference, outputs, self.labels, self.engine.groups)
         task = None if self.task is None else self.task.drop(self.samples, per_sample(outputs, self.engine.axes),
                                                              self.labels, self.tokens)
@@ -139,4 +162,4 @@ class Fidelity:
 
     def evaluate(self, changes: list[dict[str, np.ndarray]]) -> list[Measure]:
         """The incoming weights with each dict of `changes` applied, measured."""
-        return [self._measure(self.engine.outputs({**self.base, **c})) for c in changes]
+        return [self.measure(self.engine.outputs({**self.base, **c})) for c in changes]

@@ -17,27 +17,29 @@ from evonnx.formats.tensor import QuantizedTensor, dequantize
 from evonnx.passes.quant.kmeans import kmeans_1d
 from evonnx.passes.quant.uniform import RATE_BITS, fit_rate, fit_uniform
 
-_SPEC = re.compile(r"(uniform(?:/(channel|tensor))?(?:/(sym|asym|rate))?|codebook(\+refit)?|raw)(?:@(\d+))?")
+_SPEC = re.compile(r"(uniform(?:/(channel|tensor))?(?:/(sym|asym|rate))?(\+gptq)?|codebook(\+refit)?|raw)(?:@(\d+))?")
 
 
 @dataclass(frozen=True)
 class QuantSpec:
     """How to quantize one weight: 'uniform/channel/sym@4', 'uniform/tensor/asym@3', 'uniform/channel/rate@4'
-    (a fine grid sized for about 4 entropy-coded bits a weight, passes/quant/uniform.py), 'codebook@4',
-    'codebook+refit@3' (centroids re-fitted to the layer output) or 'raw' (exact)."""
+    (a fine grid sized for about 4 entropy-coded bits a weight, passes/quant/uniform.py), any uniform grid
+    with '+gptq' (rounded with the layer output's error compensated, passes/quant/gptq.py, where the weight
+    has a matrix view and activations; rounded to nearest elsewhere), 'codebook@4', 'codebook+refit@3'
+    (centroids re-fitted to the layer output) or 'raw' (exact)."""
 
     scheme: str = "uniform"  # uniform | codebook | raw
     bits: int = 8
     per_channel: bool = True
     symmetric: bool = True
-    refit: bool = False
+    refit: bool = False  # codebook: centroids re-fitted; uniform: rounding error compensated (GPTQ)
     rate: bool = False  # uniform: `bits` is the coded rate of an entropy-sized grid, not the code range
 
     @property
     def family(self) -> str:
         if self.scheme == "uniform":
             grid = "rate" if self.rate else "sym" if self.symmetric else "asym"
-            return f"uniform/{'channel' if self.per_channel else 'tensor'}/{grid}"
+            return f"uniform/{'channel' if self.per_channel else 'tensor'}/{grid}{'+gptq' if self.refit else ''}"
         return "codebook+refit" if self.scheme == "codebook" and self.refit else self.scheme
 
     @property
@@ -49,14 +51,14 @@ class QuantSpec:
         match = _SPEC.fullmatch(text.strip())
         if not match:
             raise EvonnxError(f"bad quantization scheme {text!r} (e.g. uniform/channel/sym@4, codebook@3, raw)")
-        head, gran, sym, refit, b = match.groups()
+        head, gran, sym, gptq, refit, b = match.groups()
         nbits = int(b) if b else (bits if bits is not None else 8)
         if head == "raw":
             return cls("raw", 32)
         if not 1 <= nbits <= 8:
             raise EvonnxError(f"{text!r}: bits must be 1 to 8, got {nbits}")
         if head.startswith("uniform"):
-            return cls("uniform", nbits, gran != "tensor", sym != "asym", rate=sym == "rate")
+            return cls("uniform", nbits, gran != "tensor", sym != "asym", refit=bool(gptq), rate=sym == "rate")
         return cls("codebook", nbits, refit=bool(refit))
 
 
@@ -75,9 +77,11 @@ def survivors(array: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 
 def quantize_weight(name: str, array: np.ndarray, keep: np.ndarray, spec: QuantSpec, channel_axis: int | None,
-                    refit: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> Quantized:
+                    refit: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+                    compensate: Callable[[np.ndarray, np.ndarray, float], np.ndarray] | None = None) -> Quantized:
     """Quantize the `keep` entries of `array`. `refit(codes, centroids) -> centroids` re-fits a k-means
-    codebook with its assignments fixed (used when spec.refit)."""
+    codebook with its assignments fixed (used when spec.refit); `compensate(scale, zero, top) -> codes` rounds
+    the whole weight onto a uniform grid (per channel: along `channel_axis`) with its error compensated."""
     mask = None if keep.all() else keep
     if spec.scheme == "raw" or not keep.any():  # nothing survives: an empty raw record says it all
         t = QuantizedTensor.raw(name, array, mask)
@@ -93,9 +97,11 @@ def quantize_weight(name: str, array: np.ndarray, keep: np.ndarray, spec: QuantS
             groups = np.broadcast_to(index, array.shape)[keep]
         codes, scale, zero = (fit_rate(values, groups, n_groups, spec.bits) if spec.rate else
                               fit_uniform(values, groups, n_groups, spec.bits, spec.symmetric))
+        bits = RATE_BITS if spec.rate else spec.bits
+        if compensate is not None:
+            codes = compensate(scale, zero, float(2 ** bits - 1))[keep]
         if axis is None:
             scale, zero = scale.reshape(()), zero.reshape(())
-        bits = RATE_BITS if spec.rate else spec.bits
         t = QuantizedTensor.uniform(name, array.shape, array.dtype.name, bits, codes, scale, zero, mask, axis)
     else:
         codes, centroids = kmeans_1d(values, 1 << spec.bits)
@@ -114,8 +120,8 @@ def never_zero(t: QuantizedTensor, array: np.ndarray, keep: np.ndarray) -> Quant
     bad = np.flatnonzero(weight[keep] == 0)
     if bad.size == 0:
         return Quantized(t, weight)
-    codes = t.codes.astype(np.int64)
-    sign = np.sign(array[keep][bad]).astype(np.int64)
+    codes = t.codes.astype(np.int16)  # a level up or down stays in [-1, 256]
+    sign = np.sign(array[keep][bad]).astype(np.int16)
     if t.scheme == "uniform":
         up = codes[bad] + sign
         codes[bad] = np.where((up >= 0) & (up < 1 << t.bits), up, codes[bad] - sign)

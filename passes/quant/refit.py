@@ -25,7 +25,8 @@ def layer_views(state: ModelState, names: list[str]) -> dict[str, Layer]:
 def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], max_rows: int = 4096,
                   seed: int = 0) -> dict[str, np.ndarray]:
     """H = X^T X per weight, X being the layer's input rows (im2col for Conv) on the calibration batches,
-    from the float student (state.weights), at most `max_rows` random rows per layer."""
+    from the float student (state.weights): about `max_rows` random rows per layer, an even share from each
+    batch, summed batch by batch (one batch's activations are held at a time)."""
     if not layers:
         return {}
     inputs = sorted({layer.x for layer in layers.values()})
@@ -37,19 +38,18 @@ def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], max_rows:
                               for n in inputs if n not in known)
     runner = Runner(model, engine.providers, f"{state.label} (activations)")
     index = {n: runner.output_names.index(n) for n in inputs}
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in inputs}
+    rng = np.random.default_rng(seed)
+    share = -(-max_rows // len(engine.batches))
+    grams: dict[str, np.ndarray] = {}
     for batch in engine.batches:
         outs = runner.run(dict(batch))
-        for n in inputs:
-            parts[n].append(outs[index[n]])
-    rng = np.random.default_rng(seed)
-    grams = {}
-    for name, layer in layers.items():
-        x = np.concatenate(parts[layer.x]).astype(np.float32)
-        total = layer.n_rows(x.shape)
-        rows = np.sort(rng.choice(total, max_rows, replace=False)) if total > max_rows else None
-        xm = layer.x_mat(x, rows).astype(np.float64)
-        grams[name] = xm.T @ xm
+        for name, layer in layers.items():
+            x = outs[index[layer.x]].astype(np.float32, copy=False)
+            total = layer.n_rows(x.shape)
+            rows = np.sort(rng.choice(total, share, replace=False)) if total > share else None
+            xm = layer.x_mat(x, rows).astype(np.float32, copy=False)
+            grams[name] = grams.get(name, 0.0) + (xm.T @ xm).astype(np.float64)  # float32 products, summed in float64
+        del outs
     return grams
 
 

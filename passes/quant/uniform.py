@@ -24,6 +24,7 @@ PER_GROUP = 128
 TAIL = 64  # of them the farthest from the centre, all measured
 RATE_BITS = 8  # code range of the entropy-sized grid
 RATE_OFFSET = 0.5 * np.log2(2 * np.pi * np.e)  # differential entropy of a unit Gaussian, bits
+CHUNK = 1 << 22  # entries coded at a time: the float temporaries of a large tensor stay small
 
 
 def fit_uniform(values: np.ndarray, groups: np.ndarray, n_groups: int, bits: int,
@@ -51,8 +52,7 @@ def fit_uniform(values: np.ndarray, groups: np.ndarray, n_groups: int, bits: int
     scale = np.where(flat, np.abs(center), scale)  # only asymmetric groups can be flat (survivors are nonzero)
     zero = np.where(flat, -np.sign(center), zero)
     scale32, zero32 = scale.astype(np.float32), zero.astype(np.float32)
-    codes = np.clip(np.rint(v / scale32[groups] + zero32[groups]), 0, top).astype(np.int64)
-    return codes, scale32, zero32
+    return grid_codes(v, groups, scale32, zero32, top), scale32, zero32
 
 
 def fit_rate(values: np.ndarray, groups: np.ndarray, n_groups: int,
@@ -60,15 +60,28 @@ def fit_rate(values: np.ndarray, groups: np.ndarray, n_groups: int,
     """(codes, scale[n_groups], zero_point[n_groups]) of the entropy-sized mid-rise grid (module docstring)."""
     v = np.asarray(values, dtype=np.float64)
     counts = np.maximum(np.bincount(groups, minlength=n_groups), 1)
-    rms = np.sqrt(np.bincount(groups, v * v, minlength=n_groups) / counts)
+    power = sum(np.bincount(groups[part], v[part] ** 2, minlength=n_groups) for part in _chunks(v.size))
+    rms = np.sqrt(power / counts)
     top = float(2 ** RATE_BITS - 1)
     far = np.zeros(n_groups)
     np.maximum.at(far, groups, np.abs(v))
     step = np.maximum(rms * 2.0 ** (RATE_OFFSET - rate), 2 * far / top)
     scale32 = np.where(step > 0, step, 1.0).astype(np.float32)
     zero32 = np.full(n_groups, top / 2, np.float32)
-    codes = np.clip(np.rint(v / scale32[groups] + zero32[groups]), 0, top).astype(np.int64)
-    return codes, scale32, zero32
+    return grid_codes(v, groups, scale32, zero32, top), scale32, zero32
+
+
+def grid_codes(v: np.ndarray, groups: np.ndarray, scale: np.ndarray, zero: np.ndarray, top: float) -> np.ndarray:
+    """uint8 codes clip(rint(v / scale[group] + zero[group]), 0, top), a chunk of entries at a time."""
+    codes = np.empty(v.size, np.uint8)
+    for part in _chunks(v.size):
+        g = groups[part]
+        codes[part] = np.clip(np.rint(v[part] / scale[g] + zero[g]), 0, top)
+    return codes
+
+
+def _chunks(n: int) -> list[slice]:
+    return [slice(start, start + CHUNK) for start in range(0, n, CHUNK)] or [slice(0, 0)]
 
 
 def search_sample(dist: np.ndarray, groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -80,16 +93,25 @@ def search_sample(dist: np.ndarray, groups: np.ndarray, n_groups: int) -> tuple[
         return None
     far = np.zeros(n_groups)
     np.maximum.at(far, groups, dist)
-    order = np.argsort(groups + 0.5 * dist / np.where(far > 0, far, 1.0)[groups])  # by group, then by distance
+    far = np.where(far > 0, far, 1.0)
+    key = np.empty(len(groups))  # by group, then by distance
+    for part in _chunks(len(groups)):
+        key[part] = groups[part] + 0.5 * dist[part] / far[groups[part]]
+    order = np.argsort(key)
+    del key
     counts = np.bincount(groups, minlength=n_groups)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     per_group = max(PER_GROUP, -(-SAMPLE_VALUES // n_groups))
     stride = np.maximum((counts - TAIL) // (per_group - TAIL), 1)
-    g = groups[order]
-    rank = np.arange(len(order)) - starts[g]
-    tail = rank >= counts[g] - TAIL
-    keep = tail | (rank % stride[g] == 0)
-    return order[keep], np.where(tail, 1, stride[g])[keep]
+    picks, weights = [], []
+    for part in _chunks(len(order)):
+        g = groups[order[part]]
+        rank = np.arange(part.start, part.start + len(g)) - starts[g]
+        tail = rank >= counts[g] - TAIL
+        keep = tail | (rank % stride[g] == 0)
+        picks.append(order[part][keep])
+        weights.append(np.where(tail, 1, stride[g])[keep])
+    return np.concatenate(picks), np.concatenate(weights)
 
 
 def _grid(radius: np.ndarray, center: np.ndarray, top: float, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +126,11 @@ def _best_alpha(v: np.ndarray, groups: np.ndarray, n_groups: int, center: np.nda
     """Each group's clipping factor of least squared error. Measured in units of the group's radius around its
     centre, where every group has the same grid [-alpha, alpha] (a group's error is its radius^2 times that
     unit error, so the best alpha is the same)."""
-    sample = search_sample(np.abs(v - center[groups]), groups, n_groups)
+    dist = np.empty(len(v))
+    for part in _chunks(len(v)):
+        dist[part] = np.abs(v[part] - center[groups[part]])
+    sample = search_sample(dist, groups, n_groups)
+    del dist
     pick, weight = sample if sample is not None else (slice(None), 1.0)
     sg = groups[pick]
     u = (v[pick] - center[sg]) / radius[sg]

@@ -51,6 +51,11 @@ class Layer:
             return (self.shape[0], self.shape[1]) if self.trans_w else (self.shape[1], self.shape[0])
         return 1, self.size
 
+    @property
+    def row_axis(self) -> int:
+        """The weight's axis that becomes the rows (outputs) of `to_mat`."""
+        return 1 if self.kind in ("gemm", "matmul") and not self.trans_w else 0
+
     def to_mat(self, w: np.ndarray) -> np.ndarray:
         """The weight as [out, K] (a view or a transposed copy)."""
         if self.kind == "conv":

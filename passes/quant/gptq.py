@@ -1,0 +1,51 @@
+"""Error-compensating rounding onto a fixed grid (GPTQ: Frantar et al., "GPTQ: Accurate Post-Training
+Quantization for Generative Pre-trained Transformers", ICLR 2023).
+
+A layer's weight W [out, K] is rounded one input column at a time; each column's rounding error is spread
+over the columns not yet rounded so that the layer's output error ||X (Q - W)^T||^2 on calibration inputs X
+stays small, with H = X^T X (passes/quant/refit.py) through the upper Cholesky factor U of H^-1:
+W[:, j>i] -= (w_i - q_i) / U_ii * U_i,j. Columns go in blocks of BLOCK; the error of a block reaches the later
+columns in one matrix product. The grid (each row's scale and zero point) is fitted beforehand on W and
+stays fixed; entries outside the keep-mask are rounded to 0 (their error is spread like any other), so
+pruned weights stay pruned. Cost O(out x K^2) per layer, a vectorised row operation per column.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK = 128
+DAMP = 0.01  # of the mean diagonal of H, added to it: H is often singular (dead inputs, few rows)
+
+
+def inverse_factor(gram: np.ndarray) -> np.ndarray:
+    """U, upper triangular with H^-1 = U^T U, of the damped H (module docstring); inputs that never fire
+    get a unit diagonal."""
+    h = gram.astype(np.float64)
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    h[np.diag_indices_from(h)] += DAMP * float(np.mean(np.diag(h)))
+    return np.linalg.cholesky(np.linalg.inv(h)).T
+
+
+def compensated_codes(w: np.ndarray, keep: np.ndarray, u: np.ndarray, scale: np.ndarray, zero: np.ndarray,
+                      top: float) -> np.ndarray:
+    """uint8 codes [out, K] of `w` [out, K] on the grid (code - zero[r]) * scale[r] of each row r, rounded
+    column by column with the error compensated through `u` (inverse_factor of the layer's H); entries where
+    `keep` is False get code 0 and stand for 0."""
+    w = w.astype(np.float64)  # a copy: the rounding updates it
+    s32, z32 = scale.astype(np.float32)[:, None], zero.astype(np.float32)[:, None]
+    codes = np.zeros(w.shape, np.uint8)
+    for b0 in range(0, w.shape[1], BLOCK):
+        b1 = min(b0 + BLOCK, w.shape[1])
+        block, err = w[:, b0:b1], np.zeros((w.shape[0], b1 - b0))
+        for i in range(b1 - b0):
+            col = block[:, i:i + 1]
+            code = np.clip(np.rint(col / s32 + z32), 0, top)
+            kept = keep[:, b0 + i:b0 + i + 1]
+            q = np.where(kept, (code.astype(np.float32) - z32) * s32, 0.0)  # what the decoder rebuilds
+            codes[:, b0 + i] = np.where(kept, code, 0)[:, 0]
+            e = (col - q) / u[b0 + i, b0 + i]
+            block[:, i:] -= e * u[b0 + i, b0 + i:b1]
+            err[:, i] = e[:, 0]
+        w[:, b1:] -= err @ u[b0:b1, b1:]
+    return codes
