@@ -114,3 +114,21 @@ def test_workers_without_ray_exit_2_naming_the_extra(run):
     assert out.returncode == 2, out.stderr
     assert "evonnx[distributed]" in out.stderr and "Traceback" not in out.stderr
     assert not (run.root / "no.evx").exists()
+
+
+
+def test_a_benchmark_grid_runs_as_tasks_in_order_and_a_dead_task_is_run_again(run, tmp_path):
+    from evonnx.tools.bench import cells
+
+    def square(marker: str, x: int) -> int:  # nested: Ray ships it by value, as workers cannot import tests/
+        """x * x, but the first time x is 2 the worker process dies (os._exit) before answering."""
+        if x == 2 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return x * x
+
+    marker = str(tmp_path / "died")
+    grid = [(marker, x) for x in range(5)]
+    assert list(cells(square, grid, workers=2)) == [0, 1, 4, 9, 16]
+    assert os.path.exists(marker)  # the task of x = 2 died once, and was run again
+    assert list(cells(square, grid)) == [0, 1, 4, 9, 16]  # serially, the same

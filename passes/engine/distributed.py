@@ -1,4 +1,5 @@
-"""Candidate evaluation on Ray actors (the `distributed` extra: pip install 'evonnx[distributed]').
+"""Candidate evaluation on Ray actors (the `distributed` extra: pip install 'evonnx[distributed]'), and
+benchmark grids as plain Ray tasks (`grid`).
 
 Each actor is a worker process holding one shared object at a time, put in Ray's object store once: a
 Directed Evolution layer visit's scoring copy (suffix model, cached activations, the teacher's outputs;
@@ -21,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -33,6 +35,7 @@ from evonnx.passes.engine.providers import resolve
 from evonnx.passes.quant.apply import Fidelity, Measure
 
 RESTARTS = 8  # times an actor is restarted, and a task re-run, after its process died
+T = TypeVar("T")
 
 
 @ray.remote(max_restarts=RESTARTS, max_task_retries=RESTARTS)
@@ -133,6 +136,34 @@ class SharedFidelity:
         return [m for part in parts for m in part]
 
 
+def start(count: int | None, address: str | None) -> bool:
+    """Join the cluster at `address`, or start a local runtime of `count` CPUs (default: all), unless Ray runs
+    already in this process; whether it was started here."""
+    if ray.is_initialized():
+        return False
+    # a local runtime runs its workers at the driver's priority (Ray's default, niceness 15, starves them on a
+    # machine shared with other work)
+    local = {} if address else {"num_cpus": count, "_system_config": {"worker_niceness": 0}}
+    ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False, **local)
+    return True
+
+
+def grid(run: Callable[..., T], cells: Sequence[tuple], count: int | None = None,
+         address: str | None = None) -> Iterator[T]:
+    """`run(*cell)` of every cell as a plain Ray task of one CPU (a benchmark grid: seeds x settings), yielded
+    in the cells' order; a task whose worker process died is run again (RESTARTS times). Ray is started as
+    `start` says, and shut down after the last cell when it was started here."""
+    started = start(count, address)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=RESTARTS)(run)
+        futures = [task.remote(*cell) for cell in cells]
+        for future in futures:
+            yield ray.get(future)
+    finally:
+        if started:
+            ray.shutdown()
+
+
 class Workers:
     """Scoring actors for a run: `count` of them on a local Ray runtime (started here unless one is running), or
     on the cluster at `address` (default count: its CPUs). A context manager; the actors end with it."""
@@ -145,13 +176,7 @@ class Workers:
         self.started, self.visits = False, 0
 
     def __enter__(self) -> "Workers":
-        if not ray.is_initialized():
-            # a local runtime runs its actors at the driver's priority (Ray's default, niceness 15, starves them
-            # on a machine shared with other work)
-            local = {} if self.address else {"num_cpus": self.count, "_system_config": {"worker_niceness": 0}}
-            ray.init(address=self.address, include_dashboard=False, logging_level=logging.ERROR,
-                     log_to_driver=False, **local)
-            self.started = True
+        self.started = start(self.count, self.address)
         resources = ray.cluster_resources()
         n = self.count or max(1, int(resources.get("CPU", 1)))
         gpus = resources.get("GPU", 0) if self.device != "cpu" else 0

@@ -18,13 +18,13 @@ DAMP = 0.01  # of the mean diagonal of H, added to it: H is often singular (dead
 
 
 def inverse_factor(gram: np.ndarray) -> np.ndarray:
-    """U, upper triangular with H^-1 = U^T U, of the damped H (module docstring); inputs that never fire
-    get a unit diagonal."""
+    """U, upper triangular with H^-1 = U^T U, of the damped H (module docstring; float64 arithmetic, a float32
+    result: it is held for the whole bit allocation); inputs that never fire get a unit diagonal."""
     h = gram.astype(np.float64)
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
     h[np.diag_indices_from(h)] += DAMP * float(np.mean(np.diag(h)))
-    return np.linalg.cholesky(np.linalg.inv(h)).T
+    return np.linalg.cholesky(np.linalg.inv(h)).T.astype(np.float32)
 
 
 def compensated_codes(w: np.ndarray, keep: np.ndarray, u: np.ndarray, scale: np.ndarray, zero: np.ndarray,

@@ -26,7 +26,7 @@ def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], max_rows:
                   seed: int = 0) -> dict[str, np.ndarray]:
     """H = X^T X per weight, X being the layer's input rows (im2col for Conv) on the calibration batches,
     from the float student (state.weights): about `max_rows` random rows per layer, an even share from each
-    batch, summed batch by batch (one batch's activations are held at a time)."""
+    batch, summed batch by batch in float64 (one batch's activations are held at a time); float32 results."""
     if not layers:
         return {}
     inputs = sorted({layer.x for layer in layers.values()})
@@ -50,7 +50,7 @@ def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], max_rows:
             xm = layer.x_mat(x, rows).astype(np.float32, copy=False)
             grams[name] = grams.get(name, 0.0) + (xm.T @ xm).astype(np.float64)  # float32 products, summed in float64
         del outs
-    return grams
+    return {name: g.astype(np.float32) for name, g in grams.items()}  # held for the whole bit allocation
 
 
 def refit_centroids(layer: Layer, gram: np.ndarray, weight: np.ndarray, keep: np.ndarray,

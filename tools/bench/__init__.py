@@ -29,6 +29,23 @@ def keep_row(row: dict, jsonl: str | None) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+def cells(run, grid: list[tuple], workers: int | None = None, address: str | None = None):
+    """`run(*cell)` of each cell of a benchmark grid, in order: in this process, or as Ray tasks on `workers`
+    local CPUs or the cluster at `address` (the `distributed` extra; each task on one CPU, one ONNX Runtime
+    thread)."""
+    if workers is None and address is None:
+        return (run(*cell) for cell in grid)
+    import os
+
+    from evonnx.passes.engine.fitness import THREADS_ENV
+    try:
+        from evonnx.passes.engine.distributed import grid as on_ray
+    except ModuleNotFoundError as exc:
+        raise SystemExit(f"--workers needs Ray: pip install 'evonnx[distributed]' ({exc})") from None
+    os.environ[THREADS_ENV] = "1"  # local workers inherit it
+    return on_ray(run, grid, workers, address)
+
+
 def paired_se(reference: np.ndarray, pred: np.ndarray, y: np.ndarray) -> float:
     """Standard error, in points, of the accuracy drop from `reference` to `pred` on the same samples
     (McNemar: from the samples one gets right and the other wrong)."""

@@ -1,7 +1,8 @@
 """Do the ~100x recovery recipes reproduce? Mean and spread over seeds and zoo rebuilds, budget held out.
 
     python -m evonnx.tools.bench.recipes [--models lenet300 lenet5] [--seeds 0 1 2] [--zoo-seeds 0 1]
-        [--calib-samples 3000] [--holdout 0.5] [--threads 2] [--jsonl RUNS.jsonl] [--out FILE.md]
+        [--calib-samples 3000] [--holdout 0.5] [--threads 2] [--workers N | --ray-address ADDR]
+        [--jsonl RUNS.jsonl] [--out FILE.md]
 
 Each zoo seed trains the model afresh (seed 0 is the zoo's own build; others build in a folder of their own).
 Each run is `compress --config` with the peers bench's recovery recipe (Directed Evolution 97 %,
@@ -11,6 +12,8 @@ distillation trains on the train split less every calibration image, so the held
 The budget is not enforced (the run reports its held-out drop and 95 % bound); the decoded model is then
 measured on the 10,000-image test set. The table states, per model, the ratio and drops as mean ± sd, how
 many runs are within 0.5 points on the test set, and how many the held-out check would have certified.
+With `--workers` (or `--ray-address`), the zoo builds run here and the runs as Ray tasks of one CPU each, in
+order (the `distributed` extra; the folders they read and write must be shared on a cluster).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evonnx.tools.bench import emit, paired_se
+from evonnx.tools.bench import cells, emit, keep_row, paired_se
 from evonnx.tools.bench.budget import _test_predictions
 from evonnx.tools.bench.peers import RECOVERY, recovery
 
@@ -39,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-samples", type=int, default=3000, help="labelled samples from the train split")
     p.add_argument("--holdout", type=float, default=0.5, help="share of them held out for the budget check")
     p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads")
+    p.add_argument("--workers", type=int, help="run the grid's runs as Ray tasks on this many local CPUs")
+    p.add_argument("--ray-address", help="run them on this Ray cluster")
     p.add_argument("--jsonl", help="append each run here as it finishes")
     p.add_argument("--from-jsonl", nargs="+", help="only tabulate the runs in these files")
     p.add_argument("--out")
@@ -53,17 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault(THREADS_ENV, str(args.threads))
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
+        grid = []
         for name in args.models:
             for zoo_seed in args.zoo_seeds:
                 entry, calib, train = _setup(name, zoo_seed, args.calib_samples, Path(tmp))
                 test = entry.load_test()
-                for seed in args.seeds:
-                    run = one_run(name, entry.model_path, calib, train, test, zoo_seed, seed, args.holdout, Path(tmp))
-                    runs.append(run)
-                    print(json.dumps(run), flush=True)
-                    if args.jsonl:
-                        with open(args.jsonl, "a") as f:
-                            f.write(json.dumps(run) + "\n")
+                grid += [(name, entry.model_path, calib, train, test, zoo_seed, seed, args.holdout, Path(tmp))
+                         for seed in args.seeds]
+        for run in cells(one_run, grid, args.workers, args.ray_address):
+            runs.append(run)
+            keep_row(run, args.jsonl)
     return emit(table(runs), args.out)
 
 
