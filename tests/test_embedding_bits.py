@@ -149,3 +149,28 @@ def test_the_bit_allocation_measures_layers_alone_on_an_even_spread_of_the_sampl
     record = out.history[-1]
     assert record["sensitivity_samples"] == 13 and record["joint_loss"] <= 0.05
     assert set(record["allocation"].values()) <= {"uniform/channel/rate@3", "uniform/channel/rate@6"}
+
+
+def test_a_searched_allocation_falls_back_first_to_the_same_grids_a_bit_wider():
+    from evonnx.passes.compress.guard import finer
+
+    state = load_state(corpus.mlp(seed=3, d_in=24, hidden=48, classes=6).SerializeToString(), label="mlp")
+    x = np.random.default_rng(0).standard_normal((64, 24)).astype(np.float32)
+    ctx = PassContext(calib=CalibData({"x": x}, None, "synthetic"))
+    searched = get_pass("bit-allocation")(schemes=["uniform/channel/rate", "codebook"], bits=[2, 3, 8], metric="kl",
+                                          max_kl=0.05, nontarget="int8").run(state, ctx)
+    chosen = {n: QuantSpec.parse(label) for n, label in searched.history[-1]["allocation"].items()}
+    assert any(spec.scheme != "raw" and spec.bits < 8 for spec in chosen.values())
+    fallbacks = list(finer(searched, state, ctx, keep=[]))
+    assert [what for what, _, _ in fallbacks] == ["the searched bits, 1 wider a layer", "the searched bits, 2 wider a layer"]
+    for extra, (_, wider, steps) in zip((1, 2), fallbacks):
+        assert [s["name"] for s in steps] == ["dead-units", "quantize"]
+        for name, spec in chosen.items():
+            record = wider.quant[name]
+            if spec.scheme == "raw":
+                assert record.scheme == "raw"
+                continue
+            assert record.scheme == spec.scheme
+            assert QuantSpec.parse(wider.history[-1]["settings"]["layers"][name]).bits == min(spec.bits + extra, 8)
+        assert {r["scheme"] for r in wider.history[-1]["nontarget"]} == {"int8"}
+    assert list(finer(state, state, ctx, keep=[])) == []  # no bit allocation searched: nothing to widen

@@ -96,6 +96,8 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
     if time_limit:
         left = max(start + time_limit - time.perf_counter(), 1e-3)
         budget = dataclasses.replace(budget, bits=Budget.bits_for(len(prune), forward, left, entries))
+        log.info(f"auto sparsity: {left:.0f} s left for the bits: "
+                 + (dataclasses.replace(budget, de={}).describe() or "the full bit allocation"))
     rest = Pipeline([DeadUnits(), *default_pipeline(0, bits, left_over, left, keep=kept, budget=budget).passes])
     return rest.run(best, ctx), steps + describe(rest), trials, rungs
 

@@ -17,7 +17,7 @@ from evonnx.passes.base import PassContext
 from evonnx.passes.compress.auto import auto_sparsity
 from evonnx.passes.compress.container import describe, run_meta, source_bytes
 from evonnx.passes.compress.default import default_pipeline
-from evonnx.passes.compress.guard import Guard, safer, same_pruning
+from evonnx.passes.compress.guard import Guard, finer, safer, same_pruning
 from evonnx.passes.compress.request import CompressRequest
 from evonnx.passes.compress.result import CompressResult, layer_rows, lossless_rows
 from evonnx.passes.compress.size import fit_file_size, max_bytes_of
@@ -103,8 +103,9 @@ def run(r: CompressRequest) -> CompressResult:
             search_limit = search_seconds(r.time_limit, time.perf_counter() - start, forward, state)
             timing = Budget.fit(len(prune), forward, search_limit, prunes=r.sparsity != 0,
                                 params=sum(state.table[n].size for n in prune))
-            if timing.describe():
-                log.info(f"time limit {r.time_limit:g} s ({search_limit:.0f} s to search): {timing.describe()}")
+            settings = timing.describe(bits=r.sparsity != "auto")
+            if settings:
+                log.info(f"time limit {r.time_limit:g} s ({search_limit:.0f} s to search): {settings}")
         fallbacks: Iterator = iter(())
         if not targets:
             notes.append("nothing to compress: no conv kernel, matrix or embedding among the float weights; "
@@ -115,7 +116,8 @@ def run(r: CompressRequest) -> CompressResult:
         elif r.sparsity == "auto":
             result, steps, trials, rungs = auto_sparsity(state, ctx, engine, r.bits, search_drop, search_limit,
                                                          prune, kept, timing, forward)
-            fallbacks = safer(rungs, state, ctx, r.bits, kept)
+            fallbacks = chain(finer(result, rungs[-1] if rungs else state, ctx, kept),
+                              safer(rungs, state, ctx, r.bits, kept))
         elif limit_bytes:
             pipeline = r.pipeline or default_pipeline(r.sparsity, r.bits, search_drop, search_limit, prune=prune,
                                                       keep=kept, budget=timing, target_bytes=limit_bytes)
@@ -132,7 +134,8 @@ def run(r: CompressRequest) -> CompressResult:
             pruned = full.run(state, ctx, stop=last)
             result, steps = full.run(pruned, ctx, start=last), describe(full)
             if r.bits == "auto":
-                fallbacks = same_pruning(pruned, ctx, kept, steps[:last])
+                fallbacks = chain(finer(result, pruned, ctx, kept, steps[:last]),
+                                  same_pruning(pruned, ctx, kept, steps[:last]))
         meta = lambda s: run_meta(Path(str(r.model)).name, r.seed, s, trials)  # noqa: E731
         shipped = guard.ship(chain([("the searched result", result, steps)], fallbacks), engine, meta)
         search_log = read_logs(wd) if wd is not None else []

@@ -86,11 +86,13 @@ class Budget:
                 return {**settings, "max_joint": most, **({"sensitivity_share": round(share, 3)} if share < 1 else {})}
         return None
 
-    def describe(self) -> str:
+    def describe(self, bits: bool = True) -> str:
+        """The settings in words; without the bit allocation's when `bits` is False (the auto ladder sizes it
+        from the time its rungs leave)."""
         parts = [f"{k}={v}" for k, v in self.de.items()]
-        if self.bits is None:
+        if bits and self.bits is None:
             parts.append("every target at 8 bits (no time for the bit allocation)")
-        elif self.bits:
+        elif bits and self.bits:
             parts.append("bit allocation over " + ", ".join(f"{k}={v}" for k, v in self.bits.items()))
         return ", ".join(parts)
 
