@@ -184,6 +184,16 @@ def test_gptq_rounding_lowers_the_layer_output_error_on_the_same_grid():
     assert QuantSpec.parse("uniform/channel/rate+gptq@3").label == "uniform/channel/rate+gptq@3"
 
 
+def test_grams_leave_out_the_rows_of_padding_tokens():
+    from evonnx.passes.quant.refit import _rows
+
+    real = np.array([[True, True, False, False], [True, True, True, False]])  # [samples, tokens]
+    matmul = Layer("w", (8, 3), kind="matmul")
+    assert _rows(matmul, (2, 4, 8), real).tolist() == [0, 1, 4, 5, 6]
+    assert _rows(matmul, (2, 4, 8), None).tolist() == list(range(8))  # no attention mask: every row
+    assert _rows(matmul, (6, 8), real).tolist() == list(range(6))  # no token axis to match: every row
+
+
 def test_knapsack_matches_brute_force():
     rng = np.random.default_rng(0)
     for _ in range(30):

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from evonnx.passes.engine.fitness import Runner
+from evonnx.passes.sparsity import tokens
 from evonnx.passes.sparsity.graph import elem_types
 from evonnx.passes.sparsity.layers import Layer, analyse
 from evonnx.passes.state import ModelState
@@ -26,7 +27,8 @@ def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], max_rows:
                   seed: int = 0) -> dict[str, np.ndarray]:
     """H = X^T X per weight, X being the layer's input rows (im2col for Conv) on the calibration batches,
     from the float student (state.weights): about `max_rows` random rows per layer, an even share from each
-    batch, summed batch by batch in float64 (one batch's activations are held at a time); float32 results."""
+    batch, padding tokens left out (by the attention-mask input, passes/sparsity/tokens.py), summed batch by
+    batch in float64 (one batch's activations are held at a time); float32 results."""
     if not layers:
         return {}
     inputs = sorted({layer.x for layer in layers.values()})
@@ -43,14 +45,24 @@ def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], max_rows:
     grams: dict[str, np.ndarray] = {}
     for batch in engine.batches:
         outs = runner.run(dict(batch))
+        real = tokens.token_keep(dict(batch), engine.calib.axes)
         for name, layer in layers.items():
             x = outs[index[layer.x]].astype(np.float32, copy=False)
-            total = layer.n_rows(x.shape)
-            rows = np.sort(rng.choice(total, share, replace=False)) if total > share else None
+            rows = _rows(layer, x.shape, real)
+            if len(rows) > share:
+                rows = np.sort(rng.choice(rows, share, replace=False))
             xm = layer.x_mat(x, rows).astype(np.float32, copy=False)
             grams[name] = grams.get(name, 0.0) + (xm.T @ xm).astype(np.float64)  # float32 products, summed in float64
         del outs
     return {name: g.astype(np.float32) for name, g in grams.items()}  # held for the whole bit allocation
+
+
+def _rows(layer: Layer, shape: tuple[int, ...], real: np.ndarray | None) -> np.ndarray:
+    """The rows of a layer's input that count: all, or a MatMul's rows of real tokens ([samples, tokens] `real`
+    matched to the input's leading axes, samples first)."""
+    keep = (tokens.row_keep(shape[:-1], 0, 1, real) if real is not None and layer.kind == "matmul"
+            and len(shape) > 1 and shape[0] == len(real) else None)
+    return np.arange(layer.n_rows(shape)) if keep is None else np.flatnonzero(keep)
 
 
 def refit_centroids(layer: Layer, gram: np.ndarray, weight: np.ndarray, keep: np.ndarray,
