@@ -27,7 +27,8 @@ INT8 = QuantSpec.parse("uniform/tensor/asym", 8)
 
 
 class Quantizer:
-    """Quantize weights of one state under any spec; caches the refit Gram matrices."""
+    """Quantize weights of one state under any spec; caches the layers' Grams (codebook re-fit, GPTQ, error
+    power) and GPTQ's inverse factors."""
 
     def __init__(self, state: ModelState, engine, max_rows: int = 4096, seed: int = 0):
         self.state, self.engine, self.max_rows, self.seed = state, engine, max_rows, seed

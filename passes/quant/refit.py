@@ -28,7 +28,7 @@ def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], max_rows:
     """H = X^T X per weight, X being the layer's input rows (im2col for Conv) on the calibration batches,
     from the float student (state.weights): about `max_rows` random rows per layer, an even share from each
     batch, padding tokens left out (by the attention-mask input, passes/sparsity/tokens.py), summed batch by
-    batch in float64 (one batch's activations are held at a time); float32 results."""
+    batch in float32 (one batch's activations are held at a time; a Gram is 4 K^2 bytes)."""
     if not layers:
         return {}
     inputs = sorted({layer.x for layer in layers.values()})
@@ -52,9 +52,13 @@ def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], max_rows:
             if len(rows) > share:
                 rows = np.sort(rng.choice(rows, share, replace=False))
             xm = layer.x_mat(x, rows).astype(np.float32, copy=False)
-            grams[name] = grams.get(name, 0.0) + (xm.T @ xm).astype(np.float64)  # float32 products, summed in float64
+            product = xm.T @ xm
+            if name in grams:
+                grams[name] += product
+            else:
+                grams[name] = product
         del outs
-    return {name: g.astype(np.float32) for name, g in grams.items()}  # held for the whole bit allocation
+    return grams  # held for the whole bit allocation
 
 
 def _rows(layer: Layer, shape: tuple[int, ...], real: np.ndarray | None) -> np.ndarray:
