@@ -161,9 +161,14 @@ def test_a_searched_allocation_falls_back_first_to_the_same_grids_a_bit_wider():
                                           max_kl=0.05, nontarget="int8").run(state, ctx)
     chosen = {n: QuantSpec.parse(label) for n, label in searched.history[-1]["allocation"].items()}
     assert any(spec.scheme != "raw" and spec.bits < 8 for spec in chosen.values())
+    record = searched.history[-1]
+    damage = {n: next(d for label, _, d, _ in record["sensitivity"][n] if label == record["allocation"][n])
+              for n in chosen}
     fallbacks = list(finer(searched, state, ctx, keep=[]))
-    assert [what for what, _, _ in fallbacks] == ["the searched bits, 1 wider a layer", "the searched bits, 2 wider a layer"]
-    for extra, (_, wider, steps) in zip((1, 2), fallbacks):
+    whats = [what for what, _, _ in fallbacks]
+    assert whats[-2:] == ["the searched bits, 1 wider a layer", "the searched bits, 2 wider a layer"]
+    assert len(whats) == 2 and max(damage.values()) < 0.75 * sum(damage.values())  # no smaller set to widen first
+    for extra, (_, wider, steps) in zip((1, 2), fallbacks[-2:]):
         assert [s["name"] for s in steps] == ["dead-units", "quantize"]
         for name, spec in chosen.items():
             record = wider.quant[name]
@@ -174,3 +179,15 @@ def test_a_searched_allocation_falls_back_first_to_the_same_grids_a_bit_wider():
             assert QuantSpec.parse(wider.history[-1]["settings"]["layers"][name]).bits == min(spec.bits + extra, 8)
         assert {r["scheme"] for r in wider.history[-1]["nontarget"]} == {"int8"}
     assert list(finer(state, state, ctx, keep=[])) == []  # no bit allocation searched: nothing to widen
+
+
+def test_the_first_fallback_widens_the_fewest_layers_holding_most_of_the_damage():
+    from evonnx.passes.compress.guard import _most_damage
+
+    record = {"allocation": {"a": "uniform/channel/rate@3", "b": "codebook@2", "c": "raw", "d": "uniform/channel/rate@2"},
+              "sensitivity": {"a": [("uniform/channel/rate@3", 10.0, 0.5, 0.1)],
+                              "b": [("codebook@2", 10.0, 0.3, 0.1), ("codebook@3", 20.0, 0.1, 0.0)],
+                              "c": [("raw", 40.0, 0.0, 0.0)], "d": [("uniform/channel/rate@2", 5.0, 0.2, 0.1)]}}
+    assert _most_damage(record) == ["a", "b"]  # 0.8 of the 1.0 summed: a alone (0.5) is not three quarters
+    record["sensitivity"]["a"][0] = ("uniform/channel/rate@3", 10.0, 3.0, 0.1)
+    assert _most_damage(record) == ["a"]
