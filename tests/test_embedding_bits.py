@@ -9,7 +9,8 @@ from evonnx.passes.base import PassContext, get_pass
 from evonnx.passes.bit_allocation import BitAllocation
 from evonnx.passes.compress.timing import Budget
 from evonnx.passes.engine.calib import CalibData
-from evonnx.passes.engine.tasks import Cosine, real_tokens
+from evonnx.errors import EvonnxError
+from evonnx.passes.engine.tasks import Cosine, pick, real_tokens
 from evonnx.passes.quant import uniform
 from evonnx.passes.quant.layer import QuantSpec, quantize_weight, survivors
 from evonnx.passes.quant.sizing import coded_bytes
@@ -89,6 +90,26 @@ def test_the_cosine_leaves_out_padded_rows_when_told_the_real_tokens():
     assert Cosine().drop([teacher], [student], tokens=tokens).points > 0
     pooled = rng.standard_normal((4, 8))  # no token axis: every entry counts
     assert Cosine().drop([pooled], [pooled + 1], tokens=tokens).points == Cosine().drop([pooled], [pooled + 1]).points
+
+
+def test_the_pooled_cosine_sees_an_error_every_token_shares_that_the_per_token_cosine_dilutes():
+    rng = np.random.default_rng(4)
+    tokens = np.arange(6)[None, :] < np.array([[6], [4], [3], [5]])
+    common = rng.standard_normal((4, 1, 8))
+    teacher = (0.3 * common + rng.standard_normal((4, 6, 8))) * tokens[..., None]
+    shift = 0.2 * rng.standard_normal((4, 1, 8))  # the same error on every token of a sentence
+    student = teacher + shift
+    student[~tokens] = 5.0  # pads: read by neither
+    flat, mean = Cosine().drop([teacher], [student], tokens=tokens), pick("cosine:mean", [teacher], ["o"], None)
+    assert mean.label == "cosine:mean" and pick("cosine", [teacher], ["o"], None).label == "cosine"
+    pooled = mean.drop([teacher], [student], tokens=tokens)
+    t, s = (np.stack([x[i, tokens[i]].mean(0) for i in range(4)]) for x in (teacher, student))
+    expected = 100 * (1 - np.sum(t * s, 1) / np.linalg.norm(t, axis=1) / np.linalg.norm(s, axis=1))
+    assert pooled.points == pytest.approx(expected.mean()) and pooled.points > 2 * flat.points
+    first = pick("cosine:first", [teacher], ["o"], None).drop([teacher], [student], tokens=tokens)
+    assert first.points == pytest.approx(Cosine().drop([teacher[:, 0]], [student[:, 0]]).points)
+    with pytest.raises(EvonnxError, match="cosine:max"):
+        pick("cosine:max", [teacher], ["o"], None)
 
 
 def test_real_tokens_read_an_additive_mask():

@@ -9,6 +9,7 @@ budget can be checked at a confidence bound rather than at a lucky draw.
 | accuracy | classifiers with labels | 100 x (teacher right - student right) |
 | agreement | classifiers | 100 when the student's top-1 differs from the teacher's |
 | cosine | embeddings, anything | 100 x (1 - cosine) of the worst output (exact-match share for integers), over real tokens |
+| cosine:mean, cosine:first | sentence embeddings from token outputs | the same, of the outputs pooled over their token axis: the mean of the real tokens (as sentence-transformers pools), or the first token (CLS) |
 | ctc[:BLANK] | CTC recognisers, [N, T, C] | character error rate of the student's greedy string against the teacher's |
 | detection[:LAYOUT[:CONF]] | detectors | share of the teacher's detections above CONF the student misses (same class, IoU >= 0.5) |
 | dense[:THRESHOLD] | segmentation, saliency maps, per-sample decisions (VAD) | 100 x (1 - IoU) of the thresholded maps (both empty: IoU 1) |
@@ -20,6 +21,10 @@ Detection layouts: `yolov8` ([4 + classes, anchors], centre boxes, class scores)
 
 Padding: `drop` takes the real tokens of the samples ([samples, tokens], from the attention-mask input:
 `real_tokens`); the cosine leaves out the rows of an output's token axis at pads, which nobody reads.
+The pooled cosines read an output [samples, tokens, features] (axis 1 the tokens; with a mask, the axis of its
+token count); outputs of other ranks are compared whole. Pooling matters: a quantization error shared by a
+sentence's tokens survives the mean while their differences partly cancel, so the pooled cosine can fall
+below the per-token one.
 """
 from __future__ import annotations
 
@@ -173,11 +178,19 @@ class Agreement(TaskMetric):
         return 100.0 * ~same, {"agreement": float(same.mean()), "kl": kl_divergence(teacher[h], student[h])}
 
 
+@dataclass
 class Cosine(TaskMetric):
+    pool: str = ""  # "", "mean" or "first" (module docstring)
+
     name = "cosine"
+    POOLS: ClassVar[tuple[str, ...]] = ("", "mean", "first")
 
     def real(self, outputs, tokens):
-        return [_zero_pads(o, tokens) for o in outputs]
+        return [_pooled(o, tokens, self.pool) for o in outputs]
+
+    @property
+    def label(self) -> str:
+        return f"cosine:{self.pool}" if self.pool else "cosine"
 
     def losses(self, teacher, student, labels):
         per_output = []
@@ -203,6 +216,19 @@ def _zero_pads(output: np.ndarray, tokens: np.ndarray | None) -> np.ndarray:
         return output
     keep = row_keep(output.shape[:-1], 0, 1, tokens)
     return output if keep is None else output * keep.reshape(output.shape[:-1] + (1,))
+
+
+def _pooled(output: np.ndarray, tokens: np.ndarray | None, pool: str) -> np.ndarray:
+    """A sample-first output with pads zeroed, then pooled over its token axis by `pool` (see Cosine)."""
+    output = _zero_pads(output, tokens)
+    if not pool or output.ndim != 3 or not np.issubdtype(output.dtype, np.floating):
+        return output
+    if pool == "first":
+        return output[:, 0]
+    if tokens is None or tokens.shape != output.shape[:2]:
+        return output.mean(axis=1)
+    count = np.maximum(tokens.sum(axis=1, dtype=np.float64), 1.0)[:, None]
+    return output.sum(axis=1, dtype=np.float64) / count  # pads are zero already
 
 
 def _cosines(teacher: np.ndarray, student: np.ndarray) -> np.ndarray:
@@ -409,8 +435,10 @@ def pick(metric: str | MetricFn | None, teacher: list[np.ndarray], names: list[s
         if kind == "auto":
             chosen: TaskMetric = (Cosine() if _head(teacher) is None else
                                   Accuracy() if labels is not None else Agreement())
-        elif kind in ("accuracy", "agreement", "cosine") and not arg:
-            chosen = {"accuracy": Accuracy, "agreement": Agreement, "cosine": Cosine}[kind]()
+        elif kind in ("accuracy", "agreement") and not arg:
+            chosen = {"accuracy": Accuracy, "agreement": Agreement}[kind]()
+        elif kind == "cosine" and arg in Cosine.POOLS:
+            chosen = Cosine(arg)
         elif kind == "ctc":
             chosen = Ctc(int(arg) if arg else 0)
         elif kind == "detection":
@@ -419,8 +447,8 @@ def pick(metric: str | MetricFn | None, teacher: list[np.ndarray], names: list[s
         elif kind == "dense":
             chosen = Dense(float(arg) if arg else None)
         else:
-            raise EvonnxError(f"--metric {text!r}: expected auto, accuracy, agreement, cosine, ctc[:BLANK], "
-                              f"detection[:LAYOUT[:CONF]] or dense[:THRESHOLD]")
+            raise EvonnxError(f"--metric {text!r}: expected auto, accuracy, agreement, cosine[:mean|:first], "
+                              f"ctc[:BLANK], detection[:LAYOUT[:CONF]] or dense[:THRESHOLD]")
     except ValueError:
         raise EvonnxError(f"--metric {text!r}: a number was expected after the colon") from None
     chosen.check(teacher, names, labels)
