@@ -1,6 +1,7 @@
 """bit-allocation: the fewest coded bytes per layer whose joint loss stays within a budget.
 
-Sensitivity: every target layer is quantized alone under every scheme x bit width (plus exact) and
+Sensitivity: every target layer is quantized alone under every scheme x bit width (plus exact; a layer
+holding a tenth of the targets' entries also at the half rates of its entropy-sized grids) and
 measured with the fitness engine against the incoming (e.g. sparsified) model's outputs, on all calibration
 samples or, to fit a time limit, on an even spread of a share of them (`sensitivity_share`); with the
 context's Ray workers, a layer's quantizations are measured across them (passes/engine/distributed.py). When
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -79,6 +80,9 @@ class BitAllocation(Pass):
                                 "every other spec's damage scaled from it by their error power; empty: "
                                 "every spec measured")
         max_joint: int = param(0, "most joint measurements the search makes (0: as many as it needs)")
+        half_share: float = param(0.1, "a weight holding at least this share of the targets' entries also tries its "
+                                  "entropy-sized grids at the half rates between listed widths (3.5 between 3 "
+                                  "and 4): a bit of such a weight is too coarse a step of the whole size")
 
     def run(self, state: ModelState, ctx: PassContext) -> ModelState:
         cfg = self.config
@@ -93,9 +97,12 @@ class BitAllocation(Pass):
                                    + [QuantSpec("raw", 32)]))
         reference = QuantSpec.parse(cfg.scale_from) if cfg.scale_from else None
         names = [n for n in state.targets if state.table[n].size >= cfg.min_size and n not in cfg.keep]
+        entries = sum(state.table[n].size for n in names)
         table, measured, evaluations = {}, {}, 0
         for name in names:
             tried = [s for s in specs if not s.refit or s.scheme == "uniform" or quantizer.can_refit(name)]
+            if state.table[name].size >= cfg.half_share * entries:
+                tried = half_rates(tried)
             done = [quantizer.quantize(name, s) for s in tried]
             scores, n = _alone(name, tried, done, quantizer, measure, loss, reference)
             evaluations += n
@@ -138,6 +145,14 @@ class BitAllocation(Pass):
         return quantize_plan(state, ctx, plan, nontarget, cfg.refit_rows, self.name, asdict(cfg), extra, quantizer,
                              exact=set(cfg.keep), alone={n: o.damage for n, o in chosen.items()},
                              quantized={n: o.quantized for n, o in chosen.items()})
+
+
+def half_rates(specs: list[QuantSpec]) -> list[QuantSpec]:
+    """`specs` with every entropy-sized grid also at the half rate above it where the next whole rate is listed."""
+    listed = set(specs)
+    halves = [replace(s, bits=s.bits + 0.5) for s in specs
+              if s.rate and replace(s, bits=s.bits + 1) in listed and replace(s, bits=s.bits + 0.5) not in listed]
+    return specs + halves
 
 
 def _alone(name: str, tried: list[QuantSpec], done: list, quantizer: Quantizer, measure, loss,

@@ -212,3 +212,37 @@ def test_the_first_fallback_widens_the_fewest_layers_holding_most_of_the_damage(
     assert _most_damage(record) == ["a", "b"]  # 0.8 of the 1.0 summed: a alone (0.5) is not three quarters
     record["sensitivity"]["a"][0] = ("uniform/channel/rate@3", 10.0, 3.0, 0.1)
     assert _most_damage(record) == ["a"]
+
+
+def test_a_weight_holding_most_entries_tries_half_rates_and_its_first_fallback_widens_it_half_a_bit():
+    from evonnx.passes.bit_allocation import half_rates
+    from evonnx.passes.compress.guard import finer
+
+    rate3, sym3 = QuantSpec.parse("uniform/channel/rate@3"), QuantSpec.parse("uniform/channel/sym@3")
+    halves = half_rates([rate3, QuantSpec.parse("uniform/channel/rate@4"), sym3, QuantSpec.parse("uniform/channel/sym@4")])
+    assert [s.label for s in halves[4:]] == ["uniform/channel/rate@3.5"]
+    assert QuantSpec.parse("uniform/channel/rate@3.5").label == "uniform/channel/rate@3.5"
+    with pytest.raises(EvonnxError, match="fractional"):
+        QuantSpec.parse("uniform/channel/sym@3.5")
+
+    state = load_state(corpus.mlp(seed=3, d_in=24, hidden=48, classes=6).SerializeToString(), label="mlp")
+    x = np.random.default_rng(0).standard_normal((64, 24)).astype(np.float32)
+    ctx = PassContext(calib=CalibData({"x": x}, None, "synthetic"))
+    searched = get_pass("bit-allocation")(schemes=["uniform/channel/rate"], bits=[2, 3, 8], metric="kl", max_kl=0.05,
+                                          half_share=0.5, nontarget="exact").run(state, ctx)
+    record = searched.history[-1]
+    sizes = {n: state.table[n].size for n in record["sensitivity"]}
+    big = max(sizes, key=sizes.get)
+    assert sizes[big] >= 0.5 * sum(sizes.values())
+    for name, rows in record["sensitivity"].items():
+        labels = {label for label, _, _, _ in rows}
+        assert ("uniform/channel/rate@2.5" in labels) == (name == big) and "uniform/channel/rate@3.5" not in labels
+    # the big weight at 2 bits holds nearly all of the damage: the first fallback widens it alone, by half a bit
+    record["allocation"] = {n: "uniform/channel/rate@2" for n in sizes}
+    for name, rows in record["sensitivity"].items():
+        rows[:] = [(label, b, (10.0 if name == big else 0.1) if label.endswith("@2") else d, drop)
+                   for label, b, d, drop in rows]
+    what, first, _ = next(iter(finer(searched, state, ctx, keep=[])))
+    assert what.startswith("the searched bits, half a bit wider")
+    layers = first.history[-1]["settings"]["layers"]
+    assert layers == {n: "uniform/channel/rate@2.5" if n == big else "uniform/channel/rate@2" for n in sizes}

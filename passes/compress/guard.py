@@ -2,8 +2,8 @@
 on the held-out samples no pass fitted to; the first within budget ships.
 
 A result is within budget when its drop's one-sided 95 % upper bound (measured + 1.645 standard errors) is
-at most `--max-drop`. Where the bits were searched, the first fallbacks are the same allocation one and two
-bits wider a layer. The budget-driven default then falls back on safer results (the accepted Directed
+at most `--max-drop`. Where the bits were searched, the first fallbacks are the same allocation a little wider
+where most of its damage is, then one and two bits wider a layer (`finer`). The budget-driven default then falls back on safer results (the accepted Directed
 Evolution rungs at 8 bits, then no pruning at 8 bits, then the exact weights); a fixed recipe has only its
 own result, plus the same pruning at 8 bits where the bits were searched. Nothing within budget: BudgetError,
 exit code 3, nothing written.
@@ -131,19 +131,25 @@ MOST_DAMAGE = 0.75  # the first fallback widens only the layers that carry this 
 
 def finer(result: ModelState, base: ModelState, ctx: PassContext, keep: list[str],
           steps: list[dict] = ()) -> Iterator[Candidate]:
-    """A searched result's first fallbacks: its bit allocation one bit wider on the fewest layers that carry
-    MOST_DAMAGE of its estimated damage (each layer's measured alone, summed as the search does), then every layer
-    FINER bits wider (at most 8; the same grids and rounding, the same other tensors), on `base`, the state the
-    bit allocation started from. A search that fits the budget on the calibration samples can exceed it on
-    held-out ones by a little; a bit more a layer takes about three quarters off its drop, and keeps most of the
-    compression. `steps`: the passes that made `base`, for the container's metadata."""
+    """A searched result's first fallbacks: its bit allocation half a bit (entropy-sized grids), then one bit
+    wider on the fewest layers that carry MOST_DAMAGE of its estimated damage (each layer's measured alone, summed
+    as the search does), then every layer FINER bits wider (at most 8; the same grids and rounding, the same
+    other tensors), on `base`, the state the bit allocation started from. A search that fits the budget on the
+    calibration samples can exceed it on held-out ones by a little; a bit more a layer takes about three
+    quarters off its drop (half a bit, half of it), and keeps most of the compression. `steps`: the passes that
+    made `base`, for the container's metadata."""
     record = next((h for h in reversed(result.history) if h.get("pass") == "bit-allocation"), None)
     if record is None:
         return
     allocation = record["allocation"]
     most = _most_damage(record)
-    options = [(f"1 wider on the layers with {MOST_DAMAGE:.0%} of the damage", most, 1)] if 0 < len(most) < len(
-        allocation) else []
+    options = []
+    if 0 < len(most) < len(allocation):
+        rates = [n for n in most if QuantSpec.parse(allocation[n]).rate]
+        if rates:
+            options.append((f"half a bit wider on the entropy-sized grids of the layers with {MOST_DAMAGE:.0%} of "
+                            "the damage", rates, 0.5))
+        options.append((f"1 wider on the layers with {MOST_DAMAGE:.0%} of the damage", most, 1))
     options += [(f"{extra} wider a layer", list(allocation), extra) for extra in FINER]
     for what, names, extra in options:
         layers = {**allocation, **{n: _wider(allocation[n], extra) for n in names}, **{n: "raw" for n in keep}}
@@ -161,9 +167,9 @@ def _most_damage(record: dict) -> list[str]:
     return order[:int(np.searchsorted(reach, MOST_DAMAGE * reach[-1])) + 1] if len(order) and reach[-1] > 0 else []
 
 
-def _wider(label: str, extra: int) -> str:
+def _wider(label: str, extra: float) -> str:
     spec = QuantSpec.parse(label)
-    return label if spec.scheme == "raw" else f"{spec.family}@{min(spec.bits + extra, 8)}"
+    return label if spec.scheme == "raw" else f"{spec.family}@{min(spec.bits + extra, 8):g}"
 
 
 def same_pruning(pruned: ModelState, ctx: PassContext, keep: list[str], steps: list[dict]) -> Iterator[Candidate]:

@@ -17,19 +17,21 @@ from evonnx.formats.tensor import QuantizedTensor, dequantize
 from evonnx.passes.quant.kmeans import kmeans_1d
 from evonnx.passes.quant.uniform import RATE_BITS, fit_rate, fit_uniform
 
-_SPEC = re.compile(r"(uniform(?:/(channel|tensor))?(?:/(sym|asym|rate))?(\+gptq)?|codebook(\+refit)?|raw)(?:@(\d+))?")
+_SPEC = re.compile(r"(uniform(?:/(channel|tensor))?(?:/(sym|asym|rate))?(\+gptq)?|codebook(\+refit)?|raw)"
+                   r"(?:@(\d+(?:\.5)?))?")
 
 
 @dataclass(frozen=True)
 class QuantSpec:
     """How to quantize one weight: 'uniform/channel/sym@4', 'uniform/tensor/asym@3', 'uniform/channel/rate@4'
-    (a fine grid sized for about 4 entropy-coded bits a weight, passes/quant/uniform.py), any uniform grid
+    (a fine grid sized for about 4 entropy-coded bits a weight, passes/quant/uniform.py; its rate may be a
+    half, 'uniform/channel/rate@3.5', since it sets a step, not a number of levels), any uniform grid
     with '+gptq' (rounded with the layer output's error compensated, passes/quant/gptq.py, where the weight
     has a matrix view and activations; rounded to nearest elsewhere), 'codebook@4', 'codebook+refit@3'
     (centroids re-fitted to the layer output) or 'raw' (exact)."""
 
     scheme: str = "uniform"  # uniform | codebook | raw
-    bits: int = 8
+    bits: float = 8  # an integer, except a rate grid's rate
     per_channel: bool = True
     symmetric: bool = True
     refit: bool = False  # codebook: centroids re-fitted; uniform: rounding error compensated (GPTQ)
@@ -44,19 +46,22 @@ class QuantSpec:
 
     @property
     def label(self) -> str:
-        return self.family if self.scheme == "raw" else f"{self.family}@{self.bits}"
+        return self.family if self.scheme == "raw" else f"{self.family}@{self.bits:g}"
 
     @classmethod
-    def parse(cls, text: str, bits: int | None = None) -> "QuantSpec":
+    def parse(cls, text: str, bits: float | None = None) -> "QuantSpec":
         match = _SPEC.fullmatch(text.strip())
         if not match:
             raise EvonnxError(f"bad quantization scheme {text!r} (e.g. uniform/channel/sym@4, codebook@3, raw)")
         head, gran, sym, gptq, refit, b = match.groups()
-        nbits = int(b) if b else (bits if bits is not None else 8)
+        nbits = float(b) if b else float(bits if bits is not None else 8)
         if head == "raw":
             return cls("raw", 32)
         if not 1 <= nbits <= 8:
-            raise EvonnxError(f"{text!r}: bits must be 1 to 8, got {nbits}")
+            raise EvonnxError(f"{text!r}: bits must be 1 to 8, got {nbits:g}")
+        if not nbits.is_integer() and sym != "rate":
+            raise EvonnxError(f"{text!r}: only an entropy-sized grid (uniform/.../rate) takes a fractional width")
+        nbits = int(nbits) if nbits.is_integer() else nbits
         if head.startswith("uniform"):
             return cls("uniform", nbits, gran != "tensor", sym != "asym", refit=bool(gptq), rate=sym == "rate")
         return cls("codebook", nbits, refit=bool(refit))
