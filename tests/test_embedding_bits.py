@@ -173,7 +173,7 @@ def test_the_bit_allocation_measures_layers_alone_on_an_even_spread_of_the_sampl
 
 
 def test_a_searched_allocation_falls_back_first_to_the_same_grids_a_bit_wider():
-    from evonnx.passes.compress.guard import finer
+    from evonnx.passes.compress.guard import bit_record, finer
 
     state = load_state(corpus.mlp(seed=3, d_in=24, hidden=48, classes=6).SerializeToString(), label="mlp")
     x = np.random.default_rng(0).standard_normal((64, 24)).astype(np.float32)
@@ -185,7 +185,7 @@ def test_a_searched_allocation_falls_back_first_to_the_same_grids_a_bit_wider():
     record = searched.history[-1]
     damage = {n: next(d for label, _, d, _ in record["sensitivity"][n] if label == record["allocation"][n])
               for n in chosen}
-    fallbacks = list(finer(searched, state, ctx, keep=[]))
+    fallbacks = list(finer(bit_record(searched), state, ctx, keep=[]))
     whats = [what for what, _, _ in fallbacks]
     assert whats[-2:] == ["the searched bits, 1 wider a layer", "the searched bits, 2 wider a layer"]
     assert len(whats) == 2 and max(damage.values()) < 0.75 * sum(damage.values())  # no smaller set to widen first
@@ -199,7 +199,7 @@ def test_a_searched_allocation_falls_back_first_to_the_same_grids_a_bit_wider():
             assert record.scheme == spec.scheme
             assert QuantSpec.parse(wider.history[-1]["settings"]["layers"][name]).bits == min(spec.bits + extra, 8)
         assert {r["scheme"] for r in wider.history[-1]["nontarget"]} == {"int8"}
-    assert list(finer(state, state, ctx, keep=[])) == []  # no bit allocation searched: nothing to widen
+    assert bit_record(state) is None and list(finer(None, state, ctx, keep=[])) == []  # nothing to widen
 
 
 def test_the_first_fallback_widens_the_fewest_layers_holding_most_of_the_damage():
@@ -242,7 +242,7 @@ def test_a_weight_holding_most_entries_tries_half_rates_and_its_first_fallback_w
     for name, rows in record["sensitivity"].items():
         rows[:] = [(label, b, (10.0 if name == big else 0.1) if label.endswith("@2") else d, drop)
                    for label, b, d, drop in rows]
-    what, first, _ = next(iter(finer(searched, state, ctx, keep=[])))
+    what, first, _ = next(iter(finer(record, state, ctx, keep=[])))
     assert what.startswith("the searched bits, half a bit wider")
     layers = first.history[-1]["settings"]["layers"]
     assert layers == {n: "uniform/channel/rate@2.5" if n == big else "uniform/channel/rate@2" for n in sizes}

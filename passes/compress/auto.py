@@ -18,7 +18,7 @@ from evonnx.passes.base import PassContext
 from evonnx.passes.bit_allocation import budget_loss
 from evonnx.passes.compress.container import describe, step
 from evonnx.passes.compress.default import default_pipeline
-from evonnx.passes.compress.timing import SEARCH_SHARE, Budget
+from evonnx.passes.compress.timing import SEARCH_SHARE, Budget, curves_or_lamp
 from evonnx.passes.dead_units import DeadUnits
 from evonnx.passes.directed_evolution import DirectedEvolution
 from evonnx.passes.pipeline import Pipeline
@@ -42,7 +42,8 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
     then the bit stage with the rest of the budget. Returns the state, the passes that made it, the trials.
     With `time_limit`, a rung starts only when the time left pays for its search and for the most a rung
     has cost beyond its search so far (setting up, finishing; before the first, RUNG_FORWARDS passes over
-    the calibration set), and the bit stage gets what is left
+    the calibration set), splits its target by LAMP scores when its own share cannot pay for sensitivity
+    curves (`curves_or_lamp`), and the bit stage gets what is left
     (`forward`: seconds of one pass over the calibration set, to size it). Also returns the accepted rungs'
     students, least sparse first."""
     limit = AUTO_SHARE * max_drop
@@ -69,7 +70,8 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
             if failed is not None and bits_left < Budget.full_bits_seconds(len(prune), forward, entries):
                 log.info(f"auto sparsity: no bisection below {failed:.4f}: the bit allocation needs the time left")
                 break
-            params.update(time_limit=given, on_budget="finish", **budget.de)
+            split = budget.de or curves_or_lamp(len(prune), forward, given)
+            params.update(time_limit=given, on_budget="finish", **split)
         de = DirectedEvolution(**params)
         sub = ctx.workdir / AUTO_DIR / f"{len(trials):02d}-{target:.4f}" if ctx.workdir else None
         t0 = time.perf_counter()

@@ -7,18 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from evonnx.errors import EvonnxError
 from evonnx.formats.container import encode_evx, read_evx
 from evonnx.formats.stats import ContainerStats
-from evonnx.formats.tensor import QuantizedTensor
+from evonnx.formats.dtypes import ELEM_TYPES
+from evonnx.formats.tensor import QuantizedTensor, dequantize
 from evonnx.passes.base import Pass
 from evonnx.passes.engine.fitness import Runner
 from evonnx.passes.compress.result import jsonable
 from evonnx.passes.pipeline import Pipeline
 from evonnx.passes.state import ModelState
-from evonnx.runtime.decode import build_model
 from evonnx.runtime.model_io import without_initializers
 
 
@@ -71,19 +70,20 @@ def encode_and_verify(state: ModelState, engine, meta: dict, held_engine=None) -
 
     The outputs are those of the student with its weights baked in, as it ships: ONNX Runtime optimises a
     graph with constant weights differently from one with weights fed as inputs (as the search runs it),
-    and a deep network can amplify that rounding (3e-3 at a ViT's output). Only one copy of the model is
-    alive at a time: the decoded one is dropped once its session holds the weights."""
+    and a deep network can amplify that rounding (3e-3 at a ViT's output). The decoded weights are the
+    decoder's own (`dequantize` of each record, what `build_model` puts into the container's graph); they go
+    to the session as arrays beside that graph, so no model proto holds a copy of them."""
     graph, records, expected = to_container(state)
     blob = encode_evx(graph, records, meta)
     del graph
-    measured = engine.model_outputs(state.model, "student", {**state.weights, **resampled(state)})
+    measured = engine.model_outputs(state.model, "student", expected)
     container = read_evx(blob)
-    stats = container.stats
-    decoded = build_model(container)
+    stats, decoded_graph = container.stats, container.graph
+    decoded = {t.name: dequantize(t) for t in container.tensors}
     del container
     _check_weights(decoded, expected)
-    runner = Runner(decoded, engine.providers, "decoded", take=True)
-    del decoded
+    runner = Runner(_declared(decoded_graph, decoded), engine.providers, "decoded", decoded)
+    del decoded, decoded_graph
     shipped = engine.runner_outputs(runner)
     diff = max((float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
                 for a, b in zip(measured, shipped)), default=0.0)
@@ -94,19 +94,22 @@ def encode_and_verify(state: ModelState, engine, meta: dict, held_engine=None) -
     return Verified(blob, records, stats, measured, diff, held)
 
 
-def _check_weights(decoded: onnx.ModelProto, expected: dict[str, np.ndarray]) -> None:
-    """Every expected weight is an initializer of `decoded` with the same bytes (read one at a time)."""
-    found = set()
-    for tensor in decoded.graph.initializer:
-        want = expected.get(tensor.name)
-        if want is None:
-            continue
-        have = numpy_helper.to_array(tensor)
+def _declared(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """`model` with a data-free initializer (name, type, shape) for each of `weights`, whose values a session
+    then takes (passes/engine/session.py)."""
+    for name, value in weights.items():
+        model.graph.initializer.add(name=name, data_type=ELEM_TYPES[value.dtype.name], dims=value.shape)
+    return model
+
+
+def _check_weights(decoded: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    """The decoded weights are the expected ones, byte for byte."""
+    if set(decoded) != set(expected):
+        raise EvonnxError(f"verification failed: decoded model lacks {sorted(set(expected) - set(decoded))[:3]}")
+    for name, want in expected.items():
+        have = decoded[name]
         if have.shape != want.shape or have.tobytes() != np.ascontiguousarray(want, dtype=have.dtype).tobytes():
-            raise EvonnxError(f"verification failed: decoded weight {tensor.name!r} differs from the searched one")
-        found.add(tensor.name)
-    if found != set(expected):
-        raise EvonnxError(f"verification failed: decoded model lacks {sorted(set(expected) - found)[:3]}")
+            raise EvonnxError(f"verification failed: decoded weight {name!r} differs from the searched one")
 
 
 def describe(pipeline: Pipeline, full: bool = False) -> list[dict]:

@@ -3,10 +3,10 @@ on the held-out samples no pass fitted to; the first within budget ships.
 
 A result is within budget when its drop's one-sided 95 % upper bound (measured + 1.645 standard errors) is
 at most `--max-drop`. Where the bits were searched, the first fallbacks are the same allocation a little wider
-where most of its damage is, then one and two bits wider a layer (`finer`). The budget-driven default then falls back on safer results (the accepted Directed
-Evolution rungs at 8 bits, then no pruning at 8 bits, then the exact weights); a fixed recipe has only its
-own result, plus the same pruning at 8 bits where the bits were searched. Nothing within budget: BudgetError,
-exit code 3, nothing written.
+where most of its damage is, then one and two bits wider a layer (`finer`). The budget-driven default then
+falls back on safer results (the accepted Directed Evolution rungs at 8 bits, then no pruning at 8 bits, then
+the exact weights); a fixed recipe has only its own result, plus the same pruning at 8 bits where the bits
+were searched. Nothing within budget: BudgetError, exit code 3, nothing written.
 """
 from __future__ import annotations
 
@@ -97,6 +97,7 @@ class Guard:
             rejected.append({"result": what, **drop.as_dict()})
             log.info(f"{what}: {drop.describe()} on {self.data}; its 95 % bound {drop.upper(Z_CHECK):.3g} is beyond "
                      f"--max-drop {self.max_drop:g}")
+            del state, verified  # a rejected result's weights go before the next one is made
         raise BudgetError(self._failure(rejected))
 
     def _failure(self, rejected: list[dict]) -> str:
@@ -108,6 +109,21 @@ class Guard:
             text += (f". With {last['n']} held-out samples the bound alone is {Z_CHECK * last['se']:.3g} points: "
                      "more calibration samples narrow it")
         return text + ". Leave --sparsity and --bits unset for the budget-driven default, or raise --max-drop"
+
+
+def searched_first(result: ModelState, steps: list[dict], fallbacks: Iterable[Candidate]) -> Iterator[Candidate]:
+    """The searched result, then `fallbacks`, holding the result only until the guard has moved past it (the
+    caller drops its own reference)."""
+    candidate = ("the searched result", result, steps)
+    del result
+    yield candidate
+    del candidate
+    yield from fallbacks
+
+
+def bit_record(result: ModelState) -> dict | None:
+    """The bit allocation's record in `result`'s history (None: its bits were not searched)."""
+    return next((h for h in reversed(result.history) if h.get("pass") == "bit-allocation"), None)
 
 
 def safer(rungs: list[ModelState], original: ModelState, ctx: PassContext, bits: int | str,
@@ -129,7 +145,7 @@ FINER = (1, 2)  # bits added to every layer of a searched allocation, in the fal
 MOST_DAMAGE = 0.75  # the first fallback widens only the layers that carry this share of the estimated damage
 
 
-def finer(result: ModelState, base: ModelState, ctx: PassContext, keep: list[str],
+def finer(record: dict | None, base: ModelState, ctx: PassContext, keep: list[str],
           steps: list[dict] = ()) -> Iterator[Candidate]:
     """A searched result's first fallbacks: its bit allocation half a bit (entropy-sized grids), then one bit
     wider on the fewest layers that carry MOST_DAMAGE of its estimated damage (each layer's measured alone, summed
@@ -137,8 +153,7 @@ def finer(result: ModelState, base: ModelState, ctx: PassContext, keep: list[str
     other tensors), on `base`, the state the bit allocation started from. A search that fits the budget on the
     calibration samples can exceed it on held-out ones by a little; a bit more a layer takes about three
     quarters off its drop (half a bit, half of it), and keeps most of the compression. `steps`: the passes that
-    made `base`, for the container's metadata."""
-    record = next((h for h in reversed(result.history) if h.get("pass") == "bit-allocation"), None)
+    made `base`, for the container's metadata; `record`: the searched result's `bit_record`."""
     if record is None:
         return
     allocation = record["allocation"]

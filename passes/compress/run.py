@@ -17,7 +17,7 @@ from evonnx.passes.base import PassContext
 from evonnx.passes.compress.auto import auto_sparsity
 from evonnx.passes.compress.container import describe, run_meta, source_bytes
 from evonnx.passes.compress.default import default_pipeline
-from evonnx.passes.compress.guard import Guard, finer, safer, same_pruning
+from evonnx.passes.compress.guard import Guard, bit_record, finer, safer, same_pruning, searched_first
 from evonnx.passes.compress.request import CompressRequest
 from evonnx.passes.compress.result import CompressResult, layer_rows, lossless_rows
 from evonnx.passes.compress.size import fit_file_size, max_bytes_of
@@ -116,7 +116,7 @@ def run(r: CompressRequest) -> CompressResult:
         elif r.sparsity == "auto":
             result, steps, trials, rungs = auto_sparsity(state, ctx, engine, r.bits, search_drop, search_limit,
                                                          prune, kept, timing, forward)
-            fallbacks = chain(finer(result, rungs[-1] if rungs else state, ctx, kept),
+            fallbacks = chain(finer(bit_record(result), rungs[-1] if rungs else state, ctx, kept),
                               safer(rungs, state, ctx, r.bits, kept))
         elif limit_bytes:
             pipeline = r.pipeline or default_pipeline(r.sparsity, r.bits, search_drop, search_limit, prune=prune,
@@ -134,10 +134,12 @@ def run(r: CompressRequest) -> CompressResult:
             pruned = full.run(state, ctx, stop=last)
             result, steps = full.run(pruned, ctx, start=last), describe(full)
             if r.bits == "auto":
-                fallbacks = chain(finer(result, pruned, ctx, kept, steps[:last]),
+                fallbacks = chain(finer(bit_record(result), pruned, ctx, kept, steps[:last]),
                                   same_pruning(pruned, ctx, kept, steps[:last]))
         meta = lambda s: run_meta(Path(str(r.model)).name, r.seed, s, trials)  # noqa: E731
-        shipped = guard.ship(chain([("the searched result", result, steps)], fallbacks), engine, meta)
+        candidates = searched_first(result, steps, fallbacks)
+        del result  # the guard lets it go once it has moved past it
+        shipped = guard.ship(candidates, engine, meta)
         search_log = read_logs(wd) if wd is not None else []
     state, verified = shipped.state, shipped.verified
     atomic_write_bytes(r.output, verified.blob)

@@ -19,6 +19,8 @@ ENCODE_SECONDS_PER_PARAM = 1e-6  # entropy coding and decoding the container (~1
 QUANT_SECONDS_PER_PARAM = 1e-6  # fitting one quantization of a weight, per entry (grids, codebooks, sizing)
 RATE_SECONDS_PER_PARAM = 1e-7  # likewise an entropy-sized grid (no clipping search; ~4e-8 on a 2-core x86-64)
 GPTQ_SECONDS_PER_PARAM = 6e-7  # likewise with GPTQ's rounding (~4e-7 on a 2-core x86-64, the layers' Grams once)
+CURVES_SHARE = 0.25  # of a sparsity search's time its per-layer sensitivity curves may take
+CURVE_FORWARDS = 2.0  # passes a curve's level costs with its re-fits (~1.6 on minilm-l3: 7 levels, 8 s, 0.7 s a pass)
 MIN_SEARCH_SHARE = 0.1  # of --time-limit the passes get however little is left
 JOINT_EVALUATIONS = 40  # about what the bit allocation's joint search measures
 SCALED_JOINT = 12  # joint measurements of the scaled bit allocation (bisection, a few single-layer moves)
@@ -49,13 +51,9 @@ class Budget:
             params: int = 0) -> "Budget":
         """The settings `time_limit` pays for; without pruning (`prunes` False) the bits get all of it.
         `params`: the entries of the targets, whose quantizations the bit allocation fits."""
-        from evonnx.passes.sparsity.common import LEVELS
-
         bits_share = 1 - SEARCH_SHARE if prunes else 1.0
-        budget = cls(bits=cls.bits_for(targets, forward_seconds, bits_share * time_limit, params))
-        if targets * len(LEVELS) * forward_seconds > 0.25 * SEARCH_SHARE * time_limit:
-            budget.de = {"allocation": "lamp", "refit": False}
-        return budget
+        return cls(de=curves_or_lamp(targets, forward_seconds, SEARCH_SHARE * time_limit),
+                   bits=cls.bits_for(targets, forward_seconds, bits_share * time_limit, params))
 
     @staticmethod
     def full_bits_seconds(targets: int, forward_seconds: float, params: int = 0) -> float:
@@ -95,6 +93,17 @@ class Budget:
         elif bits and self.bits:
             parts.append("bit allocation over " + ", ".join(f"{k}={v}" for k, v in self.bits.items()))
         return ", ".join(parts)
+
+
+def curves_or_lamp(targets: int, forward_seconds: float, seconds: float) -> dict:
+    """Directed Evolution's settings for a search of `seconds`: {} when its per-layer sensitivity curves (a pass
+    over the calibration set a target per level, about CURVE_FORWARDS with the re-fits) take at most CURVES_SHARE
+    of it; else a global target split by LAMP scores, without re-fits (curves it cannot finish are thrown away,
+    and the search has spent its time on them)."""
+    from evonnx.passes.sparsity.common import LEVELS
+
+    cost = targets * len(LEVELS) * CURVE_FORWARDS * forward_seconds
+    return {"allocation": "lamp", "refit": False} if cost > CURVES_SHARE * seconds else {}
 
 
 def _full_specs() -> int:
