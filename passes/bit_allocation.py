@@ -109,12 +109,14 @@ class BitAllocation(Pass):
             options = [Option(s, q, coded_bytes(q.tensor)["total"], damage, drop)
                        for s, q, (damage, drop) in zip(tried, done, scores)]
             measured[name] = [(o.spec.label, round(o.bytes, 1), o.damage, o.drop) for o in options]
-            table[name] = frontier(options, None if cfg.target_bytes else limit)
-        searcher = Searcher(table, lambda opts: loss(fidelity.evaluate(
-            [{n: o.quantized.weight for n, o in opts.items()}])[0]), limit, cfg.max_joint or None)
+            table[name] = [replace(o, quantized=o.quantized.compact())
+                           for o in frontier(options, None if cfg.target_bytes else limit)]
+        dense = Dense()
+        searcher = Searcher(table, lambda opts: loss(fidelity.evaluate([dense(opts)])[0]), limit,
+                            cfg.max_joint or None)
         nontarget, tried_modes = cfg.nontarget, {}
         if cfg.target_bytes > 0:
-            nontarget, choice, size_scores, tried_modes = _fit_size(state, fidelity, searcher, set(names),
+            nontarget, choice, size_scores, tried_modes = _fit_size(state, fidelity, searcher, dense, set(names),
                                                                     set(cfg.keep), cfg.target_bytes, nontarget)
             if choice is None:
                 least = _fixed_bytes(state, set(names), "int8", set(cfg.keep)) + sum(o[0].bytes for o in table.values())
@@ -126,7 +128,7 @@ class BitAllocation(Pass):
         chosen = searcher.options(choice)
         plan = {n: o.spec for n, o in chosen.items()}
         if nontarget == "auto":
-            weights = {n: o.quantized.weight for n, o in chosen.items()}
+            weights = dense(chosen)
             nontarget, tried_modes = _nontarget_mode(state, fidelity, loss, weights, set(plan) | set(cfg.keep),
                                                      max(limit, searcher.loss(choice)))
         extra = {"metric": metric, "limit": limit, "joint_loss": searcher.loss(choice),
@@ -145,6 +147,21 @@ class BitAllocation(Pass):
         return quantize_plan(state, ctx, plan, nontarget, cfg.refit_rows, self.name, asdict(cfg), extra, quantizer,
                              exact=set(cfg.keep), alone={n: o.damage for n, o in chosen.items()},
                              quantized={n: o.quantized for n, o in chosen.items()})
+
+
+class Dense:
+    """Each layer's dequantized weight for the option last asked for: the table holds codes only, and a joint
+    search, moving one layer at a time, dequantizes only what changed (one dense copy a layer, not one an
+    option)."""
+
+    def __init__(self):
+        self.last: dict[str, tuple[Option, np.ndarray]] = {}
+
+    def __call__(self, options: dict[str, Option]) -> dict[str, np.ndarray]:
+        for name, option in options.items():
+            if name not in self.last or self.last[name][0] is not option:
+                self.last[name] = (option, option.quantized.weight)
+        return {name: self.last[name][1] for name in options}
 
 
 def half_rates(specs: list[QuantSpec]) -> list[QuantSpec]:
@@ -186,8 +203,8 @@ def _sensitivity_fidelity(state: ModelState, ctx: PassContext, fidelity: Fidelit
     return Fidelity(engine, fidelity.base, fidelity.task)
 
 
-def _fit_size(state: ModelState, fidelity: Fidelity, searcher: Searcher, names: set[str], keep: set[str],
-              target: int, nontarget: str) -> tuple[str, tuple | None, dict, dict[str, float]]:
+def _fit_size(state: ModelState, fidelity: Fidelity, searcher: Searcher, dense: "Dense", names: set[str],
+              keep: set[str], target: int, nontarget: str) -> tuple[str, tuple | None, dict, dict[str, float]]:
     """The allocation within `target` bytes with the lowest measured KL, the other tensors' rounding
     (`nontarget` auto: int8, fp16 or exact) chosen with it: rounding them frees bytes for the weights.
     Returns (mode, choice or None, the chosen mode's candidates and KLs, the best KL of each mode tried)."""
@@ -196,7 +213,7 @@ def _fit_size(state: ModelState, fidelity: Fidelity, searcher: Searcher, names: 
         others = rounded_nontargets(state, names | keep, mode)
 
         def measure(opts: dict, others: dict = others) -> float:
-            candidate = {**others, **{n: o.quantized.weight for n, o in opts.items()}}
+            candidate = {**others, **dense(opts)}
             return fidelity.evaluate([candidate])[0].metrics.fitness
 
         choice, scores = searcher.by_size(target - _fixed_bytes(state, names, mode, keep), measure)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -70,9 +70,18 @@ class QuantSpec:
 @dataclass
 class Quantized:
     tensor: QuantizedTensor
-    weight: np.ndarray  # dequantize(tensor): what the engine measures and the decoder rebuilds
+    held: np.ndarray | None  # dequantize(tensor), when held (see `compact`)
     bumped: int = 0
     fallback: bool = False
+
+    @property
+    def weight(self) -> np.ndarray:
+        """dequantize(tensor): what the engine measures and the decoder rebuilds."""
+        return self.held if self.held is not None else dequantize(self.tensor)
+
+    def compact(self) -> "Quantized":
+        """The same without the dequantized copy (its codes take a byte an entry, the copy four)."""
+        return replace(self, held=None)
 
 
 def survivors(array: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
