@@ -27,7 +27,7 @@ import numpy as np
 from evonnx.errors import EvonnxError
 from evonnx.passes.base import Pass, PassContext, param, register
 from evonnx.passes.progress import progress
-from evonnx.passes.sparsity import checkpoint, common
+from evonnx.passes.sparsity import checkpoint, common, sparsegpt
 from evonnx.passes.sparsity import targets as tg
 from evonnx.passes.sparsity.evolve import SearchSettings, rank01, search
 from evonnx.passes.sparsity.suffix import LayerView
@@ -50,6 +50,9 @@ class DirectedEvolution(Pass):
         time_limit: float = param(0.0, "stop after this many seconds, resumed runs included (0: no limit)")
         on_budget: str = param("stop", "when a budget stops the search: stop (best state so far) | finish (reach "
                                         "the targets by the hessian/wanda prior, no search)")
+        compensate: bool = param(True, "a finish without re-fits prunes each matrix layer (inputs up to 2048 wide) "
+                                       "with its error compensated on its later inputs (SparseGPT, "
+                                       "passes/sparsity/sparsegpt.py)")
         steps: int = param(8, "geometric density steps from the current to the target sparsity, per layer")
         population: int = param(16, "candidates kept per generation")
         generations: int = param(6, "generations per step")
@@ -261,8 +264,9 @@ class _Run:
                         fit=f"{fit_refit if fit_refit is not None else fit:.4g}")
 
     def _finish(self) -> None:
-        """Reach every layer's exact target by its best prior (and re-fit), without search: one probe run
-        gives every layer's activations (upstream changes made here are not seen downstream: a budget ran out)."""
+        """Reach every layer's exact target by its best prior (and re-fit), or without re-fits by SparseGPT
+        (`compensate`), without search: one probe run gives every layer's activations (upstream changes made
+        here are not seen downstream: a budget ran out)."""
         acts = None
         for layer in self.layers:
             mask = common.mask_of(self.student, layer)
@@ -273,6 +277,10 @@ class _Run:
                 acts = self.ev.run_probe(self.ev.current(self.student))
             view = LayerView(self.ev, layer, self.student, self.ev.current(self.student), acts)
             data = view.refit_data() if layer.fast else None
+            if data is not None and self.cfg.compensate and not self.cfg.refit and view.k <= common.MAX_INVERSE:
+                w_mat, new_mask = sparsegpt.prune(view.w_mat, mask, data[0], int((~mask).sum()) + n)
+                self.student = common.commit(self.student, layer, new_mask, w_mat, None)
+                continue
             pri = common.priors(view, ["hessian" if self.cfg.refit else "wanda"], self.cfg.ridge, data[0] if data else None)
             score = np.where(mask.ravel(), next(iter(pri.values())), -np.inf)  # zeros stay zero
             new_mask = tg.keep_mask(score, int((~mask).sum()) + n).reshape(mask.shape)

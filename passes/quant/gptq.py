@@ -11,6 +11,8 @@ pruned weights stay pruned. Cost O(out x K^2) per layer, a vectorised row operat
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 BLOCK = 128
@@ -27,25 +29,41 @@ def inverse_factor(gram: np.ndarray) -> np.ndarray:
     return np.linalg.cholesky(np.linalg.inv(h)).T.astype(np.float32)
 
 
+def sweep(w: np.ndarray, u: np.ndarray, column: Callable[[np.ndarray, int], np.ndarray],
+          block: Callable[[np.ndarray, int, int], None] | None = None) -> np.ndarray:
+    """The error-compensating sweep of GPTQ and SparseGPT over W [out, K] (float64, changed in place, returned):
+    column by column, `column(col [out, 1], j)` says what column j becomes, and its error (col - q) / U_jj goes
+    to the columns after it in the block, then, a block at a time, to the later blocks. `block(w_block, b0, b1)`
+    sees each block, already updated by the earlier ones, before its columns (SparseGPT chooses its mask there)."""
+    for b0 in range(0, w.shape[1], BLOCK):
+        b1 = min(b0 + BLOCK, w.shape[1])
+        part, err = w[:, b0:b1], np.zeros((w.shape[0], b1 - b0))
+        if block is not None:
+            block(part, b0, b1)
+        for i in range(b1 - b0):
+            col = part[:, i:i + 1]
+            q = column(col, b0 + i)
+            e = (col - q) / u[b0 + i, b0 + i]
+            part[:, i:] -= e * u[b0 + i, b0 + i:b1]
+            part[:, i:i + 1] = q
+            err[:, i] = e[:, 0]
+        w[:, b1:] -= err @ u[b0:b1, b1:]
+    return w
+
+
 def compensated_codes(w: np.ndarray, keep: np.ndarray, u: np.ndarray, scale: np.ndarray, zero: np.ndarray,
                       top: float) -> np.ndarray:
     """uint8 codes [out, K] of `w` [out, K] on the grid (code - zero[r]) * scale[r] of each row r, rounded
     column by column with the error compensated through `u` (inverse_factor of the layer's H); entries where
     `keep` is False get code 0 and stand for 0."""
-    w = w.astype(np.float64)  # a copy: the rounding updates it
     s32, z32 = scale.astype(np.float32)[:, None], zero.astype(np.float32)[:, None]
     codes = np.zeros(w.shape, np.uint8)
-    for b0 in range(0, w.shape[1], BLOCK):
-        b1 = min(b0 + BLOCK, w.shape[1])
-        block, err = w[:, b0:b1], np.zeros((w.shape[0], b1 - b0))
-        for i in range(b1 - b0):
-            col = block[:, i:i + 1]
-            code = np.clip(np.rint(col / s32 + z32), 0, top)
-            kept = keep[:, b0 + i:b0 + i + 1]
-            q = np.where(kept, (code.astype(np.float32) - z32) * s32, 0.0)  # what the decoder rebuilds
-            codes[:, b0 + i] = np.where(kept, code, 0)[:, 0]
-            e = (col - q) / u[b0 + i, b0 + i]
-            block[:, i:] -= e * u[b0 + i, b0 + i:b1]
-            err[:, i] = e[:, 0]
-        w[:, b1:] -= err @ u[b0:b1, b1:]
+
+    def column(col: np.ndarray, j: int) -> np.ndarray:
+        code = np.clip(np.rint(col / s32 + z32), 0, top)
+        kept = keep[:, j:j + 1]
+        codes[:, j] = np.where(kept, code, 0)[:, 0]
+        return np.where(kept, (code.astype(np.float32) - z32) * s32, 0.0)  # what the decoder rebuilds
+
+    sweep(w.astype(np.float64), u, column)  # a copy: the sweep updates it
     return codes

@@ -20,6 +20,7 @@ LEVELS = np.array([0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98])
 
 
 ALLOCATIONS = ("sensitivity", "lamp", "uniform")
+MAX_INVERSE = 2048  # the widest layer input (K) whose K x K Gram is inverted (hessian prior, SparseGPT)
 
 
 @dataclass
@@ -107,7 +108,7 @@ def priors(view: LayerView, kinds: list[str], ridge: float, x: np.ndarray | None
             out[kind if norms is not None else "magnitude"] = w.ravel()
         elif kind == "wanda":
             out[kind] = (w * norms[None].astype(np.float32)).ravel()
-        elif kind == "hessian" and x is not None and view.k <= 2048:
+        elif kind == "hessian" and x is not None and view.k <= MAX_INVERSE:
             h = x.T.astype(np.float64) @ x.astype(np.float64)
             h[np.diag_indices_from(h)] += ridge * (np.mean(np.diag(h)) or 1.0)
             out[kind] = (w.astype(np.float64) ** 2 / np.diag(np.linalg.inv(h))[None]).ravel()

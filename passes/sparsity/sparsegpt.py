@@ -1,0 +1,39 @@
+"""One-shot pruning with the error compensated (SparseGPT: Frantar and Alistarh, "SparseGPT: Massive Language
+Models Can Be Accurately Pruned in One-Shot", ICML 2023).
+
+A layer's weight W [out, K] is pruned one input column at a time; each pruned weight's error is spread over
+the columns not yet visited, through the upper Cholesky factor U of H^-1 (H = X^T X on the layer's calibration
+inputs; the sweep is GPTQ's, passes/quant/gptq.py), so the layer's output error ||X (W' - W)^T||^2 stays small
+without a least-squares re-fit of the survivors. The mask is chosen a block of columns at a time, on the
+block as the earlier blocks' updates left it: the entries with the lowest OBS saliency w^2 / U_jj^2 go, as many
+as the layer's share of zeros in that block. Entries already zero stay zero. Cost O(out x K^2) a layer, against
+the re-fit's O(out x K_kept^3).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from evonnx.passes.quant.gptq import BLOCK, inverse_factor, sweep
+from evonnx.passes.sparsity.targets import keep_mask
+
+
+def prune(w: np.ndarray, keep: np.ndarray, x: np.ndarray, n_zero: int) -> tuple[np.ndarray, np.ndarray]:
+    """(W' [out, K] in w's dtype, its keep-mask) with `n_zero` entries of `w` zeroed (or the zeros of `keep`,
+    if more), the survivors compensated for them on the layer inputs `x` [rows, K]."""
+    u = inverse_factor(x.T.astype(np.float64) @ x.astype(np.float64))
+    diag = np.diag(u).astype(np.float64)
+    new_keep = keep.copy()
+    sizes = np.diff(np.minimum(np.arange(0, w.shape[1] + BLOCK, BLOCK), w.shape[1])) * w.shape[0]
+    quota = np.diff(np.rint(n_zero * np.concatenate([[0], np.cumsum(sizes)]) / max(w.size, 1))).astype(int)
+
+    def block(part: np.ndarray, b0: int, b1: int) -> None:
+        score = part ** 2 / diag[None, b0:b1] ** 2
+        allowed = new_keep[:, b0:b1]
+        score[~allowed] = -np.inf  # zeros stay zero, and count
+        new_keep[:, b0:b1] = keep_mask(score, max(quota[b0 // BLOCK], int((~allowed).sum()))).reshape(part.shape)
+
+    def column(col: np.ndarray, j: int) -> np.ndarray:
+        return np.where(new_keep[:, j:j + 1], col, 0.0)
+
+    out = sweep(w.astype(np.float64), u, column, block)
+    return out.astype(w.dtype), new_keep
