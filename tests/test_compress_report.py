@@ -85,10 +85,12 @@ def test_no_bisection_starves_the_bit_allocation(tmp_path, monkeypatch):
 
 
 def test_a_rung_whose_share_cannot_pay_for_sensitivity_curves_splits_its_target_by_lamp(tmp_path, monkeypatch):
-    """Curves a rung cannot finish would take its time and be thrown away: such a rung splits by LAMP scores."""
+    """Curves a rung cannot finish would take its time and be thrown away: such a rung splits by LAMP scores
+    (and keeps its re-fits while the curves' passes alone would fit)."""
     from evonnx.passes.compress import timing
     assert timing.curves_or_lamp(18, 0.7, 50.0) == {"allocation": "lamp", "refit": False}
     assert timing.curves_or_lamp(2, 0.01, 100.0) == {}
+    assert timing.curves_or_lamp(18, 0.1, 100.0) == {"allocation": "lamp"}  # the passes fit, not with re-fits
     teacher = corpus.mlp(d_in=32, hidden=64, classes=10)
     onnx.save_model(teacher, str(tmp_path / "mlp.onnx"))
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((128, 32)).astype(np.float32))
@@ -100,4 +102,4 @@ def test_a_rung_whose_share_cannot_pay_for_sensitivity_curves_splits_its_target_
         rungs = [h["settings"] for h in result.history if h["pass"] == "directed-evolution"]
         assert rungs, "a rung within 30 points is accepted"
         splits[forwards] = {(s["allocation"], s["refit"]) for s in rungs}
-    assert splits[1e9] == {("lamp", False)} and splits[1e-9] == {("sensitivity", True)}
+    assert splits[1e9] == {("lamp", True)} and splits[1e-9] == {("sensitivity", True)}

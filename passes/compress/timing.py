@@ -36,7 +36,8 @@ class Budget:
 
     Directed Evolution's sensitivity curves (one evaluation a target per level, plus re-fits) are not
     bounded by its time limit: when they would take over a quarter of it, a global target is split by
-    LAMP scores (no data) and survivors are not re-fitted. The bit allocation measures every scheme x bit width per
+    LAMP scores (no data), and when their evaluations alone would, survivors are not re-fitted either
+    (`curves_or_lamp`). The bit allocation measures every scheme x bit width per
     target, then searches jointly: when the time left after the sparsity search cannot pay for that, it
     measures each target on a share of the calibration samples, or tries entropy-sized per-channel grids only
     (on a share too), or measures each target at one of them only and scales the others' damage from it; when
@@ -98,12 +99,14 @@ class Budget:
 def curves_or_lamp(targets: int, forward_seconds: float, seconds: float) -> dict:
     """Directed Evolution's settings for a search of `seconds`: {} when its per-layer sensitivity curves (a pass
     over the calibration set a target per level, about CURVE_FORWARDS with the re-fits) take at most CURVES_SHARE
-    of it; else a global target split by LAMP scores, without re-fits (curves it cannot finish are thrown away,
-    and the search has spent its time on them)."""
+    of it; else a global target split by LAMP scores (curves it cannot finish are thrown away, and the search has
+    spent its time on them), and without re-fits when not even the curves' passes alone would fit."""
     from evonnx.passes.sparsity.common import LEVELS
 
-    cost = targets * len(LEVELS) * CURVE_FORWARDS * forward_seconds
-    return {"allocation": "lamp", "refit": False} if cost > CURVES_SHARE * seconds else {}
+    passes = targets * len(LEVELS) * forward_seconds
+    if passes * CURVE_FORWARDS <= CURVES_SHARE * seconds:
+        return {}
+    return {"allocation": "lamp", **({"refit": False} if passes > CURVES_SHARE * seconds else {})}
 
 
 def _full_specs() -> int:
