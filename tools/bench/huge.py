@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import shlex
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compress-args", default="", help="more `evonnx compress` options, e.g. a fixed recipe")
     p.add_argument("--out", help="write the table here too")
     args = p.parse_args(argv)
-    path, calib = build(args.width, args.layers, args.samples)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:  # the model is built there: a child forked from a
+        path, calib = pool.apply(build, (args.width, args.layers, args.samples))  # big parent counts its RSS
     data = path.with_name(path.name + ".data").stat().st_size
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
