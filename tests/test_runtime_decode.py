@@ -199,6 +199,8 @@ def test_cli_inspect(evx, capsys):
     assert cli_main(["inspect", str(evx)]) == 0
     text = capsys.readouterr().out
     assert "conv.w" in text and "8x3x3x3" in text and "ratio" in text
+    line = next(row for row in text.splitlines() if row.split()[0] == "conv.w")
+    assert f"{8 * conv['coded_bytes'] / (8 * 3 * 3 * 3):.2f}" in line.split()  # coded bits a weight
     import evonnx
     assert evonnx.inspect(evx) == {**rep, "file": str(evx)}  # the Python API is what the command prints
 
