@@ -11,6 +11,7 @@ import corpus
 from cli import evonnx
 from evonnx.formats.container import read_evx
 from evonnx.runtime import decode
+from evonnx.runtime.summary import inspect as evonnx_inspect
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,8 @@ def test_compress_decode_within_fidelity(tiny):
     assert summary["sparsity"] == pytest.approx(0.5, abs=0.01) and summary["container_bytes"] == out.stat().st_size
     targets = {r["name"]: r for r in summary["layers"] if r["role"] == "matrix"}
     assert all(r["bits"] == 4 and r["scheme"] != "raw" for r in targets.values())
+    stats = {t["name"]: t for t in evonnx_inspect(out)["tensors"]}
+    assert all(r["coded_bytes"] == stats[n]["coded_bytes"] for n, r in targets.items())  # as the container holds
     # the metadata records the settings that differ from the defaults of the producer's version
     assert read_evx(out).meta["pipeline"] == [{"name": "directed-evolution", "sparsity": 0.5},
                                               {"name": "dead-units"}, {"name": "quantize"}]  # 4 bits: default

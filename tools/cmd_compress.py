@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import warnings
 
 from evonnx.errors import EvonnxError
@@ -119,10 +120,12 @@ def format_summary(s: dict) -> str:
              f"fitness {s['fitness']:.4g}",
              f"provider {s['provider']}  time {s['seconds']:.1f} s  decoded and verified (max output diff "
              f"{s['max_output_diff']:.2g})",
-             f"{'tensor':<28}{'role':<10}{'shape':<18}{'sparsity':>9}  {'scheme':<9}{'bits':>5}"]
+             f"{'tensor':<28}{'role':<10}{'shape':<18}{'sparsity':>9}  {'scheme':<9}{'code bits':>10}{'bits/w':>8}"]
     for r in s["layers"]:
+        entries = math.prod(r["shape"])
+        per = f"{8 * r['coded_bytes'] / entries:.2f}" if entries else "-"
         lines.append(f"{r['name'][:27]:<28}{r['role']:<10}{'x'.join(map(str, r['shape'])):<18}"
-                     f"{100 * r['sparsity']:>8.1f}%  {r['scheme']:<9}{r['bits']:>5}")
+                     f"{100 * r['sparsity']:>8.1f}%  {r['scheme']:<9}{r['bits']:>10}{per:>8}")
     for t in s.get("auto", []):
         lines.append(f"auto sparsity {100 * t['sparsity']:.2f} %: drop {t['drop']:.3f} points "
                      f"({'kept' if t['kept'] else 'beyond ' + format(t['limit'], 'g')})")

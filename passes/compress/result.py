@@ -49,14 +49,17 @@ class CompressResult:
         return {f.name: jsonable(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name not in INTERNAL}
 
 
-def layer_rows(state: ModelState, records: list[QuantizedTensor]) -> list[dict]:
+def layer_rows(state: ModelState, records: list[QuantizedTensor], stats: ContainerStats) -> list[dict]:
+    """Per float weight: role, shape, sparsity, scheme, code width (`bits`: an entropy-sized grid's is 8 whatever
+    its rate) and the record's bytes in the container (`coded_bytes`)."""
+    coded = {t.name: t.coded_bytes for t in stats.tensors}
     rows = []
     for r in records:
         if r.name not in state.table.weights:
             continue  # an already-quantized integer tensor: `lossless_rows`
         info = state.table[r.name]
         rows.append({"name": r.name, "role": info.role, "shape": list(r.shape), "sparsity": round(r.sparsity, 4),
-                     "scheme": r.scheme, "bits": r.bits})
+                     "scheme": r.scheme, "bits": r.bits, "coded_bytes": coded[r.name]})
     return rows
 
 

@@ -168,7 +168,8 @@ def run(r: CompressRequest) -> CompressResult:
         calibration={"data": f"the {fit.num_samples} calibration samples the search fitted to",
                      **calib_drop.as_dict()},
         shipped=shipped.what, rejected=shipped.rejected,
-        layers=layer_rows(state, verified.records), skipped=skipped, lossless=lossless, kept_exact=kept, notes=notes,
+        layers=layer_rows(state, verified.records, verified.stats), skipped=skipped, lossless=lossless,
+        kept_exact=kept, notes=notes,
         auto=trials,
         history=state.history, search_log=search_log)
     if r.report is not None:
