@@ -203,7 +203,7 @@ def _sensitivity_fidelity(state: ModelState, ctx: PassContext, fidelity: Fidelit
     return Fidelity(engine, fidelity.base, fidelity.task)
 
 
-def _fit_size(state: ModelState, fidelity: Fidelity, searcher: Searcher, dense: "Dense", names: set[str],
+def _fit_size(state: ModelState, fidelity: Fidelity, searcher: Searcher, dense: Dense, names: set[str],
               keep: set[str], target: int, nontarget: str) -> tuple[str, tuple | None, dict, dict[str, float]]:
     """The allocation within `target` bytes with the lowest measured KL, the other tensors' rounding
     (`nontarget` auto: int8, fp16 or exact) chosen with it: rounding them frees bytes for the weights.

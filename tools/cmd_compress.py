@@ -15,9 +15,9 @@ AUTO_HELP = ("auto (default): budget-driven: Directed Evolution tries 50, 75, 87
              "of --max-drop, and the bit allocation gets the rest. Or a fixed global sparsity in [0, 1) (0: no "
              "pruning), whose result must still pass the budget")
 METRIC_HELP = ("the task metric the budget is measured in (default auto: accuracy for a classifier with labels, "
-               "else top-1 agreement, else cosine): accuracy, agreement, cosine (of the whole outputs, pad tokens left out), "
-               "cosine:mean or cosine:first (of token outputs [N, tokens, features] pooled: the mean of the real "
-               "tokens, or the first token, as sentence embeddings are), ctc[:BLANK] (character error rate "
+               "else top-1 agreement, else cosine): accuracy, agreement, cosine (of the whole outputs, pad tokens "
+               "left out), cosine:mean or cosine:first (of token outputs [N, tokens, features] pooled: the mean of "
+               "the real tokens, or the first token, as sentence embeddings are), ctc[:BLANK] (character error rate "
                "of greedy CTC strings; blank 0), detection[:LAYOUT[:CONF]] (teacher detections above CONF, default "
                "0.5, the student misses at IoU 0.5; LAYOUT auto, yolov8, yolox, yolov5 or boxes), dense[:THRESHOLD] "
                "(1 - IoU of the thresholded maps)")

@@ -21,8 +21,8 @@ Detection layouts: `yolov8` ([4 + classes, anchors], centre boxes, class scores)
 
 Padding: `drop` takes the real tokens of the samples ([samples, tokens], from the attention-mask input:
 `real_tokens`); the cosine leaves out the rows of an output's token axis at pads, which nobody reads.
-The pooled cosines read an output [samples, tokens, features] (axis 1 the tokens; with a mask, the axis of its
-token count); outputs of other ranks are compared whole. Pooling matters: a quantization error shared by a
+The pooled cosines read an output [samples, tokens, features] (axis 1 the tokens; with a mask, pads left out
+of the mean); outputs of other ranks are compared whole. Pooling matters: a quantization error shared by a
 sentence's tokens survives the mean while their differences partly cancel, so the pooled cosine can fall
 below the per-token one.
 """

@@ -7,8 +7,8 @@
 Each corpus model is compressed on its corpus calibration set (seed 0, a quarter held out for the budget check)
 by the budget-driven default at `--metric cosine --max-drop 1`: the lowest output's mean cosine to the teacher at
 least 0.99 at the held-out 95 % bound (`--metric cosine:mean`: that of the outputs mean-pooled over real tokens,
-the budget stated on the quantity the pooled cosine below measures). The container is decoded and run on `--unseen` inputs (seed 1) that no
-pass saw, each alone:
+the budget stated on the quantity the pooled cosine below measures). The container is decoded and run on
+`--unseen` inputs (seed 1) that no pass saw, each alone:
 
 - pooled cosine: per input, the cosine of the teacher's and the decoded model's pooled first output (token
   outputs [N, tokens, features]: the mean over the real tokens by the attention mask, as sentence-embedding
@@ -99,12 +99,13 @@ def one_run(name: str, args, folder: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | budget metric | MB | ratio | sparsity | bits | held-out drop (pts, 95 % bound) | pooled cosine "
-             "(mean / worst) | top-5 neighbours kept | same top-5 | seconds / limit |",
+    lines = ["| model | budget metric | MB | ratio | sparsity | bits | held-out drop (pts, 95 % bound) | "
+             "pooled cosine (mean / worst) | top-5 neighbours kept | same top-5 | seconds / limit |",
              "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         bits = "/".join(str(b) for b in r["bits"]) or "–"
-        lines.append(f"| {r['model']} | {r.get('metric', 'cosine')} | {r['mb']:.1f} | {r['ratio']:.2f}× | {r['sparsity']:.1%} | {bits} | "
+        lines.append(f"| {r['model']} | {r.get('metric', 'cosine')} | {r['mb']:.1f} | {r['ratio']:.2f}× | "
+                     f"{r['sparsity']:.1%} | {bits} | "
                      f"{r['held_out']['points']:.2f} ({r['held_out']['upper']:.2f}) | {r['cosine']:.4f} / "
                      f"{r['worst_cosine']:.4f} | {r['overlap']:.1%} | {r['same']:.1%} | "
                      f"{r['seconds']:.0f} / {r['time_limit']:g} |")
