@@ -330,3 +330,34 @@ def test_option_groups_take_nested_dotted_and_flat_spellings_alike(tmp_path):
         get_pass("distill-finetune")(we_layers="dense")  # a Literal-typed option is checked when the pass is made
     with pytest.raises(EvonnxError, match=r"nontarget must be one of auto \| exact \| fp16 \| bf16 \| int8"):
         get_pass("bit-allocation")(nontarget="int4")
+
+
+def test_pads_are_neither_augmented_nor_learned():
+    """Token models: the attention-mask input is never augmented (noise on an additive mask would move the
+    attention), and the loss leaves out the output rows at pads, which no metric reads."""
+    from evonnx.passes.torchnet.convert import OnnxModule
+    rng = np.random.default_rng(0)
+    n, t, d = 8, 5, 4
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "m"], ["y"])]
+    graph = helper.make_graph(nodes, "tokens", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", t, d]),
+                                                helper.make_tensor_value_info("attention_mask", TensorProto.FLOAT,
+                                                                              ["N", 1, 1, t])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", t, d])],
+                              [numpy_helper.from_array(rng.standard_normal((d, d)).astype(np.float32), "w"),
+                               numpy_helper.from_array(np.zeros((1, t, 1), np.float32), "m")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    real = np.arange(t)[None] < rng.integers(2, t + 1, n)[:, None]
+    inputs = {"x": rng.standard_normal((n, t, d)).astype(np.float32),
+              "attention_mask": ((real - 1.0) * 30).astype(np.float32)[:, None, None, :]}
+    state = load_state(model.SerializeToString())
+    s = DistillFinetune.Config(augment=["noise", "mixup"], batch_size=n)
+    d_ = distill.Distiller(OnnxModule(state.model), OnnxModule(state.model, ["w"], state.weights), {},
+                           inputs, None, s, 0, None, "fp", False)
+    xs, _, _ = d_.batch()
+    assert {m.tobytes() for m in xs[1].numpy()} <= {m.tobytes() for m in inputs["attention_mask"]}  # rows shuffled
+    assert not any(np.array_equal(x, row) for x in xs[0].numpy() for row in inputs["x"])  # x augmented
+    teacher = torch.from_numpy(rng.standard_normal((n, t, d)).astype(np.float32))
+    student = teacher + torch.from_numpy(~real[..., None]).float()  # wrong at the pads only
+    tokens = torch.from_numpy(real)
+    assert float(distill.distill_loss([student], [teacher], 2.0, tokens=tokens)) == 0.0
+    assert float(distill.distill_loss([student], [teacher], 2.0)) > 0.0

@@ -158,6 +158,29 @@ def test_weights_come_back_exactly_and_trainable_are_parameters():
     assert back["w2"].tobytes() == w2.tobytes()
 
 
+def test_fixed_batch_graph_runs_larger_batches_in_chunks():
+    """A graph exported at batch 1 bakes the batch into its Reshape targets (as the corpus's sentence encoder
+    does): torch runs N samples one chunk at a time, outputs equal to ORT's per sample."""
+    rng = np.random.default_rng(4)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("Reshape", ["h", "shape"], ["r"]),
+             helper.make_node("Softmax", ["r"], ["y"], axis=-1)]
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 6)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1, 2, 3, 6], np.int64), "shape")]
+    graph = helper.make_graph(nodes, "fixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 6])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    x = rng.standard_normal((5, 6, 8)).astype(np.float32)
+    module = OnnxModule(model)
+    assert module.batch == 1
+    got = run_numpy(module, {"x": x})[0]
+    expected = np.concatenate([ort_outputs(model, {"x": x[i:i + 1]})[0] for i in range(len(x))])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    with pytest.raises(EvonnxError, match="fixes its batch at 2"):
+        run_numpy(OnnxModule(model), {"x": x})
+
+
 def test_unsupported_op_is_refused_naming_it_and_forward_passes_still_work():
     from evonnx.passes.base import PassContext, get_pass
     from evonnx.passes.engine.calib import CalibData

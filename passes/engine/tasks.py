@@ -209,7 +209,7 @@ def real_tokens(calib) -> np.ndarray | None:
     return token_keep(calib.inputs, calib.axes)
 
 
-def _zero_pads(output: np.ndarray, tokens: np.ndarray | None) -> np.ndarray:
+def zero_pads(output: np.ndarray, tokens: np.ndarray | None) -> np.ndarray:
     """A sample-first output with its rows at pad tokens zeroed (unchanged without a token axis): in teacher
     and student alike, they then add nothing to a cosine."""
     if tokens is None or output.ndim < 2 or len(output) != len(tokens):
@@ -220,7 +220,7 @@ def _zero_pads(output: np.ndarray, tokens: np.ndarray | None) -> np.ndarray:
 
 def _pooled(output: np.ndarray, tokens: np.ndarray | None, pool: str) -> np.ndarray:
     """A sample-first output with pads zeroed, then pooled over its token axis by `pool` (see Cosine)."""
-    output = _zero_pads(output, tokens)
+    output = zero_pads(output, tokens)
     if not pool or output.ndim != 3 or not np.issubdtype(output.dtype, np.floating):
         return output
     if pool == "first":

@@ -5,6 +5,8 @@ initializers named in `trainable` are `nn.Parameter`s, every other initializer (
 shape tensors, frozen weights) a buffer. `transforms[name]` (set by a pass) maps a weight's parameter to
 the value the graph uses, e.g. a keep-mask product or a straight-through quantizer. `weights()` returns
 the trained arrays under their ONNX names, in their original dtype; nothing else changes the graph.
+A graph whose inputs fix their batch (axis 0, e.g. batch 1 baked into its Reshapes) runs a larger batch in
+chunks of that size, its outputs concatenated on axis 0.
 """
 from __future__ import annotations
 
@@ -58,6 +60,16 @@ def _attr(a: onnx.AttributeProto):
     return v
 
 
+def _fixed_batch(graph: onnx.GraphProto, names: list[str]) -> int | None:
+    """The batch size every input fixes on axis 0 (None when any input leaves it dynamic or they differ)."""
+    sizes = set()
+    for i in graph.input:
+        if i.name in names:
+            dims = i.type.tensor_type.shape.dim
+            sizes.add(dims[0].dim_value if dims and dims[0].HasField("dim_value") else None)
+    return sizes.pop() if len(sizes) == 1 and None not in sizes and 0 not in sizes else None
+
+
 def _constant(node: onnx.NodeProto) -> torch.Tensor:
     attrs = {a.name: _attr(a) for a in node.attribute}
     if "value" in attrs:
@@ -80,6 +92,7 @@ class OnnxModule(nn.Module):
         inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         inits.update(values or {})
         self.input_names = [i.name for i in graph.input if i.name not in inits]
+        self.batch = _fixed_batch(graph, self.input_names)
         self.output_names = [o.name for o in graph.output]
         self.params = nn.ParameterDict()
         self._keys: dict[str, str] = {}
@@ -132,6 +145,15 @@ class OnnxModule(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         if len(inputs) != len(self.input_names):
             raise EvonnxError(f"expected {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}")
+        n = len(inputs[0]) if inputs else 0
+        if self.batch is None or n == self.batch:
+            return self._run(inputs)
+        if n % self.batch:
+            raise EvonnxError(f"the graph fixes its batch at {self.batch}: {n} samples cannot be run in such chunks")
+        chunks = [self._run([x[i:i + self.batch] for x in inputs]) for i in range(0, n, self.batch)]
+        return [torch.cat(outs) for outs in zip(*chunks)]
+
+    def _run(self, inputs) -> list[torch.Tensor]:
         env = dict(zip(self.input_names, inputs))
         for op_type, fn, names, outs, attrs, opset in self.nodes:
             args = [None if not n else env[n] if n in env else self.value(n) for n in names]

