@@ -13,6 +13,7 @@ import soundfile
 from onnx import TensorProto, helper
 from PIL import Image
 
+from evonnx.errors import EvonnxError
 from evonnx.passes.engine.calib import load_npz
 from evonnx.tools.calib import audio as calib_audio
 from evonnx.tools.cli import main
@@ -298,3 +299,15 @@ def test_the_command_line_reports_errors_and_missing_readers_in_one_line(tmp_pat
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 2 and "soundfile" in out.stderr and "evonnx[corpus]" in out.stderr, out.stderr
     assert not (tmp_path / "a.npz").exists()
+
+
+def test_unlabeled_training_text_shares_no_sentence_with_the_calibration_pool():
+    """Distillation trains on docstrings of the standard library; calibration and the benches' unseen sets
+    draw on the licence texts: no sentence in common, and the same seed gives the same draw."""
+    train = data.sentences(500, 0, source="docstrings")
+    assert train == data.sentences(500, 0, source="docstrings") and len(set(train)) > 400
+    assert not set(train) & set(data.sentences(1000, 0))
+    arrays = BY_NAME["minilm-l3"].unlabeled(6, 0)
+    assert arrays["input_ids"].shape == (6, 64) and arrays["attention_mask"].shape == (6, 1, 1, 64)
+    with pytest.raises(EvonnxError, match="no unlabeled training source"):
+        BY_NAME["magika"].train_path(4)
