@@ -67,7 +67,8 @@ class DistillFinetune(Pass):
         lr: float = param(3e-4, "Adam learning rate at the start of the cosine schedule")
         temperature: float = param(2.0, "softmax temperature of the distillation KL")
         label_weight: float = param(0.0, "weight of the cross-entropy on calibration labels (0: teacher only)")
-        augment: list = param(["noise"], "input augmentations the teacher labels: shift, noise, mixup")
+        augment: list = param(["noise"], "input augmentations the teacher labels: shift, noise, mixup (float "
+                                                 "inputs only, never an attention mask)")
         shift: int = param(2, "largest random shift in pixels (4-D inputs)")
         noise: float = param(0.1, "Gaussian noise, as a fraction of the input's standard deviation")
         mixup: float = param(0.4, "mixup Beta(a, a) parameter")

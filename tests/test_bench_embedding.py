@@ -22,3 +22,17 @@ def test_retrieval_agreement_counts_the_teachers_neighbours_kept():
     shuffled = fidelity(teacher, teacher[rng.permutation(40)])
     assert shuffled["overlap"] < 0.5 and shuffled["cosine"] < 0.5
     assert not (neighbours(teacher) == np.arange(40)[:, None]).any()  # never its own neighbour
+
+
+def test_unseen_inputs_leave_out_what_the_calibration_set_holds(tmp_path):
+    from types import SimpleNamespace
+
+    from evonnx.tools.bench.embedding import unseen_inputs
+    ids = np.arange(12, dtype=np.int64).reshape(6, 2)
+    np.savez(tmp_path / "calib.npz", ids=ids[:3], mask=np.ones((3, 2), np.float32))
+    drawn = np.concatenate([ids[1:2], ids[3:], ids[2:3]])  # two of the calibration rows drawn again
+    np.savez(tmp_path / "unseen.npz", ids=drawn, mask=np.ones((5, 2), np.float32))
+    entry = SimpleNamespace(name="m", calib_path=lambda n=None, seed=0: tmp_path / ("calib.npz" if seed == 0 else
+                                                                                     "unseen.npz"))
+    kept = np.load(unseen_inputs(entry, SimpleNamespace(calib=None, unseen=5), tmp_path))
+    assert np.array_equal(kept["ids"], ids[3:]) and kept["mask"].shape == (3, 2)

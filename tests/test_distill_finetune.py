@@ -361,3 +361,21 @@ def test_pads_are_neither_augmented_nor_learned():
     tokens = torch.from_numpy(real)
     assert float(distill.distill_loss([student], [teacher], 2.0, tokens=tokens)) == 0.0
     assert float(distill.distill_loss([student], [teacher], 2.0)) > 0.0
+
+
+def test_a_pooled_cosine_budget_is_learned_as_such():
+    """With `cosine:mean` the loss adds 1 - the cosine of the outputs mean-pooled over the real tokens: an error
+    shared by a sentence's tokens, which moves the pooled embedding, costs more than one that cancels in the
+    mean at the same squared error."""
+    rng = np.random.default_rng(1)
+    teacher = torch.from_numpy(rng.standard_normal((4, 6, 8)))
+    tokens = torch.ones(4, 6, dtype=torch.bool)
+    shared = torch.from_numpy(rng.standard_normal((4, 1, 8))).expand(4, 6, 8)
+    cancelling = shared * torch.tensor([1.0, -1.0] * 3, dtype=torch.float64).reshape(1, 6, 1)
+    loss = {name: float(distill.distill_loss([teacher + 0.3 * e], [teacher], 2.0, tokens=tokens, pool="mean"))
+            for name, e in (("shared", shared), ("cancelling", cancelling))}
+    plain = [float(distill.distill_loss([teacher + 0.3 * e], [teacher], 2.0, tokens=tokens))
+             for e in (shared, cancelling)]
+    assert plain[0] == pytest.approx(plain[1]) and loss["shared"] > loss["cancelling"] == pytest.approx(plain[1])
+    gap = distill.pooled_gap((teacher + 0.3 * shared).numpy(), teacher.numpy(), tokens.numpy(), "mean")
+    assert loss["shared"] - plain[0] == pytest.approx(float(gap))  # numpy (validation) and torch agree

@@ -2,7 +2,9 @@
 
 Loss per output: T^2 * KL(teacher/T || student/T) for classifier outputs ([N, C], C >= 2), relative MSE
 otherwise (token outputs [N, tokens, ...] with their rows at pads zeroed in teacher and student alike, by the
-attention-mask input, as the task metrics read them), plus `label_weight` x cross-entropy when labels exist. Adam with a cosine learning rate; every
+attention-mask input, as the task metrics read them) plus, when the run's metric is a pooled cosine
+(`cosine:mean`, `cosine:first`), 1 - that cosine of the pooled outputs, the budget's own quantity; plus
+`label_weight` x cross-entropy when labels exist. Adam with a cosine learning rate; every
 batch and augmentation is drawn from one numpy generator whose state the checkpoint keeps, so a resumed
 run continues bit-identically. Validation (KL at T = 1 on a held-out part of the training set, or on all
 of the calibration set) picks the best step when `keep_best`. With `weight_evolution`, every `we_every`
@@ -65,14 +67,31 @@ def grouped_mse(student: torch.Tensor, teacher: torch.Tensor, groups: torch.Tens
     return (err / energy.clamp_min(1e-30)).mean()
 
 
+def pooled_gap(student, teacher, tokens, pool: str):
+    """Mean 1 - cosine of token outputs [N, tokens, ...] (pads zeroed) pooled as the Cosine metric pools them:
+    the mean over the real tokens (`tokens` [N, tokens] bool; None: all) or the first token. numpy or torch."""
+    if pool == "first":
+        s, t = student[:, 0], teacher[:, 0]
+    else:
+        count = student.shape[1] if tokens is None else tokens.sum(1).reshape(-1, *[1] * (student.ndim - 2))
+        s, t = student.sum(1) / count, teacher.sum(1) / count
+    s, t = s.reshape(len(s), -1), t.reshape(len(t), -1)
+    norms = ((s * s).sum(1) * (t * t).sum(1)) ** 0.5
+    return (1 - (s * t).sum(1) / (norms + 1e-30)).mean()
+
+
 def distill_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], temperature: float,
-                 groups: list[torch.Tensor | None] | None = None, tokens: torch.Tensor | None = None) -> torch.Tensor:
+                 groups: list[torch.Tensor | None] | None = None, tokens: torch.Tensor | None = None,
+                 pool: str = "") -> torch.Tensor:
     """The loss of one batch; `groups`: each output's error groups (passes/engine/tasks.py; None: one);
-    `tokens`: [N, tokens] bool, the batch's real tokens (None: no mask input)."""
+    `tokens`: [N, tokens] bool, the batch's real tokens (None: no mask input); `pool`: the pooled cosine
+    metric's pooling ("mean", "first"; "": none)."""
     total = 0.0
     for s, t, g in zip(student, teacher, groups or [None] * len(teacher)):
-        if tokens is not None and t.ndim >= 3 and tuple(t.shape[:2]) == tuple(tokens.shape):
-            keep = tokens.reshape(tuple(tokens.shape) + (1,) * (t.ndim - 2)).to(t.dtype)
+        real = tokens.to(t.dtype) if tokens is not None and t.ndim >= 3 and tuple(t.shape[:2]) == tuple(
+            tokens.shape) else None
+        if real is not None:
+            keep = real.reshape(tuple(real.shape) + (1,) * (t.ndim - 2))
             s, t = s * keep, t * keep
         if is_classifier(t):
             probs = is_probability(t)
@@ -83,6 +102,8 @@ def distill_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], tempe
             total = total + grouped_mse(s, t, g)
         else:
             total = total + F.mse_loss(s, t) / (t.pow(2).mean() + 1e-12)
+        if pool and t.ndim == 3 and not is_classifier(t):
+            total = total + pooled_gap(s, t, real, pool)
     return total
 
 
@@ -121,6 +142,7 @@ class Distiller:
         self.val_tokens = token_keep(self.val_x, self.input_axes)
         self.val_t = [zero_pads(t, self.val_tokens) for t in run_numpy(teacher, self.val_x)]
         self.groups = output_groups(metric, self.val_t, [0] * len(self.val_t))
+        self.pool = getattr(metric, "pool", "")  # a pooled cosine metric's pooling
         self.loss_groups = [None if g is None else torch.from_numpy(g).to(self.device) for g in self.groups]
         self.stds = [float(np.std(x)) if np.issubdtype(x.dtype, np.floating) else 0.0 for x in self.train_x]
         mask = mask_input(dict(zip(names, self.train_x)), self.input_axes)  # never augmented
@@ -174,10 +196,16 @@ class Distiller:
 
     def validate(self) -> float:
         ys = [zero_pads(y, self.val_tokens) for y in run_numpy(self.student, self.val_x)]
-        vals = [kl_divergence(t, s) if is_classifier(t) else relative_mse(t, s, g)
-                for s, t, g in zip(ys, self.val_t, self.groups)]
+        vals = [kl_divergence(t, s) if is_classifier(t) else relative_mse(t, s, g) + (
+                float(pooled_gap(s.astype(np.float64), t.astype(np.float64), self._real(t), self.pool))
+                if self.pool and t.ndim == 3 else 0.0) for s, t, g in zip(ys, self.val_t, self.groups)]
         kls = [v for v, t in zip(vals, self.val_t) if is_classifier(t)]
         return float(np.mean(kls if kls else vals))
+
+    def _real(self, output: np.ndarray) -> np.ndarray | None:
+        """The validation set's real tokens where `output` has them on axis 1 (else None: every row counts)."""
+        tokens = self.val_tokens
+        return tokens if tokens is not None and output.shape[:2] == tokens.shape else None
 
     def evolve(self) -> dict[str, int]:
         """Weight Evolution on the evolvable weights, then their constraints; adds up the counts per layer."""
@@ -212,7 +240,7 @@ class Distiller:
             self.student.transforms[name] = self.constraints[name].transform
         keep = token_keep({k: x.cpu().numpy() for k, x in zip(self.student.input_names, xs)}, self.input_axes)
         tokens = None if keep is None else torch.from_numpy(keep).to(self.device)
-        loss = distill_loss(s_out, t_out, s.temperature, self.loss_groups, tokens)
+        loss = distill_loss(s_out, t_out, s.temperature, self.loss_groups, tokens, self.pool)
         if s.label_weight > 0 and ys is not None:
             head = next((o for o in s_out if is_classifier(o)), None)
             if head is not None:

@@ -9,7 +9,8 @@ Each corpus model is compressed on its corpus calibration set (seed 0, a quarter
 by the budget-driven default at `--metric cosine --max-drop 1`: the lowest output's mean cosine to the teacher at
 least 0.99 at the held-out 95 % bound (`--metric cosine:mean`: that of the outputs mean-pooled over real tokens,
 the budget stated on the quantity the pooled cosine below measures). The container is decoded and run on
-`--unseen` inputs (seed 1) that no pass saw, each alone:
+`--unseen` inputs (seed 1) that no pass saw, each alone (drawn from the same pool as the calibration set; an
+input equal to a calibration input, as a sentence drawn twice, is left out, so "unseen" counts fewer):
 
 - pooled cosine: per input, the cosine of the teacher's and the decoded model's pooled first output (token
   outputs [N, tokens, features]: the mean over the real tokens by the attention mask, as sentence-embedding
@@ -91,7 +92,7 @@ def one_run(name: str, args, folder: Path) -> dict:
 
     entry = BY_NAME[name]
     model = entry.path()
-    reference = Reference(model, entry.calib_path(args.unseen, HELD_OUT_SEED), "cosine")
+    reference = Reference(model, unseen_inputs(entry, args, folder), "cosine")
     tokens = real_tokens(reference.data)
     out = folder / f"{name}.evx"
     start = time.perf_counter()
@@ -103,9 +104,26 @@ def one_run(name: str, args, folder: Path) -> dict:
     bits = sorted({r["bits"] for r in result.layers if r["role"] in ("conv", "matrix", "embedding")})
     return {"model": name, "family": entry.family, "mb": result.original_bytes / 1e6, "ratio": result.ratio,
             "sparsity": result.sparsity, "bits": bits, "seconds": seconds, "time_limit": args.time_limit,
-            "held_out": result.held_out, "shipped": result.shipped, "calib": args.calib, "unseen": args.unseen,
+            "held_out": result.held_out, "shipped": result.shipped, "calib": args.calib,
+            "unseen": reference.data.num_samples,
             "metric": args.metric, "size": args.size, "distill": args.distill if args.size else 0,
             **fidelity(pooled(reference.teacher[0], tokens), pooled(student[0], tokens))}
+
+
+def unseen_inputs(entry, args, folder: Path) -> Path:
+    """`--unseen` inputs (seed 1) less those equal to a calibration input (samples on axis 0), as an .npz."""
+    def rows(arrays: dict) -> list[bytes]:
+        return [b"".join(np.ascontiguousarray(arrays[k][i]).tobytes() for k in sorted(arrays))
+                for i in range(len(next(iter(arrays.values()))))]
+
+    with np.load(entry.calib_path(args.calib)) as f:
+        seen = set(rows(dict(f)))
+    with np.load(entry.calib_path(args.unseen, HELD_OUT_SEED)) as f:
+        arrays = dict(f)
+    new = np.array([r not in seen for r in rows(arrays)])
+    out = folder / f"{entry.name}-unseen.npz"
+    np.savez(out, **{k: v[new] for k, v in arrays.items()})
+    return out
 
 
 def sized(entry, args) -> dict:
@@ -120,15 +138,15 @@ def sized(entry, args) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = ["| model | budget metric or size | distillation steps | MB | ratio | sparsity | bits | "
-             "held-out drop (pts, 95 % bound) | pooled cosine (mean / worst) | top-5 neighbours kept | same top-5 | "
-             "seconds / limit |",
-             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+             "held-out drop (pts, 95 % bound) | unseen inputs | pooled cosine (mean / worst) | top-5 neighbours kept | "
+             "same top-5 | seconds / limit |",
+             "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         bits = "/".join(str(b) for b in r["bits"]) or "–"
         budget = f"size {r['size']}" if r.get("size") else r.get("metric", "cosine")
         lines.append(f"| {r['model']} | {budget} | {r.get('distill', 0)} | {r['mb']:.1f} | {r['ratio']:.2f}× | "
                      f"{r['sparsity']:.1%} | {bits} | "
-                     f"{r['held_out']['points']:.2f} ({r['held_out']['upper']:.2f}) | {r['cosine']:.4f} / "
+                     f"{r['held_out']['points']:.2f} ({r['held_out']['upper']:.2f}) | {r['unseen']} | {r['cosine']:.4f} / "
                      f"{r['worst_cosine']:.4f} | {r['overlap']:.1%} | {r['same']:.1%} | "
                      f"{r['seconds']:.0f} / {r['time_limit']:g} |")
     goals = []
