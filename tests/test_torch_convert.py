@@ -171,11 +171,13 @@ def test_fixed_batch_graph_runs_larger_batches_in_chunks():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 6])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     x = rng.standard_normal((5, 6, 8)).astype(np.float32)
-    module = OnnxModule(model)
-    assert module.batch == 1
-    got = run_numpy(module, {"x": x})[0]
     expected = np.concatenate([ort_outputs(model, {"x": x[i:i + 1]})[0] for i in range(len(x))])
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    for vectorize in (True, False):  # vmap over the chunks, or the loop it falls back to
+        module = OnnxModule(model)
+        module.vectorize = vectorize
+        assert module.batch == 1
+        np.testing.assert_allclose(run_numpy(module, {"x": x})[0], expected, rtol=1e-5, atol=1e-6)
+        assert module.vectorize == vectorize
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
     with pytest.raises(EvonnxError, match="fixes its batch at 2"):
         run_numpy(OnnxModule(model), {"x": x})

@@ -298,8 +298,9 @@ def test_corpus_transformer_matches_onnxruntime(optimized, tmp_path):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     module = OnnxModule(onnx.load(str(path)))
     assert not optimized or any(name.startswith("com.microsoft.") for name, *_ in module.nodes)
-    for i in range(4):  # fixed batch 1
-        sample = {k: v[i:i + 1] for k, v in feeds.items()}
-        for got, expected in zip(run_numpy(module, sample), sess.run(None, sample)):
-            assert got.shape == expected.shape
-            assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+    batch = {k: v[:4] for k, v in feeds.items()}  # the graph fixes batch 1: torch runs the 4 as chunks
+    for got, o in zip(run_numpy(module, batch), range(len(sess.get_outputs()))):
+        for i in range(4):
+            expected = sess.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[o]
+            assert got[i:i + 1].shape == expected.shape
+            assert np.abs(got[i:i + 1] - expected).max() <= 1e-4 * np.abs(expected).max()

@@ -5,11 +5,13 @@ initializers named in `trainable` are `nn.Parameter`s, every other initializer (
 shape tensors, frozen weights) a buffer. `transforms[name]` (set by a pass) maps a weight's parameter to
 the value the graph uses, e.g. a keep-mask product or a straight-through quantizer. `weights()` returns
 the trained arrays under their ONNX names, in their original dtype; nothing else changes the graph.
-A graph whose inputs fix their batch (axis 0, e.g. batch 1 baked into its Reshapes) runs a larger batch in
-chunks of that size, its outputs concatenated on axis 0.
+A graph whose inputs fix their batch (axis 0, e.g. batch 1 baked into its Reshapes) runs a larger batch as
+chunks of that size, vectorized over the chunks by `torch.func.vmap` (a loop over them where an op does not
+support it), its outputs joined on axis 0.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -23,6 +25,7 @@ from evonnx.passes.torchnet.ops import MULTI_OUTPUT, OPS
 from evonnx.runtime.model_io import default_opset
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
+log = logging.getLogger(__name__)
 
 
 def _key(node: onnx.NodeProto) -> str:
@@ -93,6 +96,7 @@ class OnnxModule(nn.Module):
         inits.update(values or {})
         self.input_names = [i.name for i in graph.input if i.name not in inits]
         self.batch = _fixed_batch(graph, self.input_names)
+        self.vectorize = True  # a fixed batch's chunks through vmap, until an op refuses it
         self.output_names = [o.name for o in graph.output]
         self.params = nn.ParameterDict()
         self._keys: dict[str, str] = {}
@@ -145,12 +149,21 @@ class OnnxModule(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         if len(inputs) != len(self.input_names):
             raise EvonnxError(f"expected {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}")
-        n = len(inputs[0]) if inputs else 0
-        if self.batch is None or n == self.batch:
+        b = self.batch  # None for scalar or dynamic inputs
+        n = b if b is None else len(inputs[0])
+        if n == b:
             return self._run(inputs)
-        if n % self.batch:
-            raise EvonnxError(f"the graph fixes its batch at {self.batch}: {n} samples cannot be run in such chunks")
-        chunks = [self._run([x[i:i + self.batch] for x in inputs]) for i in range(0, n, self.batch)]
+        if n % b:
+            raise EvonnxError(f"the graph fixes its batch at {b}: {n} samples cannot be run in such chunks")
+        if self.vectorize:
+            try:
+                outs = torch.func.vmap(lambda *xs: tuple(self._run(xs)))(
+                    *[x.reshape(n // b, b, *x.shape[1:]) for x in inputs])
+                return [o.reshape(n, *o.shape[2:]) for o in outs]
+            except (RuntimeError, NotImplementedError, ValueError) as exc:
+                log.debug(f"torch.func.vmap cannot run the graph ({exc}); looping over chunks of {b}")
+                self.vectorize = False
+        chunks = [self._run([x[i:i + b] for x in inputs]) for i in range(0, n, b)]
         return [torch.cat(outs) for outs in zip(*chunks)]
 
     def _run(self, inputs) -> list[torch.Tensor]:
