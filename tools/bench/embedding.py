@@ -102,11 +102,14 @@ def one_run(name: str, args, folder: Path) -> dict:
     seconds = time.perf_counter() - start
     student = reference.outputs(session(decode(out)))
     bits = sorted({r["bits"] for r in result.layers if r["role"] in ("conv", "matrix", "embedding")})
+    trained = next((h for h in result.history if h.get("pass") == "distill-finetune"), None)
     return {"model": name, "family": entry.family, "mb": result.original_bytes / 1e6, "ratio": result.ratio,
             "sparsity": result.sparsity, "bits": bits, "seconds": seconds, "time_limit": args.time_limit,
             "held_out": result.held_out, "shipped": result.shipped, "calib": args.calib,
             "unseen": reference.data.num_samples,
             "metric": args.metric, "size": args.size, "distill": args.distill if args.size else 0,
+            **({"best_step": trained["best_step"], "validation": [trained["val_kl_before"], trained["val_kl_best"]]}
+               if trained else {}),
             **fidelity(pooled(reference.teacher[0], tokens), pooled(student[0], tokens))}
 
 
@@ -137,14 +140,15 @@ def sized(entry, args) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | budget metric or size | distillation steps | MB | ratio | sparsity | bits | "
+    lines = ["| model | budget metric or size | distillation steps (best) | MB | ratio | sparsity | bits | "
              "held-out drop (pts, 95 % bound) | unseen inputs | pooled cosine (mean / worst) | top-5 neighbours kept | "
              "same top-5 | seconds / limit |",
              "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         bits = "/".join(str(b) for b in r["bits"]) or "–"
         budget = f"size {r['size']}" if r.get("size") else r.get("metric", "cosine")
-        lines.append(f"| {r['model']} | {budget} | {r.get('distill', 0)} | {r['mb']:.1f} | {r['ratio']:.2f}× | "
+        steps = f"{r['distill']} (best {r['best_step']})" if r.get("best_step") is not None else r.get("distill", 0)
+        lines.append(f"| {r['model']} | {budget} | {steps} | {r['mb']:.1f} | {r['ratio']:.2f}× | "
                      f"{r['sparsity']:.1%} | {bits} | "
                      f"{r['held_out']['points']:.2f} ({r['held_out']['upper']:.2f}) | {r['unseen']} | {r['cosine']:.4f} / "
                      f"{r['worst_cosine']:.4f} | {r['overlap']:.1%} | {r['same']:.1%} | "
