@@ -101,10 +101,13 @@ def one_run(name: str, args, folder: Path) -> dict:
                                        {"max_drop": args.max_drop, "time_limit": args.time_limit}))
     seconds = time.perf_counter() - start
     student = reference.outputs(session(decode(out)))
-    bits = sorted({r["bits"] for r in result.layers if r["role"] in ("conv", "matrix", "embedding")})
+    targets = [r for r in result.layers if r["role"] in ("conv", "matrix", "embedding")]
+    bits = sorted({r["bits"] for r in targets})
+    coded = [8 * r["coded_bytes"] / max(1, int(np.prod(r["shape"]))) for r in targets]
     trained = next((h for h in result.history if h.get("pass") == "distill-finetune"), None)
     return {"model": name, "family": entry.family, "mb": result.original_bytes / 1e6, "ratio": result.ratio,
-            "sparsity": result.sparsity, "bits": bits, "seconds": seconds, "time_limit": args.time_limit,
+            "sparsity": result.sparsity, "bits": bits,
+            "coded_bits": [min(coded), max(coded)] if coded else [], "seconds": seconds, "time_limit": args.time_limit,
             "held_out": result.held_out, "shipped": result.shipped, "calib": args.calib,
             "unseen": reference.data.num_samples,
             "metric": args.metric, "size": args.size, "distill": args.distill if args.size else 0,
@@ -140,12 +143,14 @@ def sized(entry, args) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | budget metric or size | distillation steps (best) | MB | ratio | sparsity | bits | "
+    lines = ["| model | budget metric or size | distillation steps (best) | MB | ratio | sparsity | "
+             "coded bits a weight (min–max) | "
              "held-out drop (pts, 95 % bound) | unseen inputs | pooled cosine (mean / worst) | top-5 neighbours kept | "
              "same top-5 | seconds / limit |",
              "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        bits = "/".join(str(b) for b in r["bits"]) or "–"
+        bits = ("–".join(f"{b:.2f}" for b in r["coded_bits"]) if r.get("coded_bits")
+                else "/".join(str(b) for b in r["bits"]) or "–")
         budget = f"size {r['size']}" if r.get("size") else r.get("metric", "cosine")
         steps = f"{r['distill']} (best {r['best_step']})" if r.get("best_step") is not None else r.get("distill", 0)
         lines.append(f"| {r['model']} | {budget} | {steps} | {r['mb']:.1f} | {r['ratio']:.2f}× | "
