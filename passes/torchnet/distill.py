@@ -68,8 +68,9 @@ def grouped_mse(student: torch.Tensor, teacher: torch.Tensor, groups: torch.Tens
 
 
 def pooled_gap(student, teacher, tokens, pool: str):
-    """Mean 1 - cosine of token outputs [N, tokens, ...] (pads zeroed) pooled as the Cosine metric pools them:
-    the mean over the real tokens (`tokens` [N, tokens] bool; None: all) or the first token. numpy or torch."""
+    """Mean 1 - cosine of token outputs [N, tokens, ...] (pads zeroed) pooled as the Cosine metric pools them
+    (validation measures it with the metric itself): the mean over the real tokens (`tokens` [N, tokens]; None:
+    all) or the first token."""
     if pool == "first":
         s, t = student[:, 0], teacher[:, 0]
     else:
@@ -143,6 +144,7 @@ class Distiller:
         self.val_t = [zero_pads(t, self.val_tokens) for t in run_numpy(teacher, self.val_x)]
         self.groups = output_groups(metric, self.val_t, [0] * len(self.val_t))
         self.pool = getattr(metric, "pool", "")  # a pooled cosine metric's pooling
+        self.metric = metric
         self.loss_groups = [None if g is None else torch.from_numpy(g).to(self.device) for g in self.groups]
         self.stds = [float(np.std(x)) if np.issubdtype(x.dtype, np.floating) else 0.0 for x in self.train_x]
         mask = mask_input(dict(zip(names, self.train_x)), self.input_axes)  # never augmented
@@ -197,15 +199,10 @@ class Distiller:
     def validate(self) -> float:
         ys = [zero_pads(y, self.val_tokens) for y in run_numpy(self.student, self.val_x)]
         vals = [kl_divergence(t, s) if is_classifier(t) else relative_mse(t, s, g) + (
-                float(pooled_gap(s.astype(np.float64), t.astype(np.float64), self._real(t), self.pool))
-                if self.pool and t.ndim == 3 else 0.0) for s, t, g in zip(ys, self.val_t, self.groups)]
+                self.metric.drop([t], [s], tokens=self.val_tokens).points / 100 if self.pool and t.ndim == 3 else 0.0)
+                for s, t, g in zip(ys, self.val_t, self.groups)]
         kls = [v for v, t in zip(vals, self.val_t) if is_classifier(t)]
         return float(np.mean(kls if kls else vals))
-
-    def _real(self, output: np.ndarray) -> np.ndarray | None:
-        """The validation set's real tokens where `output` has them on axis 1 (else None: every row counts)."""
-        tokens = self.val_tokens
-        return tokens if tokens is not None and output.shape[:2] == tokens.shape else None
 
     def evolve(self) -> dict[str, int]:
         """Weight Evolution on the evolvable weights, then their constraints; adds up the counts per layer."""
