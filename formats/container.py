@@ -19,14 +19,13 @@ from evonnx.errors import EvxFormatError
 from evonnx.formats import record
 from evonnx.formats.atomic import atomic_write_bytes
 from evonnx.formats.bytesio import Reader
-from evonnx.formats.dtypes import INTEGER_DTYPES
 from evonnx.formats.stats import ContainerStats, container_stats, tensor_stats
 from evonnx.formats.symbols import zstd_compress, zstd_decompress
 from evonnx.formats.tensor import QuantizedTensor
 
 MAGIC = b"\x89EVX\r\n\x1a\n"
 END_MAGIC = b"EVXEND\x00\x00"
-MAJOR, MINOR = 2, 1                      # the newest version; 2.1 added integer (already-quantized) records
+MAJOR, MINOR = 2, 2                      # the newest version; 2.1 added integer records, 2.2 coded parameters
 ALIGN = {1: 64, 2: 1}                    # section alignment by major version (2.0 dropped the padding)
 HEADER = struct.Struct("<8sHHIQII")      # magic, major, minor, section_count, file_size, flags, header_crc
 SECTIONS = {1: struct.Struct("<4sIQQII"),  # kind, flags, offset, length, crc32, reserved
@@ -114,7 +113,7 @@ def encode_evx(graph: onnx.ModelProto, tensors: list[QuantizedTensor], meta: dic
 
 def _minor(tensors: list[QuantizedTensor]) -> int:
     """The lowest minor version that describes the file: files a 2.0 reader decodes say 2.0."""
-    return MINOR if any(t.dtype in INTEGER_DTYPES for t in tensors) else 0
+    return max((record.record_minor(t) for t in tensors), default=0)
 
 
 def _json(obj: dict, what: str) -> bytes:

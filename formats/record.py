@@ -21,6 +21,7 @@ from evonnx.formats.tensor import MAX_NDIM, QuantizedTensor, scale_shape
 SCHEME_IDS = {"raw": 0, "uniform": 1, "codebook": 2}
 SCHEME_NAMES = {v: k for k, v in SCHEME_IDS.items()}
 GRANULARITY_TENSOR, GRANULARITY_CHANNEL, GRANULARITY_BLOCK = 0, 1, 2
+CODED_PARAMS = 0x80  # granularity flag since 2.2: scales and zero points as symbol streams of their bit patterns
 MAX_ELEMENTS = 1 << 40
 LATEST = 2  # the layout written by default: the container's major version
 
@@ -86,9 +87,13 @@ def encode_record(t: QuantizedTensor, major: int = LATEST) -> bytes:
     count(t.n_kept)
     if t.scheme == "uniform":
         gran = GRANULARITY_TENSOR if t.axis is None else GRANULARITY_BLOCK if t.block_size else GRANULARITY_CHANNEL
-        w.u8(gran).u8(t.axis or 0)
+        coded = coded_params(t) if major >= 2 else None
+        w.u8(gran | (CODED_PARAMS if coded is not None else 0)).u8(t.axis or 0)
         count(t.block_size)
-        w.array(t.scale.reshape(-1), "<f4").array(t.zero_point.reshape(-1), "<f4")
+        if coded is not None:
+            w.raw(coded)
+        else:
+            w.array(t.scale.reshape(-1), "<f4").array(t.zero_point.reshape(-1), "<f4")
     elif t.scheme == "codebook":
         short(t.centroids.size).array(t.centroids, "<f4")
     mask_stream = masks.encode(t.mask, t.shape)
@@ -101,6 +106,23 @@ def encode_record(t: QuantizedTensor, major: int = LATEST) -> bytes:
     if major == 1:
         w.u64(len(value_stream))
     return w.raw(value_stream).bytes()
+
+
+def coded_params(t: QuantizedTensor) -> bytes | None:
+    """A uniform record's scales then zero points as two symbol streams of their float32 bit patterns (since
+    2.2), or None where the plain float32 arrays are no longer: many channels whose zero points repeat and
+    whose scales carry few significant bits (passes/quant/uniform.py rounds them) code in a fraction."""
+    streams = b"".join(symbols.encode(np.ascontiguousarray(a, "<f4").reshape(-1).view("<u4"), 1 << 32, itemsize=4)
+                       for a in (t.scale, t.zero_point))
+    return streams if len(streams) < 8 * t.scale.size else None
+
+
+def record_minor(t: QuantizedTensor) -> int:
+    """The lowest minor version of major 2 that describes `t`'s record: 1 for an integer element type, 2 for
+    coded uniform parameters, else 0."""
+    if t.dtype in INTEGER_DTYPES:
+        return 1
+    return 2 if t.scheme == "uniform" and coded_params(t) is not None else 0
 
 
 def _short(r: Reader, major: int, what: str) -> int:
@@ -156,7 +178,9 @@ def read_header(data, where: str, major: int = LATEST) -> RecordHeader:
     elif not 1 <= bits <= 8:
         raise r.fail(f"{scheme} bits {bits} outside 1..8")
     if scheme == "uniform":
-        gran = r.u8("granularity")
+        flags = r.u8("granularity")
+        coded = major >= 2 and bool(flags & CODED_PARAMS)
+        gran = flags & ~CODED_PARAMS if coded else flags
         axis = r.u8("axis")
         block = _count(r, major, "block size")
         if gran > GRANULARITY_BLOCK:
@@ -173,8 +197,10 @@ def read_header(data, where: str, major: int = LATEST) -> RecordHeader:
             params["axis"], params["block_size"] = axis, block
         want = scale_shape(shape, params["axis"], params["block_size"])
         count = int(np.prod(want, dtype=np.int64))
-        params["scale"] = r.array("<f4", count, "scales").reshape(want)
-        params["zero_point"] = r.array("<f4", count, "zero points").reshape(want)
+        for key, what in (("scale", "scales"), ("zero_point", "zero points")):
+            values = (symbols.decode(r, count, 1 << 32, np.uint32, what=what).view("<f4") if coded
+                      else r.array("<f4", count, what))
+            params[key] = values.reshape(want)
     elif scheme == "codebook":
         k = _short(r, major, "codebook size")
         if not 1 <= k <= 1 << bits:

@@ -92,7 +92,7 @@ class BitAllocation(Pass):
         measure = alone if ctx.workers is None else ctx.workers.fidelity(alone, state.model)
         metric, limit = _budget(cfg, fidelity)
         loss = budget_loss(metric, cfg.z)
-        quantizer = Quantizer(state, engine, cfg.refit_rows, ctx.seed)
+        quantizer = Quantizer(state, engine, cfg.refit_rows, ctx.seed, ctx.metric)
         specs = list(dict.fromkeys([QuantSpec.parse(f, b) for f in cfg.schemes for b in cfg.bits]
                                    + [QuantSpec("raw", 32)]))
         reference = QuantSpec.parse(cfg.scale_from) if cfg.scale_from else None

@@ -64,7 +64,7 @@ def quantize_plan(state: ModelState, ctx: PassContext, plan: dict[str, QuantSpec
     sensitivity), else measured when `measure_alone`."""
     engine = ctx.engine(state)
     base = {n: state.current(n) for n in engine.weight_names}  # every weight as it comes in, biases too
-    quantizer = quantizer or Quantizer(state, engine, refit_rows, ctx.seed)
+    quantizer = quantizer or Quantizer(state, engine, refit_rows, ctx.seed, ctx.metric)
     fidelity = Fidelity(engine, base)
     done = {n: (quantized or {}).get(n) or quantizer.quantize(n, spec) for n, spec in plan.items()}
     rows = [row(q, plan[n], state.current(n)) for n, q in done.items()]

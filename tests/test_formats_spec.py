@@ -243,11 +243,17 @@ def tensor_record(b: bytes, major: int):
     scheme, bits, n_kept = r.u(1), r.u(1), count()
     params = {}
     if scheme == 1:
-        gran, axis, block = r.u(1), r.u(1), count()
+        flags, axis, block = r.u(1), r.u(1), count()
+        gran, coded = flags & 0x7F, major >= 2 and flags & 0x80
         shape = [] if gran == 0 else [dims[axis]] if gran == 1 else [
             -(-d // block) if i == axis else d for i, d in enumerate(dims)]
         n = math.prod(shape)
-        params = dict(gran=gran, axis=axis, block=block, pshape=shape, scale=r.f32s(n), zp=r.f32s(n))
+        if coded:  # two streams of binary32 bit patterns
+            scale, zp = (struct.unpack(f"<{n}f", struct.pack(f"<{n}I", *symbol_stream(r, n, 1 << 32)))
+                         for _ in range(2))
+        else:
+            scale, zp = r.f32s(n), r.f32s(n)
+        params = dict(gran=gran, axis=axis, block=block, pshape=shape, scale=scale, zp=zp)
     elif scheme == 2:
         params["centroids"] = r.f32s(short())
     mask_len = count()
@@ -372,6 +378,10 @@ def _records(rng):
     m = rng.random((5, 300)) < 0.02
     ts.append(QuantizedTensor.uniform("runs", (5, 300), "float32", 1, rng.integers(0, 2, m.sum()),
                                       np.float32(0.5), np.float32(0.5), mask=m))
+    # many channels, rounded scales and one zero point: coded parameters (2.2)
+    scales = rng.random(300).astype(np.float32).view(np.uint32) & np.uint32(0xFFFF0000)
+    ts.append(QuantizedTensor.uniform("rows", (300, 6), "float32", 3, rng.integers(0, 8, 1800),
+                                      scales.view(np.float32) + np.float32(0.5), np.full(300, 3.5), axis=0))
     # dense, column-heteroscedastic codes so ANS_GRID gets chosen
     q = np.clip(np.rint(rng.normal(size=(40, 64)) * np.exp(rng.normal(0, 1, (1, 64))) + 8), 0, 15)
     ts.append(QuantizedTensor.uniform("ctxvals", (40, 64), "float32", 4, q.astype(int).reshape(-1),
@@ -383,6 +393,7 @@ def test_reference_decoder_agrees_with_library():
     rng = np.random.default_rng(11)
     ts = _records(rng)
     data = encode_evx(_graph(), ts, {"k": [1, 2]})
+    assert read_evx(data).version == (2, 2)  # the "rows" record's parameters are coded
     codecs = {(s.mask_codec, s.value_codec) for s in read_evx(data).stats.tensors}
     seen = {c for pair in codecs for c in pair}
     want = {"runs", "pyramid", "grid", "ans", "ans-grid", "packed", "const", "empty", "zstd-planes"}

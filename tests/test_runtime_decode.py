@@ -187,7 +187,7 @@ TENSOR_KEYS = {"name", "shape", "dtype", "scheme", "bits", "elements", "kept", "
 def test_cli_inspect(evx, capsys):
     assert cli_main(["inspect", str(evx), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert set(rep) == TOP_KEYS and rep["meta"] == {"run": "test"} and rep["version"] == "2.0"
+    assert set(rep) == TOP_KEYS and rep["meta"] == {"run": "test"} and rep["version"] == "2.2"
     assert [set(t) for t in rep["tensors"]] == [TENSOR_KEYS] * 5
     conv = rep["tensors"][0]
     assert conv["name"] == "conv.w" and conv["shape"] == [8, 3, 3, 3] and conv["bits"] == 4

@@ -14,11 +14,12 @@ from evonnx.errors import EvonnxError
 from evonnx.formats.dtypes import np_dtype
 from evonnx.formats.tensor import QuantizedTensor, dequantize
 from evonnx.passes.engine.metrics import Metrics, compare, is_classifier
-from evonnx.passes.engine.tasks import Drop, TaskMetric, per_sample, real_tokens
+from evonnx.passes.engine.tasks import Cosine, Drop, TaskMetric, per_sample, real_tokens
 from evonnx.passes.quant.gptq import compensated_codes, inverse_factor
 from evonnx.passes.quant.layer import QuantSpec, Quantized, quantize_weight, survivors
 from evonnx.passes.quant.refit import gram_matrices, layer_views, refit_centroids
 from evonnx.passes.quant.sizing import coded_bytes
+from evonnx.passes.quant.tables import table_grams, table_views
 from evonnx.passes.state import ModelState
 
 Nontarget = Literal["exact", "fp16", "bf16", "int8"]  # how biases, norms and small tensors are stored
@@ -30,20 +31,38 @@ class Quantizer:
     """Quantize weights of one state under any spec; caches the layers' Grams (codebook re-fit, GPTQ, error
     power) and GPTQ's inverse factors."""
 
-    def __init__(self, state: ModelState, engine, max_rows: int = 4096, seed: int = 0):
+    def __init__(self, state: ModelState, engine, max_rows: int = 4096, seed: int = 0,
+                 task: TaskMetric | None = None):
         self.state, self.engine, self.max_rows, self.seed = state, engine, max_rows, seed
+        self.pool = task.pool if isinstance(task, Cosine) else ""  # what the tables' Grams probe
         self.views = None
         self.grams: dict[str, np.ndarray] = {}
+        self.measured = False  # whether `grams` were computed
         self.factors: dict[str, np.ndarray] = {}  # GPTQ's inverse factor per layer (passes/quant/gptq.py)
         self.keep = {n: survivors(state.current(n), state.masks.get(n)) for n in state.targets}
 
     def can_refit(self, name: str) -> bool:
         self._ensure_views()
+        if name in self.views and self.views[name].kind == "table":
+            self._ensure_grams()  # only a measured Gram makes a table's view
         return name in self.views
 
     def _ensure_views(self) -> None:
         if self.views is None:
-            self.views = layer_views(self.state, self.state.targets)
+            self.views = {**layer_views(self.state, self.state.targets), **table_views(self.state, self.state.targets)}
+
+    def _ensure_grams(self) -> None:
+        """Every view's Gram, at the first need (one activation pass for the matrices, one probe pass for the
+        tables); a table without one (torchnet cannot run the graph) loses its view: rounded to nearest."""
+        if self.measured:
+            return
+        self.measured = True
+        tables = {n: v for n, v in self.views.items() if v.kind == "table"}
+        matrices = {n: v for n, v in self.views.items() if n not in tables}
+        self.grams.update(gram_matrices(self.state, self.engine, matrices, self.max_rows, self.seed))
+        self.grams.update(table_grams(self.state, self.engine, tables, self.seed, self.pool))
+        for name in tables.keys() - self.grams.keys():
+            del self.views[name]
 
     def quantize(self, name: str, spec: QuantSpec) -> Quantized:
         """`name` under `spec`; a re-fit or compensated spec falls back to plain where the weight has no
@@ -51,8 +70,7 @@ class Quantizer:
         array, info = self.state.current(name), self.state.table[name]
         refit = compensate = None
         if spec.refit and self.can_refit(name):
-            if name not in self.grams:
-                self.grams.update(gram_matrices(self.state, self.engine, self.views, self.max_rows, self.seed))
+            self._ensure_grams()
             layer, gram, keep = self.views[name], self.grams[name], self.keep[name]
             if spec.scheme == "codebook":
                 def refit(codes, centroids):

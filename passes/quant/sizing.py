@@ -3,14 +3,15 @@
 codes: zero-order entropy under the rANS frequency table the container would send, plus that table
 (`formats.ans.best_table`), or bit packing when shorter; raw codes are counted at their full width
 (the container's zstd byte planes do better on floats). mask: n * H2(density) + 16 bits for the
-density (dense tensors need none). side: the float32 scales, zero points or centroids, and a fixed
-per-tensor header. The container's context modelling (masks, ANS_SEG) can only do better.
+density (dense tensors need none). side: the scales and zero points as the container codes them, the
+float32 centroids, and a fixed per-tensor header. The container's context modelling (masks, ANS_SEG) can only do better.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from evonnx.formats.ans import best_table, table_cost_bits
+from evonnx.formats.record import coded_params
 from evonnx.formats.tensor import QuantizedTensor
 
 HEADER_BYTES = 12  # name length, dtype, shape, scheme, bits, counts, granularity, mask length (varints since 2.0)
@@ -41,7 +42,8 @@ def mask_bits(mask: np.ndarray | None) -> float:
 
 def side_bits(t: QuantizedTensor) -> float:
     if t.scheme == "uniform":
-        return 32.0 * (t.scale.size + t.zero_point.size)
+        coded = coded_params(t)
+        return 32.0 * (t.scale.size + t.zero_point.size) if coded is None else 8.0 * len(coded)
     if t.scheme == "codebook":
         return 32.0 * t.centroids.size
     return 0.0

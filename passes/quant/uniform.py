@@ -12,7 +12,9 @@ A group holding one distinct value gets a grid with that value on it.
 RMS times 2^(RATE_OFFSET - rate), so the codes take about `rate` bits each once entropy-coded (for Gaussian
 values; heavier tails take a little less), never clipped (the step widens where 255 steps do not reach the
 group's largest value). At a coded rate, a uniform grid with entropy coding loses less than a clipped grid
-of 2^rate levels (about 1.5 dB of SNR for Gaussian values), and no value's error exceeds half a step.
+of 2^rate levels (about 1.5 dB of SNR for Gaussian values), and no value's error exceeds half a step. Its
+step keeps SCALE_BITS significant bits (0.4 % off at most): the container then codes the scales of a grid
+per channel in about a byte each instead of four (formats/SPEC.md, coded parameters).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ TAIL = 64  # of them the farthest from the centre, all measured
 RATE_BITS = 8  # code range of the entropy-sized grid
 RATE_OFFSET = 0.5 * np.log2(2 * np.pi * np.e)  # differential entropy of a unit Gaussian, bits
 CHUNK = 1 << 22  # entries coded at a time: the float temporaries of a large tensor stay small
+SCALE_BITS = 8  # significant bits an entropy-sized grid's step keeps (bfloat16's precision)
 
 
 def fit_uniform(values: np.ndarray, groups: np.ndarray, n_groups: int, bits: int,
@@ -66,9 +69,16 @@ def fit_rate(values: np.ndarray, groups: np.ndarray, n_groups: int,
     far = np.zeros(n_groups)
     np.maximum.at(far, groups, np.abs(v))
     step = np.maximum(rms * 2.0 ** (RATE_OFFSET - rate), 2 * far / top)
-    scale32 = np.where(step > 0, step, 1.0).astype(np.float32)
+    scale32 = significant(np.where(step > 0, step, 1.0))
     zero32 = np.full(n_groups, top / 2, np.float32)
     return grid_codes(v, groups, scale32, zero32, top), scale32, zero32
+
+
+def significant(x: np.ndarray) -> np.ndarray:
+    """Positive finite values as float32 rounded to SCALE_BITS significant bits (to nearest, ties away)."""
+    drop = 24 - SCALE_BITS  # float32 carries 24
+    bits = np.asarray(x, np.float32).view(np.uint32)
+    return ((bits + np.uint32(1 << (drop - 1))) & np.uint32(~((1 << drop) - 1) & 0xFFFFFFFF)).view(np.float32)
 
 
 def grid_codes(v: np.ndarray, groups: np.ndarray, scale: np.ndarray, zero: np.ndarray, top: float) -> np.ndarray:

@@ -20,7 +20,7 @@ class Layer:
     weight: str
     shape: tuple[int, ...]
     node: onnx.NodeProto | None = None  # the single consumer node (None: no fast path)
-    kind: str = "other"  # gemm | matmul | conv | other
+    kind: str = "other"  # gemm | matmul | conv | table (a Gather's [rows, features]: passes/quant/tables.py) | other
     x: str = ""  # the node's activation input
     y: str = ""  # the node's output
     bias: str | None = None  # a 1-D bias initializer read only by this node (re-fitted with W)
@@ -45,7 +45,7 @@ class Layer:
 
     @property
     def mat_shape(self) -> tuple[int, int]:
-        if self.kind == "conv":
+        if self.kind in ("conv", "table"):
             return self.shape[0], int(np.prod(self.shape[1:]))
         if self.kind in ("gemm", "matmul"):
             return (self.shape[0], self.shape[1]) if self.trans_w else (self.shape[1], self.shape[0])
@@ -58,7 +58,7 @@ class Layer:
 
     def to_mat(self, w: np.ndarray) -> np.ndarray:
         """The weight as [out, K] (a view or a transposed copy)."""
-        if self.kind == "conv":
+        if self.kind in ("conv", "table"):
             return w.reshape(self.shape[0], -1)
         if self.kind in ("gemm", "matmul"):
             return w if self.trans_w else w.T

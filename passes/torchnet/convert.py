@@ -3,7 +3,8 @@
 `OnnxModule(model, trainable)` runs the graph node by node with the functions of `ops.py`. The float
 initializers named in `trainable` are `nn.Parameter`s, every other initializer (BatchNorm statistics,
 shape tensors, frozen weights) a buffer. `transforms[name]` (set by a pass) maps a weight's parameter to
-the value the graph uses, e.g. a keep-mask product or a straight-through quantizer. `weights()` returns
+the value the graph uses, e.g. a keep-mask product or a straight-through quantizer; `taps[value]` likewise
+maps a node output to what later nodes read (a probe added to a Gather's rows). `weights()` returns
 the trained arrays under their ONNX names, in their original dtype; nothing else changes the graph.
 A graph whose inputs fix their batch (axis 0, e.g. batch 1 baked into its Reshapes) runs a larger batch as
 chunks of that size, vectorized over the chunks by `torch.func.vmap` (a loop over them where an op does not
@@ -113,6 +114,7 @@ class OnnxModule(nn.Module):
                 self.register_buffer(f"b{i}", tensor, persistent=False)
                 self._buffers_by_name[name] = f"b{i}"
         self.transforms: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self.taps: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}  # node output -> what later nodes read
         self.nodes = []
         for node in graph.node:
             if node.op_type == "Constant":
@@ -174,6 +176,9 @@ class OnnxModule(nn.Module):
                 args.pop()
             y = fn(*args, **attrs, _opset=opset)
             env.update(zip(outs, y) if op_type in MULTI_OUTPUT else [(outs[0], y)])
+            for out in outs:
+                if out in self.taps:
+                    env[out] = self.taps[out](env[out])
         return [env[n] if n in env else self.value(n) for n in self.output_names]
 
     def weights(self) -> dict[str, np.ndarray]:
