@@ -80,6 +80,10 @@ class BitAllocation(Pass):
                                 "every other spec's damage scaled from it by their error power; empty: "
                                 "every spec measured")
         max_joint: int = param(0, "most joint measurements the search makes (0: as many as it needs)")
+        tighter: list = param([0.8, 0.64], "shares of a loss budget searched again after it, each allocation kept "
+                              "in the record for the budget guard to try before it widens the searched one (a "
+                              "search fitted to the calibration samples often lands a little beyond the budget on "
+                              "held-out ones)")
         half_share: float = param(0.1, "a weight holding at least this share of the targets' entries also tries its "
                                   "entropy-sized grids at the half rates between listed widths (3.5 between 3 "
                                   "and 4): a bit of such a weight is too coarse a step of the whole size")
@@ -125,6 +129,7 @@ class BitAllocation(Pass):
         else:
             size_scores = {}
             choice = searcher.knapsack() if cfg.search == "knapsack" else searcher.greedy()
+        tighter = [] if cfg.target_bytes > 0 else _tighter(searcher, choice, cfg.tighter, cfg.search)
         chosen = searcher.options(choice)
         plan = {n: o.spec for n, o in chosen.items()}
         if nontarget == "auto":
@@ -136,7 +141,7 @@ class BitAllocation(Pass):
                  "sensitivity_samples": alone.engine.calib.num_samples,
                  "allocation": {n: s.label for n, s in plan.items()}, "sensitivity": measured,
                  "tried": [(round(searcher.bytes(c), 1), loss) for c, loss in searcher.cache.items()],
-                 "chosen_bytes": round(searcher.bytes(choice), 1), "nontarget_mode": nontarget,
+                 "chosen_bytes": round(searcher.bytes(choice), 1), "nontarget_mode": nontarget, "tighter": tighter,
                  "nontarget_losses": tried_modes,
                  "size_candidates": [(round(searcher.bytes(c), 1), kl) for c, kl in size_scores.items()]}
         goal = (f"size target {cfg.target_bytes} bytes (lowest KL of {len(size_scores)} allocations, other tensors "
@@ -187,6 +192,25 @@ def _alone(name: str, tried: list[QuantSpec], done: list, quantizer: Quantizer, 
             return [(m.metrics.fitness * r, loss(m) * r) for r in ratio], 1
     metrics = measure.evaluate([{name: q.weight} for q in done])
     return [(m.metrics.fitness, loss(m)) for m in metrics], len(done)
+
+
+def _tighter(searcher: Searcher, choice: tuple, shares: list[float], search: str) -> list[dict]:
+    """The allocations the same search finds within each share of its budget (each smaller share's only where it
+    differs from the last and the joint measurements are not spent): {share, allocation, joint_loss, bytes}."""
+    out, limit, last = [], searcher.limit, choice
+    try:
+        for share in sorted(shares, reverse=True):
+            if searcher.spent():
+                break
+            searcher.limit = limit * share
+            alt = searcher.knapsack() if search == "knapsack" else searcher.greedy()
+            if alt != last and searcher.ok(alt):
+                out.append({"share": share, "allocation": {n: o.spec.label for n, o in searcher.options(alt).items()},
+                            "joint_loss": searcher.loss(alt), "bytes": round(searcher.bytes(alt), 1)})
+                last = alt
+    finally:
+        searcher.limit = limit
+    return out
 
 
 def _sensitivity_fidelity(state: ModelState, ctx: PassContext, fidelity: Fidelity, share: float) -> Fidelity:

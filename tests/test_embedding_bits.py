@@ -179,7 +179,7 @@ def test_a_searched_allocation_falls_back_first_to_the_same_grids_a_bit_wider():
     x = np.random.default_rng(0).standard_normal((64, 24)).astype(np.float32)
     ctx = PassContext(calib=CalibData({"x": x}, None, "synthetic"))
     searched = get_pass("bit-allocation")(schemes=["uniform/channel/rate", "codebook"], bits=[2, 3, 8], metric="kl",
-                                          max_kl=0.05, nontarget="int8").run(state, ctx)
+                                          max_kl=0.05, nontarget="int8", tighter=[]).run(state, ctx)
     chosen = {n: QuantSpec.parse(label) for n, label in searched.history[-1]["allocation"].items()}
     assert any(spec.scheme != "raw" and spec.bits < 8 for spec in chosen.values())
     record = searched.history[-1]
@@ -200,6 +200,29 @@ def test_a_searched_allocation_falls_back_first_to_the_same_grids_a_bit_wider():
             assert QuantSpec.parse(wider.history[-1]["settings"]["layers"][name]).bits == min(spec.bits + extra, 8)
         assert {r["scheme"] for r in wider.history[-1]["nontarget"]} == {"int8"}
     assert bit_record(state) is None and list(finer(None, state, ctx, keep=[])) == []  # nothing to widen
+
+
+def test_a_searched_allocation_falls_back_first_to_the_same_search_within_a_smaller_share_of_its_budget():
+    from evonnx.passes.compress.guard import bit_record, finer
+
+    state = load_state(corpus.mlp(seed=3, d_in=24, hidden=48, classes=6).SerializeToString(), label="mlp")
+    x = np.random.default_rng(0).standard_normal((64, 24)).astype(np.float32)
+    ctx = PassContext(calib=CalibData({"x": x}, None, "synthetic"))
+    searched = get_pass("bit-allocation")(schemes=["uniform/channel/rate"], bits=[1, 2, 3, 4, 6, 8], metric="kl",
+                                          max_kl=0.05, nontarget="exact", tighter=[0.8, 0.5, 0.2]).run(state, ctx)
+    record = bit_record(searched)
+    tighter = record["tighter"]
+    assert tighter and [t["share"] for t in tighter] == sorted((t["share"] for t in tighter), reverse=True)
+    sizes = [record["chosen_bytes"]] + [t["bytes"] for t in tighter]
+    for alt in tighter:
+        assert alt["joint_loss"] <= alt["share"] * record["limit"] + 1e-12 and alt["allocation"] != record["allocation"]
+    assert sizes == sorted(sizes) and sizes[-1] > sizes[0]  # a smaller budget buys its loss with bytes
+    fallbacks = finer(record, state, ctx, keep=[])
+    for alt in tighter:
+        what, candidate, _ = next(fallbacks)
+        assert what == f"the search within {alt['share']:.0%} of the budget"
+        assert candidate.history[-1]["settings"]["layers"] == alt["allocation"]
+    assert next(fallbacks)[0].startswith("the searched bits")
 
 
 def test_the_first_fallback_widens_the_fewest_layers_holding_most_of_the_damage():
@@ -237,8 +260,8 @@ def test_a_weight_holding_most_entries_tries_half_rates_and_its_first_fallback_w
     for name, rows in record["sensitivity"].items():
         labels = {label for label, _, _, _ in rows}
         assert ("uniform/channel/rate@2.5" in labels) == (name == big) and "uniform/channel/rate@3.5" not in labels
-    # the big weight at 2 bits holds nearly all of the damage: the first fallback widens it alone, by half a bit
-    record["allocation"] = {n: "uniform/channel/rate@2" for n in sizes}
+    # the big weight at 2 bits holds nearly all of the damage: the first widening widens it alone, by half a bit
+    record["allocation"], record["tighter"] = {n: "uniform/channel/rate@2" for n in sizes}, []
     for name, rows in record["sensitivity"].items():
         rows[:] = [(label, b, (10.0 if name == big else 0.1) if label.endswith("@2") else d, drop)
                    for label, b, d, drop in rows]

@@ -184,6 +184,36 @@ def test_gptq_rounding_lowers_the_layer_output_error_on_the_same_grid():
     assert QuantSpec.parse("uniform/channel/rate+gptq@3").label == "uniform/channel/rate+gptq@3"
 
 
+def test_gptq_damped_by_its_row_count_does_better_on_rows_it_never_saw():
+    """A Gram of about as many rows as inputs (48 sentences' tokens for a 1,536-wide layer), inputs whose
+    variance spreads over every direction (heavy-tailed, eigenvalues falling as 1 / i): the sweep fitted to
+    those rows alone overfits them, no better than rounding to nearest on fresh rows; damped by K / rows it
+    loses a little on them and gains on fresh rows."""
+    rng = np.random.default_rng(0)
+    spread = np.arange(1, 97) ** -0.5 * np.linalg.qr(rng.standard_normal((96, 96)))[0]
+
+    def rows(n):
+        return rng.standard_t(4, (n, 96)) @ spread.T
+
+    seen, fresh = rows(100), rows(4000)
+    w = rng.standard_normal((64, 96)).astype(np.float32)
+    keep = np.ones(w.shape, bool)
+    layer = Layer("w", w.shape, kind="gemm", trans_w=True)
+    plain = quantize_weight("w", w, keep, QuantSpec.parse("uniform/channel/rate@3"), 0)
+
+    def rounded(u):
+        return layer.from_mat(compensated_codes(w, keep, u, plain.tensor.scale, plain.tensor.zero_point, 255.0))
+
+    def err(codes, x):
+        q = (codes.astype(np.float32) - plain.tensor.zero_point[:, None]) * plain.tensor.scale[:, None]
+        return np.linalg.norm(x @ (q - w).T.astype(np.float64))
+
+    gram = seen.T @ seen
+    fitted, damped = rounded(inverse_factor(gram)), rounded(inverse_factor(gram, len(seen)))
+    assert err(fitted, seen) < err(damped, seen)
+    assert err(damped, fresh) < 0.9 * min(err(fitted, fresh), err(plain.tensor.codes.reshape(w.shape), fresh))
+
+
 def test_grams_leave_out_the_rows_of_padding_tokens():
     from evonnx.passes.quant.refit import _rows
 

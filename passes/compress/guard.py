@@ -2,8 +2,9 @@
 on the held-out samples no pass fitted to; the first within budget ships.
 
 A result is within budget when its drop's one-sided 95 % upper bound (measured + 1.645 standard errors) is
-at most `--max-drop`. Where the bits were searched, the first fallbacks are the same allocation a little wider
-where most of its damage is, then one and two bits wider a layer (`finer`). The budget-driven default then
+at most `--max-drop`. Where the bits were searched, the first fallbacks are the allocations the search found
+within smaller shares of the budget, then the same allocation a little wider where most of its damage is, then
+one and two bits wider a layer (`finer`). The budget-driven default then
 falls back on safer results (the accepted Directed Evolution rungs at 8 bits, then no pruning at 8 bits, then
 the exact weights); a fixed recipe has only its own result, plus the same pruning at 8 bits where the bits
 were searched. Nothing within budget: BudgetError, exit code 3, nothing written.
@@ -147,30 +148,39 @@ MOST_DAMAGE = 0.75  # the first fallback widens only the layers that carry this 
 
 def finer(record: dict | None, base: ModelState, ctx: PassContext, keep: list[str],
           steps: list[dict] = ()) -> Iterator[Candidate]:
-    """A searched result's first fallbacks: its bit allocation half a bit (entropy-sized grids), then one bit
-    wider on the fewest layers that carry MOST_DAMAGE of its estimated damage (each layer's measured alone, summed
-    as the search does), then every layer FINER bits wider (at most 8; the same grids and rounding, the same
-    other tensors), on `base`, the state the bit allocation started from. A search that fits the budget on the
-    calibration samples can exceed it on held-out ones by a little; a bit more a layer takes about three
-    quarters off its drop (half a bit, half of it), and keeps most of the compression. `steps`: the passes that
-    made `base`, for the container's metadata; `record`: the searched result's `bit_record`."""
+    """A searched result's first fallbacks: the allocations its search found within smaller shares of the budget
+    (the record's `tighter`), then its bit allocation half a bit (entropy-sized grids), then one bit wider on the
+    fewest layers that carry MOST_DAMAGE of its estimated damage (each layer's measured alone, summed as the
+    search does), then every layer FINER bits wider (at most 8; the same grids and rounding, the same other
+    tensors), on `base`, the state the bit allocation started from. A search that fits the budget on the
+    calibration samples can exceed it on held-out ones by a little: the tighter searches spend the bits where
+    they buy the most, as the search did; a bit more a layer takes about three quarters off its drop (half a bit,
+    half of it), and keeps most of the compression. `steps`: the passes that made `base`, for the container's
+    metadata; `record`: the searched result's `bit_record`, which each fallback's history keeps (the report
+    draws the search's trade-off from it)."""
     if record is None:
         return
     allocation = record["allocation"]
+    options = [(f"the search within {alt['share']:.0%} of the budget", alt["allocation"])
+               for alt in record.get("tighter", [])]
     most = _most_damage(record)
-    options = []
     if 0 < len(most) < len(allocation):
         rates = [n for n in most if QuantSpec.parse(allocation[n]).rate]
         if rates:
-            options.append((f"half a bit wider on the entropy-sized grids of the layers with {MOST_DAMAGE:.0%} of "
-                            "the damage", rates, 0.5))
-        options.append((f"1 wider on the layers with {MOST_DAMAGE:.0%} of the damage", most, 1))
-    options += [(f"{extra} wider a layer", list(allocation), extra) for extra in FINER]
-    for what, names, extra in options:
-        layers = {**allocation, **{n: _wider(allocation[n], extra) for n in names}, **{n: "raw" for n in keep}}
+            options.append((f"the searched bits, half a bit wider on the entropy-sized grids of the layers with "
+                            f"{MOST_DAMAGE:.0%} of the damage", _widened(allocation, rates, 0.5)))
+        options.append((f"the searched bits, 1 wider on the layers with {MOST_DAMAGE:.0%} of the damage",
+                        _widened(allocation, most, 1)))
+    options += [(f"the searched bits, {extra} wider a layer", _widened(allocation, list(allocation), extra))
+                for extra in FINER]
+    for what, chosen in options:
+        layers = {**chosen, **{n: "raw" for n in keep}}
         pipe = Pipeline([DeadUnits(), *Pipeline([("quantize", {"layers": layers, "nontarget": record["nontarget_mode"],
                                                                "measure_alone": False})]).passes])
-        yield f"the searched bits, {what}", pipe.run(base, ctx), [*steps, *describe(pipe)]
+        out = pipe.run(base, ctx)
+        start = len(base.history)  # the search that chose these bits goes before the passes that applied them
+        out.history = [*out.history[:start], record, *out.history[start:]]
+        yield what, out, [*steps, *describe(pipe)]
 
 
 def _most_damage(record: dict) -> list[str]:
@@ -180,6 +190,11 @@ def _most_damage(record: dict) -> list[str]:
     order = sorted(damage, key=damage.get, reverse=True)
     reach = np.cumsum([damage[n] for n in order])
     return order[:int(np.searchsorted(reach, MOST_DAMAGE * reach[-1])) + 1] if len(order) and reach[-1] > 0 else []
+
+
+def _widened(allocation: dict[str, str], names: list[str], extra: float) -> dict[str, str]:
+    """`allocation` with the layers `names` `extra` bits wider."""
+    return {**allocation, **{n: _wider(allocation[n], extra) for n in names}}
 
 
 def _wider(label: str, extra: float) -> str:

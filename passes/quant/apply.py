@@ -38,6 +38,7 @@ class Quantizer:
         self.views = None
         self.grams: dict[str, np.ndarray] = {}
         self.measured = False  # whether `grams` were computed
+        self.rows: dict[str, int] = {}  # the calibration rows each matrix layer's Gram was summed over
         self.factors: dict[str, np.ndarray] = {}  # GPTQ's inverse factor per layer (passes/quant/gptq.py)
         self.keep = {n: survivors(state.current(n), state.masks.get(n)) for n in state.targets}
 
@@ -59,7 +60,8 @@ class Quantizer:
         self.measured = True
         tables = {n: v for n, v in self.views.items() if v.kind == "table"}
         matrices = {n: v for n, v in self.views.items() if n not in tables}
-        self.grams.update(gram_matrices(self.state, self.engine, matrices, self.max_rows, self.seed))
+        grams, self.rows = gram_matrices(self.state, self.engine, matrices, self.max_rows, self.seed)
+        self.grams.update(grams)
         self.grams.update(table_grams(self.state, self.engine, tables, self.seed, self.pool))
         for name in tables.keys() - self.grams.keys():
             del self.views[name]
@@ -77,7 +79,7 @@ class Quantizer:
                     return refit_centroids(layer, gram, array, keep, codes, centroids)
             elif not spec.per_channel or info.channel_axis == layer.row_axis:
                 if name not in self.factors:
-                    self.factors[name] = inverse_factor(gram)
+                    self.factors[name] = inverse_factor(gram, self.rows.get(name))  # a table's: no row count
                 def compensate(scale, zero, top, u=self.factors[name]):
                     rows = (layer.out,)
                     codes = compensated_codes(layer.to_mat(array), layer.to_mat(keep), u,

@@ -17,15 +17,21 @@ import numpy as np
 
 BLOCK = 128
 DAMP = 0.01  # of the mean diagonal of H, added to it: H is often singular (dead inputs, few rows)
+ROWS_DAMP = 0.4  # more of it per input column per row H was summed over (see inverse_factor)
 
 
-def inverse_factor(gram: np.ndarray) -> np.ndarray:
+def inverse_factor(gram: np.ndarray, rows: int | None = None) -> np.ndarray:
     """U, upper triangular with H^-1 = U^T U, of the damped H (module docstring; float64 arithmetic, a float32
-    result: it is held for the whole bit allocation); inputs that never fire get a unit diagonal."""
+    result: it is held for the whole bit allocation); inputs that never fire get a unit diagonal. `rows`: how
+    many rows H was summed over. Few rows for its K columns (1,560 token rows for a 1,536-wide input) make H a
+    noisy estimate, and the sweep then fits the calibration rows at the expense of others: on minilm-l3 at 3
+    bits, 0.77 cosine points lost on the calibration sentences but 1.74 on unseen ones. The damping grows by
+    ROWS_DAMP x K / rows (1.01 and 1.65 there)."""
     h = gram.astype(np.float64)
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
-    h[np.diag_indices_from(h)] += DAMP * float(np.mean(np.diag(h)))
+    damp = DAMP + (ROWS_DAMP * len(h) / rows if rows else 0.0)
+    h[np.diag_indices_from(h)] += damp * float(np.mean(np.diag(h)))
     return np.linalg.cholesky(np.linalg.inv(h)).T.astype(np.float32)
 
 

@@ -24,13 +24,14 @@ def layer_views(state: ModelState, names: list[str]) -> dict[str, Layer]:
 
 
 def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], max_rows: int = 4096,
-                  seed: int = 0) -> dict[str, np.ndarray]:
+                  seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """H = X^T X per weight, X being the layer's input rows (im2col for Conv) on the calibration batches,
     from the float student (state.weights): about `max_rows` random rows per layer, an even share from each
     batch, padding tokens left out (by the attention-mask input, passes/sparsity/tokens.py), summed batch by
-    batch in float32 (one batch's activations are held at a time; a Gram is 4 K^2 bytes)."""
+    batch in float32 (one batch's activations are held at a time; a Gram is 4 K^2 bytes); and the rows each
+    Gram was summed over."""
     if not layers:
-        return {}
+        return {}, {}
     inputs = sorted({layer.x for layer in layers.values()})
     model = onnx.ModelProto()
     model.CopyFrom(state.to_onnx())  # to_onnx() is the teacher itself when no weight changed: never edit it
@@ -43,6 +44,7 @@ def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], max_rows:
     rng = np.random.default_rng(seed)
     share = -(-max_rows // len(engine.batches))
     grams: dict[str, np.ndarray] = {}
+    counts = dict.fromkeys(layers, 0)
     for batch in engine.batches:
         outs = runner.run(dict(batch))
         real = tokens.token_keep(dict(batch), engine.calib.axes)
@@ -52,13 +54,14 @@ def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], max_rows:
             if len(rows) > share:
                 rows = np.sort(rng.choice(rows, share, replace=False))
             xm = layer.x_mat(x, rows).astype(np.float32, copy=False)
+            counts[name] += len(xm)
             product = xm.T @ xm
             if name in grams:
                 grams[name] += product
             else:
                 grams[name] = product
         del outs
-    return grams  # held for the whole bit allocation
+    return grams, counts  # held for the whole bit allocation
 
 
 def _rows(layer: Layer, shape: tuple[int, ...], real: np.ndarray | None) -> np.ndarray:
