@@ -1,7 +1,7 @@
 """Rounding to nearest against GPTQ's error-compensated rounding, on the same grids of real models.
 
     python -m evonnx.tools.bench.rounding [--models vit-focus minilm-l3] [--bits 2 3 4] [--calib 64]
-        [--out FILE.md]
+        [--metric cosine|cosine:mean] [--out FILE.md]
 
 Per corpus model: every target weight (at least 32 entries) on the entropy-sized per-channel grid at one rate
 (`uniform/channel/rate@B`, about B coded bits a weight), rounded to nearest or with GPTQ
@@ -9,7 +9,9 @@ Per corpus model: every target weight (at least 32 entries) on the entropy-sized
 The grid and so the coded size are the same either way; the table gives the estimated coded bytes of the
 weights, the seconds to quantize them all (the first GPTQ row includes the pass for the activations and the
 Grams), and the cosine drop of the lowest output against the teacher (100 x (1 - mean cosine)) on the
-calibration samples fitted to and on the held-out quarter (seed 0).
+calibration samples fitted to and on the held-out quarter (seed 0). `--metric cosine:mean` measures the drop of
+the outputs mean-pooled over the real tokens instead, and GPTQ's Gram of an embedding table probes that pooled
+output (passes/quant/tables.py).
 """
 from __future__ import annotations
 
@@ -23,9 +25,9 @@ from evonnx.tools.bench import emit
 MODELS = ("vit-focus", "minilm-l3")
 
 
-def one_model(name: str, bits: list[int], calib: int | None) -> list[dict]:
+def one_model(name: str, bits: list[int], calib: int | None, metric: str = "cosine") -> list[dict]:
     from evonnx.passes.base import PassContext
-    from evonnx.passes.bit_allocation import budget_loss
+    from evonnx.passes.engine.tasks import pick
     from evonnx.passes.engine.calib import fixed_batch, load_npz
     from evonnx.passes.quant.apply import Fidelity, Quantizer
     from evonnx.passes.quant.layer import QuantSpec
@@ -37,12 +39,12 @@ def one_model(name: str, bits: list[int], calib: int | None) -> list[dict]:
     state = load_state(str(entry.path()))
     data = load_npz(entry.calib_path(calib), state.model, {}, {})
     fit, held = data.split(0.25, 0, fixed_batch(state.model, data.axes) or 1)
-    loss = budget_loss("cosine", 0.0)
     fidelity = {}
     for part, calib_data in (("fit", fit), ("held", held)):
         engine = PassContext(calib_data, device="cpu").engine(state)
-        fidelity[part] = Fidelity(engine, {n: state.current(n) for n in engine.weight_names})
-    quantizer = Quantizer(state, PassContext(fit, device="cpu").engine(state))
+        task = pick(metric, engine.teacher, engine.output_names, None, engine.axes)
+        fidelity[part] = Fidelity(engine, {n: state.current(n) for n in engine.weight_names}, task)
+    quantizer = Quantizer(state, PassContext(fit, device="cpu").engine(state), task=task)
     names = [n for n in state.targets if state.table[n].size >= 32]
     rows = []
     for b in bits:
@@ -52,21 +54,21 @@ def one_model(name: str, bits: list[int], calib: int | None) -> list[dict]:
             done = {n: quantizer.quantize(n, spec) for n in names}
             seconds = time.perf_counter() - start
             weights = {n: q.weight for n, q in done.items()}
-            drops = {part: loss(f.evaluate([weights])[0]) for part, f in fidelity.items()}
+            drops = {part: f.evaluate([weights])[0].task.points for part, f in fidelity.items()}
             rows.append({"model": name, "params": sum(state.table[n].size for n in names), "bits": b,
                          "rounding": rounding, "mb": sum(coded_bytes(q.tensor)["total"] for q in done.values()) / 1e6,
                          "seconds": seconds, "fit": drops["fit"], "held": drops["held"],
-                         "samples": f"{fit.num_samples} / {held.num_samples}"})
+                         "samples": f"{fit.num_samples} / {held.num_samples}", "metric": metric})
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | weights | rate (bits) | rounding | coded MB | quantize (s) | cosine drop, fitted | "
-             "cosine drop, held out | samples fitted / held out |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---|"]
+    lines = ["| model | weights | rate (bits) | rounding | coded MB | quantize (s) | metric | drop, fitted | "
+             "drop, held out | samples fitted / held out |",
+             "|---|---:|---:|---|---:|---:|---|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['params'] / 1e6:.1f}M | {r['bits']} | {r['rounding']} | {r['mb']:.2f} | "
-                     f"{r['seconds']:.1f} | {r['fit']:.3f} | {r['held']:.3f} | {r['samples']} |")
+                     f"{r['seconds']:.1f} | {r['metric']} | {r['fit']:.3f} | {r['held']:.3f} | {r['samples']} |")
     return "\n".join(lines)
 
 
@@ -75,9 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     p.add_argument("--bits", nargs="+", type=int, default=[2, 3, 4])
     p.add_argument("--calib", type=int, help="calibration inputs (seed 0; default: each model's corpus set)")
+    p.add_argument("--metric", default="cosine", choices=["cosine", "cosine:mean", "cosine:first"],
+                   help="the drop measured: of the lowest output, or of the token outputs pooled")
     p.add_argument("--out")
     args = p.parse_args(argv)
-    rows = [r for name in args.models for r in one_model(name, args.bits, args.calib)]
+    rows = [r for name in args.models for r in one_model(name, args.bits, args.calib, args.metric)]
     machine = f"{platform.machine()}, {os.cpu_count()} cores"
     return emit(table(rows) + f"\n\n{machine}", args.out)
 
