@@ -15,7 +15,7 @@ from evonnx.formats.dtypes import np_dtype
 from evonnx.formats.tensor import QuantizedTensor, dequantize
 from evonnx.passes.engine.metrics import Metrics, compare, is_classifier
 from evonnx.passes.engine.tasks import Cosine, Drop, TaskMetric, per_sample, real_tokens
-from evonnx.passes.quant.gptq import compensated_codes, inverse_factor
+from evonnx.passes.quant.gptq import act_order, compensated_codes, inverse_factor
 from evonnx.passes.quant.layer import QuantSpec, Quantized, quantize_weight, survivors
 from evonnx.passes.quant.refit import gram_matrices, layer_views, refit_centroids
 from evonnx.passes.quant.sizing import coded_bytes
@@ -39,7 +39,7 @@ class Quantizer:
         self.grams: dict[str, np.ndarray] = {}
         self.measured = False  # whether `grams` were computed
         self.rows: dict[str, int] = {}  # the calibration rows each matrix layer's Gram was summed over
-        self.factors: dict[str, np.ndarray] = {}  # GPTQ's inverse factor per layer (passes/quant/gptq.py)
+        self.factors: dict[str, tuple] = {}  # GPTQ's column order and inverse factor per layer (passes/quant/gptq.py)
         self.keep = {n: survivors(state.current(n), state.masks.get(n)) for n in state.targets}
 
     def can_refit(self, name: str) -> bool:
@@ -79,11 +79,13 @@ class Quantizer:
                     return refit_centroids(layer, gram, array, keep, codes, centroids)
             elif not spec.per_channel or info.channel_axis == layer.row_axis:
                 if name not in self.factors:
-                    self.factors[name] = inverse_factor(gram, self.rows.get(name))  # a table's: no row count
-                def compensate(scale, zero, top, u=self.factors[name]):
+                    order = act_order(gram)
+                    self.factors[name] = order, inverse_factor(gram[np.ix_(order, order)], self.rows.get(name))
+                def compensate(scale, zero, top, factor=self.factors[name]):
                     rows = (layer.out,)
-                    codes = compensated_codes(layer.to_mat(array), layer.to_mat(keep), u,
-                                              np.broadcast_to(scale, rows), np.broadcast_to(zero, rows), top)
+                    codes = compensated_codes(layer.to_mat(array), layer.to_mat(keep), factor[1],
+                                              np.broadcast_to(scale, rows), np.broadcast_to(zero, rows), top,
+                                              factor[0])
                     return layer.from_mat(codes)
         return quantize_weight(name, array, self.keep[name], spec, info.channel_axis, refit, compensate)
 

@@ -57,11 +57,21 @@ def sweep(w: np.ndarray, u: np.ndarray, column: Callable[[np.ndarray, int], np.n
     return w
 
 
+def act_order(gram: np.ndarray) -> np.ndarray:
+    """GPTQ's act-order: the input columns by falling energy (diagonal of H), so the columns whose error costs
+    most are rounded first, while the most columns are left to take it up."""
+    return np.argsort(-np.diag(gram), kind="stable")
+
+
 def compensated_codes(w: np.ndarray, keep: np.ndarray, u: np.ndarray, scale: np.ndarray, zero: np.ndarray,
-                      top: float) -> np.ndarray:
+                      top: float, order: np.ndarray | None = None) -> np.ndarray:
     """uint8 codes [out, K] of `w` [out, K] on the grid (code - zero[r]) * scale[r] of each row r, rounded
     column by column with the error compensated through `u` (inverse_factor of the layer's H); entries where
-    `keep` is False get code 0 and stand for 0."""
+    `keep` is False get code 0 and stand for 0. `order`: the columns' sweep order (`u` then factors H with
+    its rows and columns in that order)."""
+    if order is not None:
+        back = np.argsort(order)
+        return compensated_codes(w[:, order], keep[:, order], u, scale, zero, top)[:, back]
     s32, z32 = scale.astype(np.float32)[:, None], zero.astype(np.float32)[:, None]
     codes = np.zeros(w.shape, np.uint8)
 
