@@ -80,7 +80,7 @@ class BitAllocation(Pass):
                                 "every other spec's damage scaled from it by their error power; empty: "
                                 "every spec measured")
         max_joint: int = param(0, "most joint measurements the search makes (0: as many as it needs)")
-        tighter: list = param([0.8, 0.64], "shares of a loss budget searched again after it, each allocation kept "
+        tighter: list = param([0.8, 0.64, 0.5], "shares of a loss budget searched again after it, each allocation kept "
                               "in the record for the budget guard to try before it widens the searched one (a "
                               "search fitted to the calibration samples often lands a little beyond the budget on "
                               "held-out ones)")

@@ -202,8 +202,8 @@ def test_a_searched_allocation_falls_back_first_to_the_same_grids_a_bit_wider():
     assert bit_record(state) is None and list(finer(None, state, ctx, keep=[])) == []  # nothing to widen
 
 
-def test_a_searched_allocation_falls_back_first_to_the_same_search_within_a_smaller_share_of_its_budget():
-    from evonnx.passes.compress.guard import bit_record, finer
+def test_a_searched_allocation_falls_back_smallest_first_on_the_same_search_within_smaller_shares_of_its_budget():
+    from evonnx.passes.compress.guard import _estimated_bytes, bit_record, finer
 
     state = load_state(corpus.mlp(seed=3, d_in=24, hidden=48, classes=6).SerializeToString(), label="mlp")
     x = np.random.default_rng(0).standard_normal((64, 24)).astype(np.float32)
@@ -217,12 +217,15 @@ def test_a_searched_allocation_falls_back_first_to_the_same_search_within_a_smal
     for alt in tighter:
         assert alt["joint_loss"] <= alt["share"] * record["limit"] + 1e-12 and alt["allocation"] != record["allocation"]
     assert sizes == sorted(sizes) and sizes[-1] > sizes[0]  # a smaller budget buys its loss with bytes
-    fallbacks = finer(record, state, ctx, keep=[])
+    fallbacks = {what: candidate.history[-1]["settings"]["layers"] for what, candidate, _ in
+                 finer(record, state, ctx, keep=[])}
     for alt in tighter:
-        what, candidate, _ = next(fallbacks)
-        assert what == f"the search within {alt['share']:.0%} of the budget"
-        assert candidate.history[-1]["settings"]["layers"] == alt["allocation"]
-    assert next(fallbacks)[0].startswith("the searched bits")
+        assert fallbacks[f"the search within {alt['share']:.0%} of the budget"] == alt["allocation"]
+    assert any(what.startswith("the searched bits") for what in fallbacks)
+    estimates = [_estimated_bytes(record, layers, state) for layers in fallbacks.values()]
+    assert estimates == sorted(estimates)
+    assert [_estimated_bytes(record, alt["allocation"], state) for alt in tighter] == pytest.approx(
+        [t["bytes"] for t in tighter], rel=1e-3)
 
 
 def test_the_first_fallback_widens_the_fewest_layers_holding_most_of_the_damage():

@@ -2,9 +2,9 @@
 on the held-out samples no pass fitted to; the first within budget ships.
 
 A result is within budget when its drop's one-sided 95 % upper bound (measured + 1.645 standard errors) is
-at most `--max-drop`. Where the bits were searched, the first fallbacks are the allocations the search found
-within smaller shares of the budget, then the same allocation a little wider where most of its damage is, then
-one and two bits wider a layer (`finer`). The budget-driven default then
+at most `--max-drop`. Where the bits were searched, the first fallbacks are, smallest first, the allocations the
+search found within smaller shares of the budget, the same allocation a little wider where most of its damage
+is, and one and two bits wider a layer (`finer`). The budget-driven default then
 falls back on safer results (the accepted Directed Evolution rungs at 8 bits, then no pruning at 8 bits, then
 the exact weights); a fixed recipe has only its own result, plus the same pruning at 8 bits where the bits
 were searched. Nothing within budget: BudgetError, exit code 3, nothing written.
@@ -148,16 +148,16 @@ MOST_DAMAGE = 0.75  # the first fallback widens only the layers that carry this 
 
 def finer(record: dict | None, base: ModelState, ctx: PassContext, keep: list[str],
           steps: list[dict] = ()) -> Iterator[Candidate]:
-    """A searched result's first fallbacks: the allocations its search found within smaller shares of the budget
-    (the record's `tighter`), then its bit allocation half a bit (entropy-sized grids), then one bit wider on the
-    fewest layers that carry MOST_DAMAGE of its estimated damage (each layer's measured alone, summed as the
-    search does), then every layer FINER bits wider (at most 8; the same grids and rounding, the same other
-    tensors), on `base`, the state the bit allocation started from. A search that fits the budget on the
-    calibration samples can exceed it on held-out ones by a little: the tighter searches spend the bits where
-    they buy the most, as the search did; a bit more a layer takes about three quarters off its drop (half a bit,
-    half of it), and keeps most of the compression. `steps`: the passes that made `base`, for the container's
-    metadata; `record`: the searched result's `bit_record`, which each fallback's history keeps (the report
-    draws the search's trade-off from it)."""
+    """A searched result's first fallbacks, smallest first by the search's own size estimates: the allocations
+    its search found within smaller shares of the budget (the record's `tighter`), its bit allocation half a bit
+    wider (entropy-sized grids) and one bit wider on the fewest layers that carry MOST_DAMAGE of its estimated
+    damage (each layer's measured alone, summed as the search does), and every layer FINER bits wider (at most
+    8; the same grids and rounding, the same other tensors), on `base`, the state the bit allocation started
+    from. A search that fits the budget on the calibration samples can exceed it on held-out ones by a little:
+    the tighter searches spend the bits where they buy the most, as the search did; a bit more a layer takes
+    about three quarters off its drop (half a bit, half of it). `steps`: the passes that made `base`, for the
+    container's metadata; `record`: the searched result's `bit_record`, which each fallback's history keeps
+    (the report draws the search's trade-off from it)."""
     if record is None:
         return
     allocation = record["allocation"]
@@ -173,6 +173,7 @@ def finer(record: dict | None, base: ModelState, ctx: PassContext, keep: list[st
                         _widened(allocation, most, 1)))
     options += [(f"the searched bits, {extra} wider a layer", _widened(allocation, list(allocation), extra))
                 for extra in FINER]
+    options.sort(key=lambda option: _estimated_bytes(record, option[1], base))
     for what, chosen in options:
         layers = {**chosen, **{n: "raw" for n in keep}}
         pipe = Pipeline([DeadUnits(), *Pipeline([("quantize", {"layers": layers, "nontarget": record["nontarget_mode"],
@@ -190,6 +191,22 @@ def _most_damage(record: dict) -> list[str]:
     order = sorted(damage, key=damage.get, reverse=True)
     reach = np.cumsum([damage[n] for n in order])
     return order[:int(np.searchsorted(reach, MOST_DAMAGE * reach[-1])) + 1] if len(order) and reach[-1] > 0 else []
+
+
+def _estimated_bytes(record: dict, allocation: dict[str, str], base: ModelState) -> float:
+    """The coded bytes of `allocation` by the search's estimates (its sensitivity rows); a width it did not try,
+    from the nearest one it did of the same family, the entries' bits apart."""
+    total = 0.0
+    for name, label in allocation.items():
+        tried = {row[0]: row[1] for row in record["sensitivity"][name]}
+        if label in tried:
+            total += tried[label]
+            continue
+        spec = QuantSpec.parse(label)
+        same = [(QuantSpec.parse(t).bits, size) for t, size in tried.items() if QuantSpec.parse(t).family == spec.family]
+        bits, size = min(same, key=lambda s: abs(s[0] - spec.bits))
+        total += size + (spec.bits - bits) * base.table[name].size / 8
+    return total
 
 
 def _widened(allocation: dict[str, str], names: list[str], extra: float) -> dict[str, str]:
