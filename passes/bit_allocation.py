@@ -39,7 +39,6 @@ from evonnx.passes.state import ModelState
 log = logging.getLogger(__name__)
 
 MIN_SENSITIVITY_SAMPLES = 8
-SIZED_TRIES = 4  # knapsack answers measured jointly for each of the `sized` allocations
 BudgetMetric = Literal["auto", "task", "accuracy", "agreement", "cosine", "kl"]
 
 
@@ -85,10 +84,6 @@ class BitAllocation(Pass):
                               "in the record for the budget guard to try before it widens the searched one (a "
                               "search fitted to the calibration samples often lands a little beyond the budget on "
                               "held-out ones)")
-        sized: list = param([1.0, 1.1, 1.2], "with a loss budget, also the allocations of least measured KL within "
-                            "these multiples of the searched result's size, kept in the record for the budget guard "
-                            "(KL over every output entry is a smoother guide than a budget measured on a few "
-                            "samples, which the search picks its cheapest passing candidate by)")
         half_share: float = param(0.1, "a weight holding at least this share of the targets' entries also tries its "
                                   "entropy-sized grids at the half rates between listed widths (3.5 between 3 "
                                   "and 4): a bit of such a weight is too coarse a step of the whole size")
@@ -134,11 +129,7 @@ class BitAllocation(Pass):
         else:
             size_scores = {}
             choice = searcher.knapsack() if cfg.search == "knapsack" else searcher.greedy()
-        tighter, sized = [], []
-        if cfg.target_bytes <= 0:
-            tighter = _tighter(searcher, choice, cfg.tighter, cfg.search)
-            sized = _least_kl(searcher, choice, cfg.sized,
-                              lambda opts: fidelity.evaluate([dense(opts)])[0].metrics.fitness)
+        tighter = [] if cfg.target_bytes > 0 else _tighter(searcher, choice, cfg.tighter, cfg.search)
         chosen = searcher.options(choice)
         plan = {n: o.spec for n, o in chosen.items()}
         if nontarget == "auto":
@@ -151,7 +142,6 @@ class BitAllocation(Pass):
                  "allocation": {n: s.label for n, s in plan.items()}, "sensitivity": measured,
                  "tried": [(round(searcher.bytes(c), 1), loss) for c, loss in searcher.cache.items()],
                  "chosen_bytes": round(searcher.bytes(choice), 1), "nontarget_mode": nontarget, "tighter": tighter,
-                 "sized": sized,
                  "nontarget_losses": tried_modes,
                  "size_candidates": [(round(searcher.bytes(c), 1), kl) for c, kl in size_scores.items()]}
         goal = (f"size target {cfg.target_bytes} bytes (lowest KL of {len(size_scores)} allocations, other tensors "
@@ -220,19 +210,6 @@ def _tighter(searcher: Searcher, choice: tuple, shares: list[float], search: str
                 last = alt
     finally:
         searcher.limit = limit
-    return out
-
-
-def _least_kl(searcher: Searcher, choice: tuple, factors: list[float], measure) -> list[dict]:
-    """The allocation of least measured KL (`measure`) within each factor x the bytes of `choice` (`by_size`, a
-    few knapsack answers measured jointly), each new one once: {factor, allocation, bytes}."""
-    out, seen, size = [], {choice}, searcher.bytes(choice)
-    for factor in factors:
-        alt, _ = searcher.by_size(size * factor, measure, tries=SIZED_TRIES)
-        if alt is not None and alt not in seen:
-            seen.add(alt)
-            out.append({"factor": factor, "allocation": {n: o.spec.label for n, o in searcher.options(alt).items()},
-                        "bytes": round(searcher.bytes(alt), 1)})
     return out
 
 

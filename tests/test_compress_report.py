@@ -47,8 +47,7 @@ def test_auto_keeps_the_sparsest_trial_within_budget(auto_run):
     best = max((t["reached"] for t in trials if t["kept"]), default=0.0)
     assert result.sparsity >= best - 1e-3  # dead units and rounding only add zeros
     assert read_evx((root / "mlp.evx").read_bytes()).meta["auto"] == trials
-    assert result.shipped.startswith(("the search", "the least-KL"))  # searched bits, not an 8-bit fallback
-    assert result.held_out["upper"] <= 30.0
+    assert result.shipped.startswith("the search") and result.held_out["upper"] <= 30.0  # searched bits, no 8-bit fallback
 
 
 def test_report_has_tables_and_plots(auto_run):

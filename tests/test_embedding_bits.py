@@ -179,7 +179,7 @@ def test_a_searched_allocation_falls_back_first_to_the_same_grids_a_bit_wider():
     x = np.random.default_rng(0).standard_normal((64, 24)).astype(np.float32)
     ctx = PassContext(calib=CalibData({"x": x}, None, "synthetic"))
     searched = get_pass("bit-allocation")(schemes=["uniform/channel/rate", "codebook"], bits=[2, 3, 8], metric="kl",
-                                          max_kl=0.05, nontarget="int8", tighter=[], sized=[]).run(state, ctx)
+                                          max_kl=0.05, nontarget="int8", tighter=[]).run(state, ctx)
     chosen = {n: QuantSpec.parse(label) for n, label in searched.history[-1]["allocation"].items()}
     assert any(spec.scheme != "raw" and spec.bits < 8 for spec in chosen.values())
     record = searched.history[-1]
@@ -202,15 +202,14 @@ def test_a_searched_allocation_falls_back_first_to_the_same_grids_a_bit_wider():
     assert bit_record(state) is None and list(finer(None, state, ctx, keep=[])) == []  # nothing to widen
 
 
-def test_a_searched_allocation_falls_back_smallest_first_on_tighter_and_least_kl_allocations():
+def test_a_searched_allocation_falls_back_smallest_first_on_the_same_search_within_smaller_shares_of_its_budget():
     from evonnx.passes.compress.guard import _estimated_bytes, bit_record, finer
 
     state = load_state(corpus.mlp(seed=3, d_in=24, hidden=48, classes=6).SerializeToString(), label="mlp")
     x = np.random.default_rng(0).standard_normal((64, 24)).astype(np.float32)
     ctx = PassContext(calib=CalibData({"x": x}, None, "synthetic"))
     searched = get_pass("bit-allocation")(schemes=["uniform/channel/rate"], bits=[1, 2, 3, 4, 6, 8], metric="kl",
-                                          max_kl=0.05, nontarget="exact", tighter=[0.8, 0.5, 0.2],
-                                          sized=[1.0, 1.3]).run(state, ctx)
+                                          max_kl=0.05, nontarget="exact", tighter=[0.8, 0.5, 0.2]).run(state, ctx)
     record = bit_record(searched)
     tighter = record["tighter"]
     assert tighter and [t["share"] for t in tighter] == sorted((t["share"] for t in tighter), reverse=True)
@@ -222,10 +221,6 @@ def test_a_searched_allocation_falls_back_smallest_first_on_tighter_and_least_kl
                  finer(record, state, ctx, keep=[])}
     for alt in tighter:
         assert fallbacks[f"the search within {alt['share']:.0%} of the budget"] == alt["allocation"]
-    assert record["sized"]  # the least KL within 1.3x the searched size is not the searched allocation
-    for alt in record["sized"]:
-        assert alt["bytes"] <= alt["factor"] * record["chosen_bytes"] + 0.1
-        assert fallbacks[f"the least-KL allocation within {alt['factor']:g}x the searched size"] == alt["allocation"]
     assert any(what.startswith("the searched bits") for what in fallbacks)
     estimates = [_estimated_bytes(record, layers, state) for layers in fallbacks.values()]
     assert estimates == sorted(estimates)
@@ -269,7 +264,7 @@ def test_a_weight_holding_most_entries_tries_half_rates_and_its_first_fallback_w
         labels = {label for label, _, _, _ in rows}
         assert ("uniform/channel/rate@2.5" in labels) == (name == big) and "uniform/channel/rate@3.5" not in labels
     # the big weight at 2 bits holds nearly all of the damage: the first widening widens it alone, by half a bit
-    record["allocation"], record["tighter"], record["sized"] = {n: "uniform/channel/rate@2" for n in sizes}, [], []
+    record["allocation"], record["tighter"] = {n: "uniform/channel/rate@2" for n in sizes}, []
     for name, rows in record["sensitivity"].items():
         rows[:] = [(label, b, (10.0 if name == big else 0.1) if label.endswith("@2") else d, drop)
                    for label, b, d, drop in rows]

@@ -149,13 +149,12 @@ MOST_DAMAGE = 0.75  # the first fallback widens only the layers that carry this 
 def finer(record: dict | None, base: ModelState, ctx: PassContext, keep: list[str],
           steps: list[dict] = ()) -> Iterator[Candidate]:
     """A searched result's first fallbacks, smallest first by the search's own size estimates: the allocations
-    its search found within smaller shares of the budget (the record's `tighter`), those of least measured KL
-    within its size and a little more (`sized`), its bit allocation half a bit wider (entropy-sized grids) and
-    one bit wider on the fewest layers that carry MOST_DAMAGE of its estimated damage (each layer's measured
-    alone, summed as the search does), and every layer FINER bits wider (at most 8; the same grids and
-    rounding, the same other tensors), on `base`, the state the bit allocation started from. A search that
-    fits the budget on the calibration samples can exceed it on held-out ones by a little: the tighter and
-    least-KL allocations spend the bits where they buy the most, as the search did; a bit more a layer takes
+    its search found within smaller shares of the budget (the record's `tighter`), its bit allocation half a bit
+    wider (entropy-sized grids) and one bit wider on the fewest layers that carry MOST_DAMAGE of its estimated
+    damage (each layer's measured alone, summed as the search does), and every layer FINER bits wider (at most
+    8; the same grids and rounding, the same other tensors), on `base`, the state the bit allocation started
+    from. A search that fits the budget on the calibration samples can exceed it on held-out ones by a little:
+    the tighter searches spend the bits where they buy the most, as the search did; a bit more a layer takes
     about three quarters off its drop (half a bit, half of it). `steps`: the passes that made `base`, for the
     container's metadata; `record`: the searched result's `bit_record`, which each fallback's history keeps
     (the report draws the search's trade-off from it)."""
@@ -164,8 +163,6 @@ def finer(record: dict | None, base: ModelState, ctx: PassContext, keep: list[st
     allocation = record["allocation"]
     options = [(f"the search within {alt['share']:.0%} of the budget", alt["allocation"])
                for alt in record.get("tighter", [])]
-    options += [(f"the least-KL allocation within {alt['factor']:g}x the searched size", alt["allocation"])
-                for alt in record.get("sized", [])]
     most = _most_damage(record)
     if 0 < len(most) < len(allocation):
         rates = [n for n in most if QuantSpec.parse(allocation[n]).rate]
