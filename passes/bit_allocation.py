@@ -81,7 +81,7 @@ class BitAllocation(Pass):
                                 "every spec measured")
         max_joint: int = param(0, "most joint measurements the search makes (0: as many as it needs)")
         tighter: list = param([0.8, 0.64, 0.5], "shares of a loss budget searched again after it, each allocation kept "
-                              "in the record for the budget guard to try before it widens the searched one (a "
+                              "in the record for the budget guard to try among its fallbacks, smallest first (a "
                               "search fitted to the calibration samples often lands a little beyond the budget on "
                               "held-out ones)")
         half_share: float = param(0.1, "a weight holding at least this share of the targets' entries also tries its "
