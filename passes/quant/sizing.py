@@ -4,7 +4,8 @@ codes: zero-order entropy under the rANS frequency table the container would sen
 (`formats.ans.best_table`), or bit packing when shorter; raw codes are counted at their full width
 (the container's zstd byte planes do better on floats). mask: n * H2(density) + 16 bits for the
 density (dense tensors need none). side: the scales and zero points as the container codes them, the
-float32 centroids, and a fixed per-tensor header. The container's context modelling (masks, ANS_SEG) can only do better.
+float32 centroids, and a fixed per-tensor header. The container's context modelling (masks, ANS_SEG) can
+only do better.
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from evonnx.passes.state import ModelState
 log = logging.getLogger(__name__)
 
 PROBES = 8  # random projections of the outputs per calibration batch
-MAX_SAMPLES = 64  # calibration samples the probes run on
+MAX_SAMPLES = 64  # calibration samples the probes run on (whole batches: at least one)
 
 
 def table_views(state: ModelState, names: list[str]) -> dict[str, Layer]:
@@ -67,10 +67,7 @@ def table_grams(state: ModelState, engine, views: dict[str, Layer], seed: int = 
     module.taps = {value: tap(value) for value in gathered}
     rng = np.random.default_rng(seed)
     grams = {name: np.zeros((view.shape[1],) * 2) for name, view in views.items()}
-    samples = 0
-    for batch in engine.batches:
-        if samples >= MAX_SAMPLES:
-            break
+    for batch in engine.batches[:max(1, -(-MAX_SAMPLES // engine.batch_size))]:
         real = tokens.token_keep(dict(batch), engine.calib.axes)
         outputs = module(*[torch.from_numpy(np.ascontiguousarray(batch[n])) for n in module.input_names])
         probed = [_probed(y, real, pool) for y in outputs if y.is_floating_point()]
@@ -86,7 +83,6 @@ def table_grams(state: ModelState, engine, views: dict[str, Layer], seed: int = 
                 if g is not None:
                     rows = g.reshape(-1, g.shape[-1]).double().numpy()
                     grams[gathered[value]] += rows.T @ rows / PROBES
-        samples += len(next(iter(batch.values())))
     return {name: s.astype(np.float32) for name, s in grams.items() if np.any(s)}
 
 
