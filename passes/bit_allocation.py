@@ -10,7 +10,9 @@ damage as that measurement times the ratio of their error power (KL and 1 - cosi
 small output noise: the layer output error's on calibration activations when known, else the weight
 error's), and `max_joint` caps the joint measurements. Search
 (passes/quant/allocate.py): a knapsack on the additive damage estimate, its budget bisected against
-joint measurements, then single-layer refinements; or a greedy descent from all-exact. The objective
+joint measurements, then single-layer refinements; or a greedy descent from all-exact. Where a scheme fits
+calibration data (GPTQ, the codebook re-fit), the joint measurements are out of fold (passes/quant/crossfit.py):
+each fold of the samples under the weights fitted on the others, since in-sample they flatter. The objective
 is the estimated *coded* size (entropy of codes and mask plus side information,
 passes/quant/sizing.py), not the nominal bit count. The budget is `max_drop`
 accuracy points (labels) or top-1 agreement points (no labels), `max_kl`, or a `target_bytes` size.
@@ -30,7 +32,8 @@ from evonnx.errors import EvonnxError
 from evonnx.passes.base import Pass, PassContext, param, register
 from evonnx.passes.engine.calib import fixed_batch
 from evonnx.passes.quant.allocate import Option, Searcher, frontier
-from evonnx.passes.quant.apply import Fidelity, Nontarget, Quantizer, nontargets, rounded_nontargets
+from evonnx.passes.quant.apply import Fidelity, Measure, Nontarget, Quantizer, nontargets, rounded_nontargets
+from evonnx.passes.quant.crossfit import CrossFit, select
 from evonnx.passes.quant.layer import QuantSpec
 from evonnx.passes.quant.sizing import HEADER_BYTES, coded_bytes
 from evonnx.passes.quantize import quantize_plan
@@ -84,6 +87,9 @@ class BitAllocation(Pass):
                               "in the record for the budget guard to try among its fallbacks, smallest first (a "
                               "search fitted to the calibration samples often lands a little beyond the budget on "
                               "held-out ones)")
+        cross_fit: int = param(4, "folds of the calibration samples for joint measurements out of fold where a "
+                               "scheme fits calibration data (GPTQ, re-fit): each fold measured with the weights "
+                               "fitted on the others (passes/quant/crossfit.py); 0: in-sample, which flatters")
         half_share: float = param(0.1, "a weight holding at least this share of the targets' entries also tries its "
                                   "entropy-sized grids at the half rates between listed widths (3.5 between 3 "
                                   "and 4): a bit of such a weight is too coarse a step of the whole size")
@@ -96,9 +102,11 @@ class BitAllocation(Pass):
         measure = alone if ctx.workers is None else ctx.workers.fidelity(alone, state.model)
         metric, limit = _budget(cfg, fidelity)
         loss = budget_loss(metric, cfg.z)
-        quantizer = Quantizer(state, engine, cfg.refit_rows, ctx.seed, ctx.metric)
         specs = list(dict.fromkeys([QuantSpec.parse(f, b) for f in cfg.schemes for b in cfg.bits]
                                    + [QuantSpec("raw", 32)]))
+        cross = (CrossFit.build(state, ctx, fidelity, cfg.cross_fit, cfg.refit_rows, ctx.seed)
+                 if cfg.cross_fit > 1 and any(s.refit for s in specs) else None)
+        quantizer = cross.whole() if cross else Quantizer(state, engine, cfg.refit_rows, ctx.seed, ctx.metric)
         reference = QuantSpec.parse(cfg.scale_from) if cfg.scale_from else None
         names = [n for n in state.targets if state.table[n].size >= cfg.min_size and n not in cfg.keep]
         entries = sum(state.table[n].size for n in names)
@@ -113,14 +121,14 @@ class BitAllocation(Pass):
             options = [Option(s, q, coded_bytes(q.tensor)["total"], damage, drop)
                        for s, q, (damage, drop) in zip(tried, done, scores)]
             measured[name] = [(o.spec.label, round(o.bytes, 1), o.damage, o.drop) for o in options]
-            table[name] = [replace(o, quantized=o.quantized.compact())
-                           for o in frontier(options, None if cfg.target_bytes else limit)]
-        dense = Dense()
-        searcher = Searcher(table, lambda opts: loss(fidelity.evaluate([dense(opts)])[0]), limit,
-                            cfg.max_joint or None)
+            kept = frontier(options, None if cfg.target_bytes else limit)
+            folds = cross.fits(name, [o.spec for o in kept]) if cross else [None] * len(kept)
+            table[name] = [replace(o, folds=f).compact() for o, f in zip(kept, folds)]
+        joint = Joint(fidelity, cross)
+        searcher = Searcher(table, lambda opts: loss(joint(opts)), limit, cfg.max_joint or None)
         nontarget, tried_modes = cfg.nontarget, {}
         if cfg.target_bytes > 0:
-            nontarget, choice, size_scores, tried_modes = _fit_size(state, fidelity, searcher, dense, set(names),
+            nontarget, choice, size_scores, tried_modes = _fit_size(state, joint, searcher, set(names),
                                                                     set(cfg.keep), cfg.target_bytes, nontarget)
             if choice is None:
                 least = _fixed_bytes(state, set(names), "int8", set(cfg.keep)) + sum(o[0].bytes for o in table.values())
@@ -133,12 +141,12 @@ class BitAllocation(Pass):
         chosen = searcher.options(choice)
         plan = {n: o.spec for n, o in chosen.items()}
         if nontarget == "auto":
-            weights = dense(chosen)
-            nontarget, tried_modes = _nontarget_mode(state, fidelity, loss, weights, set(plan) | set(cfg.keep),
+            nontarget, tried_modes = _nontarget_mode(state, joint, loss, chosen, set(plan) | set(cfg.keep),
                                                      max(limit, searcher.loss(choice)))
         extra = {"metric": metric, "limit": limit, "joint_loss": searcher.loss(choice),
                  "joint_evaluations": len(searcher.cache), "sensitivity_evaluations": evaluations,
                  "sensitivity_samples": alone.engine.calib.num_samples,
+                 "cross_folds": len(cross.folds) if cross else 0,
                  "allocation": {n: s.label for n, s in plan.items()}, "sensitivity": measured,
                  "tried": [(round(searcher.bytes(c), 1), loss) for c, loss in searcher.cache.items()],
                  "chosen_bytes": round(searcher.bytes(choice), 1), "nontarget_mode": nontarget, "tighter": tighter,
@@ -147,26 +155,42 @@ class BitAllocation(Pass):
         goal = (f"size target {cfg.target_bytes} bytes (lowest KL of {len(size_scores)} allocations, other tensors "
                 f"{nontarget})" if cfg.target_bytes > 0 else f"{metric} budget {limit:g}")
         log.info(f"bit-allocation: {goal}, {extra['sensitivity_evaluations']} sensitivity and "
-                     f"{extra['joint_evaluations']} joint evaluations; " + ", ".join(f"{n}: {s}" for n, s in
-                                                                                     extra["allocation"].items()))
+                 f"{extra['joint_evaluations']} joint evaluations"
+                 f"{' (out of fold)' if cross else ''}; " + ", ".join(f"{n}: {s}" for n, s in
+                                                                      extra["allocation"].items()))
         return quantize_plan(state, ctx, plan, nontarget, cfg.refit_rows, self.name, asdict(cfg), extra, quantizer,
                              exact=set(cfg.keep), alone={n: o.damage for n, o in chosen.items()},
                              quantized={n: o.quantized for n, o in chosen.items()})
 
 
 class Dense:
-    """Each layer's dequantized weight for the option last asked for: the table holds codes only, and a joint
-    search, moving one layer at a time, dequantizes only what changed (one dense copy a layer, not one an
-    option)."""
+    """Each layer's dequantized weight for the option last asked for (fitted without fold `fold` where the option
+    has such fits): the table holds codes only, and a joint search, moving one layer at a time, dequantizes
+    only what changed (one dense copy a layer, not one an option)."""
 
-    def __init__(self):
+    def __init__(self, fold: int | None = None):
+        self.fold = fold
         self.last: dict[str, tuple[Option, np.ndarray]] = {}
 
     def __call__(self, options: dict[str, Option]) -> dict[str, np.ndarray]:
         for name, option in options.items():
             if name not in self.last or self.last[name][0] is not option:
-                self.last[name] = (option, option.quantized.weight)
+                fits = option.quantized if self.fold is None or option.folds is None else option.folds[self.fold]
+                self.last[name] = (option, fits.weight)
         return {name: self.last[name][1] for name in options}
+
+
+class Joint:
+    """The measurement of a joint allocation (with `others`: more tensors' values) against the incoming model:
+    on the calibration samples, or out of fold with `cross` (passes/quant/crossfit.py)."""
+
+    def __init__(self, fidelity: Fidelity, cross: CrossFit | None):
+        self.fidelity, self.cross = fidelity, cross
+        self.dense = [Dense()] if cross is None else [Dense(k) for k in range(len(cross.folds))]
+
+    def __call__(self, options: dict[str, Option], others: dict[str, np.ndarray] | None = None) -> Measure:
+        weights = [{**(others or {}), **dense(options)} for dense in self.dense]
+        return self.fidelity.evaluate(weights)[0] if self.cross is None else self.cross.measure(weights)
 
 
 def half_rates(specs: list[QuantSpec]) -> list[QuantSpec]:
@@ -221,14 +245,11 @@ def _sensitivity_fidelity(state: ModelState, ctx: PassContext, fidelity: Fidelit
     n = -(-max(math.ceil(share * total), MIN_SENSITIVITY_SAMPLES) // multiple) * multiple
     if n >= total:
         return fidelity
-    index = np.round(np.linspace(0, total - 1, n)).astype(np.int64)
-    sub = calib.select(index, f"{calib.source} ({n} samples for the sensitivity)")
-    engine = PassContext(sub, device=ctx.device, batch_size=ctx.batch_size).engine(state, fidelity.engine.weight_names)
-    return Fidelity(engine, fidelity.base, fidelity.task)
+    return select(state, ctx, fidelity, np.round(np.linspace(0, total - 1, n)).astype(np.int64), "for the sensitivity")
 
 
-def _fit_size(state: ModelState, fidelity: Fidelity, searcher: Searcher, dense: Dense, names: set[str],
-              keep: set[str], target: int, nontarget: str) -> tuple[str, tuple | None, dict, dict[str, float]]:
+def _fit_size(state: ModelState, joint: Joint, searcher: Searcher, names: set[str], keep: set[str], target: int,
+              nontarget: str) -> tuple[str, tuple | None, dict, dict[str, float]]:
     """The allocation within `target` bytes with the lowest measured KL, the other tensors' rounding
     (`nontarget` auto: int8, fp16 or exact) chosen with it: rounding them frees bytes for the weights.
     Returns (mode, choice or None, the chosen mode's candidates and KLs, the best KL of each mode tried)."""
@@ -237,8 +258,7 @@ def _fit_size(state: ModelState, fidelity: Fidelity, searcher: Searcher, dense: 
         others = rounded_nontargets(state, names | keep, mode)
 
         def measure(opts: dict, others: dict = others) -> float:
-            candidate = {**others, **dense(opts)}
-            return fidelity.evaluate([candidate])[0].metrics.fitness
+            return joint(opts, others).metrics.fitness
 
         choice, scores = searcher.by_size(target - _fixed_bytes(state, names, mode, keep), measure)
         if choice is not None:
@@ -248,13 +268,13 @@ def _fit_size(state: ModelState, fidelity: Fidelity, searcher: Searcher, dense: 
     return (*best, tried)
 
 
-def _nontarget_mode(state: ModelState, fidelity: Fidelity, loss, weights: dict, exclude: set[str],
+def _nontarget_mode(state: ModelState, joint: Joint, loss, chosen: dict[str, Option], exclude: set[str],
                     limit: float) -> tuple[str, dict[str, float]]:
     """The first of int8, fp16 whose rounding of the other float tensors, on top of the chosen
     allocation, keeps the joint loss within `limit`; else exact. Returns (mode, loss of each mode tried)."""
     tried = {}
     for mode in ("int8", "fp16") if nontargets(state, exclude) else ():
-        tried[mode] = loss(fidelity.evaluate([{**weights, **rounded_nontargets(state, exclude, mode)}])[0])
+        tried[mode] = loss(joint(chosen, rounded_nontargets(state, exclude, mode)))
         if tried[mode] <= limit:
             return mode, tried
     return "exact", tried

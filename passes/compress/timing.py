@@ -25,6 +25,7 @@ MIN_SEARCH_SHARE = 0.1  # of --time-limit the passes get however little is left
 JOINT_EVALUATIONS = 40  # about what the bit allocation's joint search measures
 SCALED_JOINT = 12  # joint measurements of the scaled bit allocation (bisection, a few single-layer moves)
 MAX_JOINT = 1000  # the most joint measurements a time limit ever gives the search
+CROSS_FITS = 4  # more fits of each Gram-fitted quantization: one without each fold (the bit allocation's cross_fit)
 NONTARGET_EVALUATIONS = 2  # the bit allocation's measurements of rounding the other tensors (int8, fp16)
 FULL_SHARE = 0.5  # the least share of the calibration samples the full bit allocation measures layers alone on
 LIGHT_SHARE = 0.125  # likewise for the uniform per-channel bits only
@@ -59,8 +60,8 @@ class Budget:
     @staticmethod
     def full_bits_seconds(targets: int, forward_seconds: float, params: int = 0) -> float:
         """Seconds the full bit allocation takes (every layer alone on all samples, then the joint search)."""
-        specs = _full_specs()
-        return forward_seconds * (targets * specs + JOINT_EVALUATIONS) + QUANT_SECONDS_PER_PARAM * params * specs
+        specs, fitted = _full_specs()
+        return forward_seconds * (targets * specs + JOINT_EVALUATIONS) + QUANT_SECONDS_PER_PARAM * params * fitted
 
     @staticmethod
     def bits_for(targets: int, forward_seconds: float, seconds: float, params: int = 0) -> dict | None:
@@ -68,16 +69,17 @@ class Budget:
         on a share of the calibration samples (at least FULL_SHARE); entropy-sized per-channel grids with GPTQ's
         rounding only (LIGHT_BITS), on a share (at least LIGHT_SHARE); those with each layer measured at
         SCALED_FROM only, on a share; the same with rounding to nearest (RATE_BITS); else none (None: every target
-        at 8 bits). Fitting each quantization of the targets' `params` entries and one pass for the layers'
-        activations come off `seconds` first; `max_joint` is what is left after the layers' measurements."""
-        light = len(LIGHT_BITS["bits"])
-        tiers = ((_full_specs(), _full_specs(), QUANT_SECONDS_PER_PARAM, FULL_SHARE, JOINT_EVALUATIONS, {}),
-                 (light + 1, light + 1, GPTQ_SECONDS_PER_PARAM, LIGHT_SHARE, JOINT_EVALUATIONS, LIGHT_BITS),
-                 (1, light + 1, GPTQ_SECONDS_PER_PARAM, LIGHT_SHARE, SCALED_JOINT,
+        at 8 bits). Fitting each quantization of the targets' `params` entries and two passes over the calibration set
+        (the folds' activations, then their outputs) come off `seconds` first; `max_joint` is what is left after the layers' measurements."""
+        light, (full, fitted) = len(LIGHT_BITS["bits"]), _full_specs()
+        gptq = light * (1 + CROSS_FITS)  # every light spec is fitted on all samples and without each fold
+        tiers = ((full, fitted, QUANT_SECONDS_PER_PARAM, FULL_SHARE, JOINT_EVALUATIONS, {}),
+                 (light + 1, gptq, GPTQ_SECONDS_PER_PARAM, LIGHT_SHARE, JOINT_EVALUATIONS, LIGHT_BITS),
+                 (1, gptq, GPTQ_SECONDS_PER_PARAM, LIGHT_SHARE, SCALED_JOINT,
                   {**LIGHT_BITS, "scale_from": SCALED_FROM}),
                  (1, light + 1, RATE_SECONDS_PER_PARAM, LIGHT_SHARE, SCALED_JOINT, RATE_BITS))
         for measured, fitted, per_param, least, joint, settings in tiers:
-            fitting = per_param * params * fitted + forward_seconds  # the quantizations, the activations' pass
+            fitting = per_param * params * fitted + 2 * forward_seconds
             passes = (seconds - fitting) / max(forward_seconds, 1e-9) - NONTARGET_EVALUATIONS
             share = min((passes - joint) / max(targets * measured, 1), 1.0)
             if share >= least:
@@ -109,12 +111,16 @@ def curves_or_lamp(targets: int, forward_seconds: float, seconds: float) -> dict
     return {"allocation": "lamp", **({"refit": False} if passes > CURVES_SHARE * seconds else {})}
 
 
-def _full_specs() -> int:
-    """Quantizations the full bit allocation measures per layer: every scheme x bit width, and exact."""
+def _full_specs() -> tuple[int, int]:
+    """Quantizations the full bit allocation measures per layer (every scheme x bit width, and exact), and those it
+    fits (the Gram-fitted ones also on each fold)."""
     from evonnx.passes.bit_allocation import BitAllocation
+    from evonnx.passes.quant.layer import QuantSpec
 
     defaults = BitAllocation.Config()
-    return len(defaults.schemes) * len(defaults.bits) + 1
+    refit = sum(QuantSpec.parse(f, defaults.bits[0]).refit for f in defaults.schemes) * len(defaults.bits)
+    specs = len(defaults.schemes) * len(defaults.bits)
+    return specs + 1, specs + CROSS_FITS * refit
 
 
 def forward_seconds(engine) -> float:

@@ -32,7 +32,7 @@ class Quantizer:
     power) and GPTQ's inverse factors."""
 
     def __init__(self, state: ModelState, engine, max_rows: int = 4096, seed: int = 0,
-                 task: TaskMetric | None = None):
+                 task: TaskMetric | None = None, keep: dict[str, np.ndarray] | None = None):
         self.state, self.engine, self.max_rows, self.seed = state, engine, max_rows, seed
         self.pool = task.pool if isinstance(task, Cosine) else ""  # what the tables' Grams probe
         self.views = None
@@ -40,7 +40,25 @@ class Quantizer:
         self.measured = False  # whether `grams` were computed
         self.rows: dict[str, int] = {}  # the calibration rows each matrix layer's Gram was summed over
         self.factors: dict[str, tuple] = {}  # GPTQ's column order and inverse factor per layer (passes/quant/gptq.py)
-        self.keep = {n: survivors(state.current(n), state.masks.get(n)) for n in state.targets}
+        self.keep = keep if keep is not None else {n: survivors(state.current(n), state.masks.get(n))
+                                                   for n in state.targets}
+
+    @classmethod
+    def pooled(cls, parts: list["Quantizer"], names: list[str] | None = None) -> "Quantizer":
+        """A quantizer whose Grams and their row counts are the sums of `parts`' (quantizers of one state on
+        disjoint calibration samples: the Grams of those samples together), for `names` (None: every weight
+        all parts have a Gram of); the parts' Grams are computed at need."""
+        for part in parts:
+            part._ensure_views()
+            part._ensure_grams()
+        first = parts[0]
+        common = [n for n in (first.grams if names is None else names) if all(n in p.grams for p in parts)]
+        pooled = cls(first.state, None, first.max_rows, first.seed, keep=first.keep)
+        pooled.pool, pooled.measured = first.pool, True
+        pooled.views = {n: first.views[n] for n in common}
+        pooled.grams = {n: sum(p.grams[n] for p in parts) for n in common}
+        pooled.rows = {n: sum(p.rows[n] for p in parts) for n in common if all(n in p.rows for p in parts)}
+        return pooled
 
     def can_refit(self, name: str) -> bool:
         self._ensure_views()
