@@ -121,9 +121,7 @@ class BitAllocation(Pass):
             options = [Option(s, q, coded_bytes(q.tensor)["total"], damage, drop)
                        for s, q, (damage, drop) in zip(tried, done, scores)]
             measured[name] = [(o.spec.label, round(o.bytes, 1), o.damage, o.drop) for o in options]
-            kept = frontier(options, None if cfg.target_bytes else limit)
-            folds = cross.fits(name, [o.spec for o in kept]) if cross else [None] * len(kept)
-            table[name] = [replace(o, folds=f).compact() for o, f in zip(kept, folds)]
+            table[name] = [o.compact() for o in frontier(options, None if cfg.target_bytes else limit)]
         joint = Joint(fidelity, cross)
         searcher = Searcher(table, lambda opts: loss(joint(opts)), limit, cfg.max_joint or None)
         nontarget, tried_modes = cfg.nontarget, {}
@@ -146,7 +144,7 @@ class BitAllocation(Pass):
         extra = {"metric": metric, "limit": limit, "joint_loss": searcher.loss(choice),
                  "joint_evaluations": len(searcher.cache), "sensitivity_evaluations": evaluations,
                  "sensitivity_samples": alone.engine.calib.num_samples,
-                 "cross_folds": len(cross.folds) if cross else 0,
+                 "cross_folds": len(cross.folds) if cross else 0, "cross_fitted_options": joint.refitted,
                  "allocation": {n: s.label for n, s in plan.items()}, "sensitivity": measured,
                  "tried": [(round(searcher.bytes(c), 1), loss) for c, loss in searcher.cache.items()],
                  "chosen_bytes": round(searcher.bytes(choice), 1), "nontarget_mode": nontarget, "tighter": tighter,
@@ -182,15 +180,23 @@ class Dense:
 
 class Joint:
     """The measurement of a joint allocation (with `others`: more tensors' values) against the incoming model:
-    on the calibration samples, or out of fold with `cross` (passes/quant/crossfit.py)."""
+    on the calibration samples, or out of fold with `cross` (passes/quant/crossfit.py). An option's fits
+    without each fold are made the first time a measurement takes it: the search visits a few options a layer."""
 
     def __init__(self, fidelity: Fidelity, cross: CrossFit | None):
         self.fidelity, self.cross = fidelity, cross
         self.dense = [Dense()] if cross is None else [Dense(k) for k in range(len(cross.folds))]
+        self.refitted = 0  # options fitted without each fold
 
     def __call__(self, options: dict[str, Option], others: dict[str, np.ndarray] | None = None) -> Measure:
-        weights = [{**(others or {}), **dense(options)} for dense in self.dense]
-        return self.fidelity.evaluate(weights)[0] if self.cross is None else self.cross.measure(weights)
+        if self.cross is None:
+            return self.fidelity.evaluate([{**(others or {}), **self.dense[0](options)}])[0]
+        for name, option in options.items():
+            if option.folds is None and option.spec.refit:
+                fits = self.cross.fits(name, [option.spec])[0]
+                option.folds = None if fits is None else tuple(q.compact() for q in fits)
+                self.refitted += fits is not None
+        return self.cross.measure([{**(others or {}), **dense(options)} for dense in self.dense])
 
 
 def half_rates(specs: list[QuantSpec]) -> list[QuantSpec]:

@@ -27,6 +27,7 @@ JOINT_EVALUATIONS = 40  # about what the bit allocation's joint search measures
 SCALED_JOINT = 12  # joint measurements of the scaled bit allocation (bisection, a few single-layer moves)
 MAX_JOINT = 1000  # the most joint measurements a time limit ever gives the search
 CROSS_FITS = 4  # more fits of each Gram-fitted quantization: one without each fold (the bit allocation's cross_fit)
+VISITED_SPECS = 3  # about how many of a layer's quantizations the joint search visits (each fitted CROSS_FITS times)
 NONTARGET_EVALUATIONS = 2  # the bit allocation's measurements of rounding the other tensors (int8, fp16)
 FULL_SHARE = 0.5  # the least share of the calibration samples the full bit allocation measures layers alone on
 LIGHT_SHARE = 0.125  # likewise for the uniform per-channel bits only
@@ -73,7 +74,7 @@ class Budget:
         at 8 bits). Fitting each quantization of the targets' `params` entries and two passes over the calibration set
         (the folds' activations, then their outputs) come off `seconds` first; `max_joint` is what is left after the layers' measurements."""
         light, (full, fitted) = len(LIGHT_BITS["bits"]), _full_specs()
-        gptq = light * (1 + CROSS_FITS)  # every light spec is fitted on all samples and without each fold
+        gptq = light + CROSS_FITS * VISITED_SPECS
         tiers = ((full, fitted, QUANT_SECONDS_PER_PARAM, FULL_SHARE, JOINT_EVALUATIONS, {}),
                  (light + 1, gptq, GPTQ_SECONDS_PER_PARAM, LIGHT_SHARE, JOINT_EVALUATIONS, LIGHT_BITS),
                  (1, gptq, GPTQ_SECONDS_PER_PARAM, LIGHT_SHARE, SCALED_JOINT,
@@ -114,14 +115,12 @@ def curves_or_lamp(targets: int, forward_seconds: float, seconds: float) -> dict
 
 def _full_specs() -> tuple[int, int]:
     """Quantizations the full bit allocation measures per layer (every scheme x bit width, and exact), and those it
-    fits (the Gram-fitted ones also on each fold)."""
+    fits (the ones its joint search visits again without each fold)."""
     from evonnx.passes.bit_allocation import BitAllocation
-    from evonnx.passes.quant.layer import QuantSpec
 
     defaults = BitAllocation.Config()
-    refit = sum(QuantSpec.parse(f, defaults.bits[0]).refit for f in defaults.schemes) * len(defaults.bits)
     specs = len(defaults.schemes) * len(defaults.bits)
-    return specs + 1, specs + CROSS_FITS * refit
+    return specs + 1, specs + CROSS_FITS * VISITED_SPECS
 
 
 def forward_seconds(engine) -> float:

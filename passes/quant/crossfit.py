@@ -73,7 +73,7 @@ class CrossFit:
 
     def fits(self, name: str, specs: list[QuantSpec]) -> list[tuple[Quantized, ...] | None]:
         """Per spec, `name` fitted on the Grams of all folds but each one in turn (None for a spec that fits no
-        calibration data to it). One layer's pooled Grams are held at a time."""
+        calibration data to it). Only this layer's pooled Grams are built, and dropped after."""
         if not any(s.refit for s in specs) or not all(p.can_refit(name) for p in self.parts):
             return [None] * len(specs)
         fitted = []
