@@ -129,6 +129,9 @@ def test_a_short_time_limit_measures_layers_alone_on_a_share_of_the_samples():
     light = Budget.bits_for(10, 1.0, 44 + 10 * 8 * 0.5)
     assert light["schemes"] == ["uniform/channel/rate+gptq"] and light["sensitivity_share"] == 0.5
     assert "scale_from" not in light
+    # GPTQ's rounding of 20M weights fits, its fits again without each fold do not: measured in-sample
+    in_sample = Budget.bits_for(10, 1.0, 44 + 10 * 8 * 0.5 + 84, params=20_000_000)
+    assert in_sample == {**light, "cross_fit": 0}
     # too little for every grid of every layer: each layer measured once, at one grid, on a share
     scaled = Budget.bits_for(10, 1.0, 16 + 10 * 0.5)
     assert scaled["scale_from"] == "uniform/channel/rate+gptq@3" and scaled["sensitivity_share"] == 0.5

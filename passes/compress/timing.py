@@ -27,7 +27,8 @@ JOINT_EVALUATIONS = 40  # about what the bit allocation's joint search measures
 SCALED_JOINT = 12  # joint measurements of the scaled bit allocation (bisection, a few single-layer moves)
 MAX_JOINT = 1000  # the most joint measurements a time limit ever gives the search
 CROSS_FITS = 4  # more fits of each Gram-fitted quantization: one without each fold (the bit allocation's cross_fit)
-VISITED_SPECS = 3  # about how many of a layer's quantizations the joint search visits (each fitted CROSS_FITS times)
+IN_SAMPLE = {"cross_fit": 0}  # the bit allocation's joint measurements on the samples its rounding fitted
+VISITED_SPECS = 5  # of a layer's quantizations the joint search visits, each fitted CROSS_FITS times (5.4 on minilm-l3)
 NONTARGET_EVALUATIONS = 2  # the bit allocation's measurements of rounding the other tensors (int8, fp16)
 FULL_SHARE = 0.5  # the least share of the calibration samples the full bit allocation measures layers alone on
 LIGHT_SHARE = 0.125  # likewise for the uniform per-channel bits only
@@ -71,14 +72,18 @@ class Budget:
         on a share of the calibration samples (at least FULL_SHARE); entropy-sized per-channel grids with GPTQ's
         rounding only (LIGHT_BITS), on a share (at least LIGHT_SHARE); those with each layer measured at
         SCALED_FROM only, on a share; the same with rounding to nearest (RATE_BITS); else none (None: every target
-        at 8 bits). Fitting each quantization of the targets' `params` entries and two passes over the calibration set
-        (the folds' activations, then their outputs) come off `seconds` first; `max_joint` is what is left after the layers' measurements."""
+        at 8 bits). The first two are tried with cross-fitted joint measurements, then without (IN_SAMPLE): the
+        fits without each fold are what a short time limit drops first. Fitting each quantization of the targets'
+        `params` entries and two passes over the calibration set (the folds' activations, then their outputs) come
+        off `seconds` first; `max_joint` is what is left after the layers' measurements."""
         light, (full, fitted) = len(LIGHT_BITS["bits"]), _full_specs()
-        gptq = light + CROSS_FITS * VISITED_SPECS
+        refits = CROSS_FITS * VISITED_SPECS
         tiers = ((full, fitted, QUANT_SECONDS_PER_PARAM, FULL_SHARE, JOINT_EVALUATIONS, {}),
-                 (light + 1, gptq, GPTQ_SECONDS_PER_PARAM, LIGHT_SHARE, JOINT_EVALUATIONS, LIGHT_BITS),
-                 (1, gptq, GPTQ_SECONDS_PER_PARAM, LIGHT_SHARE, SCALED_JOINT,
-                  {**LIGHT_BITS, "scale_from": SCALED_FROM}),
+                 (full, fitted - refits, QUANT_SECONDS_PER_PARAM, FULL_SHARE, JOINT_EVALUATIONS, IN_SAMPLE),
+                 (light + 1, light + refits, GPTQ_SECONDS_PER_PARAM, LIGHT_SHARE, JOINT_EVALUATIONS, LIGHT_BITS),
+                 (light + 1, light, GPTQ_SECONDS_PER_PARAM, LIGHT_SHARE, JOINT_EVALUATIONS, {**LIGHT_BITS, **IN_SAMPLE}),
+                 (1, light, GPTQ_SECONDS_PER_PARAM, LIGHT_SHARE, SCALED_JOINT,
+                  {**LIGHT_BITS, "scale_from": SCALED_FROM, **IN_SAMPLE}),
                  (1, light + 1, RATE_SECONDS_PER_PARAM, LIGHT_SHARE, SCALED_JOINT, RATE_BITS))
         for measured, fitted, per_param, least, joint, settings in tiers:
             fitting = per_param * params * fitted + 2 * forward_seconds
