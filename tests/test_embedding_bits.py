@@ -126,11 +126,11 @@ def test_a_short_time_limit_measures_layers_alone_on_a_share_of_the_samples():
     full = len(BitAllocation.Config().schemes) * len(BitAllocation.Config().bits) + 1
     share = Budget.bits_for(10, 1.0, 44 + 10 * full * 0.6)  # full search, layers alone on 60 % of the samples
     assert share == {"sensitivity_share": 0.6, "max_joint": 40}
-    light = Budget.bits_for(10, 1.0, 44 + 10 * 8 * 0.5)
+    light = Budget.bits_for(10, 1.0, 44 + 10 * 7 * 0.5)
     assert light["schemes"] == ["uniform/channel/rate+gptq"] and light["sensitivity_share"] == 0.5
     assert "scale_from" not in light
     # GPTQ's rounding of 20M weights fits, its fits again without each fold do not: measured in-sample
-    in_sample = Budget.bits_for(10, 1.0, 44 + 10 * 8 * 0.5 + 84, params=20_000_000)
+    in_sample = Budget.bits_for(10, 1.0, 44 + 10 * 7 * 0.5 + 72, params=20_000_000)
     assert in_sample == {**light, "cross_fit": 0}
     # too little for every grid of every layer: each layer measured once, at one grid, on a share
     scaled = Budget.bits_for(10, 1.0, 16 + 10 * 0.5)
@@ -140,7 +140,7 @@ def test_a_short_time_limit_measures_layers_alone_on_a_share_of_the_samples():
     plain = Budget.bits_for(10, 1.0, 16 + 10 * 0.5 + 20, params=20_000_000)
     assert plain["scale_from"] == "uniform/channel/rate@3" and plain["schemes"] == ["uniform/channel/rate"]
     assert Budget.bits_for(10, 1.0, 16 + 10 * 0.1) is None
-    seconds = 44 + 10 * 8 * 0.5  # the bits get 30 % of a pruning run's search, all of a run that prunes nothing
+    seconds = 44 + 10 * 7 * 0.5  # the bits get 30 % of a pruning run's search, all of a run that prunes nothing
     assert Budget.fit(10, 1.0, seconds).bits["scale_from"]
     assert Budget.fit(10, 1.0, seconds, prunes=False).bits == light
     # fitting each quantization of 20M weights costs time too: the full search no longer fits what it did

@@ -10,8 +10,7 @@ from evonnx.passes.state import ModelState
 log = logging.getLogger(__name__)
 
 SEARCH_SHARE = 0.7  # of --time-limit for the sparsity search; the rest is left for the bit allocation
-# the bit allocation when time is short (1 bit: minilm-l3's last feed-forward pair takes it at 9-10x)
-LIGHT_BITS = {"schemes": ["uniform/channel/rate+gptq"], "bits": [1, 2, 3, 4, 5, 6, 8]}
+LIGHT_BITS = {"schemes": ["uniform/channel/rate+gptq"], "bits": [2, 3, 4, 5, 6, 8]}  # the bit allocation when time is short
 SCALED_FROM = "uniform/channel/rate+gptq@3"  # the one spec each layer is measured at when even LIGHT_BITS is too slow
 RATE_BITS = {"schemes": ["uniform/channel/rate"], "bits": LIGHT_BITS["bits"], "scale_from": "uniform/channel/rate@3"}
 FINISH_FORWARDS = 5  # passes over the calibration set after the search: final metrics, decode, verify, held out
