@@ -121,7 +121,8 @@ class BitAllocation(Pass):
             options = [Option(s, q, coded_bytes(q.tensor)["total"], damage, drop)
                        for s, q, (damage, drop) in zip(tried, done, scores)]
             measured[name] = [(o.spec.label, round(o.bytes, 1), o.damage, o.drop) for o in options]
-            table[name] = [o.compact() for o in frontier(options, None if cfg.target_bytes else limit)]
+            table[name] = [replace(o, quantized=o.quantized.compact())
+                           for o in frontier(options, None if cfg.target_bytes else limit)]
         joint = Joint(fidelity, cross)
         searcher = Searcher(table, lambda opts: loss(joint(opts)), limit, cfg.max_joint or None)
         nontarget, tried_modes = cfg.nontarget, {}
@@ -193,7 +194,7 @@ class Joint:
             return self.fidelity.evaluate([{**(others or {}), **self.dense[0](options)}])[0]
         for name, option in options.items():
             if option.folds is None and option.spec.refit:
-                fits = self.cross.fits(name, [option.spec])[0]
+                fits = self.cross.fit(name, option.spec)
                 option.folds = None if fits is None else tuple(q.compact() for q in fits)
                 self.refitted += fits is not None
         return self.cross.measure([{**(others or {}), **dense(options)} for dense in self.dense])

@@ -39,7 +39,7 @@ def fidelity(state, ctx):
 
 def fitted(cross, state, spec):
     """Each fold's weights: every target under `spec`, fitted without that fold."""
-    fits = {n: cross.fits(n, [spec])[0] for n in state.targets}
+    fits = {n: cross.fit(n, spec) for n in state.targets}
     return [{n: f[k].weight for n, f in fits.items()} for k in range(len(cross.folds))]
 
 

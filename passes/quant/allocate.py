@@ -18,7 +18,7 @@ stops at the best feasible point found by then.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,11 +36,6 @@ class Option:
     damage: float  # KL (or rel. MSE) from the incoming model with this layer alone quantized
     drop: float  # loss under the budget's metric with this layer alone quantized
     folds: tuple[Quantized, ...] | None = None  # fitted without each fold of the samples (passes/quant/crossfit.py)
-
-    def compact(self) -> "Option":
-        """This option holding codes only (Quantized.compact)."""
-        folds = None if self.folds is None else tuple(q.compact() for q in self.folds)
-        return replace(self, quantized=self.quantized.compact(), folds=folds)
 
 
 def frontier(options: list[Option], limit: float | None = None) -> list[Option]:

@@ -71,16 +71,13 @@ class CrossFit:
         """The quantizer of all samples: every fold's Grams summed."""
         return Quantizer.pooled(self.parts)
 
-    def fits(self, name: str, specs: list[QuantSpec]) -> list[tuple[Quantized, ...] | None]:
-        """Per spec, `name` fitted on the Grams of all folds but each one in turn (None for a spec that fits no
-        calibration data to it). Only this layer's pooled Grams are built, and dropped after."""
-        if not any(s.refit for s in specs) or not all(p.can_refit(name) for p in self.parts):
-            return [None] * len(specs)
-        fitted = []
-        for k in range(len(self.parts)):
-            others = Quantizer.pooled(self.parts[:k] + self.parts[k + 1:], [name])
-            fitted.append([others.quantize(name, s) if s.refit else None for s in specs])
-        return [tuple(fits) if s.refit else None for s, fits in zip(specs, zip(*fitted))]
+    def fit(self, name: str, spec: QuantSpec) -> tuple[Quantized, ...] | None:
+        """`name` under `spec` fitted on the Grams of all folds but each one in turn, or None where the spec fits
+        no calibration data to it. Only this layer's pooled Grams are built, and dropped after."""
+        if not spec.refit or not all(p.can_refit(name) for p in self.parts):
+            return None
+        return tuple(Quantizer.pooled(self.parts[:k] + self.parts[k + 1:], [name]).quantize(name, spec)
+                     for k in range(len(self.parts)))
 
     def measure(self, weights: list[dict[str, np.ndarray]]) -> Measure:
         """The incoming model with `weights[k]` (fitted without fold k) measured on fold k's samples, the folds
