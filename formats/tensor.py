@@ -229,10 +229,12 @@ def scale_shape(shape: tuple[int, ...], axis: int | None, block_size: int) -> tu
 
 def _uniform_values(t: QuantizedTensor) -> np.ndarray:
     """float32 values of the kept entries (all entries when dense), in C order."""
-    q = t.codes.astype(np.float32)
+    q = t.codes.astype(np.float32)  # a copy, updated in place below: the same float32 arithmetic, no temporaries
     scale, zp = t.scale, t.zero_point
     if t.axis is None:
-        return (q - zp) * scale
+        q -= zp
+        q *= scale
+        return q
     shape, axis = t.shape, t.axis
     outer = int(np.prod(shape[:axis], dtype=np.int64))
     inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
@@ -245,7 +247,9 @@ def _uniform_values(t: QuantizedTensor) -> np.ndarray:
             nb = scale.shape[axis]
             s3 = np.repeat(scale.reshape(outer, nb, inner), t.block_size, axis=1)[:, :dim]
             z3 = np.repeat(zp.reshape(outer, nb, inner), t.block_size, axis=1)[:, :dim]
-        return ((q3 - z3) * s3).reshape(-1)
+        q3 -= z3
+        q3 *= s3
+        return q
     if t.block_size == 0:  # each kept entry's channel, 4 bytes each
         channel = np.arange(dim, dtype=np.int32).reshape(1, dim, 1)
         group = np.broadcast_to(channel, (outer, dim, inner))[t.mask.reshape(outer, dim, inner)]
@@ -254,7 +258,9 @@ def _uniform_values(t: QuantizedTensor) -> np.ndarray:
         nb = scale.shape[axis]
         group = ((kept // (inner * dim)) * nb + (kept // inner) % dim // t.block_size) * inner + kept % inner
     flat_s, flat_z = scale.reshape(-1), zp.reshape(-1)
-    return (q - flat_z[group]) * flat_s[group]
+    q -= flat_z[group]
+    q *= flat_s[group]
+    return q
 
 
 def dequantize(t: QuantizedTensor) -> np.ndarray:

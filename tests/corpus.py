@@ -90,6 +90,16 @@ def int8_parts(seed=0) -> onnx.ModelProto:
     return _model(nodes, [fin("x", "N", 8)], [fin("y", "N", 4)], [q, scale, zp, _w(rng, 8, 4, name="wf")])
 
 
+def shared_input(seed=0, d=16) -> onnx.ModelProto:
+    """Attention-like projections: three MatMuls read x[N, T, d] (as Q, K and V do), a fourth their mix."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("MatMul", ["x", f"w{p}"], [p], name=p) for p in "qkv"]
+    nodes += [helper.make_node("Mul", ["k", "v"], ["kv"]), helper.make_node("Add", ["q", "kv"], ["s"]),
+              helper.make_node("MatMul", ["s", "wo"], ["y"], name="o")]
+    inits = [_w(rng, d, d, name=f"w{p}") for p in "qkvo"]
+    return _model(nodes, [fin("x", "N", 5, d)], [fin("y", "N", 5, d)], inits)
+
+
 def two_in_two_out(seed=0) -> onnx.ModelProto:
     """Two float inputs, an int64 token-id input (embedding), two outputs."""
     rng = np.random.default_rng(seed)

@@ -357,3 +357,47 @@ def test_the_clipping_search_of_a_large_tensor_samples_without_losing_its_outlie
     finally:
         uniform.SAMPLE_VALUES = full
     assert sampled == pytest.approx(exact, rel=0.01)
+
+
+@pytest.mark.parametrize("spec", ["uniform/channel/sym@3", "uniform/channel/asym@4", "uniform/channel/rate@2.5"])
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_channel_grids_in_slices_equal_one_fit(monkeypatch, spec, axis):
+    """A per-channel weight fitted a block of channels at a time (SLICE entries) gets the record of one fit."""
+    import evonnx.passes.quant.layer as layer
+
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((6, 10, 14)) * rng.uniform(0.2, 3.0, (6, 10, 14))).astype(np.float32)
+    w[rng.random(w.shape) < 0.4] = 0
+    keep = survivors(w, None)
+    whole = quantize_weight("w", w, keep, QuantSpec.parse(spec), axis)
+    monkeypatch.setattr(layer, "SLICE", w.size // w.shape[axis] * 2 + 1)  # two channels a block, a short last one
+    sliced = quantize_weight("w", w, keep, QuantSpec.parse(spec), axis)
+    assert sliced.tensor.axis == whole.tensor.axis == axis
+    np.testing.assert_array_equal(sliced.tensor.codes, whole.tensor.codes)
+    np.testing.assert_array_equal(sliced.tensor.scale, whole.tensor.scale)
+    np.testing.assert_array_equal(sliced.tensor.zero_point, whole.tensor.zero_point)
+    np.testing.assert_array_equal(sliced.weight, whole.weight)
+    np.testing.assert_array_equal(sliced.weight != 0, keep)
+
+
+def test_layers_reading_one_input_share_one_gram_and_its_factor():
+    """Q, K and V read the same rows: one Gram (X^T X of those rows) and one GPTQ factor serve the three, also
+    once pooled over calibration parts; the layer reading another input has its own."""
+    from evonnx.passes.engine.calib import CalibData
+    from evonnx.passes.quant.apply import Quantizer
+
+    state = load_state(corpus.shared_input().SerializeToString(), label="qkv")
+    x = np.random.default_rng(1).standard_normal((12, 5, 16)).astype(np.float32)
+    parts = [Quantizer(state, PassContext(calib=CalibData({"x": part}, None, "calib")).engine(state))
+             for part in (x[:6], x[6:])]
+    pooled = Quantizer.pooled(parts)
+    for q, rows in ((parts[0], x[:6]), (pooled, x)):
+        gram = q.grams["wq"]
+        assert q.grams["wk"] is gram and q.grams["wv"] is gram and q.grams["wo"] is not gram
+        flat = rows.reshape(-1, 16).astype(np.float64)
+        np.testing.assert_allclose(gram, flat.T @ flat, rtol=1e-5, atol=1e-4)
+        assert q.rows["wq"] == q.rows["wv"] == len(flat)
+        for name in ("wq", "wk", "wv", "wo"):
+            q.quantize(name, QuantSpec.parse("uniform/channel/rate+gptq@3"))
+        assert q.factors["wk"] is q.factors["wq"] and q.factors["wv"] is q.factors["wq"]
+        assert q.factors["wo"] is not q.factors["wq"]

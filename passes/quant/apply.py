@@ -56,7 +56,9 @@ class Quantizer:
         pooled = cls(first.state, None, first.max_rows, first.seed, keep=first.keep)
         pooled.pool, pooled.measured = first.pool, True
         pooled.views = {n: first.views[n] for n in common}
-        pooled.grams = {n: sum(p.grams[n] for p in parts) for n in common}
+        sums: dict[tuple, np.ndarray] = {}  # by the parts' arrays: weights that share a Gram share its sum
+        pooled.grams = {n: sums.setdefault(tuple(id(p.grams[n]) for p in parts), sum(p.grams[n] for p in parts))
+                        for n in common}
         pooled.rows = {n: sum(p.rows[n] for p in parts) for n in common if all(n in p.rows for p in parts)}
         return pooled
 
@@ -97,8 +99,12 @@ class Quantizer:
                     return refit_centroids(layer, gram, array, keep, codes, centroids)
             elif not spec.per_channel or info.channel_axis == layer.row_axis:
                 if name not in self.factors:
-                    order = act_order(gram)
-                    self.factors[name] = order, inverse_factor(gram[np.ix_(order, order)], self.rows.get(name))
+                    twin = next((n for n in self.factors if self.grams[n] is gram), None)  # its Gram's, factored
+                    if twin is None:
+                        order = act_order(gram)
+                        self.factors[name] = order, inverse_factor(gram[np.ix_(order, order)], self.rows.get(name))
+                    else:
+                        self.factors[name] = self.factors[twin]
                 def compensate(scale, zero, top, factor=self.factors[name]):
                     rows = (layer.out,)
                     codes = compensated_codes(layer.to_mat(array), layer.to_mat(keep), factor[1],

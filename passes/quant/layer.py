@@ -3,6 +3,9 @@
 Only the survivors (keep-mask True and value nonzero) are coded; every other entry is +0.0 by the
 mask. A survivor whose dequantized value would be 0.0 is moved to the nearest nonzero level on its
 side of zero (counted as `bumped`); if no such level exists the tensor is stored raw (`fallback`).
+A per-channel grid is fitted a block of channels at a time (each channel's grid is its own), so the fit's
+float64 temporaries (~30 bytes an entry) stay within a block of SLICE entries: a 268M-entry layer of a model
+over 2 GiB needed 10 GB of them at once.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from evonnx.errors import EvonnxError
 from evonnx.formats.tensor import QuantizedTensor, dequantize
 from evonnx.passes.quant.kmeans import kmeans_1d
 from evonnx.passes.quant.uniform import RATE_BITS, fit_rate, fit_uniform
+
+SLICE = 1 << 22  # entries of a per-channel weight whose grids are fitted at a time
 
 _SPEC = re.compile(r"(uniform(?:/(channel|tensor))?(?:/(sym|asym|rate))?(\+gptq)?|codebook(\+refit)?|raw)"
                    r"(?:@(\d+(?:\.5)?))?")
@@ -100,17 +105,9 @@ def quantize_weight(name: str, array: np.ndarray, keep: np.ndarray, spec: QuantS
     if spec.scheme == "raw" or not keep.any():  # nothing survives: an empty raw record says it all
         t = QuantizedTensor.raw(name, array, mask)
         return Quantized(t, dequantize(t))
-    values = array[keep].astype(np.float64)
     if spec.scheme == "uniform":
         axis = channel_axis if spec.per_channel and channel_axis is not None and array.ndim else None
-        if axis is None:
-            groups, n_groups = np.zeros(values.size, np.int32), 1
-        else:  # each survivor's index along the axis, 4 bytes each (np.nonzero would make ndim 8-byte arrays)
-            n_groups = array.shape[axis]
-            index = np.arange(n_groups, dtype=np.int32).reshape([-1 if i == axis else 1 for i in range(array.ndim)])
-            groups = np.broadcast_to(index, array.shape)[keep]
-        codes, scale, zero = (fit_rate(values, groups, n_groups, spec.bits) if spec.rate else
-                              fit_uniform(values, groups, n_groups, spec.bits, spec.symmetric))
+        codes, scale, zero = _channel_grids(array, keep, axis, spec)
         bits = RATE_BITS if spec.rate else spec.bits
         if compensate is not None:
             codes = compensate(scale, zero, float(2 ** bits - 1))[keep]
@@ -118,7 +115,7 @@ def quantize_weight(name: str, array: np.ndarray, keep: np.ndarray, spec: QuantS
             scale, zero = scale.reshape(()), zero.reshape(())
         t = QuantizedTensor.uniform(name, array.shape, array.dtype.name, bits, codes, scale, zero, mask, axis)
     else:
-        codes, centroids = kmeans_1d(values, 1 << spec.bits)
+        codes, centroids = kmeans_1d(array[keep].astype(np.float64), 1 << spec.bits)
         if spec.refit:
             if refit is None:
                 raise EvonnxError(f"{name}: {spec.label} needs layer activations, which this weight has none of")
@@ -127,13 +124,48 @@ def quantize_weight(name: str, array: np.ndarray, keep: np.ndarray, spec: QuantS
     return never_zero(t, array, keep)
 
 
+def _grids(values: np.ndarray, groups: np.ndarray, n_groups: int, spec: QuantSpec):
+    """(codes, scale, zero point) of `values` in `n_groups` groups under a uniform spec."""
+    return (fit_rate(values, groups, n_groups, spec.bits) if spec.rate else
+            fit_uniform(values, groups, n_groups, spec.bits, spec.symmetric))
+
+
+def _channel_grids(array: np.ndarray, keep: np.ndarray, axis: int | None,
+                   spec: QuantSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The codes of the `keep` entries (C order) and the grids: one (axis None), or one per channel along `axis`,
+    fitted SLICE entries' worth of channels at a time, their codes scattered back in place."""
+    if axis is None:
+        return _grids(array[keep], np.zeros(int(np.count_nonzero(keep)), np.int32), 1, spec)
+    channels = array.shape[axis]
+    per = max(1, SLICE // max(array.size // max(channels, 1), 1))
+    whole = np.zeros(array.shape, np.uint8) if per < channels else None
+    parts, scales, zeros = [], [], []
+    for start in range(0, channels, per):
+        block = (slice(None),) * axis + (slice(start, min(start + per, channels)),)
+        sub, kept = array[block], keep[block]
+        # each survivor's channel in the block, 4 bytes each (np.nonzero would make ndim 8-byte arrays)
+        index = np.arange(sub.shape[axis], dtype=np.int32).reshape([-1 if i == axis else 1 for i in range(sub.ndim)])
+        codes, scale, zero = _grids(sub[kept], np.broadcast_to(index, sub.shape)[kept], sub.shape[axis], spec)
+        if whole is None:
+            parts.append(codes)
+        else:
+            whole[block][kept] = codes  # a view of `whole`: written in place
+        scales.append(scale)
+        zeros.append(zero)
+    codes = parts[0] if whole is None else whole[keep]
+    return codes, np.concatenate(scales), np.concatenate(zeros)
+
+
 def never_zero(t: QuantizedTensor, array: np.ndarray, keep: np.ndarray) -> Quantized:
     """`t` with every survivor (keep True) that decodes to 0 moved one level towards its sign in `array`
     (or, for a codebook, to the nearest non-zero centroid on its side), so masks stay exact."""
     weight = dequantize(t)
-    bad = np.flatnonzero(weight[keep] == 0)
-    if bad.size == 0:
+    zero = weight == 0
+    zero &= keep
+    if not zero.any():
         return Quantized(t, weight)
+    bad = np.flatnonzero(zero[keep])
+    del zero
     codes = t.codes.astype(np.int16)  # a level up or down stays in [-1, 256]
     sign = np.sign(array[keep][bad]).astype(np.int16)
     if t.scheme == "uniform":

@@ -28,8 +28,8 @@ def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], max_rows:
     """H = X^T X per weight, X being the layer's input rows (im2col for Conv) on the calibration batches,
     from the float student (state.weights): about `max_rows` random rows per layer, an even share from each
     batch, padding tokens left out (by the attention-mask input, passes/sparsity/tokens.py), summed batch by
-    batch in float32 (one batch's activations are held at a time; a Gram is 4 K^2 bytes); and the rows each
-    Gram was summed over."""
+    batch in float32 (one batch's activations are held at a time; a Gram is 4 K^2 bytes, one array for all the
+    layers reading the same input rows); and the rows each Gram was summed over."""
     if not layers:
         return {}, {}
     inputs = sorted({layer.x for layer in layers.values()})
@@ -43,25 +43,36 @@ def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], max_rows:
     index = {n: runner.output_names.index(n) for n in inputs}
     rng = np.random.default_rng(seed)
     share = -(-max_rows // len(engine.batches))
-    grams: dict[str, np.ndarray] = {}
-    counts = dict.fromkeys(layers, 0)
+    shared: dict[tuple, list[str]] = {}  # layers with the same input rows: one Gram (a transformer's Q, K and V)
+    for name, layer in layers.items():
+        shared.setdefault(gram_key(layer), []).append(name)
+    grams: dict[tuple, np.ndarray] = {}
+    counts = dict.fromkeys(shared, 0)
     for batch in engine.batches:
         outs = runner.run(dict(batch))
         real = tokens.token_keep(dict(batch), engine.calib.axes)
-        for name, layer in layers.items():
+        for key, names in shared.items():
+            layer = layers[names[0]]
             x = outs[index[layer.x]].astype(np.float32, copy=False)
             rows = _rows(layer, x.shape, real)
             if len(rows) > share:
                 rows = np.sort(rng.choice(rows, share, replace=False))
             xm = layer.x_mat(x, rows).astype(np.float32, copy=False)
-            counts[name] += len(xm)
+            counts[key] += len(xm)
             product = xm.T @ xm
-            if name in grams:
-                grams[name] += product
+            if key in grams:
+                grams[key] += product
             else:
-                grams[name] = product
+                grams[key] = product
         del outs
-    return grams, counts  # held for the whole bit allocation
+    # held for the whole bit allocation; the layers of one input hold the same array
+    return ({n: grams[k] for k, names in shared.items() for n in names},
+            {n: counts[k] for k, names in shared.items() for n in names})
+
+
+def gram_key(layer: Layer) -> tuple:
+    """What a layer's input rows X depend on: layers with equal keys have one Gram."""
+    return layer.x, layer.kind, layer.trans_a, repr(layer.conv)
 
 
 def _rows(layer: Layer, shape: tuple[int, ...], real: np.ndarray | None) -> np.ndarray:
