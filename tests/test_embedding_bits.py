@@ -276,3 +276,15 @@ def test_a_weight_holding_most_entries_tries_half_rates_and_its_first_fallback_w
     assert what.startswith("the searched bits, half a bit wider")
     layers = first.history[-1]["settings"]["layers"]
     assert layers == {n: "uniform/channel/rate@2.5" if n == big else "uniform/channel/rate@2" for n in sizes}
+
+
+def test_the_tables_gram_probes_come_off_the_bits_time():
+    """The embedding tables' Gram probes cost passes over the samples: counted in every tier that rounds with GPTQ,
+    so a limit that pays for the light tier without them falls to the next one with them."""
+    seconds = 44 + 10 * 7 * 0.5  # the light tier, each layer alone on half the samples
+    light = Budget.bits_for(10, 1.0, seconds)
+    assert light["schemes"] == ["uniform/channel/rate+gptq"] and light["sensitivity_share"] == 0.5
+    probed = Budget.bits_for(10, 1.0, seconds, probes=30.0)  # then each layer measured at one grid only
+    assert probed["scale_from"] == "uniform/channel/rate+gptq@3" and probed["cross_fit"] == 0
+    rate = Budget.bits_for(10, 1.0, 16 + 10 * 0.5 + 1, probes=1e6)  # the rounding to nearest probes nothing
+    assert rate["schemes"] == ["uniform/channel/rate"]

@@ -96,3 +96,14 @@ def test_a_table_also_read_by_a_matmul_keeps_plain_rounding():
     assert table_views(state, state.targets) == {}
     plain = quantizer.quantize(TABLE, QuantSpec.parse("uniform/channel/rate@2")).weight
     assert np.array_equal(quantizer.quantize(TABLE, QuantSpec.parse("uniform/channel/rate+gptq@2")).weight, plain)
+
+
+def test_the_probes_are_reckoned_where_a_table_is_among_the_weights():
+    from evonnx.passes.compress.timing import CROSS_FITS, PROBE_FORWARDS, probe_seconds
+    from evonnx.passes.quant.tables import MAX_SAMPLES
+
+    state = load_state(encoder().SerializeToString(), label="encoder")
+    assert probe_seconds(state, state.targets, 2.0, 8) == PROBE_FORWARDS * 2.0
+    many = CROSS_FITS * MAX_SAMPLES * 4  # each fold probes at most MAX_SAMPLES of its samples
+    assert probe_seconds(state, state.targets, 2.0, many) == PROBE_FORWARDS * 2.0 / 4
+    assert probe_seconds(state, [n for n in state.targets if n != TABLE], 2.0, 8) == 0

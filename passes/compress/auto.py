@@ -18,7 +18,7 @@ from evonnx.passes.base import PassContext
 from evonnx.passes.bit_allocation import budget_loss
 from evonnx.passes.compress.container import describe, step
 from evonnx.passes.compress.default import default_pipeline
-from evonnx.passes.compress.timing import SEARCH_SHARE, Budget, curves_or_lamp
+from evonnx.passes.compress.timing import SEARCH_SHARE, Budget, curves_or_lamp, probe_seconds
 from evonnx.passes.dead_units import DeadUnits
 from evonnx.passes.directed_evolution import DirectedEvolution
 from evonnx.passes.pipeline import Pipeline
@@ -52,6 +52,7 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
     loss = budget_loss("task", AUTO_Z)
     start = time.perf_counter()
     entries = sum(state.table[n].size for n in prune)
+    probes = probe_seconds(state, prune, forward, engine.calib.num_samples)
     deadline = start + SEARCH_SHARE * time_limit if time_limit else None
     best, best_drop, passed, failed, bisected, overhead = state, 0.0, 0.0, None, 0, RUNG_FORWARDS * forward
     steps, trials, rungs = [], [], []
@@ -67,7 +68,7 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
                 break
             given = round(remaining / left, 3)
             bits_left = start + time_limit - time.perf_counter() - given - overhead
-            if failed is not None and bits_left < Budget.full_bits_seconds(len(prune), forward, entries):
+            if failed is not None and bits_left < Budget.full_bits_seconds(len(prune), forward, entries, probes):
                 log.info(f"auto sparsity: no bisection below {failed:.4f}: the bit allocation needs the time left")
                 break
             split = budget.de or curves_or_lamp(len(prune), forward, given)
@@ -97,7 +98,7 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
     left = None
     if time_limit:
         left = max(start + time_limit - time.perf_counter(), 1e-3)
-        budget = dataclasses.replace(budget, bits=Budget.bits_for(len(prune), forward, left, entries))
+        budget = dataclasses.replace(budget, bits=Budget.bits_for(len(prune), forward, left, entries, probes))
         log.info(f"auto sparsity: {left:.0f} s left for the bits: "
                  + (dataclasses.replace(budget, de={}).describe() or "the full bit allocation"))
     rest = Pipeline([DeadUnits(), *default_pipeline(0, bits, left_over, left, keep=kept, budget=budget).passes])

@@ -102,7 +102,8 @@ def run(r: CompressRequest) -> CompressResult:
             forward = forward_seconds(engine)
             search_limit = search_seconds(r.time_limit, time.perf_counter() - start, forward, state)
             timing = Budget.fit(len(prune), forward, search_limit, prunes=r.sparsity != 0,
-                                params=sum(state.table[n].size for n in prune))
+                                params=sum(state.table[n].size for n in prune),
+                                probes=probe_seconds(state, prune, forward, engine.calib.num_samples))
             settings = timing.describe(bits=r.sparsity != "auto")
             if settings:
                 log.info(f"time limit {r.time_limit:g} s ({search_limit:.0f} s to search): {settings}")

@@ -31,6 +31,7 @@ VISITED_SPECS = 5  # of a layer's quantizations the joint search visits, each fi
 NONTARGET_EVALUATIONS = 2  # the bit allocation's measurements of rounding the other tensors (int8, fp16)
 FULL_SHARE = 0.5  # the least share of the calibration samples the full bit allocation measures layers alone on
 LIGHT_SHARE = 0.125  # likewise for the uniform per-channel bits only
+PROBE_FORWARDS = 30  # the embedding tables' Gram probes, in passes over their samples (~28 on minilm-l3)
 
 
 @dataclass
@@ -52,21 +53,24 @@ class Budget:
 
     @classmethod
     def fit(cls, targets: int, forward_seconds: float, time_limit: float, prunes: bool = True,
-            params: int = 0) -> "Budget":
+            params: int = 0, probes: float = 0.0) -> "Budget":
         """The settings `time_limit` pays for; without pruning (`prunes` False) the bits get all of it.
-        `params`: the entries of the targets, whose quantizations the bit allocation fits."""
+        `params`: the entries of the targets, whose quantizations the bit allocation fits; `probes`: seconds of
+        the embedding tables' Gram probes (`probe_seconds`)."""
         bits_share = 1 - SEARCH_SHARE if prunes else 1.0
         return cls(de=curves_or_lamp(targets, forward_seconds, SEARCH_SHARE * time_limit),
-                   bits=cls.bits_for(targets, forward_seconds, bits_share * time_limit, params))
+                   bits=cls.bits_for(targets, forward_seconds, bits_share * time_limit, params, probes))
 
     @staticmethod
-    def full_bits_seconds(targets: int, forward_seconds: float, params: int = 0) -> float:
+    def full_bits_seconds(targets: int, forward_seconds: float, params: int = 0, probes: float = 0.0) -> float:
         """Seconds the full bit allocation takes (every layer alone on all samples, then the joint search)."""
         specs, fitted = _full_specs()
-        return forward_seconds * (targets * specs + JOINT_EVALUATIONS) + QUANT_SECONDS_PER_PARAM * params * fitted
+        return (forward_seconds * (targets * specs + JOINT_EVALUATIONS) + QUANT_SECONDS_PER_PARAM * params * fitted
+                + probes)
 
     @staticmethod
-    def bits_for(targets: int, forward_seconds: float, seconds: float, params: int = 0) -> dict | None:
+    def bits_for(targets: int, forward_seconds: float, seconds: float, params: int = 0,
+                 probes: float = 0.0) -> dict | None:
         """The bit allocation `seconds` pay for, the first of: the full search ({}), with each layer alone measured
         on a share of the calibration samples (at least FULL_SHARE); entropy-sized per-channel grids with GPTQ's
         rounding only (LIGHT_BITS), on a share (at least LIGHT_SHARE); those with each layer measured at
@@ -74,7 +78,8 @@ class Budget:
         at 8 bits). The first two are tried with cross-fitted joint measurements, then without (IN_SAMPLE): the
         fits without each fold are what a short time limit drops first. Fitting each quantization of the targets'
         `params` entries and two passes over the calibration set (the folds' activations, then their outputs) come
-        off `seconds` first; `max_joint` is what is left after the layers' measurements."""
+        off `seconds` first, and, in every tier that rounds with GPTQ, the tables' Gram probes (`probes` seconds);
+        `max_joint` is what is left after the layers' measurements."""
         light, (full, fitted) = len(LIGHT_BITS["bits"]), _full_specs()
         refits = CROSS_FITS * VISITED_SPECS
         tiers = ((full, fitted, QUANT_SECONDS_PER_PARAM, FULL_SHARE, JOINT_EVALUATIONS, {}),
@@ -85,7 +90,7 @@ class Budget:
                   {**LIGHT_BITS, "scale_from": SCALED_FROM, **IN_SAMPLE}),
                  (1, light + 1, RATE_SECONDS_PER_PARAM, LIGHT_SHARE, SCALED_JOINT, RATE_BITS))
         for measured, fitted, per_param, least, joint, settings in tiers:
-            fitting = per_param * params * fitted + 2 * forward_seconds
+            fitting = per_param * params * fitted + 2 * forward_seconds + (0.0 if settings is RATE_BITS else probes)
             passes = (seconds - fitting) / max(forward_seconds, 1e-9) - NONTARGET_EVALUATIONS
             share = min((passes - joint) / max(targets * measured, 1), 1.0)
             if share >= least:
@@ -150,3 +155,14 @@ def search_seconds(time_limit: float, spent: float, forward: float, state: Model
                  f"need about {reserve:.0f} s; "
                  f"searching for {floor:.0f} s, so the run will take longer")
     return max(left, floor)
+
+
+def probe_seconds(state: ModelState, names: list[str], forward: float, samples: int) -> float:
+    """Seconds the Gram probes of the embedding tables among `names` take: PROBE_FORWARDS passes over the samples
+    they probe, at most MAX_SAMPLES of each fold's (passes/quant/tables.py), of the `samples` a `forward` pass
+    takes; 0 without a table."""
+    from evonnx.passes.quant.tables import MAX_SAMPLES, table_views
+
+    if not table_views(state, names):
+        return 0.0
+    return PROBE_FORWARDS * forward * min(1.0, CROSS_FITS * MAX_SAMPLES / max(samples, 1))
