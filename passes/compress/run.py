@@ -21,7 +21,7 @@ from evonnx.passes.compress.guard import Guard, bit_record, finer, safer, same_p
 from evonnx.passes.compress.request import CompressRequest
 from evonnx.passes.compress.result import CompressResult, layer_rows, lossless_rows
 from evonnx.passes.compress.size import fit_file_size, max_bytes_of
-from evonnx.passes.compress.timing import Budget, forward_seconds, search_seconds
+from evonnx.passes.compress.timing import Budget, forward_seconds, probe_seconds, search_seconds
 from evonnx.passes.compress.workdir import claim, finish_run, read_logs, work_dir
 from evonnx.passes.engine.calib import fixed_batch, from_python, load_npz, synthetic
 from evonnx.passes.engine.heap import return_freed_memory
