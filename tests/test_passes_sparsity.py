@@ -167,3 +167,29 @@ def test_the_lowest_entries_are_a_stable_argsorts_first_in_linear_time():
         k = int(rng.integers(0, n + 2))
         assert sorted(lowest(values, k)) == sorted(np.argsort(values, kind="stable")[:k])
     assert lamp({}, 0.5) == {}  # no prunable layer (every float weight kept exact)
+
+
+def test_the_refit_solves_its_rows_a_block_at_a_time_as_all_at_once(monkeypatch):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((300, 40)).astype(np.float32)
+    w = rng.standard_normal((13, 40)).astype(np.float32)
+    b = rng.standard_normal(13).astype(np.float32)
+    t = x @ w.T + b + 0.3 * rng.standard_normal((300, 13)).astype(np.float32)
+    mask = tg.keep_mask(np.abs(w), tg.zero_count(w.size, 0.6))
+    whole = rf.refit(w, mask, x, t, b)
+    monkeypatch.setattr(rf, "SOLVE_ENTRIES", 41 * 3)  # three rows (and the bias column) a block, one left over
+    blocks = rf.refit(w, mask, x, t, b)
+    np.testing.assert_allclose(blocks[0], whole[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(blocks[1], whole[1], rtol=1e-6, atol=1e-7)
+
+
+def test_layers_wider_than_the_inverse_limit_keep_their_survivors_unfitted(monkeypatch):
+    """A re-fit costs out x K^2 an iteration: past MAX_INVERSE inputs the survivors stay as they are."""
+    from evonnx.passes.sparsity import common
+
+    plain = _run("magnitude", corpus.mlp(d_in=16, hidden=32, classes=6), sparsity=0.7, refit=False)
+    monkeypatch.setattr(common, "MAX_INVERSE", 16)  # w1 reads 16 inputs, w2 32
+    refit = _run("magnitude", corpus.mlp(d_in=16, hidden=32, classes=6), sparsity=0.7, refit=True)
+    np.testing.assert_array_equal(refit.current("w2"), plain.current("w2"))
+    assert not np.array_equal(refit.current("w1"), plain.current("w1"))
+    np.testing.assert_array_equal(refit.masks["w1"], plain.masks["w1"])

@@ -20,7 +20,7 @@ LEVELS = np.array([0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98])
 
 
 ALLOCATIONS = ("sensitivity", "lamp", "uniform")
-MAX_INVERSE = 2048  # the widest layer input (K) whose K x K Gram is inverted (hessian prior, SparseGPT)
+MAX_INVERSE = 2048  # the widest layer input (K) whose K x K Gram is inverted (hessian prior, SparseGPT) or re-fitted
 
 
 @dataclass
@@ -119,8 +119,12 @@ def priors(view: LayerView, kinds: list[str], ridge: float, x: np.ndarray | None
 
 def refit_layer(view: LayerView, mask: np.ndarray, w_mat: np.ndarray, cfg: TargetConfig,
                 data: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """Re-fit the kept entries (and the layer's own bias) to the teacher's layer output on the student's inputs."""
+    """Re-fit the kept entries (and the layer's own bias) to the teacher's layer output on the student's inputs.
+    A layer wider than MAX_INVERSE keeps its survivors as they are (stats say `wide`): each iteration of the re-fit
+    costs out x K^2, hours for a 16384-wide layer on a CPU."""
     layer = view.layer
+    if view.k > MAX_INVERSE:
+        return np.where(mask, w_mat, 0).astype(w_mat.dtype, copy=False), None, {"wide": True}
     x, t = data
     beta = layer.bias_scale
     bias, floor = None, np.zeros(layer.out, np.float32)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 RELU_ITERS = 4  # majorise-minimise steps of the ReLU-aware re-fit
+SOLVE_ENTRIES = 1 << 21  # rows x K solved at a time: the solver's six float64 [rows, K] arrays stay ~100 MB
 
 
 def gram(x: np.ndarray, t: np.ndarray, with_bias: bool) -> tuple[np.ndarray, np.ndarray, float]:
@@ -82,12 +83,20 @@ def refit(w_mat: np.ndarray, mask: np.ndarray, x: np.ndarray, t: np.ndarray, bia
 
 def _solve_masked(h: np.ndarray, g: np.ndarray, keep: np.ndarray, lam: float, n_weight: int, start: np.ndarray,
                   tol: float = 1e-4, max_iter: int = 500) -> np.ndarray:
-    """Every row's masked ridge system, by Jacobi-preconditioned conjugate gradients run on all rows at once.
+    """Every row's masked ridge system, by Jacobi-preconditioned conjugate gradients run on SOLVE_ENTRIES' worth
+    of rows at once (the rows' systems are independent).
 
-    Each iteration is one [out, K] x [K, K] product; warm-started from `start` (the pruned weights), rows
+    Each iteration is one [rows, K] x [K, K] product; warm-started from `start` (the pruned weights), rows
     stop updating once their relative residual is below `tol`.
     """
     a = h + np.diag(np.where(np.arange(h.shape[0]) < n_weight, lam, 0.0))
+    step = max(1, SOLVE_ENTRIES // max(keep.shape[1], 1))
+    return np.concatenate([_cg(a, g[:, r:r + step], keep[r:r + step], start[r:r + step], tol, max_iter)
+                           for r in range(0, len(keep), step)] or [np.zeros(keep.shape)])
+
+
+def _cg(a: np.ndarray, g: np.ndarray, keep: np.ndarray, start: np.ndarray, tol: float, max_iter: int) -> np.ndarray:
+    """`_solve_masked` on some rows: `g` [K, rows], `keep` and `start` [rows, K]."""
     m = keep.astype(np.float64)
     diag = np.maximum(np.diag(a), 1e-30)[None]
     x = start * m
