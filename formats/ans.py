@@ -26,6 +26,7 @@ except ImportError:  # no wheel for this platform: the plain-Python coder, same 
 
 PRECISION = 24
 MAX_ALPHABET = 1 << 16
+ENCODE_CHUNK = 1 << 20  # symbols handed to the coder at a time (as int32: a large run needs no 4-byte copy)
 
 
 
@@ -144,8 +145,9 @@ def encode(runs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         return rans.encode(runs)
     coder = constriction.stream.stack.AnsCoder()
     for symbols, freq24 in reversed(runs):
-        if len(symbols):
-            coder.encode_reverse(np.ascontiguousarray(symbols, dtype=np.int32), _categorical(freq24))
+        model = _categorical(freq24)
+        for end in range(len(symbols), 0, -ENCODE_CHUNK):  # the last chunk first: the stack then decodes in order
+            coder.encode_reverse(np.ascontiguousarray(symbols[max(0, end - ENCODE_CHUNK):end], dtype=np.int32), model)
     return coder.get_compressed().astype("<u4", copy=False)
 
 

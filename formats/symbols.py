@@ -24,14 +24,17 @@ _CHUNK = 1 << 20  # symbols per packing chunk (a multiple of 8 keeps chunks byte
 
 # -- PACKED ---------------------------------------------------------------------------------------
 def pack(values: np.ndarray, width: int) -> bytes:
-    """Fixed-width little-endian bit packing (value i occupies bits [i*width, (i+1)*width))."""
-    v = np.ascontiguousarray(values, dtype=np.uint64)
-    if width % 8 == 0:
-        return v.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :width // 8].tobytes()
+    """Fixed-width little-endian bit packing (value i occupies bits [i*width, (i+1)*width)), _CHUNK values at a
+    time (as 8-byte integers)."""
+    flat = np.asarray(values).reshape(-1)
     shifts = np.arange(width, dtype=np.uint64)
     parts = []
-    for start in range(0, v.size, _CHUNK):
-        bits = ((v[start:start + _CHUNK, None] >> shifts) & np.uint64(1)).astype(np.uint8)
+    for start in range(0, flat.size, _CHUNK):
+        v = flat[start:start + _CHUNK].astype("<u8")
+        if width % 8 == 0:
+            parts.append(v.view(np.uint8).reshape(-1, 8)[:, :width // 8].tobytes())
+            continue
+        bits = ((v[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
         parts.append(np.packbits(bits.reshape(-1), bitorder="little").tobytes())
     return b"".join(parts)
 
@@ -101,18 +104,40 @@ def _planes_decode(frame, n: int, itemsize: int, what: str) -> np.ndarray:
 
 
 # -- ANS_GRID: contexts from row / column classes ---------------------------------------------------
+def _narrow(alphabet: int) -> type:
+    """The smallest unsigned dtype holding symbols below `alphabet` (a large tensor's codes stay 1 byte each)."""
+    return np.uint8 if alphabet <= 1 << 8 else np.uint16 if alphabet <= 1 << 16 else np.int64
+
+
+def _counts(values: np.ndarray, minlength: int) -> np.ndarray:
+    """np.bincount of non-negative integers, _CHUNK at a time (bincount converts its input to 8-byte integers)."""
+    flat = values.reshape(-1)
+    return sum((np.bincount(flat[i:i + _CHUNK], minlength=minlength) for i in range(0, flat.size, _CHUNK)),
+               np.zeros(minlength, np.int64))
+
+
+def _row_blocks(grid: KeptGrid):
+    """Slices of the view's rows, about _CHUNK entries each."""
+    step = max(1, _CHUNK // max(grid.cols, 1))
+    return [slice(r, r + step) for r in range(0, grid.rows, step)]
+
+
 def _spread_score(grid: KeptGrid, q: np.ndarray, alphabet: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean distance of the codes from the most common code, per row and per column of the view."""
-    centre = int(np.argmax(np.bincount(q.reshape(-1)[grid.mask.reshape(-1)] if grid.mask is not None else
-                                       q.reshape(-1), minlength=alphabet)))
-    dev = np.abs(q.astype(np.float64) - centre)
-    kept = np.ones(q.shape) if grid.mask is None else grid.mask
-    if grid.mask is not None:
-        dev *= grid.mask
-    return dev.sum(1) / np.maximum(kept.sum(1), 1), dev.sum(0) / np.maximum(kept.sum(0), 1)
+    """Mean distance of the codes from the most common code, per row and per column of the view (integer sums,
+    a block of rows at a time)."""
+    centre = int(np.argmax(_counts(q if grid.mask is None else q[grid.mask], alphabet)))
+    rows, cols = np.zeros(grid.rows, np.int64), np.zeros(grid.cols, np.int64)
+    for block in _row_blocks(grid):
+        dev = np.abs(q[block].astype(np.int64) - centre)
+        if grid.mask is not None:
+            dev *= grid.mask[block]
+        rows[block] = dev.sum(1)
+        cols += dev.sum(0)
+    kept_rows, kept_cols = ((grid.cols, grid.rows) if grid.mask is None else (grid.mask.sum(1), grid.mask.sum(0)))
+    return rows / np.maximum(kept_rows, 1), cols / np.maximum(kept_cols, 1)
 
 
-def _grid_candidates(grid: KeptGrid, q: np.ndarray, sym: np.ndarray, alphabet: int):
+def _grid_candidates(grid: KeptGrid, q: np.ndarray, alphabet: int):
     """The (estimated bits, ClassGrid) of the cheapest row x column class split, or None."""
     row_score, col_score = _spread_score(grid, q, alphabet)
     best = None
@@ -120,9 +145,12 @@ def _grid_candidates(grid: KeptGrid, q: np.ndarray, sym: np.ndarray, alphabet: i
         if kr > grid.rows or kc > grid.cols:
             continue
         cg = ClassGrid(rank_classes(row_score, kr), rank_classes(col_score, kc), kr, kc)
-        ctx = (cg.rc[:, None] * kc + cg.cc[None, :])
-        ctx = ctx.reshape(-1) if grid.mask is None else ctx[grid.mask]
-        hist = np.bincount(ctx * alphabet + sym, minlength=kr * kc * alphabet).reshape(kr * kc, alphabet)
+        hist = np.zeros(kr * kc * alphabet, np.int64)
+        for block in _row_blocks(grid):
+            key = (cg.rc[block, None] * kc + cg.cc[None, :]) * alphabet + q[block]
+            hist += np.bincount(key.reshape(-1) if grid.mask is None else key[grid.mask[block]],
+                                minlength=hist.size)
+        hist = hist.reshape(kr * kc, alphabet)
         tot = hist.sum(1, keepdims=True)
         with np.errstate(divide="ignore", invalid="ignore"):
             bits = np.where(hist > 0, hist * np.log2(tot / hist), 0).sum()
@@ -141,8 +169,8 @@ def _tile_counts(grid: KeptGrid, cg: ClassGrid) -> tuple[np.ndarray | None, np.n
 
 
 def _encode_ans_grid(sym: np.ndarray, alphabet: int, grid: KeptGrid) -> bytes | None:
-    q = grid.scatter(sym, np.int64)
-    best = _grid_candidates(grid, q, sym, alphabet)
+    q = grid.scatter(sym, _narrow(alphabet))
+    best = _grid_candidates(grid, q, alphabet)
     if best is None:
         return None
     cg = best[1]
@@ -156,7 +184,7 @@ def _encode_ans_grid(sym: np.ndarray, alphabet: int, grid: KeptGrid) -> bytes | 
         if vals.size == 0:
             w.u8(0)
             continue
-        p, f = ans.best_table(np.bincount(vals, minlength=alphabet))
+        p, f = ans.best_table(_counts(vals, alphabet))
         ans.write_table(w, p, f)
         runs.append((vals, ans.scaled(f, p)))
     ans.write_words(w, ans.encode(runs))
@@ -221,7 +249,7 @@ def _read_alphabet(r: Reader, limit: int, what: str) -> int:
 
 
 def _encode_ans(symbols: np.ndarray, alphabet: int) -> bytes:
-    p, f = ans.best_table(np.bincount(symbols, minlength=alphabet))
+    p, f = ans.best_table(_counts(symbols, alphabet))
     w = Writer().u8(ANS).varint(alphabet)
     ans.write_table(w, p, f)
     ans.write_words(w, ans.encode([(symbols, ans.scaled(f, p))]))
@@ -248,10 +276,10 @@ def encode(symbols: np.ndarray, limit: int, *, grid: KeptGrid | None = None,
         candidates.append(Writer().u8(ZSTD_PLANES).u8(itemsize).varint(len(frame)).raw(frame).bytes())
     if hi < ans.MAX_ALPHABET:
         alphabet = hi + 1
-        s64 = sym.astype(np.int64)
-        candidates.append(_encode_ans(s64, alphabet))
+        narrow = sym.astype(_narrow(alphabet), copy=False)
+        candidates.append(_encode_ans(narrow, alphabet))
         if grid is not None and n >= 1024 and alphabet <= 256:
-            ctx_coded = _encode_ans_grid(s64, alphabet, grid)
+            ctx_coded = _encode_ans_grid(narrow, alphabet, grid)
             if ctx_coded is not None:
                 candidates.append(ctx_coded)
     return min(candidates, key=len)  # ties keep the earlier (faster) codec
