@@ -284,7 +284,7 @@ class _Run:
             pri = common.priors(view, ["hessian" if self.cfg.refit else "wanda"], self.cfg.ridge, data[0] if data else None)
             score = np.where(mask.ravel(), next(iter(pri.values())), -np.inf)  # zeros stay zero
             new_mask = tg.keep_mask(score, int((~mask).sum()) + n).reshape(mask.shape)
-            w_mat, bias = np.where(new_mask, view.w_mat, 0), None
+            w_mat, bias = view.w_mat, None  # commit zeroes what the mask drops
             if self.cfg.refit and layer.fast:
                 w_mat, bias, _ = common.refit_layer(view, new_mask, view.w_mat, self.cfg, data)
             self.student = common.commit(self.student, layer, new_mask, w_mat, bias)

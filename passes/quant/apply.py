@@ -19,6 +19,7 @@ from evonnx.passes.quant.gptq import act_order, compensated_codes, inverse_facto
 from evonnx.passes.quant.layer import QuantSpec, Quantized, quantize_weight, survivors
 from evonnx.passes.quant.refit import gram_matrices, layer_views, refit_centroids
 from evonnx.passes.quant.sizing import coded_bytes
+from evonnx.passes.quant.uniform import chunks
 from evonnx.passes.quant.tables import table_grams, table_views
 from evonnx.passes.state import ModelState
 
@@ -127,14 +128,23 @@ class Quantizer:
 def row(q: Quantized, spec: QuantSpec, original: np.ndarray) -> dict:
     """The report row of one quantized weight (sizes estimated, error against the incoming weight)."""
     size = coded_bytes(q.tensor)
-    diff = q.weight.astype(np.float64) - original.astype(np.float64)
-    norm = float(np.linalg.norm(original.astype(np.float64)))
     scheme = "raw (fallback)" if q.fallback else spec.family if q.tensor.scheme == spec.scheme else "raw (empty)"
     return {"name": q.tensor.name, "scheme": scheme,
             "bits": q.tensor.bits, "est_bytes": round(size["total"], 1), "codes_bytes": round(size["codes"], 1),
             "mask_bytes": round(size["mask"], 1), "side_bytes": round(size["side"], 1),
             "kept": q.tensor.n_kept, "size": q.tensor.size,
-            "rel_error": float(np.linalg.norm(diff) / norm) if norm else 0.0, "bumped": q.bumped}
+            "rel_error": rel_error(q.weight, original), "bumped": q.bumped}
+
+
+def rel_error(weight: np.ndarray, original: np.ndarray) -> float:
+    """||weight - original|| / ||original|| in float64, a block of CHUNK entries at a time (0 for a zero original)."""
+    err = norm = 0.0
+    a, b = weight.reshape(-1), original.reshape(-1)
+    for part in chunks(a.size):
+        o = b[part].astype(np.float64)
+        d = a[part] - o
+        err, norm = err + float(d @ d), norm + float(o @ o)
+    return float(np.sqrt(err / norm)) if norm else 0.0
 
 
 def round_nontarget(state: ModelState, name: str, mode: str) -> tuple[QuantizedTensor, np.ndarray]:

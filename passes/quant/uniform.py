@@ -63,7 +63,7 @@ def fit_rate(values: np.ndarray, groups: np.ndarray, n_groups: int,
     """(codes, scale[n_groups], zero_point[n_groups]) of the entropy-sized mid-rise grid (module docstring)."""
     v = np.asarray(values, dtype=np.float64)
     counts = np.maximum(np.bincount(groups, minlength=n_groups), 1)
-    power = sum(np.bincount(groups[part], v[part] ** 2, minlength=n_groups) for part in _chunks(v.size))
+    power = sum(np.bincount(groups[part], v[part] ** 2, minlength=n_groups) for part in chunks(v.size))
     rms = np.sqrt(power / counts)
     top = float(2 ** RATE_BITS - 1)
     far = np.zeros(n_groups)
@@ -84,13 +84,14 @@ def significant(x: np.ndarray) -> np.ndarray:
 def grid_codes(v: np.ndarray, groups: np.ndarray, scale: np.ndarray, zero: np.ndarray, top: float) -> np.ndarray:
     """uint8 codes clip(rint(v / scale[group] + zero[group]), 0, top), a chunk of entries at a time."""
     codes = np.empty(v.size, np.uint8)
-    for part in _chunks(v.size):
+    for part in chunks(v.size):
         g = groups[part]
         codes[part] = np.clip(np.rint(v[part] / scale[g] + zero[g]), 0, top)
     return codes
 
 
-def _chunks(n: int) -> list[slice]:
+def chunks(n: int) -> list[slice]:
+    """Slices of CHUNK entries covering n."""
     return [slice(start, start + CHUNK) for start in range(0, n, CHUNK)] or [slice(0, 0)]
 
 
@@ -105,7 +106,7 @@ def search_sample(dist: np.ndarray, groups: np.ndarray, n_groups: int) -> tuple[
     np.maximum.at(far, groups, dist)
     far = np.where(far > 0, far, 1.0)
     key = np.empty(len(groups))  # by group, then by distance
-    for part in _chunks(len(groups)):
+    for part in chunks(len(groups)):
         key[part] = groups[part] + 0.5 * dist[part] / far[groups[part]]
     order = np.argsort(key)
     del key
@@ -114,7 +115,7 @@ def search_sample(dist: np.ndarray, groups: np.ndarray, n_groups: int) -> tuple[
     per_group = max(PER_GROUP, -(-SAMPLE_VALUES // n_groups))
     stride = np.maximum((counts - TAIL) // (per_group - TAIL), 1)
     picks, weights = [], []
-    for part in _chunks(len(order)):
+    for part in chunks(len(order)):
         g = groups[order[part]]
         rank = np.arange(part.start, part.start + len(g)) - starts[g]
         tail = rank >= counts[g] - TAIL
@@ -137,7 +138,7 @@ def _best_alpha(v: np.ndarray, groups: np.ndarray, n_groups: int, center: np.nda
     centre, where every group has the same grid [-alpha, alpha] (a group's error is its radius^2 times that
     unit error, so the best alpha is the same)."""
     dist = np.empty(len(v))
-    for part in _chunks(len(v)):
+    for part in chunks(len(v)):
         dist[part] = np.abs(v[part] - center[groups[part]])
     sample = search_sample(dist, groups, n_groups)
     del dist

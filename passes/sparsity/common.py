@@ -142,10 +142,11 @@ def refit_layer(view: LayerView, mask: np.ndarray, w_mat: np.ndarray, cfg: Targe
 
 
 def commit(state: ModelState, layer: Layer, mask: np.ndarray, w_mat: np.ndarray, bias: np.ndarray | None) -> ModelState:
-    weights = {layer.weight: layer.from_mat(np.where(mask, w_mat, 0)).astype(state.original(layer.weight).dtype)}
+    dtype = state.original(layer.weight).dtype
+    weights = {layer.weight: layer.from_mat(np.where(mask, w_mat, 0)).astype(dtype, copy=False)}
     if bias is not None:
         weights[layer.bias] = bias
-    return state.replace(weights=weights, masks={layer.weight: layer.from_mat(mask).astype(bool)})
+    return state.replace(weights=weights, masks={layer.weight: layer.from_mat(mask).astype(bool, copy=False)})
 
 
 def one_shot(state: ModelState, ev: Evaluator, layers: list[Layer], masks: dict[str, np.ndarray],

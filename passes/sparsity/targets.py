@@ -21,21 +21,22 @@ def keep_mask(scores: np.ndarray, n_zero: int, allowed: np.ndarray | None = None
     flat = np.asarray(scores)
     flat = (flat if np.issubdtype(flat.dtype, np.floating) else flat.astype(np.float64)).ravel()
     order_key = flat if allowed is None else np.where(allowed.ravel(), flat, np.inf)
-    keep = np.ones(flat.size, dtype=bool)
-    keep[lowest(order_key, n_zero)] = False
-    return keep.reshape(np.shape(scores))
+    return ~lowest(order_key, n_zero).reshape(np.shape(scores))
 
 
 def lowest(values: np.ndarray, n: int) -> np.ndarray:
-    """Indices of the `n` lowest of `values`, ties broken by index: the first n of a stable argsort, in
-    linear time (a partition finds the n-th value; of the entries equal to it, the first ones are taken)."""
+    """True at the `n` lowest of `values`, ties broken by index: the first n of a stable argsort, in linear
+    time and without an index array (a partition finds the n-th value; of the entries equal to it, the first
+    ones are taken)."""
+    out = np.zeros(values.size, bool)
     if n <= 0:
-        return np.zeros(0, np.int64)
+        return out
     if n >= values.size:
-        return np.arange(values.size)
+        return ~out
     kth = np.partition(values, n - 1)[n - 1]
-    below = np.flatnonzero(values < kth)
-    return np.concatenate([below, np.flatnonzero(values == kth)[: n - below.size]])
+    np.less(values, kth, out=out)
+    out[np.flatnonzero(values == kth)[: n - int(np.count_nonzero(out))]] = True
+    return out
 
 
 def resolve(names: list[str], sizes: dict[str, int], sparsity: float | None,
