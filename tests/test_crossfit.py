@@ -97,3 +97,17 @@ def test_too_few_samples_for_two_folds_measure_in_sample():
     assert CrossFit.build(state, ctx, fidelity(state, ctx), 4, 4096, 0) is None
     out = get_pass("bit-allocation")(schemes=["uniform/channel/rate+gptq"], metric="kl").run(state, ctx)
     assert out.history[-1]["cross_folds"] == 0
+
+
+def test_the_grams_without_each_fold_are_factored_once_for_every_option(setup):
+    state, ctx, _ = setup
+    cross = CrossFit.build(state, ctx, fidelity(state, ctx), 4, 4096, 0)
+    gptq4 = QuantSpec.parse("uniform/channel/rate+gptq", 4)
+    first = cross.fit("w1", GPTQ3)
+    held = [factors["w1"] for factors in cross.factors]
+    second = cross.fit("w1", gptq4)
+    assert all(factors["w1"] is h for factors, h in zip(cross.factors, held))
+    for spec, fits in ((GPTQ3, first), (gptq4, second)):
+        for k, fit in enumerate(fits):  # as a fit from scratch on the other folds' Grams
+            fresh = Quantizer.pooled(cross.parts[:k] + cross.parts[k + 1:], ["w1"]).quantize("w1", spec)
+            np.testing.assert_array_equal(fit.weight, fresh.weight)

@@ -100,7 +100,7 @@ class Quantizer:
                     return refit_centroids(layer, gram, array, keep, codes, centroids)
             elif not spec.per_channel or info.channel_axis == layer.row_axis:
                 if name not in self.factors:
-                    twin = next((n for n in self.factors if self.grams[n] is gram), None)  # its Gram's, factored
+                    twin = next((n for n in self.factors if self.grams.get(n) is gram), None)  # its Gram's, factored
                     if twin is None:
                         order = act_order(gram)
                         self.factors[name] = order, inverse_factor(gram[np.ix_(order, order)], self.rows.get(name))
