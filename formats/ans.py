@@ -26,7 +26,7 @@ except ImportError:  # no wheel for this platform: the plain-Python coder, same 
 
 PRECISION = 24
 MAX_ALPHABET = 1 << 16
-ENCODE_CHUNK = 1 << 20  # symbols handed to the coder at a time (as int32: a large run needs no 4-byte copy)
+CODER_CHUNK = 1 << 20  # symbols handed to or taken from the coder at a time (int32 there: no 4-byte copy of a run)
 
 
 
@@ -146,8 +146,8 @@ def encode(runs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     coder = constriction.stream.stack.AnsCoder()
     for symbols, freq24 in reversed(runs):
         model = _categorical(freq24)
-        for end in range(len(symbols), 0, -ENCODE_CHUNK):  # the last chunk first: the stack then decodes in order
-            coder.encode_reverse(np.ascontiguousarray(symbols[max(0, end - ENCODE_CHUNK):end], dtype=np.int32), model)
+        for end in range(len(symbols), 0, -CODER_CHUNK):  # the last chunk first: the stack then decodes in order
+            coder.encode_reverse(np.ascontiguousarray(symbols[max(0, end - CODER_CHUNK):end], dtype=np.int32), model)
     return coder.get_compressed().astype("<u4", copy=False)
 
 

@@ -219,9 +219,11 @@ def _decode_ans_grid(r: Reader, n: int, limit: int, grid: KeptGrid | None, dtype
         else:
             tables.append(ans.read_table(r, alphabet, f"{what} context {ctx} table", precision))
     dec = ans.Decoder(ans.read_words(r, what), what)
-    parts = [dec.decode(tables[ctx], counts[ctx]) for ctx in range(kr * kc) if counts[ctx]]
+    stream, start = np.empty(n, dtype), 0
+    for ctx in range(kr * kc):
+        _decode_into(dec, tables[ctx], stream[start:start + counts[ctx]])
+        start += int(counts[ctx])
     dec.finish()
-    stream = np.concatenate(parts).astype(dtype, copy=False)
     if sparse:
         out = np.empty(n, dtype)
         out[np.argsort(kept_ctx, kind="stable")] = stream
@@ -241,6 +243,13 @@ def _decode_ans_grid(r: Reader, n: int, limit: int, grid: KeptGrid | None, dtype
 
 
 # -- entry points ---------------------------------------------------------------------------------
+def _decode_into(dec, table: np.ndarray | None, out: np.ndarray) -> np.ndarray:
+    """`out` filled with the next out.size symbols of one run, ans.CODER_CHUNK at a time."""
+    for start in range(0, out.size, ans.CODER_CHUNK):
+        out[start:start + ans.CODER_CHUNK] = dec.decode(table, min(ans.CODER_CHUNK, out.size - start))
+    return out
+
+
 def _read_alphabet(r: Reader, limit: int, what: str) -> int:
     a = r.varint(f"{what} alphabet size", min(limit, ans.MAX_ALPHABET))
     if a < 2:
@@ -311,9 +320,9 @@ def decode(r: Reader, n: int, limit: int, dtype, *, grid: KeptGrid | None = None
         alphabet = _read_alphabet(r, limit, what)
         table = ans.read_table(r, alphabet, f"{what} table", r.u8(f"{what} table precision"))
         dec = ans.Decoder(ans.read_words(r, what), what)
-        out = dec.decode(table, n)
+        out = _decode_into(dec, table, np.empty(n, dtype))
         dec.finish()
-        return out.astype(dtype, copy=False)
+        return out
     if codec == ANS_GRID:
         return _decode_ans_grid(r, n, limit, grid, dtype, what)
     if codec == ZSTD_PLANES:

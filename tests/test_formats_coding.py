@@ -40,6 +40,24 @@ def test_symbol_codecs_roundtrip_and_are_chosen_when_they_win():
     assert _roundtrip_symbols(wide, 1 << 64, dtype=np.uint64)[0] == "packed"
 
 
+def test_streams_coded_and_decoded_a_chunk_at_a_time_are_the_same_streams(monkeypatch):
+    """Large runs go to and from the coder in chunks (and packing and histograms a block at a time): the bytes
+    and the symbols are those of one piece."""
+    rng = np.random.default_rng(3)
+    rows, cols = 96, 200
+    q = np.clip(np.rint(rng.normal(size=(rows, cols)) * np.exp(rng.normal(0, 1, (1, cols))) + 8), 0, 15).astype(int)
+    mask = rng.random((rows, cols)) < 0.5
+    cases = [(np.minimum(rng.geometric(0.5, 20000) - 1, 255), 256, None),
+             (q.reshape(-1), 16, KeptGrid(rows, cols, None)), (q[mask], 16, KeptGrid(rows, cols, mask)),
+             (rng.integers(0, 1 << 13, 5000), 1 << 13, None)]
+    whole = [symbols.encode(sym, limit, grid=grid) for sym, limit, grid in cases]
+    monkeypatch.setattr(ans, "CODER_CHUNK", 777)
+    monkeypatch.setattr(symbols, "_CHUNK", 1024)
+    for (sym, limit, grid), data in zip(cases, whole):
+        assert symbols.encode(sym, limit, grid=grid) == data
+        assert _roundtrip_symbols(sym, limit, grid=grid)[0] == symbols.CODEC_NAMES[data[0]]
+
+
 @pytest.mark.parametrize("width", [1, 2, 3, 5, 7, 8, 9, 13, 16, 31, 32, 33, 64])
 def test_pack_unpack(width):
     rng = np.random.default_rng(width)
