@@ -138,22 +138,24 @@ def _channel_grids(array: np.ndarray, keep: np.ndarray, axis: int | None,
         return _grids(array[keep], np.zeros(int(np.count_nonzero(keep)), np.int32), 1, spec)
     channels = array.shape[axis]
     per = max(1, SLICE // max(array.size // max(channels, 1), 1))
-    whole = np.zeros(array.shape, np.uint8) if per < channels else None
-    parts, scales, zeros = [], [], []
+    if per >= channels:
+        return _block_grids(array, keep, axis, spec)
+    whole, scales, zeros = np.zeros(array.shape, np.uint8), [], []
     for start in range(0, channels, per):
         block = (slice(None),) * axis + (slice(start, min(start + per, channels)),)
-        sub, kept = array[block], keep[block]
-        # each survivor's channel in the block, 4 bytes each (np.nonzero would make ndim 8-byte arrays)
-        index = np.arange(sub.shape[axis], dtype=np.int32).reshape([-1 if i == axis else 1 for i in range(sub.ndim)])
-        codes, scale, zero = _grids(sub[kept], np.broadcast_to(index, sub.shape)[kept], sub.shape[axis], spec)
-        if whole is None:
-            parts.append(codes)
-        else:
-            whole[block][kept] = codes  # a view of `whole`: written in place
+        codes, scale, zero = _block_grids(array[block], keep[block], axis, spec)
+        whole[block][keep[block]] = codes  # a view of `whole`: written in place
         scales.append(scale)
         zeros.append(zero)
-    codes = parts[0] if whole is None else whole[keep]
-    return codes, np.concatenate(scales), np.concatenate(zeros)
+    return whole[keep], np.concatenate(scales), np.concatenate(zeros)
+
+
+def _block_grids(array: np.ndarray, keep: np.ndarray, axis: int,
+                 spec: QuantSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_channel_grids` of channels fitted together: each survivor's channel index, 4 bytes each (np.nonzero
+    would make ndim 8-byte arrays)."""
+    index = np.arange(array.shape[axis], dtype=np.int32).reshape([-1 if i == axis else 1 for i in range(array.ndim)])
+    return _grids(array[keep], np.broadcast_to(index, array.shape)[keep], array.shape[axis], spec)
 
 
 def never_zero(t: QuantizedTensor, array: np.ndarray, keep: np.ndarray) -> Quantized:
