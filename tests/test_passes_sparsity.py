@@ -183,13 +183,13 @@ def test_the_refit_solves_its_rows_a_block_at_a_time_as_all_at_once(monkeypatch)
     np.testing.assert_allclose(blocks[1], whole[1], rtol=1e-6, atol=1e-7)
 
 
-def test_layers_wider_than_the_inverse_limit_keep_their_survivors_unfitted(monkeypatch):
-    """A re-fit costs out x K^2 an iteration: past MAX_INVERSE inputs the survivors stay as they are."""
+def test_layers_whose_refit_costs_too_much_keep_their_survivors_unfitted(monkeypatch):
+    """A re-fit costs out x K^2 an iteration: past MAX_REFIT_WORK the survivors stay as they are."""
     from evonnx.passes.sparsity import common
 
     plain = _run("magnitude", corpus.mlp(d_in=16, hidden=32, classes=6), sparsity=0.7, refit=False)
-    monkeypatch.setattr(common, "MAX_INVERSE", 16)  # w1 reads 16 inputs, w2 32
+    monkeypatch.setattr(common, "MAX_REFIT_WORK", 7000)  # w1: 32 outputs x 16^2 = 8192; w2: 6 x 32^2 = 6144
     refit = _run("magnitude", corpus.mlp(d_in=16, hidden=32, classes=6), sparsity=0.7, refit=True)
-    np.testing.assert_array_equal(refit.current("w2"), plain.current("w2"))
-    assert not np.array_equal(refit.current("w1"), plain.current("w1"))
-    np.testing.assert_array_equal(refit.masks["w1"], plain.masks["w1"])
+    np.testing.assert_array_equal(refit.current("w1"), plain.current("w1"))
+    assert not np.array_equal(refit.current("w2"), plain.current("w2"))
+    np.testing.assert_array_equal(refit.masks["w2"], plain.masks["w2"])

@@ -20,7 +20,8 @@ LEVELS = np.array([0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98])
 
 
 ALLOCATIONS = ("sensitivity", "lamp", "uniform")
-MAX_INVERSE = 2048  # the widest layer input (K) whose K x K Gram is inverted (hessian prior, SparseGPT) or re-fitted
+MAX_INVERSE = 2048  # the widest layer input (K) whose K x K Gram is inverted (hessian prior, SparseGPT)
+MAX_REFIT_WORK = 1 << 35  # out x K^2 of the largest layer re-fitted: one solver iteration's product, ~3e10 multiply-adds
 
 
 @dataclass
@@ -120,11 +121,11 @@ def priors(view: LayerView, kinds: list[str], ridge: float, x: np.ndarray | None
 def refit_layer(view: LayerView, mask: np.ndarray, w_mat: np.ndarray, cfg: TargetConfig,
                 data: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Re-fit the kept entries (and the layer's own bias) to the teacher's layer output on the student's inputs.
-    A layer wider than MAX_INVERSE keeps its survivors as they are (stats say `wide`): each iteration of the re-fit
-    costs out x K^2, hours for a 16384-wide layer on a CPU."""
+    A layer whose re-fit iteration costs more than MAX_REFIT_WORK (out x K^2: a ResNet's 512 x 4608 conv is 2^33, an
+    8192 x 8192 matrix 2^39, hours on a CPU) keeps its survivors as they are (stats say `too_large`)."""
     layer = view.layer
-    if view.k > MAX_INVERSE:
-        return np.where(mask, w_mat, 0).astype(w_mat.dtype, copy=False), None, {"wide": True}
+    if layer.out * view.k ** 2 > MAX_REFIT_WORK:
+        return np.where(mask, w_mat, 0).astype(w_mat.dtype, copy=False), None, {"too_large": True}
     x, t = data
     beta = layer.bias_scale
     bias, floor = None, np.zeros(layer.out, np.float32)
