@@ -2,7 +2,9 @@
 import numpy as np
 import pytest
 
+import corpus
 from evonnx.passes.sparsity import sparsegpt
+from evonnx.passes.state import load_state
 
 
 def _layer(seed: int = 0, out: int = 48, k: int = 200, rows: int = 600):
@@ -56,3 +58,13 @@ def test_a_finish_without_re_fits_compensates_each_layers_pruning():
         assert out.history[-1]["sparsity"] == pytest.approx(0.6, abs=1e-3)
         fitness[compensate] = out.history[-1]["fitness"]
     assert fitness[True] < 0.5 * fitness[False]
+
+
+def test_the_finish_is_reckoned_by_its_sweeps_and_inverses_within_the_width_bound():
+    from evonnx.passes.sparsity.layers import analyse
+
+    state = load_state(corpus.mlp(d_in=16, hidden=32, classes=6).SerializeToString(), label="mlp")
+    layers = analyse(state, state.targets)  # w1: 32 outputs of 16 inputs, w2: 6 of 32
+    w1, w2 = 32 * 16 ** 2 + 16 ** 3, 6 * 32 ** 2 + 32 ** 3
+    assert sparsegpt.seconds(layers, 32) == pytest.approx(sparsegpt.SECONDS_PER_MAC * (w1 + w2))
+    assert sparsegpt.seconds(layers, 16) == pytest.approx(sparsegpt.SECONDS_PER_MAC * w1)

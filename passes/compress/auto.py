@@ -23,6 +23,9 @@ from evonnx.passes.dead_units import DeadUnits
 from evonnx.passes.directed_evolution import DirectedEvolution
 from evonnx.passes.pipeline import Pipeline
 from evonnx.passes.quant.apply import Fidelity
+from evonnx.passes.sparsity import sparsegpt
+from evonnx.passes.sparsity.common import MAX_INVERSE
+from evonnx.passes.sparsity.layers import analyse
 from evonnx.passes.state import ModelState
 
 log = logging.getLogger(__name__)
@@ -32,7 +35,7 @@ LADDER = tuple(1 - 0.5 ** k for k in range(1, 7))  # 0.5 … 0.984: the kept fra
 BISECTIONS = 2
 AUTO_SHARE = 0.5  # of --max-drop the auto sparsity may spend; the bit allocation gets what is left
 AUTO_Z = 1.0  # a rung's drop is taken at measured + AUTO_Z standard errors
-RUNG_FORWARDS = 8  # what a rung costs beyond its search, in passes over the calibration set, until one is measured
+RUNG_FORWARDS = 8  # what a rung costs beyond its search and its one-shot finish, in passes over the calibration set
 
 
 def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, max_drop: float,
@@ -42,7 +45,7 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
     then the bit stage with the rest of the budget. Returns the state, the passes that made it, the trials.
     With `time_limit`, a rung starts only when the time left pays for its search and for the most a rung
     has cost beyond its search so far (setting up, finishing; before the first, RUNG_FORWARDS passes over
-    the calibration set), splits its target by LAMP scores when its own share cannot pay for sensitivity
+    the calibration set and the SparseGPT finish's estimate), splits its target by LAMP scores when its own share cannot pay for sensitivity
     curves (`curves_or_lamp`), and the bit stage gets what is left
     (`forward`: seconds of one pass over the calibration set, to size it). Also returns the accepted rungs'
     students, least sparse first."""
@@ -54,7 +57,9 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
     entries = sum(state.table[n].size for n in prune)
     probes = probe_seconds(state, prune, forward, engine.calib.num_samples)
     deadline = start + SEARCH_SHARE * time_limit if time_limit else None
-    best, best_drop, passed, failed, bisected, overhead = state, 0.0, 0.0, None, 0, RUNG_FORWARDS * forward
+    finish = sparsegpt.seconds(analyse(state, prune), MAX_INVERSE) if time_limit else 0.0
+    best, best_drop, passed, failed, bisected = state, 0.0, 0.0, None, 0
+    overhead = RUNG_FORWARDS * forward + finish
     steps, trials, rungs = [], [], []
     while (nxt := _next_sparsity(passed, failed, bisected)) is not None:
         target, left = nxt
