@@ -45,8 +45,8 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
     then the bit stage with the rest of the budget. Returns the state, the passes that made it, the trials.
     With `time_limit`, a rung starts only when the time left pays for its search and for the most a rung
     has cost beyond its search so far (setting up, finishing; before the first, RUNG_FORWARDS passes over
-    the calibration set and the SparseGPT finish's estimate), splits its target by LAMP scores when its own share cannot pay for sensitivity
-    curves (`curves_or_lamp`), and the bit stage gets what is left
+    the calibration set and the SparseGPT finish's estimate), splits its target by LAMP scores when its own
+    share cannot pay for sensitivity curves (`curves_or_lamp`), and the bit stage gets what is left
     (`forward`: seconds of one pass over the calibration set, to size it). Also returns the accepted rungs'
     students, least sparse first."""
     limit = AUTO_SHARE * max_drop

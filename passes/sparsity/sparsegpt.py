@@ -23,8 +23,8 @@ SECONDS_PER_MAC = 2.5e-10  # of out x K^2 + K^3 (the sweep and the inverse): a 2
 
 def seconds(layers: list[Layer], max_k: int) -> float:
     """About what pruning `layers` (those with a matrix view and at most `max_k` inputs) takes."""
-    return SECONDS_PER_MAC * sum(out * k * k + k ** 3 for out, k in (l.mat_shape for l in layers
-                                                                     if l.fast and l.mat_shape[1] <= max_k))
+    shapes = [layer.mat_shape for layer in layers if layer.fast and layer.mat_shape[1] <= max_k]
+    return SECONDS_PER_MAC * sum(out * k * k + k ** 3 for out, k in shapes)
 
 
 def prune(w: np.ndarray, keep: np.ndarray, x: np.ndarray, n_zero: int) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,7 @@ import argparse
 import multiprocessing
 import platform
 import resource
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,8 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cols", type=int, default=4096)
     p.add_argument("--out", help="write the table here too")
     args = p.parse_args(argv)
-    import tempfile
-
     n = args.rows * args.cols
     lines = [f"machine: {platform.machine()}, {multiprocessing.cpu_count()} cores; a float32 {args.rows}x{args.cols} "
              f"weight ({n / 1e6:.1f}M entries); peak RSS of each step above its inputs, per entry", "",
