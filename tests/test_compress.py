@@ -148,3 +148,19 @@ def test_a_compress_request_is_typed_defaulted_and_checked_before_any_work(tmp_p
     with pytest.raises(EvonnxError, match="does not exist"):
         evonnx.compress("m.onnx", tmp_path / "missing" / "m.evx")
     assert list(inspect.signature(evonnx.compress).parameters)[:3] == ["model", "output", "calib"]
+
+
+def test_verification_compares_decoded_bytes():
+    """The decode check refuses a record whose weight differs from the searched one in bytes (even -0.0 against
+    0.0), dtype or shape, and passes an exact one."""
+    from evonnx.errors import EvonnxError
+    from evonnx.formats.tensor import QuantizedTensor
+    from evonnx.passes.compress.container import _check_weights
+
+    w = np.arange(-3, 3, dtype=np.float32).reshape(2, 3)
+    _check_weights([QuantizedTensor.raw("w", w)], {"w": w.copy()})
+    for other in (np.where(w == 0, -0.0, w).astype(np.float32), w.astype(np.float64), w.reshape(3, 2)):
+        with pytest.raises(EvonnxError, match="'w' differs"):
+            _check_weights([QuantizedTensor.raw("w", w)], {"w": other})
+    with pytest.raises(EvonnxError, match="lacks"):
+        _check_weights([], {"w": w})

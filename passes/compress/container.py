@@ -71,19 +71,19 @@ def encode_and_verify(state: ModelState, engine, meta: dict, held_engine=None) -
     The outputs are those of the student with its weights baked in, as it ships: ONNX Runtime optimises a
     graph with constant weights differently from one with weights fed as inputs (as the search runs it),
     and a deep network can amplify that rounding (3e-3 at a ViT's output). The decoded weights are the
-    decoder's own (`dequantize` of each record, what `build_model` puts into the container's graph); they go
-    to the session as arrays beside that graph, so no model proto holds a copy of them."""
+    decoder's own (`dequantize` of each record, what `build_model` puts into the container's graph), checked
+    one at a time to equal the searched arrays in dtype, shape and bytes; the session then takes the searched
+    arrays beside the container's graph, so neither a second copy of the weights nor a model proto holds them."""
     graph, records, expected = to_container(state)
     blob = encode_evx(graph, records, meta)
     del graph
     measured = engine.model_outputs(state.model, "student", expected)
     container = read_evx(blob)
     stats, decoded_graph = container.stats, container.graph
-    decoded = {t.name: dequantize(t) for t in container.tensors}
+    _check_weights(container.tensors, expected)
     del container
-    _check_weights(decoded, expected)
-    runner = Runner(_declared(decoded_graph, decoded), engine.providers, "decoded", decoded)
-    del decoded, decoded_graph
+    runner = Runner(_declared(decoded_graph, expected), engine.providers, "decoded", expected)
+    del decoded_graph
     shipped = engine.runner_outputs(runner)
     diff = max((float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0
                 for a, b in zip(measured, shipped)), default=0.0)
@@ -102,14 +102,17 @@ def _declared(model: onnx.ModelProto, weights: dict[str, np.ndarray]) -> onnx.Mo
     return model
 
 
-def _check_weights(decoded: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
-    """The decoded weights are the expected ones, byte for byte."""
-    if set(decoded) != set(expected):
-        raise EvonnxError(f"verification failed: decoded model lacks {sorted(set(expected) - set(decoded))[:3]}")
-    for name, want in expected.items():
-        have = decoded[name]
-        if have.shape != want.shape or have.tobytes() != np.ascontiguousarray(want, dtype=have.dtype).tobytes():
-            raise EvonnxError(f"verification failed: decoded weight {name!r} differs from the searched one")
+def _check_weights(records: list[QuantizedTensor], expected: dict[str, np.ndarray]) -> None:
+    """The decoded weights are the expected ones, dtype, shape and bytes (decoded one record at a time)."""
+    names = {t.name for t in records}
+    if names != set(expected):
+        raise EvonnxError(f"verification failed: decoded model lacks {sorted(set(expected) - names)[:3]}")
+    for record in records:
+        have, want = dequantize(record), np.ascontiguousarray(expected[record.name])
+        bits = f"u{have.dtype.itemsize}" if have.dtype.itemsize in (1, 2, 4, 8) else "u1"  # -0.0 and NaN too
+        if have.dtype != want.dtype or have.shape != want.shape or not np.array_equal(
+                have.reshape(-1).view(bits), want.reshape(-1).view(bits)):
+            raise EvonnxError(f"verification failed: decoded weight {record.name!r} differs from the searched one")
 
 
 def describe(pipeline: Pipeline, full: bool = False) -> list[dict]:
