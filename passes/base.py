@@ -65,7 +65,7 @@ class PassContext:
         if key not in self._engines:
             self._engines[key] = FitnessEngine(state.model, self.calib, names, device=self.device,
                                                batch_size=self.batch_size, label=state.label,
-                                               original={n: state.original(n) for n in names})
+                                               original={n: state.original(n) for n in names}, held=state.held)
         self._engines[key].balance(self.metric)
         return self._engines[key]
 

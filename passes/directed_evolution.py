@@ -85,7 +85,7 @@ class _Run:
         self.teacher_state = state
         self.dir = ctx.pass_dir(DirectedEvolution.name)
         self.settings = SearchSettings(cfg.population, cfg.generations, cfg.pool, cfg.mutation, cfg.credit)
-        self.fp = checkpoint.fingerprint(state.to_onnx(), ctx.calib.inputs, asdict(cfg), ctx.seed)
+        self.fp = checkpoint.fingerprint(state.model, ctx.calib.inputs, asdict(cfg), ctx.seed, state.weights, state.held)
         self.elapsed_before, self.log_lines, self.steps_log = 0.0, 0, []
         loaded = checkpoint.load(self.dir / "checkpoint.npz", self.fp) if (self.dir and cfg.resume) else None
         if loaded:

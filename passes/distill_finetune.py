@@ -111,9 +111,9 @@ class DistillFinetune(Pass):
         t_start = time.perf_counter()
         names = trainable_names(state, cfg.trainable)
         device = torch_device(torch, ctx.device)
-        teacher = OnnxModule(state.model, label=state.label).to(device)
+        teacher = OnnxModule(state.model, values=state.held, label=state.label).to(device)
         # every changed weight at its current value, frozen ones too (re-fitted or rounded biases)
-        student = OnnxModule(state.model, names, state.weights, label=state.label).to(device)
+        student = OnnxModule(state.model, names, {**state.held, **state.weights}, label=state.label).to(device)
         constraints = build_constraints(state, names, cfg.quant_mode, cfg.freeze_zeros)
         for n, c in constraints.items():
             student.transforms[n] = c.to(device).transform
@@ -243,4 +243,5 @@ def _fingerprint(state: ModelState, ctx: PassContext, settings: dict, train: tup
         h.update(n.encode() + np.packbits(state.masks[n]).tobytes())
     for n in sorted(state.quant):
         h.update(n.encode() + state.quant[n].codes.tobytes())
-    return checkpoint.fingerprint(state.to_onnx(), ctx.calib.inputs, {**settings, "state": h.hexdigest()}, ctx.seed)
+    return checkpoint.fingerprint(state.model, ctx.calib.inputs, {**settings, "state": h.hexdigest()}, ctx.seed,
+                                  state.weights, state.held)

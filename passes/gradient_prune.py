@@ -41,7 +41,7 @@ class GradientPrune(Pass):
         cfg, t0 = self.config, time.perf_counter()
         layers, ev = common.setup(state, ctx, cfg)
         names = [l.weight for l in layers]
-        module = OnnxModule(state.model, names, state.weights, label=state.label)  # all at their current values
+        module = OnnxModule(state.model, names, {**state.held, **state.weights}, label=state.label)  # all at their current values
         module.to(torch_device(torch, ctx.device))
         raw = saliency(module, ctx.calib, cfg.method, cfg.samples, ctx.batch_size or 64, ctx.seed)
         scores = {}

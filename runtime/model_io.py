@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -124,22 +125,32 @@ _PLAIN_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorPro
 
 
 def weight_free(model: onnx.ModelProto, min_bytes: int = HELD_BYTES, *, values: dict[str, np.ndarray] | None = None,
-                take: bool = False) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+                take: bool = False, held: Mapping[str, np.ndarray] | None = None,
+                names: Collection[str] | None = None) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """A copy of `model` whose main-graph initializers of `min_bytes` or more (plain numeric types, raw
-    data) are references of the same name, type and shape to external data at HELD_LOCATION, plus those
-    tensors' values. The copy is small whatever the model's size: it is what shape inference and session
-    building take (a session gets the held values as external initializers).
+    data; of `names` only, when given) are references of the same name, type and shape to external data at
+    HELD_LOCATION, plus those tensors' values. The copy is small whatever the model's size: it is what shape
+    inference and session building take (a session gets the held values as external initializers).
 
     `values`: other values for initializers of those names (dtype kept, shape checked; the model's own are
-    not read). `take`: clear each held tensor's data in `model` once it is copied out, for a model about
-    to be dropped, so that its weights exist once at a time."""
+    not read). `held`: the values of the model's initializers that are HELD_LOCATION references already
+    (looked up by name; a graph that holds its weights, such as passes.state.ModelState's; a reference
+    without one stays a reference, which shape inference takes and a session does not). `take`: clear
+    each held tensor's data in `model` once it is copied out, for a model about to be dropped, so that its
+    weights exist once at a time."""
     values = dict(values or {})
+    wanted = None if names is None else set(names)
     out = without_initializers(model)
-    held = {}
+    kept = {}
     for tensor in model.graph.initializer:
         plain = tensor.data_type in _PLAIN_TYPES
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type) if plain else None
         value = values.pop(tensor.name, None)
+        if value is None and is_held(tensor):
+            if held is None or tensor.name not in held:
+                out.graph.initializer.append(tensor)  # a reference already, its value unknown here (see `unheld`)
+                continue
+            value = held[tensor.name]
         if value is not None:
             value = np.asarray(value)
             if value.shape != tuple(tensor.dims):
@@ -147,18 +158,32 @@ def weight_free(model: onnx.ModelProto, min_bytes: int = HELD_BYTES, *, values: 
             if not plain or value.nbytes < min_bytes:
                 out.graph.initializer.append(numpy_helper.from_array(value.astype(dtype or value.dtype), tensor.name))
                 continue
-            held[tensor.name] = value.astype(dtype, copy=False)
-        elif plain and tensor.HasField("raw_data") and len(tensor.raw_data) >= min_bytes:
-            held[tensor.name] = np.frombuffer(tensor.raw_data, dtype.newbyteorder("<")).reshape(tuple(tensor.dims))
+            kept[tensor.name] = value.astype(dtype, copy=False)
+        elif (plain and tensor.HasField("raw_data") and len(tensor.raw_data) >= min_bytes
+              and (wanted is None or tensor.name in wanted)):
+            kept[tensor.name] = np.frombuffer(tensor.raw_data, dtype.newbyteorder("<")).reshape(tuple(tensor.dims))
             if take:
                 tensor.ClearField("raw_data")
         else:
             out.graph.initializer.append(tensor)
             continue
-        _external_ref(out.graph, tensor, HELD_LOCATION, 0, held[tensor.name].nbytes)
+        _external_ref(out.graph, tensor, HELD_LOCATION, 0, kept[tensor.name].nbytes)
     if values:
         raise ModelError(f"weights not found in the model: {sorted(values)[:5]}")
-    return out, held
+    return out, kept
+
+
+def unheld(stub: onnx.ModelProto, values: Collection[str], label: str = "model") -> None:
+    """Refuse a weight-free copy with a HELD_LOCATION reference whose value is not among `values`."""
+    missing = [t.name for t in stub.graph.initializer if is_held(t) and t.name not in values]
+    if missing:
+        raise ModelError(f"{label}: weights {missing[:3]} are held outside the graph and no values were given")
+
+
+def is_held(tensor: onnx.TensorProto) -> bool:
+    """Whether `tensor` is a reference to a value held outside the graph (weight_free's HELD_LOCATION)."""
+    return tensor.data_location == onnx.TensorProto.EXTERNAL and any(
+        e.key == "location" and e.value == HELD_LOCATION for e in tensor.external_data)
 
 
 def _external_ref(graph: onnx.GraphProto, tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:

@@ -8,7 +8,7 @@ name is one weight, however many nodes share it, and a weight can be overridden 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +16,7 @@ import onnx
 from onnx import numpy_helper
 
 from evonnx.errors import ModelError
+from evonnx.runtime.model_io import is_held
 
 FLOAT_TYPES = {
     onnx.TensorProto.FLOAT: "float32",
@@ -356,13 +357,20 @@ def _int_attr(node: onnx.NodeProto | None, name: str) -> int:
     return next((a.i for a in node.attribute if a.name == name), 0)
 
 
-def read_weights(model: onnx.ModelProto, names: list[str] | None = None) -> dict[str, np.ndarray]:
-    """Main-graph initializers as numpy arrays (all float ones, or those named)."""
+def read_weights(model: onnx.ModelProto, names: list[str] | None = None,
+                 held: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Main-graph initializers as numpy arrays (all float ones, or those named); `held`: the values of those
+    held outside the graph (model_io.weight_free), which the graph only references."""
     wanted = set(names) if names is not None else None
     out = {}
     for tensor in model.graph.initializer:
         if (wanted is None and tensor.data_type in FLOAT_TYPES) or (wanted is not None and tensor.name in wanted):
-            out[tensor.name] = numpy_helper.to_array(tensor)
+            if is_held(tensor):
+                if held is None or tensor.name not in held:
+                    raise ModelError(f"weight {tensor.name!r} is held outside the graph and no value was given")
+                out[tensor.name] = held[tensor.name]
+            else:
+                out[tensor.name] = numpy_helper.to_array(tensor)
     if wanted is not None and wanted - out.keys():
         raise ModelError(f"weights not found in the model: {sorted(wanted - out.keys())[:5]}")
     return out

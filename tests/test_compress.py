@@ -159,6 +159,8 @@ def test_verification_compares_decoded_bytes():
 
     w = np.arange(-3, 3, dtype=np.float32).reshape(2, 3)
     _check_weights([QuantizedTensor.raw("w", w)], {"w": w.copy()})
+    _check_weights([QuantizedTensor.raw("s", np.float32(3))], {"s": np.array(3, np.float32)})  # 0-d stays 0-d
+    _check_weights([QuantizedTensor.raw("t", w.T)], {"t": w.T})  # a strided array
     for other in (np.where(w == 0, -0.0, w).astype(np.float32), w.astype(np.float64), w.reshape(3, 2)):
         with pytest.raises(EvonnxError, match="'w' differs"):
             _check_weights([QuantizedTensor.raw("w", w)], {"w": other})

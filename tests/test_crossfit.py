@@ -28,7 +28,7 @@ def setup():
     rng = np.random.default_rng(0)
     ctx = PassContext(calib=CalibData({"x": inputs(rng, 32)}, None, "calib"))
     fresh = FitnessEngine(state.model, CalibData({"x": inputs(rng, 512)}, None, "fresh"), state.table.weights,
-                          device="cpu")
+                          device="cpu", held=state.held)
     return state, ctx, fresh
 
 

@@ -193,8 +193,8 @@ def test_holdout_of_a_separate_data_file_validates_on_rows_it_does_not_train_on(
 
     def split(holdout):
         s = DistillFinetune.Config(holdout=holdout)
-        d = distill.Distiller(OnnxModule(state.model), OnnxModule(state.model, ["w1"], state.weights), {},
-                              calib.inputs, None, s, 0, None, "fp", False, train=({"x": x}, labels))
+        teacher, student = OnnxModule(state.model, values=state.held), OnnxModule(state.model, ["w1"], state.values())
+        d = distill.Distiller(teacher, student, {}, calib.inputs, None, s, 0, None, "fp", False, train=({"x": x}, labels))
         return d.val_x["x"], d.train_x[0], d.train_y
 
     def rows(a):  # the row of x each sample came from
@@ -351,8 +351,8 @@ def test_pads_are_neither_augmented_nor_learned():
               "attention_mask": ((real - 1.0) * 30).astype(np.float32)[:, None, None, :]}
     state = load_state(model.SerializeToString())
     s = DistillFinetune.Config(augment=["noise", "mixup"], batch_size=n)
-    d_ = distill.Distiller(OnnxModule(state.model), OnnxModule(state.model, ["w"], state.weights), {},
-                           inputs, None, s, 0, None, "fp", False)
+    teacher, student = OnnxModule(state.model, values=state.held), OnnxModule(state.model, ["w"], state.values())
+    d_ = distill.Distiller(teacher, student, {}, inputs, None, s, 0, None, "fp", False)
     xs, _, _ = d_.batch()
     assert {m.tobytes() for m in xs[1].numpy()} <= {m.tobytes() for m in inputs["attention_mask"]}  # rows shuffled
     assert not any(np.array_equal(x, row) for x in xs[0].numpy() for row in inputs["x"])  # x augmented

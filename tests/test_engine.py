@@ -23,7 +23,7 @@ def test_candidate_outputs_equal_a_freshly_built_model(build):
     calib = synthetic(state.model, 40, seed=1)
     if "flag" in calib.inputs:
         calib.inputs["flag"] = np.array(True)
-    engine = FitnessEngine(state.model, calib, state.targets, device="cpu", batch_size=16)
+    engine = FitnessEngine(state.model, calib, state.targets, device="cpu", batch_size=16, held=state.held)
     rng = np.random.default_rng(0)
     candidate = {n: rng.standard_normal(state.table[n].shape).astype(np.float32) for n in state.targets}
     got = engine.outputs(candidate)
@@ -35,7 +35,7 @@ def test_candidate_outputs_equal_a_freshly_built_model(build):
 def test_graph_optimisations_do_not_fold_fed_weights():
     """Two different candidates must give two different outputs (ORT must not constant-fold the inputs)."""
     state = load_state(corpus.conv_net().SerializeToString())
-    engine = FitnessEngine(state.model, synthetic(state.model, 8), state.targets, device="cpu")
+    engine = FitnessEngine(state.model, synthetic(state.model, 8), state.targets, device="cpu", held=state.held)
     zero_conv = {"k": np.zeros((4, 1, 3, 3), np.float32)}
     out_zero, out_orig = engine.outputs(zero_conv)[0], engine.outputs({})[0]
     assert not np.allclose(out_zero, out_orig)
@@ -44,7 +44,8 @@ def test_graph_optimisations_do_not_fold_fed_weights():
 
 def test_teacher_is_cached_and_unchanged_student_has_zero_fitness():
     state = load_state(corpus.mlp().SerializeToString())
-    engine = FitnessEngine(state.model, synthetic(state.model, 32), state.targets, device="cpu", batch_size=10)
+    engine = FitnessEngine(state.model, synthetic(state.model, 32), state.targets, device="cpu", batch_size=10,
+                           held=state.held)
     assert len(engine.batches) == 4 and engine.teacher[0].shape == (32, 4)
     assert engine.fitness([{}])[0] == pytest.approx(0.0, abs=1e-9)
     worse = engine.fitness([{"w1": state.original("w1") * 0.5}, {"w1": np.zeros((16, 8), np.float32)}])
@@ -56,7 +57,7 @@ def test_multi_output_metrics_and_accuracy():
     calib = synthetic(state.model, 20)
     calib.inputs["ids"] = np.random.default_rng(0).integers(0, 20, (20, 7))
     calib.labels = np.zeros(20, np.int64)
-    engine = FitnessEngine(state.model, calib, state.targets, device="cpu")
+    engine = FitnessEngine(state.model, calib, state.targets, device="cpu", held=state.held)
     metrics = engine.evaluate([{"w2": np.zeros((6, 3), np.float32)}])[0]
     assert [o.name for o in metrics.outputs] == ["y1", "y2"]
     y1, y2 = metrics.outputs
@@ -81,7 +82,7 @@ def test_cpu_fallback_is_quiet_and_reported(capfd):
     with pytest.raises(EvonnxError, match="CUDA was requested"):
         providers.resolve("cuda")
     state = load_state(corpus.mlp().SerializeToString())
-    engine = FitnessEngine(state.model, synthetic(state.model, 4), state.targets, device="auto")
+    engine = FitnessEngine(state.model, synthetic(state.model, 4), state.targets, device="auto", held=state.held)
     assert engine.provider == "CPUExecutionProvider"
     assert "libcu" not in capfd.readouterr().err
 
@@ -107,7 +108,7 @@ def test_fixed_batch_models_trim_calibration():
     state = load_state(model.SerializeToString())
     calib = CalibData({"x": np.ones((10, 8), np.float32)}, None, "test")
     with pytest.warns(UserWarning, match="8 of 10"):
-        engine = FitnessEngine(state.model, calib, state.targets, device="cpu")
+        engine = FitnessEngine(state.model, calib, state.targets, device="cpu", held=state.held)
     assert engine.batch_size == 4 and engine.teacher[0].shape == (8, 4)
 
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not providers.cuda_usable(), reason="CUDA is not
 def test_cuda_engine_matches_cpu_fresh_model():
     state = load_state(corpus.conv_net().SerializeToString())
     calib = synthetic(state.model, 64, seed=3)
-    engine = FitnessEngine(state.model, calib, state.targets, device="cuda", batch_size=16)
+    engine = FitnessEngine(state.model, calib, state.targets, device="cuda", batch_size=16, held=state.held)
     assert engine.provider == "CUDAExecutionProvider"
     candidate = {"k": np.zeros((4, 1, 3, 3), np.float32), "w": state.original("w") * 0.5}
     got = engine.outputs(candidate)[0]

@@ -187,3 +187,28 @@ def test_scalar_weight_keeps_its_shape():
     new = set_weights(model, {"s": np.array(3.0, np.float32)})
     tensor = next(t for t in new.graph.initializer if t.name == "s")
     assert list(tensor.dims) == [] and numpy_helper.to_array(tensor) == 3.0
+
+
+def test_state_holds_its_float_weights_once(tmp_path):
+    """load_state keeps the graph weight-free: the table's float weights are references whose values the state
+    holds (read-only, one copy shared by every derived state); sessions take them by name, a session without
+    them is refused naming the weight, and to_onnx() is a self-contained model again."""
+    from evonnx.passes.engine.fitness import Runner
+    from evonnx.runtime.model_io import is_held
+
+    model = corpus.mlp(d_in=64, hidden=64)
+    state = load_state(model.SerializeToString())
+    held = {t.name for t in state.model.graph.initializer if is_held(t)}
+    assert held == set(state.held) and {"w1", "w2"} <= held
+    assert state.model.ByteSize() < 4096 < sum(a.nbytes for a in state.held.values())
+    assert not state.original("w1").flags.writeable
+    assert state.replace(weights={"w1": np.zeros((64, 64), np.float32)}).held is state.held
+    x = {"x": np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)}
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    np.testing.assert_array_equal(Runner(state.model, ["CPUExecutionProvider"], held=state.held).run(x)[0], want)
+    with pytest.raises(ModelError, match="held outside the graph"):
+        Runner(state.model, ["CPUExecutionProvider"])
+    full = state.to_onnx()
+    assert not any(is_held(t) for t in full.graph.initializer)
+    got = ort.InferenceSession(full.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    np.testing.assert_array_equal(got, want)

@@ -20,7 +20,7 @@ def setup():
     state = load_state(corpus.mlp(seed=3, d_in=24, hidden=48, classes=6).SerializeToString(), label="mlp")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((600, 24)).astype(np.float32)
-    probe = FitnessEngine(state.model, CalibData({"x": x}, None, "probe"), state.targets, device="cpu")
+    probe = FitnessEngine(state.model, CalibData({"x": x}, None, "probe"), state.targets, device="cpu", held=state.held)
     labels = probe.teacher[0].argmax(1)
     labels[:60] = rng.integers(0, 6, 60)  # some label noise: the teacher is not 100 % right
     calib = CalibData({"x": x}, labels, "synthetic+labels")
@@ -28,7 +28,7 @@ def setup():
 
 
 def independent_metrics(state, calib, weights):
-    engine = FitnessEngine(state.model, calib, state.table.weights, device="cpu", batch_size=128)
+    engine = FitnessEngine(state.model, calib, state.table.weights, device="cpu", batch_size=128, held=state.held)
     start, end = engine.evaluate([{}, weights])  # every changed tensor: rounded biases too
     return start, end
 
@@ -45,7 +45,7 @@ def test_accuracy_budget_is_met_and_the_model_shrinks(setup, search):
     record = out.history[-1]
     assert record["metric"] == "accuracy" and record["limit"] == 2.0
     names = state.table.weights  # biases too: bit-allocation rounds them when the budget allows (nontarget auto)
-    engine = FitnessEngine(state.model, calib, names, device="cpu", batch_size=128)
+    engine = FitnessEngine(state.model, calib, names, device="cpu", batch_size=128, held=state.held)
     was = engine.outputs({})[0].argmax(1) == calib.labels
     now = engine.outputs({n: out.current(n) for n in names})[0].argmax(1) == calib.labels
     lost, gained = np.sum(was & ~now), np.sum(~was & now)
@@ -97,7 +97,7 @@ def test_allocation_after_pruning_keeps_masks_and_zeros(setup):
     assert np.array_equal(out.masks["w1"], mask) and np.array_equal(out.quant["w1"].mask, mask)
     assert np.all(out.weights["w1"][~mask] == 0) and np.all(out.weights["w1"][mask] != 0)
     # the budget is measured from the pruned model, not from the teacher
-    engine = FitnessEngine(state.model, calib, state.targets, device="cpu")
+    engine = FitnessEngine(state.model, calib, state.targets, device="cpu", held=state.held)
     ref = engine.outputs({"w1": sparse.current("w1")})[0]
     got = engine.outputs({n: out.weights[n] for n in state.targets})[0]
     assert kl_divergence(ref, got) <= 5e-3
@@ -147,7 +147,7 @@ def test_measured_against_the_incoming_model_with_its_refitted_biases(setup):
     assert not np.array_equal(pruned.current("b1"), state.current("b1"))
     out = get_pass("bit-allocation")(schemes=["uniform/channel/sym"], bits=[3], metric="kl", max_kl=10.0,
                                      nontarget="exact").run(pruned, ctx)
-    engine = FitnessEngine(state.model, calib, state.table.weights, device="cpu")
+    engine = FitnessEngine(state.model, calib, state.table.weights, device="cpu", held=state.held)
     incoming, given = engine.outputs({n: pruned.current(n) for n in state.table.weights}), \
         engine.outputs({n: out.current(n) for n in state.table.weights})
     assert out.history[-1]["joint_loss"] == pytest.approx(kl_divergence(incoming[0], given[0]), rel=1e-4)

@@ -113,7 +113,7 @@ def test_cheap_evaluation_matches_the_engine(make):
     layers = analyse(state, state.targets)
     assert all(layer.fast for layer in layers)
     ev = Evaluator(state, layers, calib, ["CPUExecutionProvider"], fitness_samples=100, refit_samples=160)
-    engine = FitnessEngine(state.model, calib.subset(100), state.targets, device="cpu")
+    engine = FitnessEngine(state.model, calib.subset(100), state.targets, device="cpu", held=state.held)
     rng = np.random.default_rng(0)
     for layer in layers:
         view = ev.visit(layer, state)

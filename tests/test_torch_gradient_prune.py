@@ -31,7 +31,7 @@ def test_taylor1_is_abs_weight_times_label_gradient():
     state, calib = mlp_state(4)
     labels = np.random.default_rng(0).integers(0, 6, calib.num_samples)
     data = CalibData(calib.inputs, labels, "t")
-    module = OnnxModule(state.model, ["w1", "w2"])
+    module = OnnxModule(state.model, ["w1", "w2"], state.held)
     got = saliency(module, data, "taylor1", samples=32, batch=32, seed=0)
     x = torch.from_numpy(calib.inputs["x"][:32])
     loss = torch.nn.functional.cross_entropy(module(x)[0], torch.from_numpy(labels[:32]), reduction="sum")
@@ -45,7 +45,7 @@ def test_saliency_on_cuda_equals_cpu(method):
     state, calib = mlp_state(5)
     labels = np.random.default_rng(1).integers(0, 6, calib.num_samples)
     data = CalibData(calib.inputs, labels, "t")
-    cpu = saliency(OnnxModule(state.model, ["w1", "w2"]), data, method, samples=64, batch=32, seed=0)
-    gpu = saliency(OnnxModule(state.model, ["w1", "w2"]).to("cuda"), data, method, samples=64, batch=32, seed=0)
+    cpu = saliency(OnnxModule(state.model, ["w1", "w2"], state.held), data, method, samples=64, batch=32, seed=0)
+    gpu = saliency(OnnxModule(state.model, ["w1", "w2"], state.held).to("cuda"), data, method, samples=64, batch=32, seed=0)
     for name in cpu:
         np.testing.assert_allclose(gpu[name], cpu[name], rtol=1e-3, atol=1e-6 * float(np.abs(cpu[name]).max()))

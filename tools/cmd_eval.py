@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
     teacher = load_state(args.against or args.model)
     student = load_state(args.model) if args.against else teacher
     engine = FitnessEngine(teacher.model, calibration(args, teacher.model), [], device=args.device,
-                           label=teacher.label)
-    outputs = engine.model_outputs(student.model, student.label) if args.against else engine.teacher
+                           label=teacher.label, held=teacher.held)
+    outputs = engine.model_outputs(student.model, student.label, student.held) if args.against else engine.teacher
     metrics = compare(engine.output_names, engine.teacher, outputs, engine.calib.labels)
     task = {}
     if args.against:

@@ -94,7 +94,8 @@ def run(r: CompressRequest) -> CompressResult:
                         **({"max_bytes": limit_bytes} if limit_bytes else {}),
                         "pipeline": describe(r.pipeline, full=True) if r.pipeline else None, "keep": kept}
             labels = {} if data.labels is None else {"labels": data.labels}
-            claim(wd, fingerprint(state.model, {**data.inputs, **labels}, settings, r.seed), r.resume, state.label)
+            claim(wd, fingerprint(state.model, {**data.inputs, **labels}, settings, r.seed, held=state.held), r.resume,
+                  state.label)
         prune = [n for n in targets if n not in kept]
         timing = Budget()
         search_limit, forward = r.time_limit, 0.0

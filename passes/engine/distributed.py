@@ -108,6 +108,7 @@ class Student:
         self.batches, self.axes, self.providers = engine.batches, engine.axes, engine.providers
         self.output_names, self.groups = engine.output_names, engine.groups
         self.original = {n: w for n, w in engine.original.items() if n not in base}  # every feed holds the base
+        self.held = engine.held
         self.runner: Runner | None = None
 
     def __getstate__(self) -> dict:
@@ -116,7 +117,7 @@ class Student:
     def outputs(self, candidate: dict[str, np.ndarray]) -> list[np.ndarray]:
         """As FitnessEngine.outputs, from numpy feeds: the batches with the weights and `candidate`."""
         if self.runner is None:
-            self.runner = Runner(self.model, self.providers, self.label)
+            self.runner = Runner(self.model, self.providers, self.label, held=self.held)
         return run_batches(self.runner, [{**batch, **self.original, **candidate} for batch in self.batches],
                            self.axes)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -51,9 +51,11 @@ class Runner:
     """Run one ONNX model repeatedly: numpy feeds on CPU; on CUDA, device-resident inputs via IO binding."""
 
     def __init__(self, model: onnx.ModelProto, providers: list[str], label: str = "model",
-                 weights: dict[str, np.ndarray] | None = None, take: bool = False):
-        """`weights`: main-graph initializers to run with other values (the model is not copied); `take`: the
-        caller drops `model` after this, so its large tensors may be moved out (session.inference_session)."""
+                 weights: dict[str, np.ndarray] | None = None, take: bool = False,
+                 held: Mapping[str, np.ndarray] | None = None):
+        """`weights`: main-graph initializers to run with other values (the model is not copied); `held`: the
+        values of those the graph holds outside it (ModelState.held); `take`: the caller drops `model` after
+        this, so its large tensors may be moved out (session.inference_session)."""
         options = ort.SessionOptions()
         options.log_severity_level = 4  # failures surface as exceptions; a probe that may fail must not print
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -62,7 +64,7 @@ class Runner:
             raise EvonnxError(f"{THREADS_ENV}={threads!r}: expected a number of threads")
         options.intra_op_num_threads = int(threads)
         try:
-            self.session = inference_session(model, options, providers, weights, take)
+            self.session = inference_session(model, options, providers, weights, take, held)
         except ModelError:  # a weight that does not fit the model, named
             raise
         except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for bad models
@@ -130,24 +132,27 @@ class FitnessEngine:
     `weights`: the names fed as inputs (default: every float main-graph initializer the caller lists,
     usually the sparsification targets). A candidate is a dict {name: array}; weights it leaves out keep
     their original values, `original` when the caller holds them already (read from the model otherwise).
+    `held`: the values of the initializers the model holds outside its graph (passes.state.ModelState.held).
     """
 
     def __init__(self, model: onnx.ModelProto, calib: CalibData, weights: Sequence[str], *,
                  device: str = "auto", batch_size: int | None = None, label: str = "model",
-                 original: dict[str, np.ndarray] | None = None):
+                 original: dict[str, np.ndarray] | None = None, held: Mapping[str, np.ndarray] | None = None):
         self.label = label
         self.calib = calib
         self.weight_names = list(weights)
-        self.original = original if original is not None else read_weights(model, self.weight_names)
+        self.held = held
+        self.original = original if original is not None else read_weights(model, self.weight_names, held)
         self.providers = providers = prov.resolve(device)
         fixed = fixed_batch(model, calib.axes, label)
         self.batch_size = self._batch_size(fixed, calib, batch_size)
         self.batches = calib.batches(self.batch_size)
-        baked = Runner(model, providers, label, self.original)  # the arrays held already, not another copy
+        baked = Runner(model, providers, label, self.original, held=held)  # the arrays held already, no copy
         self.output_names = baked.output_names
         self.axes = output_axes(baked, calib, fixed)
         self.teacher = self._collect(baked, self.batches)
-        self.student = Runner(expose_weights(model, self.weight_names), providers, label) if self.weight_names else baked
+        self.student = (Runner(expose_weights(model, self.weight_names), providers, label, held=held)
+                        if self.weight_names else baked)
         self.provider = self.student.provider
         for i, batch in enumerate(self.batches):
             for name, arr in batch.items():
@@ -230,8 +235,9 @@ class FitnessEngine:
     def model_outputs(self, model: onnx.ModelProto, label: str = "student",
                       weights: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
         """Outputs of another model (same inputs and outputs, any structure; with `weights` in place of
-        its initializers of those names) on the calibration batches."""
-        return self.runner_outputs(Runner(model, self.providers, label, weights))
+        its initializers of those names; a graph that holds its weights outside takes the engine's `held`)
+        on the calibration batches."""
+        return self.runner_outputs(Runner(model, self.providers, label, weights, held=self.held))
 
     def runner_outputs(self, runner: Runner) -> list[np.ndarray]:
         """Outputs of another model's runner on the calibration batches (one session, several engines)."""

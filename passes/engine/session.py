@@ -8,21 +8,25 @@ the model.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from evonnx.runtime.model_io import weight_free
+from evonnx.runtime.model_io import unheld, weight_free
 
 
 def inference_session(model: onnx.ModelProto, options: ort.SessionOptions | None = None,
                       providers: list[str] | None = None, weights: dict[str, np.ndarray] | None = None,
-                      take: bool = False) -> ort.InferenceSession:
+                      take: bool = False, held: Mapping[str, np.ndarray] | None = None) -> ort.InferenceSession:
     """An InferenceSession of `model` (CPU unless `providers` says otherwise), with the main-graph
-    initializers named in `weights` holding those values instead (dtype kept, shape checked). `take`: the
-    model is dropped after this (its large tensors are moved out, see model_io.weight_free)."""
+    initializers named in `weights` holding those values instead (dtype kept, shape checked) and those held
+    outside the graph taking theirs from `held`. `take`: the model is dropped after this (its large tensors
+    are moved out, see model_io.weight_free)."""
     options = options or ort.SessionOptions()
-    stub, held = weight_free(model, values=weights, take=take)
+    stub, held = weight_free(model, values=weights, take=take, held=held)
+    unheld(stub, held)
     if held:
         options.add_external_initializers(list(held), [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a))
                                                        for a in held.values()])

@@ -34,12 +34,12 @@ def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], max_rows:
         return {}, {}
     inputs = sorted({layer.x for layer in layers.values()})
     model = onnx.ModelProto()
-    model.CopyFrom(state.to_onnx())  # to_onnx() is the teacher itself when no weight changed: never edit it
+    model.CopyFrom(state.model)  # the state's graph, shared: never edit it
     known = {o.name for o in model.graph.output}
     types = elem_types(model)
     model.graph.output.extend(onnx.helper.make_tensor_value_info(n, types.get(n, (onnx.TensorProto.FLOAT,))[0], None)
                               for n in inputs if n not in known)
-    runner = Runner(model, engine.providers, f"{state.label} (activations)")
+    runner = Runner(model, engine.providers, f"{state.label} (activations)", state.weights, held=state.held)
     index = {n: runner.output_names.index(n) for n in inputs}
     rng = np.random.default_rng(seed)
     share = -(-max_rows // len(engine.batches))

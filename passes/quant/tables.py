@@ -49,10 +49,10 @@ def table_grams(state: ModelState, engine, views: dict[str, Layer], seed: int = 
 
     from evonnx.passes.torchnet.convert import OnnxModule
 
-    model = state.to_onnx()
+    model = state.model
     gathered = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in views}
     try:
-        module = OnnxModule(model, label=state.label)
+        module = OnnxModule(model, values=state.values(), label=state.label)
     except EvonnxError as exc:
         log.info(f"embedding tables rounded to nearest: {exc}")
         return {}

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from evonnx.runtime.model_io import weight_free
+from evonnx.runtime.model_io import unheld, weight_free
 
 BLOB_BYTES = 1 << 20
 BLOB_KEY = "__blobs__"
@@ -18,10 +18,13 @@ GROUPS_KEY = "__groups__"
 Groups = dict[str, dict[str, np.ndarray]]  # e.g. {"weights": {tensor name: array}, "masks": {...}}
 
 
-def fingerprint(model: onnx.ModelProto, inputs: dict[str, np.ndarray], settings: dict, seed: int) -> str:
-    """Identifies a run: the model, the calibration data, the settings and the seed (the model hashed as its
-    weight-free copy and its large tensors, never serialized whole: any size)."""
-    stub, held = weight_free(model)
+def fingerprint(model: onnx.ModelProto, inputs: dict[str, np.ndarray], settings: dict, seed: int,
+                weights: dict[str, np.ndarray] | None = None, held: dict[str, np.ndarray] | None = None) -> str:
+    """Identifies a run: the model (with `weights` in place of its own, `held` the values of those held
+    outside its graph), the calibration data, the settings and the seed (the model hashed as its weight-free
+    copy and its large tensors, never serialized whole: any size)."""
+    stub, held = weight_free(model, values=weights, held=held)
+    unheld(stub, held)
     h = hashlib.sha256(stub.SerializeToString(deterministic=True))
     for name in sorted(held):
         h.update(name.encode())

@@ -63,7 +63,8 @@ def suffix_structure(model: onnx.ModelProto, y: str) -> tuple[list[int], list[st
 
 def build_suffix(model: onnx.ModelProto, y: str, weights: dict[str, np.ndarray],
                  types: dict[str, tuple[int, int | None]]) -> Suffix:
-    """The downstream part of `model` from value `y`, with `weights` (current values) baked in."""
+    """The downstream part of `model` from value `y`, with `weights` (current values by name; any of the
+    model's initializers) baked in where the suffix reads them."""
     picked, inputs, outputs = suffix_structure(model, y)
     if not picked:
         return Suffix(None, [y], [])

@@ -101,7 +101,7 @@ class Evaluator:
         self.suffix_inputs = {l.weight: suffix_structure(state.model, l.y)[1] for l in layers if l.fast}
         extra = [l.x for l in layers if l.fast] + [n for ins in self.suffix_inputs.values() for n in ins]
         self.probe = Runner(build_probe(state.model, self.exposed, list(dict.fromkeys(extra)), self.types),
-                            providers, state.label)
+                            providers, state.label, held=state.held)
         self.output_names = [o.name for o in state.model.graph.output]
         self.counter = Counter()
         original = {n: state.original(n) for n in self.exposed}
@@ -204,7 +204,7 @@ class Evaluator:
         """Median time of one baked forward pass of the original model on the fitness subset (up to `repeats`
         runs, fewer once they took `seconds`: a slow model is timed by few runs)."""
         state = self.state
-        runner = Runner(state.model, self.providers, state.label, {n: state.original(n) for n in state.table.weights})
+        runner = Runner(state.model, self.providers, state.label, held=state.held)
         feed = self.data.feed(0, self.n_fit if self.stackable_batch else self.batch)
         runner.run(feed)
         times: list[float] = []
@@ -249,8 +249,9 @@ class LayerView:
     # -- the suffix, built on the first evaluation (re-fit-only visits never build a session) ------------
     @cached_property
     def suffix(self):
-        """The sub-model downstream of the layer, with this visit's weights baked in."""
-        return build_suffix(self.ev.state.model, self.layer.y, self.weights, self.ev.types)
+        """The sub-model downstream of the layer, with this visit's weights (and the teacher's of those the state
+        holds outside its graph) baked in: self-contained, for worker processes too."""
+        return build_suffix(self.ev.state.model, self.layer.y, {**self.ev.state.held, **self.weights}, self.ev.types)
 
     @cached_property
     def side(self) -> dict[str, np.ndarray]:

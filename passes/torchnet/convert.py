@@ -24,6 +24,7 @@ from torch import nn
 from evonnx.errors import EvonnxError
 from evonnx.passes.torchnet.ops import MULTI_OUTPUT, OPS
 from evonnx.runtime.model_io import default_opset
+from evonnx.runtime.weights import read_weights
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 log = logging.getLogger(__name__)
@@ -86,15 +87,18 @@ def _constant(node: onnx.NodeProto) -> torch.Tensor:
 
 
 class OnnxModule(nn.Module):
-    """The ONNX graph as a torch module: forward(*inputs) -> list of outputs (graph order)."""
+    """The ONNX graph as a torch module: forward(*inputs) -> list of outputs (graph order). `trainable`: the
+    initializers that become parameters; `values`: initializer values in place of the graph's (required for
+    those it holds outside, passes.state.ModelState.held)."""
 
     def __init__(self, model: onnx.ModelProto, trainable=(), values: dict[str, np.ndarray] | None = None,
                  label: str = "model"):
         super().__init__()
         check_supported(model, label)
         graph, opset = model.graph, default_opset(model)
-        inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-        inits.update(values or {})
+        values = values or {}
+        inits = read_weights(model, [t.name for t in graph.initializer], held=values)
+        inits.update(values)
         self.input_names = [i.name for i in graph.input if i.name not in inits]
         self.batch = _fixed_batch(graph, self.input_names)
         self.vectorize = True  # a fixed batch's chunks through vmap, until an op refuses it

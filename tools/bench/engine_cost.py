@@ -47,8 +47,8 @@ def measure(name: str, device: str, repeats: int, models_dir: str | None = None)
         model_path, calib_path = entry.model_path, entry.calib_path
     state = load_state(model_path)
     calib = load_npz(calib_path, state.model).subset(BATCH[name])
-    engine = FitnessEngine(state.model, calib, state.targets, device=device, batch_size=BATCH[name])
-    baked = Runner(state.model, engine.providers)
+    engine = FitnessEngine(state.model, calib, state.targets, device=device, batch_size=BATCH[name], held=state.held)
+    baked = Runner(state.model, engine.providers, held=state.held)
     batch = engine.batches[0]
     rng = np.random.default_rng(0)
     layer = state.targets[0]

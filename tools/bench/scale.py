@@ -160,8 +160,9 @@ def engine_cost(path: Path, calib: Path, repeats: int = 5) -> dict:
     from evonnx.tools.bench.engine_cost import _interleaved_ratio
     state = load_state(path)
     data = load_npz(calib, state.model)
-    engine = FitnessEngine(state.model, data, state.targets, device="auto", batch_size=data.num_samples)
-    baked = Runner(state.model, engine.providers)
+    engine = FitnessEngine(state.model, data, state.targets, device="auto", batch_size=data.num_samples,
+                           held=state.held)
+    baked = Runner(state.model, engine.providers, held=state.held)
     batch = engine.batches[0]
     layer = state.targets[len(state.targets) // 2]
     candidate = {layer: state.original(layer) * (np.random.default_rng(0).random(state.table[layer].shape) > 0.5)}
