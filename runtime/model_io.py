@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError, EncodeError
 from onnx import external_data_helper, numpy_helper
 
 from evonnx.errors import ModelError
-from evonnx.formats.atomic import atomic_write_bytes
+from evonnx.formats.atomic import atomic_write, atomic_write_bytes
 
 # Protobuf refuses single messages above 2 GiB; bigger models must keep external data.
 _PROTO_LIMIT = 2**31 - 1
@@ -95,7 +95,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     except EncodeError:  # protobuf cannot even size a message over 2 GiB
         small = False
     if small:
-        atomic_write_bytes(path, model.SerializeToString())
+        atomic_write(path, _serialized(model))
         return path
     data_name = path.name + ".data"
     stub = without_initializers(model)
@@ -114,6 +114,33 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
         os.replace(os.path.join(tmp, data_name), path.parent / data_name)
         atomic_write_bytes(path, stub.SerializeToString())
     return path
+
+
+def _serialized(model: onnx.ModelProto) -> Iterator[bytes]:
+    """`model`'s protobuf encoding, one initializer at a time: the model without its initializers, then its
+    graph field again holding only them (a parser merges a message field that occurs twice, appending the
+    repeated ones), so the bytes of the whole model never exist at once."""
+    yield without_initializers(model).SerializeToString()
+    tensors = model.graph.initializer
+    if not tensors:
+        return
+    sizes = [t.ByteSize() for t in tensors]
+    yield _GRAPH_TAG + _varint(sum(len(_INITIALIZER_TAG) + len(_varint(n)) + n for n in sizes))
+    for tensor, size in zip(tensors, sizes):
+        yield _INITIALIZER_TAG + _varint(size) + tensor.SerializeToString()
+
+
+_GRAPH_TAG = bytes([7 << 3 | 2])  # ModelProto.graph = 7, length-delimited
+_INITIALIZER_TAG = bytes([5 << 3 | 2])  # GraphProto.initializer = 5
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 # a weight-free copy keeps tensors below this size inline: shape tensors, scalars (shape inference reads them)

@@ -212,3 +212,20 @@ def test_state_holds_its_float_weights_once(tmp_path):
     assert not any(is_held(t) for t in full.graph.initializer)
     got = ort.InferenceSession(full.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, x)[0]
     np.testing.assert_array_equal(got, want)
+
+
+def test_saved_model_reads_back_equal(tmp_path):
+    """save_model writes a model under 2 GiB one initializer at a time (its graph field twice, merged on
+    parsing): onnx and ONNX Runtime read back the same model, initializers in order, and an initializer-free
+    model is written as it is."""
+    model = corpus.conv_net()
+    model.graph.initializer.append(numpy_helper.from_array(np.arange(300, dtype=np.float32), "big_unused"))
+    path = save_model(model, tmp_path / "m.onnx")
+    back = onnx.load(str(path))
+    assert back == model and [t.name for t in back.graph.initializer] == [t.name for t in model.graph.initializer]
+    x = {"x": np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)}
+    np.testing.assert_array_equal(run(onnx.load(str(path)), x)[0], run(model, x)[0])
+    bare = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Relu", ["a"], ["b"])], "g",
+                                  [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [2])],
+                                  [onnx.helper.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [2])]))
+    assert onnx.load(str(save_model(bare, tmp_path / "bare.onnx"))) == bare
