@@ -19,6 +19,9 @@ Imports only numpy and onnx (the onnxruntime session helper is evonnx.tools.sess
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
@@ -26,7 +29,7 @@ from onnx import TensorProto, helper
 from evonnx.errors import EvonnxError
 from evonnx.formats import Container, QuantizedTensor, dequantize, read_evx
 from evonnx.formats.dtypes import ELEM_TYPES
-from evonnx.runtime.model_io import default_opset
+from evonnx.runtime.model_io import add_reference, default_opset, save_model
 from evonnx.runtime.weights import all_names, fresh
 
 FORMATS = ("fp32", "fp16", "qdq", "qdq-trt")
@@ -43,8 +46,46 @@ def decode(path_or_bytes, format: str = "fp32", *,  # noqa: A002 - the public na
     return build_model(read_evx(path_or_bytes, max_output_bytes=max_output_bytes), format)
 
 
-def build_model(c: Container, format: str = "fp32") -> onnx.ModelProto:  # noqa: A002
-    """Put the container's weights back into its graph (the container's graph is reused)."""
+def decode_to_file(path_or_bytes, output, format: str = "fp32", *,  # noqa: A002
+                   max_output_bytes: int | None = None) -> Path:
+    """`decode` written to the ONNX file `output` (with external data above 2 GiB), each dense weight
+    dequantized as it is written and its record let go: the decoder holds the container's codes and one
+    dense weight at a time, never the whole model."""
+    if format not in FORMATS:
+        raise EvonnxError(f"unknown output format {format!r} (choose from {', '.join(FORMATS)})")
+    records: dict[str, QuantizedTensor] = {}
+    container = read_evx(path_or_bytes, max_output_bytes=max_output_bytes)
+    model = build_model(container, format, records)
+    container.tensors = []  # each record is the model's now, or `records`' until written
+    del container
+    return save_model(model, output, held=Dense(records))
+
+
+class Dense(Mapping):
+    """The dense value of each record, made when it is read; a record is let go once read (model_io.save_model
+    reads each value once)."""
+
+    def __init__(self, records: dict[str, QuantizedTensor]):
+        self._records = records
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return dequantize(self._records.pop(name))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._records
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
+def build_model(c: Container, format: str = "fp32",  # noqa: A002
+                dense: dict[str, QuantizedTensor] | None = None) -> onnx.ModelProto:
+    """Put the container's weights back into its graph (the container's graph is reused). `dense`: the weights
+    that stay dense are not dequantized here but left as references (model_io.HELD_LOCATION), their records
+    collected in `dense` (see decode_to_file)."""
     model = c.graph
     g = model.graph
     opset = default_opset(model)
@@ -60,7 +101,11 @@ def build_model(c: Container, format: str = "fp32") -> onnx.ModelProto:  # noqa:
                 new_nodes += nodes
                 drop_inputs.add(t.name)
                 continue
-        _add_initializer(g, t.name, dequantize(t))
+        if dense is None:
+            _add_initializer(g, t.name, dequantize(t))
+        else:
+            add_reference(g, t.name, ELEM_TYPES[t.dtype], t.shape)
+            dense[t.name] = t
     if drop_inputs & inputs.keys():
         keep = [i for i in g.input if i.name not in drop_inputs]
         del g.input[:]

@@ -1,6 +1,7 @@
 """Read and write ONNX models: external data, clear errors, atomic writes, a readable IR version."""
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Collection, Iterator, Mapping
@@ -85,30 +86,36 @@ def default_opset(model: onnx.ModelProto) -> int:
     return 1
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Write a model atomically (temp files + rename); above protobuf's 2 GiB, its large tensors go to an
-    external data file beside it, written one tensor at a time (no copy of the model)."""
+def save_model(model: onnx.ModelProto, path: str | os.PathLike,
+               held: Mapping[str, np.ndarray] | None = None) -> Path:
+    """Write a model atomically (temp files + rename), one initializer at a time (no serialized copy of the
+    model); above protobuf's 2 GiB, its large tensors go to an external data file beside it. `held`: the
+    values of its initializers that are HELD_LOCATION references, each read once as it is written (a
+    mapping may make them then: the model's weights need never be in memory together)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    unheld(model, held or {}, str(path))
     try:
-        small = model.ByteSize() <= _PROTO_LIMIT
+        small = model.ByteSize() + sum(_held_bytes(t) for t in model.graph.initializer if is_held(t)) <= _PROTO_LIMIT
     except EncodeError:  # protobuf cannot even size a message over 2 GiB
         small = False
     if small:
-        atomic_write(path, _serialized(model))
+        atomic_write(path, _serialized(model, held or {}))
         return path
     data_name = path.name + ".data"
     stub = without_initializers(model)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         with open(os.path.join(tmp, data_name), "wb") as fh:
             for tensor in model.graph.initializer:
-                raw = tensor.raw_data if tensor.HasField("raw_data") else b""
-                if len(raw) < HELD_BYTES:
+                data = _held_data(tensor, held) if is_held(tensor) else (
+                    tensor.raw_data if tensor.HasField("raw_data") else b"")
+                if len(data) < HELD_BYTES and not is_held(tensor):
                     stub.graph.initializer.append(tensor)
                     continue
                 fh.seek(-fh.tell() % _PAGE, os.SEEK_CUR)  # page-aligned, so that readers may map it
-                _external_ref(stub.graph, tensor, data_name, fh.tell(), len(raw))
-                fh.write(raw)
+                _external_ref(stub.graph, tensor, data_name, fh.tell(), len(data))
+                fh.write(data)
+                del data
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(os.path.join(tmp, data_name), path.parent / data_name)
@@ -116,22 +123,53 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     return path
 
 
-def _serialized(model: onnx.ModelProto) -> Iterator[bytes]:
+def _serialized(model: onnx.ModelProto, held: Mapping[str, np.ndarray]) -> Iterator[bytes | memoryview]:
     """`model`'s protobuf encoding, one initializer at a time: the model without its initializers, then its
     graph field again holding only them (a parser merges a message field that occurs twice, appending the
-    repeated ones), so the bytes of the whole model never exist at once."""
+    repeated ones), so the bytes of the whole model never exist at once. A held tensor is its header (name,
+    type, dims) and then its raw_data field written from the array's own memory."""
     yield without_initializers(model).SerializeToString()
     tensors = model.graph.initializer
     if not tensors:
         return
-    sizes = [t.ByteSize() for t in tensors]
+    heads = [_header(t) if is_held(t) else None for t in tensors]
+    sizes = [t.ByteSize() if h is None else len(h) + _field_size(_held_bytes(t)) for t, h in zip(tensors, heads)]
     yield _GRAPH_TAG + _varint(sum(len(_INITIALIZER_TAG) + len(_varint(n)) + n for n in sizes))
-    for tensor, size in zip(tensors, sizes):
-        yield _INITIALIZER_TAG + _varint(size) + tensor.SerializeToString()
+    for tensor, head, size in zip(tensors, heads, sizes):
+        if head is None:
+            yield _INITIALIZER_TAG + _varint(size) + tensor.SerializeToString()
+        else:
+            data = _held_data(tensor, held)
+            yield _INITIALIZER_TAG + _varint(size) + head + _RAW_TAG + _varint(len(data))
+            yield data
+
+
+def _header(tensor: onnx.TensorProto) -> bytes:
+    return onnx.TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims).SerializeToString()
+
+
+def _held_bytes(tensor: onnx.TensorProto) -> int:
+    itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    return math.prod(tensor.dims) * itemsize
+
+
+def _held_data(tensor: onnx.TensorProto, held: Mapping[str, np.ndarray]) -> memoryview:
+    """The raw bytes of a held tensor's value (little-endian, C order), a view of the array where it is one."""
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).newbyteorder("<")
+    value = np.ascontiguousarray(held[tensor.name], dtype=dtype)
+    if value.shape != tuple(tensor.dims):
+        raise ModelError(f"weight {tensor.name!r}: value of shape {value.shape}, the graph says {tuple(tensor.dims)}")
+    return memoryview(value.reshape(-1)).cast("B")
+
+
+def _field_size(n: int) -> int:
+    """Bytes of a length-delimited field of n bytes with a one-byte tag."""
+    return 1 + len(_varint(n)) + n
 
 
 _GRAPH_TAG = bytes([7 << 3 | 2])  # ModelProto.graph = 7, length-delimited
 _INITIALIZER_TAG = bytes([5 << 3 | 2])  # GraphProto.initializer = 5
+_RAW_TAG = bytes([9 << 3 | 2])  # TensorProto.raw_data = 9
 
 
 def _varint(n: int) -> bytes:
@@ -215,8 +253,13 @@ def is_held(tensor: onnx.TensorProto) -> bool:
 
 def _external_ref(graph: onnx.GraphProto, tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
     """Append to `graph` an initializer of `tensor`'s name, type and shape whose data is external."""
-    ref = graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
-                                data_location=onnx.TensorProto.EXTERNAL)
+    add_reference(graph, tensor.name, tensor.data_type, tensor.dims, location, offset, length)
+
+
+def add_reference(graph: onnx.GraphProto, name: str, data_type: int, dims, location: str = HELD_LOCATION,
+                  offset: int = 0, length: int = 0) -> None:
+    """Append to `graph` an initializer whose data is external (by default: held, see weight_free)."""
+    ref = graph.initializer.add(name=name, data_type=data_type, dims=dims, data_location=onnx.TensorProto.EXTERNAL)
     for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
         ref.external_data.add(key=key, value=value)
 

@@ -214,3 +214,28 @@ def test_commands_expose_parser_and_run(evx, tmp_path):
     args = parser.parse_args(["decode", str(evx), "-o", str(tmp_path / "o.onnx"), "--format", "fp16"])
     assert cmd_decode.run(args) == 0 and (tmp_path / "o.onnx").exists()
     assert cmd_inspect.run(parser.parse_args(["inspect", str(evx), "--json"])) == 0
+
+
+@pytest.mark.parametrize("form", ["fp32", "qdq"])
+@pytest.mark.parametrize("limit", [None, 2048])
+def test_decode_to_file_writes_what_decode_builds(tmp_path, monkeypatch, form, limit):
+    """decode_to_file (each dense weight dequantized as it is written) gives the model decode() builds: the
+    same proto below protobuf's limit, and above it (a limit lowered to 2 KB) the same weights in an external
+    data file."""
+    from evonnx.runtime import model_io
+    from evonnx.runtime.decode import decode_to_file
+
+    graph, records, _ = _model_and_records(21)
+    blob = encode_evx(graph, records)
+    if limit:
+        monkeypatch.setattr(model_io, "_PROTO_LIMIT", limit)
+        monkeypatch.setattr(model_io, "HELD_BYTES", 64)
+    path = decode_to_file(blob, tmp_path / "d.onnx", form)
+    assert (tmp_path / "d.onnx.data").is_file() == bool(limit)
+    got, want = onnx.load(str(path)), decode(blob, format=form)
+    if not limit:
+        assert got == want
+    weights = lambda m: {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}  # noqa: E731
+    assert weights(got).keys() == weights(want).keys()
+    assert all(np.array_equal(weights(got)[n], w) for n, w in weights(want).items())
+    np.testing.assert_array_equal(_run(got, X), _run(want, X))

@@ -5,8 +5,7 @@ import argparse
 import os
 
 from evonnx.errors import EvonnxError
-from evonnx.runtime.decode import FORMATS, decode
-from evonnx.runtime.model_io import save_model
+from evonnx.runtime.decode import FORMATS, decode_to_file
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -24,8 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if os.path.abspath(args.output) == os.path.abspath(args.input):
         raise EvonnxError(f"{args.output}: the output would overwrite the input container")
-    model = decode(args.input, args.format)
-    path = save_model(model, args.output)
+    path = decode_to_file(args.input, args.output, args.format)
     data = path.with_name(path.name + ".data")
     size = path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
     if not getattr(args, "quiet", False):
