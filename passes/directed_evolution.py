@@ -36,6 +36,7 @@ from evonnx.passes.state import ModelState
 log = logging.getLogger(__name__)
 
 PRIORS = ("magnitude", "wanda", "hessian")
+FINISH_SHARE = 0.5  # of its time limit the most a search that finishes (on_budget="finish") keeps for the finish
 
 
 @register
@@ -87,6 +88,7 @@ class _Run:
         self.settings = SearchSettings(cfg.population, cfg.generations, cfg.pool, cfg.mutation, cfg.credit)
         self.fp = checkpoint.fingerprint(state.model, ctx.calib.inputs, asdict(cfg), ctx.seed, state.weights, state.held)
         self.elapsed_before, self.log_lines, self.steps_log = 0.0, 0, []
+        self.reserve = self._finish_reserve()
         loaded = checkpoint.load(self.dir / "checkpoint.npz", self.fp) if (self.dir and cfg.resume) else None
         if loaded:
             self._restore(*loaded)
@@ -148,9 +150,26 @@ class _Run:
     def exhausted(self) -> str | None:
         if self.cfg.max_evaluations and self.ev.counter.evaluations >= self.cfg.max_evaluations:
             return "max_evaluations"
-        if self.cfg.time_limit and self.elapsed() >= self.cfg.time_limit:
+        if self.cfg.time_limit and self.elapsed() >= self.cfg.time_limit - self.reserve:
             return "time_limit"
         return None
+
+    def _finish_reserve(self) -> float:
+        """Seconds of the time limit the search leaves for a finish (on_budget="finish"): what re-fitting every
+        layer takes, or pruning them by SparseGPT, at most FINISH_SHARE of the limit."""
+        cfg = self.cfg
+        if not cfg.time_limit or cfg.on_budget != "finish":
+            return 0.0
+        cost = (common.refit_seconds(self.layers, cfg) if cfg.refit
+                else sparsegpt.seconds(self.layers, common.MAX_INVERSE) if cfg.compensate else 0.0)
+        return min(cost, FINISH_SHARE * cfg.time_limit)
+
+    def _affords_refit(self, layer, keep: float = 0.0) -> bool:
+        """Whether re-fitting `layer` fits the time limit with `keep` seconds of it left over."""
+        if not (self.cfg.refit and layer.fast):
+            return False
+        return not self.cfg.time_limit or (self.elapsed() + common.refit_seconds([layer], self.cfg) + keep
+                                           <= self.cfg.time_limit)
 
     def zeros_at(self, layer, t: int) -> int:
         """Zero count of `layer` after step t of the geometric density schedule (exact target at the end)."""
@@ -248,7 +267,7 @@ class _Run:
         new_mask = keep.reshape(mask.shape)
         w_mat, bias = view.w_mat, None
         fit_refit = None
-        if cfg.refit and layer.fast:
+        if self._affords_refit(layer, self.reserve):
             w_mat, bias, _ = common.refit_layer(view, new_mask, view.w_mat, cfg, data)
             fit_refit = view.evaluate_dense(w_mat, bias)
             # credits scored the old values: after a re-fit they mislead (measured: 95 % lenet300 drop 2.2 pt
@@ -266,8 +285,9 @@ class _Run:
     def _finish(self) -> None:
         """Reach every layer's exact target by its best prior (and re-fit), or without re-fits by SparseGPT
         (`compensate`), without search: one probe run gives every layer's activations (upstream changes made
-        here are not seen downstream: a budget ran out)."""
-        acts = None
+        here are not seen downstream: a budget ran out). Under a time limit a layer is re-fitted only while its
+        re-fit fits what is left of it; the rest go the way without re-fits."""
+        acts, skipped = None, []
         for layer in self.layers:
             mask = common.mask_of(self.student, layer)
             n = tg.zero_count(layer.size, self.targets[layer.weight]) - int((~mask).sum())
@@ -277,17 +297,24 @@ class _Run:
                 acts = self.ev.run_probe(self.ev.current(self.student))
             view = LayerView(self.ev, layer, self.student, self.ev.current(self.student), acts)
             data = view.refit_data() if layer.fast else None
-            if data is not None and self.cfg.compensate and not self.cfg.refit and view.k <= common.MAX_INVERSE:
+            refit = self._affords_refit(layer)
+            if self.cfg.refit and layer.fast and not refit:
+                skipped.append(layer.weight)
+            if data is not None and self.cfg.compensate and not refit and view.k <= common.MAX_INVERSE:
                 w_mat, new_mask = sparsegpt.prune(view.w_mat, mask, data[0], int((~mask).sum()) + n)
                 self.student = common.commit(self.student, layer, new_mask, w_mat, None)
                 continue
-            pri = common.priors(view, ["hessian" if self.cfg.refit else "wanda"], self.cfg.ridge, data[0] if data else None)
+            pri = common.priors(view, ["hessian" if refit else "wanda"], self.cfg.ridge, data[0] if data else None)
             score = np.where(mask.ravel(), next(iter(pri.values())), -np.inf)  # zeros stay zero
             new_mask = tg.keep_mask(score, int((~mask).sum()) + n).reshape(mask.shape)
             w_mat, bias = view.w_mat, None  # commit zeroes what the mask drops
-            if self.cfg.refit and layer.fast:
+            if refit:
                 w_mat, bias, _ = common.refit_layer(view, new_mask, view.w_mat, self.cfg, data)
             self.student = common.commit(self.student, layer, new_mask, w_mat, bias)
+        if skipped:
+            log.info(f"directed-evolution: no time left to re-fit {len(skipped)} layer(s) in the finish "
+                     f"({', '.join(skipped[:4])}{', …' if len(skipped) > 4 else ''}): "
+                     + ("SparseGPT's compensation instead" if self.cfg.compensate else "their survivors as they are"))
 
     def _log(self, entry: dict) -> None:
         if not self.dir:

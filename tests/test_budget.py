@@ -115,3 +115,37 @@ def test_python_calibration_and_a_callable_metric(labelled, tmp_path):
     builtin = compress(model, tmp_path / "builtin.evx", calib=arrays, metric="agreement", **options)
     assert runs["npz"].metric == "top1_same"
     assert runs["reader"].held_out["points"] == pytest.approx(builtin.held_out["points"])
+
+
+def test_past_its_deadline_the_guard_leaves_a_rejected_group_for_the_last():
+    """Under a time limit the guard does not build the rest of a group whose candidate failed once the
+    deadline has passed: it goes on to the last group, which holds what the run reserved time for."""
+    from evonnx.passes.base import PassContext
+    from evonnx.passes.compress.guard import Guard, searched_first
+    from evonnx.passes.engine.tasks import per_sample, pick
+    from evonnx.passes.state import load_state
+
+    state = load_state(corpus.mlp(d_in=32, hidden=64, classes=10).SerializeToString())
+    x = np.random.default_rng(0).standard_normal((96, 32)).astype(np.float32)
+    fit, held = CalibData({"x": x}, None, "c").split(0.5, seed=0)
+    ctx = PassContext(fit)
+    engine = ctx.engine(state)
+    task = pick("cosine", per_sample(engine.teacher, engine.axes), engine.output_names, None, engine.axes)
+    broken = state.replace(weights={n: np.zeros_like(state.original(n)) for n in state.targets})
+    built = []
+
+    def finer():
+        for i in range(3):
+            built.append(i)
+            yield f"finer {i}", broken, []
+
+    def safer():
+        yield "the exact weights", state, []
+
+    meta = lambda steps: {}  # noqa: E731
+    shipped = Guard(state, ctx, held, task, 1.0).ship(searched_first(broken, [], finer(), safer()), engine, meta,
+                                                      deadline=0.0)
+    assert shipped.what == "the exact weights"
+    assert [r["result"] for r in shipped.rejected] == ["the searched result"] and built == []
+    shipped = Guard(state, ctx, held, task, 1.0).ship(searched_first(broken, [], finer(), safer()), engine, meta)
+    assert len(shipped.rejected) == 4 and built == [0, 1, 2]

@@ -86,11 +86,15 @@ def test_no_bisection_starves_the_bit_allocation(tmp_path, monkeypatch):
 
 def test_a_rung_whose_share_cannot_pay_for_sensitivity_curves_splits_its_target_by_lamp(tmp_path, monkeypatch):
     """Curves a rung cannot finish would take its time and be thrown away: such a rung splits by LAMP scores
-    (and keeps its re-fits while the curves' passes alone would fit)."""
+    (and keeps its re-fits while the curves' passes alone would fit, and re-fitting every layer once would take
+    at most half its time)."""
     from evonnx.passes.compress import timing
     assert timing.curves_or_lamp(18, 0.7, 50.0) == {"allocation": "lamp", "refit": False}
     assert timing.curves_or_lamp(2, 0.01, 100.0) == {}
     assert timing.curves_or_lamp(18, 0.1, 100.0) == {"allocation": "lamp"}  # the passes fit, not with re-fits
+    # least-squares re-fits of wide layers cost more than the passes: 7 levels of 10 s, then a finish of 60 s
+    assert timing.curves_or_lamp(2, 0.01, 100.0, refits=10.0) == {"allocation": "lamp"}
+    assert timing.curves_or_lamp(2, 0.01, 100.0, refits=60.0) == {"allocation": "lamp", "refit": False}
     teacher = corpus.mlp(d_in=32, hidden=64, classes=10)
     onnx.save_model(teacher, str(tmp_path / "mlp.onnx"))
     np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((128, 32)).astype(np.float32))

@@ -88,6 +88,25 @@ def test_time_limit_during_the_sensitivity_phase_splits_by_lamp_and_finishes(cap
     assert "split by LAMP scores" in caplog.text
 
 
+def test_a_finish_re_fits_only_the_layers_its_time_limit_pays_for(monkeypatch, caplog):
+    """A search stopped early re-fits a layer in its finish only when the re-fit's estimated cost fits what is
+    left of its time limit; the other layers are pruned by SparseGPT, and every target is still reached."""
+    from evonnx.passes.sparsity import common, refit
+
+    caplog.set_level("INFO", logger="evonnx")
+    fitted = []
+    real = common.refit_layer
+    monkeypatch.setattr(common, "refit_layer",
+                        lambda view, *a, **k: fitted.append(view.layer.weight) or real(view, *a, **k))
+    settings = dict(sparsity=0.8, allocation="lamp", max_evaluations=30, on_budget="finish", time_limit=600.0)
+    run(**settings)
+    assert fitted  # a few microseconds each: re-fitted
+    fitted.clear()
+    monkeypatch.setattr(refit, "SECONDS_PER_MAC", 1.0)  # each re-fit now reckoned at hours
+    out = run(**settings)
+    assert fitted == [] and out.history[-1]["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert "no time left to re-fit" in caplog.text and "SparseGPT" in caplog.text
+
 def test_lamp_keeps_each_layers_largest_weight_and_prunes_the_flat_layer_less():
     rng = np.random.default_rng(0)
     flat = np.ones((10, 10))  # every weight alike: LAMP scores rise slowly, the layer keeps more

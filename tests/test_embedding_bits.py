@@ -7,7 +7,7 @@ import corpus
 from evonnx.formats.tensor import dequantize
 from evonnx.passes.base import PassContext, get_pass
 from evonnx.passes.bit_allocation import BitAllocation
-from evonnx.passes.compress.timing import Budget
+from evonnx.passes.compress.timing import FIXED_BITS_SECONDS_PER_PARAM, Budget
 from evonnx.passes.engine.calib import CalibData
 from evonnx.errors import EvonnxError
 from evonnx.passes.engine.tasks import Cosine, pick, real_tokens
@@ -129,8 +129,10 @@ def test_a_short_time_limit_measures_layers_alone_on_a_share_of_the_samples():
     light = Budget.bits_for(10, 1.0, 44 + 10 * 7 * 0.5)
     assert light["schemes"] == ["uniform/channel/rate+gptq"] and light["sensitivity_share"] == 0.5
     assert "scale_from" not in light
-    # GPTQ's rounding of 20M weights fits, its fits again without each fold do not: measured in-sample
-    in_sample = Budget.bits_for(10, 1.0, 44 + 10 * 7 * 0.5 + 72, params=20_000_000)
+    # GPTQ's rounding of 20M weights fits, its fits again without each fold do not: measured in-sample; the
+    # time reserved for quantizing them at 8 bits comes back to the tier that replaces it
+    reserved = FIXED_BITS_SECONDS_PER_PARAM * 20_000_000
+    in_sample = Budget.bits_for(10, 1.0, 44 + 10 * 7 * 0.5 + 72 - reserved, params=20_000_000)
     assert in_sample == {**light, "cross_fit": 0}
     # too little for every grid of every layer: each layer measured once, at one grid, on a share
     scaled = Budget.bits_for(10, 1.0, 16 + 10 * 0.5)
@@ -147,6 +149,24 @@ def test_a_short_time_limit_measures_layers_alone_on_a_share_of_the_samples():
     assert Budget.bits_for(10, 1.0, 44 + 10 * full * 0.6, params=20_000_000) != share
     assert Budget.full_bits_seconds(10, 1.0, params=20_000_000) > Budget.full_bits_seconds(10, 1.0) + 100
 
+
+
+def test_the_search_time_leaves_room_to_encode_and_quantize_every_weight_at_8_bits():
+    """What is reserved out of the limit grows with the weights: a model whose 8-bit quantization and encoding
+    alone take most of the limit gets only the floor share to search."""
+    from types import SimpleNamespace
+
+    from evonnx.passes.compress.timing import (ENCODE_SECONDS_PER_PARAM, FINISH_FORWARDS, MIN_SEARCH_SHARE,
+                                               PASS_FORWARDS, search_seconds)
+
+    def state(params):
+        return SimpleNamespace(table=SimpleNamespace(targets=[SimpleNamespace(size=params)]))
+
+    per_param = ENCODE_SECONDS_PER_PARAM + FIXED_BITS_SECONDS_PER_PARAM
+    small = search_seconds(100.0, 5.0, 1.0, state(1000))
+    assert small == pytest.approx(100 - 5 - (FINISH_FORWARDS + PASS_FORWARDS) - per_param * 1000)
+    large = int(80 / per_param)
+    assert search_seconds(100.0, 5.0, 1.0, state(large)) == pytest.approx(MIN_SEARCH_SHARE * 100)
 
 def test_the_scaled_bit_allocation_measures_each_layer_once_and_caps_the_joint_search():
     state = load_state(corpus.mlp(seed=3, d_in=24, hidden=48, classes=6).SerializeToString(), label="mlp")

@@ -24,7 +24,7 @@ from evonnx.passes.directed_evolution import DirectedEvolution
 from evonnx.passes.pipeline import Pipeline
 from evonnx.passes.quant.apply import Fidelity
 from evonnx.passes.sparsity import sparsegpt
-from evonnx.passes.sparsity.common import MAX_INVERSE
+from evonnx.passes.sparsity.common import MAX_INVERSE, refit_seconds
 from evonnx.passes.sparsity.layers import analyse
 from evonnx.passes.state import ModelState
 
@@ -57,7 +57,9 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
     entries = sum(state.table[n].size for n in prune)
     probes = probe_seconds(state, prune, forward, engine.calib.num_samples)
     deadline = start + SEARCH_SHARE * time_limit if time_limit else None
-    finish = sparsegpt.seconds(analyse(state, prune), MAX_INVERSE) if time_limit else 0.0
+    layers = analyse(state, prune) if time_limit else []
+    finish = sparsegpt.seconds(layers, MAX_INVERSE)
+    refits = refit_seconds(layers, DirectedEvolution.Config())
     best, best_drop, passed, failed, bisected = state, 0.0, 0.0, None, 0
     overhead = RUNG_FORWARDS * forward + finish
     steps, trials, rungs = [], [], []
@@ -76,7 +78,7 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
             if failed is not None and bits_left < Budget.full_bits_seconds(len(prune), forward, entries, probes):
                 log.info(f"auto sparsity: no bisection below {failed:.4f}: the bit allocation needs the time left")
                 break
-            split = budget.de or curves_or_lamp(len(prune), forward, given)
+            split = budget.de or curves_or_lamp(len(prune), forward, given, refits)
             params.update(time_limit=given, on_budget="finish", **split)
         de = DirectedEvolution(**params)
         sub = ctx.workdir / AUTO_DIR / f"{len(trials):02d}-{target:.4f}" if ctx.workdir else None

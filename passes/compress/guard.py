@@ -12,6 +12,7 @@ were searched. Nothing within budget: BudgetError, exit code 3, nothing written.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -85,20 +86,29 @@ class Guard:
     def within(self, drop: Drop) -> bool:
         return self.max_drop is None or drop.upper(Z_CHECK) <= self.max_drop + 1e-9
 
-    def ship(self, candidates: Iterable[Candidate], fit_engine, meta) -> Shipped:
-        """The first candidate within budget (`meta(steps)`: the container's metadata)."""
-        rejected = []
-        for what, state, steps in candidates:
-            drop, verified = self.screen(state), None
-            if drop is None or self.within(drop):
-                verified = encode_and_verify(state, fit_engine, meta(steps), self.engine)
-                drop = self.measure(verified, fit_engine)
-                if self.within(drop):
-                    return Shipped(what, state, steps, verified, drop, self.data, rejected)
-            rejected.append({"result": what, **drop.as_dict()})
-            log.info(f"{what}: {drop.describe()} on {self.data}; its 95 % bound {drop.upper(Z_CHECK):.3g} is beyond "
-                     f"--max-drop {self.max_drop:g}")
-            del state, verified  # a rejected result's weights go before the next one is made
+    def ship(self, groups: list[Iterable[Candidate]], fit_engine, meta, deadline: float | None = None) -> Shipped:
+        """The first candidate within budget, taken from `groups` in order (`meta(steps)`: the container's
+        metadata). Once a candidate is rejected past `deadline` (a time.perf_counter() value), no more are made
+        but the last group's: the fallbacks that fit the time a run reserves (8 bits, the exact weights)."""
+        rejected, late = [], False
+        for i, group in enumerate(groups):
+            if late and i < len(groups) - 1:
+                continue
+            for what, state, steps in group:
+                drop, verified = self.screen(state), None
+                if drop is None or self.within(drop):
+                    verified = encode_and_verify(state, fit_engine, meta(steps), self.engine)
+                    drop = self.measure(verified, fit_engine)
+                    if self.within(drop):
+                        return Shipped(what, state, steps, verified, drop, self.data, rejected)
+                rejected.append({"result": what, **drop.as_dict()})
+                log.info(f"{what}: {drop.describe()} on {self.data}; its 95 % bound {drop.upper(Z_CHECK):.3g} is "
+                         f"beyond --max-drop {self.max_drop:g}")
+                del state, verified  # a rejected result's weights go before the next one is made
+                late = i < len(groups) - 1 and deadline is not None and time.perf_counter() > deadline
+                if late:
+                    log.info("time limit reached: on to the last fallbacks")
+                    break
         raise BudgetError(self._failure(rejected))
 
     def _failure(self, rejected: list[dict]) -> str:
@@ -112,14 +122,16 @@ class Guard:
         return text + ". Leave --sparsity and --bits unset for the budget-driven default, or raise --max-drop"
 
 
-def searched_first(result: ModelState, steps: list[dict], fallbacks: Iterable[Candidate]) -> Iterator[Candidate]:
-    """The searched result, then `fallbacks`, holding the result only until the guard has moved past it (the
-    caller drops its own reference)."""
-    candidate = ("the searched result", result, steps)
+def searched_first(result: ModelState, steps: list[dict], *fallbacks: Iterable[Candidate]) -> list[Iterator[Candidate]]:
+    """The guard's groups: the searched result alone, then each group of `fallbacks`; the result is held only
+    until the guard has moved past it (the caller drops its own reference)."""
+
+    def searched(candidate: Candidate) -> Iterator[Candidate]:
+        yield candidate
+
+    group = searched(("the searched result", result, steps))
     del result
-    yield candidate
-    del candidate
-    yield from fallbacks
+    return [group, *map(iter, fallbacks)]
 
 
 def bit_record(result: ModelState) -> dict | None:

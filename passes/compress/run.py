@@ -6,7 +6,6 @@ import inspect
 import logging
 import time
 from collections.abc import Iterator
-from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +20,16 @@ from evonnx.passes.compress.guard import Guard, bit_record, finer, safer, same_p
 from evonnx.passes.compress.request import CompressRequest
 from evonnx.passes.compress.result import CompressResult, layer_rows, lossless_rows
 from evonnx.passes.compress.size import fit_file_size, max_bytes_of
-from evonnx.passes.compress.timing import Budget, forward_seconds, probe_seconds, search_seconds
+from evonnx.passes.compress.timing import Budget, forward_seconds, probe_seconds, search_seconds, ship_seconds
 from evonnx.passes.compress.workdir import claim, finish_run, read_logs, work_dir
+from evonnx.passes.directed_evolution import DirectedEvolution
 from evonnx.passes.engine.calib import fixed_batch, from_python, load_npz, synthetic
 from evonnx.passes.engine.heap import return_freed_memory
 from evonnx.passes.engine.metrics import compare
 from evonnx.passes.engine.tasks import per_sample, pick
 from evonnx.passes.sparsity.checkpoint import fingerprint
+from evonnx.passes.sparsity.common import refit_seconds
+from evonnx.passes.sparsity.layers import analyse
 from evonnx.passes.state import ModelState, load_state
 
 log = logging.getLogger(__name__)
@@ -104,11 +106,12 @@ def run(r: CompressRequest) -> CompressResult:
             search_limit = search_seconds(r.time_limit, time.perf_counter() - start, forward, state)
             timing = Budget.fit(len(prune), forward, search_limit, prunes=r.sparsity != 0,
                                 params=sum(state.table[n].size for n in prune),
-                                probes=probe_seconds(state, prune, forward, engine.calib.num_samples))
+                                probes=probe_seconds(state, prune, forward, engine.calib.num_samples),
+                                refits=refit_seconds(analyse(state, prune), DirectedEvolution.Config()))
             settings = timing.describe(bits=r.sparsity != "auto")
             if settings:
                 log.info(f"time limit {r.time_limit:g} s ({search_limit:.0f} s to search): {settings}")
-        fallbacks: Iterator = iter(())
+        fallbacks: tuple[Iterator, ...] = ()
         if not targets:
             notes.append("nothing to compress: no conv kernel, matrix or embedding among the float weights; "
                          "the container holds the model as it is")
@@ -118,8 +121,8 @@ def run(r: CompressRequest) -> CompressResult:
         elif r.sparsity == "auto":
             result, steps, trials, rungs = auto_sparsity(state, ctx, engine, r.bits, search_drop, search_limit,
                                                          prune, kept, timing, forward)
-            fallbacks = chain(finer(bit_record(result), rungs[-1] if rungs else state, ctx, kept),
-                              safer(rungs, state, ctx, r.bits, kept))
+            fallbacks = (finer(bit_record(result), rungs[-1] if rungs else state, ctx, kept),
+                         safer(rungs, state, ctx, r.bits, kept))
         elif limit_bytes:
             pipeline = r.pipeline or default_pipeline(r.sparsity, r.bits, search_drop, search_limit, prune=prune,
                                                       keep=kept, budget=timing, target_bytes=limit_bytes)
@@ -136,12 +139,13 @@ def run(r: CompressRequest) -> CompressResult:
             pruned = full.run(state, ctx, stop=last)
             result, steps = full.run(pruned, ctx, start=last), describe(full)
             if r.bits == "auto":
-                fallbacks = chain(finer(bit_record(result), pruned, ctx, kept, steps[:last]),
-                                  same_pruning(pruned, ctx, kept, steps[:last]))
+                fallbacks = (finer(bit_record(result), pruned, ctx, kept, steps[:last]),
+                             same_pruning(pruned, ctx, kept, steps[:last]))
         meta = lambda s: run_meta(Path(str(r.model)).name, r.seed, s, trials)  # noqa: E731
-        candidates = searched_first(result, steps, fallbacks)
+        candidates = searched_first(result, steps, *fallbacks)
         del result  # the guard lets it go once it has moved past it
-        shipped = guard.ship(candidates, engine, meta)
+        deadline = start + r.time_limit - ship_seconds(forward, state) if r.time_limit else None
+        shipped = guard.ship(candidates, engine, meta, deadline)
         search_log = read_logs(wd) if wd is not None else []
     state, verified = shipped.state, shipped.verified
     atomic_write_bytes(r.output, verified.blob)

@@ -5,6 +5,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from evonnx.passes.directed_evolution import FINISH_SHARE
 from evonnx.passes.state import ModelState
 
 log = logging.getLogger(__name__)
@@ -15,7 +16,8 @@ SCALED_FROM = "uniform/channel/rate+gptq@3"  # the one spec each layer is measur
 RATE_BITS = {"schemes": ["uniform/channel/rate"], "bits": LIGHT_BITS["bits"], "scale_from": "uniform/channel/rate@3"}
 FINISH_FORWARDS = 5  # passes over the calibration set after the search: final metrics, decode, verify, held out
 PASS_FORWARDS = 10  # passes over it the passes spend outside their search: set-up, finishing, joint measurements
-ENCODE_SECONDS_PER_PARAM = 1e-6  # entropy coding and decoding the container (~1 s per million weights here)
+ENCODE_SECONDS_PER_PARAM = 1e-7  # entropy coding, decoding and checking the container (6e-8 on a 2-core x86-64)
+FIXED_BITS_SECONDS_PER_PARAM = 3e-7  # every target at 8 bits, the run's floor (2.5e-7 on a 2-core x86-64)
 QUANT_SECONDS_PER_PARAM = 1e-6  # fitting one quantization of a weight, per entry (grids, codebooks, sizing)
 RATE_SECONDS_PER_PARAM = 1e-7  # likewise an entropy-sized grid (no clipping search; ~4e-8 on a 2-core x86-64)
 GPTQ_SECONDS_PER_PARAM = 6e-7  # likewise with GPTQ's rounding (~4e-7 on a 2-core x86-64, the layers' Grams once)
@@ -53,12 +55,13 @@ class Budget:
 
     @classmethod
     def fit(cls, targets: int, forward_seconds: float, time_limit: float, prunes: bool = True,
-            params: int = 0, probes: float = 0.0) -> "Budget":
+            params: int = 0, probes: float = 0.0, refits: float = 0.0) -> "Budget":
         """The settings `time_limit` pays for; without pruning (`prunes` False) the bits get all of it.
         `params`: the entries of the targets, whose quantizations the bit allocation fits; `probes`: seconds of
-        the embedding tables' Gram probes (`probe_seconds`)."""
+        the embedding tables' Gram probes (`probe_seconds`); `refits`: seconds of re-fitting every target once
+        (sparsity/common.refit_seconds)."""
         bits_share = 1 - SEARCH_SHARE if prunes else 1.0
-        return cls(de=curves_or_lamp(targets, forward_seconds, SEARCH_SHARE * time_limit),
+        return cls(de=curves_or_lamp(targets, forward_seconds, SEARCH_SHARE * time_limit, refits),
                    bits=cls.bits_for(targets, forward_seconds, bits_share * time_limit, params, probes))
 
     @staticmethod
@@ -79,7 +82,9 @@ class Budget:
         fits without each fold are what a short time limit drops first. Fitting each quantization of the targets'
         `params` entries and two passes over the calibration set (the folds' activations, then their outputs) come
         off `seconds` first, and, in every tier that rounds with GPTQ, the tables' Gram probes (`probes` seconds);
-        `max_joint` is what is left after the layers' measurements."""
+        `max_joint` is what is left after the layers' measurements. `seconds` are net of the reserve for the fixed
+        8 bits (`search_seconds`), which a tier replaces."""
+        seconds += FIXED_BITS_SECONDS_PER_PARAM * params
         light, (full, fitted) = len(LIGHT_BITS["bits"]), _full_specs()
         refits = CROSS_FITS * VISITED_SPECS
         tiers = ((full, fitted, QUANT_SECONDS_PER_PARAM, FULL_SHARE, JOINT_EVALUATIONS, {}),
@@ -109,17 +114,20 @@ class Budget:
         return ", ".join(parts)
 
 
-def curves_or_lamp(targets: int, forward_seconds: float, seconds: float) -> dict:
+def curves_or_lamp(targets: int, forward_seconds: float, seconds: float, refits: float = 0.0) -> dict:
     """Directed Evolution's settings for a search of `seconds`: {} when its per-layer sensitivity curves (a pass
-    over the calibration set a target per level, about CURVE_FORWARDS with the re-fits) take at most CURVES_SHARE
-    of it; else a global target split by LAMP scores (curves it cannot finish are thrown away, and the search has
-    spent its time on them), and without re-fits when not even the curves' passes alone would fit."""
+    over the calibration set a target per level, about CURVE_FORWARDS with the re-fits, and a re-fit of every
+    target per level, `refits` seconds each time) take at most CURVES_SHARE of it; else a global target split by
+    LAMP scores (curves it cannot finish are thrown away, and the search has spent its time on them), and without
+    re-fits when not even the curves' passes alone would fit, or re-fitting every target once would take over
+    FINISH_SHARE of it."""
     from evonnx.passes.sparsity.common import LEVELS
 
     passes = targets * len(LEVELS) * forward_seconds
-    if passes * CURVE_FORWARDS <= CURVES_SHARE * seconds:
+    if passes * CURVE_FORWARDS + len(LEVELS) * refits <= CURVES_SHARE * seconds:
         return {}
-    return {"allocation": "lamp", **({"refit": False} if passes > CURVES_SHARE * seconds else {})}
+    slow = passes > CURVES_SHARE * seconds or refits > FINISH_SHARE * seconds
+    return {"allocation": "lamp", **({"refit": False} if slow else {})}
 
 
 def _full_specs() -> tuple[int, int]:
@@ -144,10 +152,8 @@ def forward_seconds(engine) -> float:
 
 def search_seconds(time_limit: float, spent: float, forward: float, state: ModelState) -> float:
     """What is left of `time_limit` for the passes' searches: less what loading took, the passes' own fixed
-    costs (PASS_FORWARDS passes over the calibration set) and a reserve for encoding, decoding and verifying
-    the container (FINISH_FORWARDS passes, encoding by the parameter)."""
-    params = sum(w.size for w in state.table.targets)
-    reserve = (FINISH_FORWARDS + PASS_FORWARDS) * forward + ENCODE_SECONDS_PER_PARAM * params
+    costs (PASS_FORWARDS passes over the calibration set) and the `ship_seconds` reserve."""
+    reserve = PASS_FORWARDS * forward + ship_seconds(forward, state)
     left = time_limit - spent - reserve
     floor = MIN_SEARCH_SHARE * time_limit
     if left < floor:
@@ -155,6 +161,14 @@ def search_seconds(time_limit: float, spent: float, forward: float, state: Model
                  f"need about {reserve:.0f} s; "
                  f"searching for {floor:.0f} s, so the run will take longer")
     return max(left, floor)
+
+
+def ship_seconds(forward: float, state: ModelState) -> float:
+    """What a run keeps for shipping a result: quantizing every target at 8 bits (the fallback when the time left
+    cannot pay for the bit allocation, or the searched bits fail the budget), encoding, decoding and verifying
+    the container (FINISH_FORWARDS passes over the calibration set, encoding by the parameter)."""
+    params = sum(w.size for w in state.table.targets)
+    return FINISH_FORWARDS * forward + (ENCODE_SECONDS_PER_PARAM + FIXED_BITS_SECONDS_PER_PARAM) * params
 
 
 def probe_seconds(state: ModelState, names: list[str], forward: float, samples: int) -> float:

@@ -142,6 +142,15 @@ def refit_layer(view: LayerView, mask: np.ndarray, w_mat: np.ndarray, cfg: Targe
     return new_w, new_b, stats
 
 
+def refit_seconds(layers: list[Layer], cfg: TargetConfig) -> float:
+    """At most what re-fitting each of `layers` once takes (0 without `cfg.refit`; too large a layer is not
+    re-fitted, see `refit_layer`)."""
+    if not cfg.refit:
+        return 0.0
+    return sum(rf.seconds(l.out, l.mat_shape[1], cfg.refit_relu and l.relu_out) for l in layers
+               if l.fast and l.out * l.mat_shape[1] ** 2 <= MAX_REFIT_WORK)
+
+
 def commit(state: ModelState, layer: Layer, mask: np.ndarray, w_mat: np.ndarray, bias: np.ndarray | None) -> ModelState:
     dtype = state.original(layer.weight).dtype
     weights = {layer.weight: layer.from_mat(np.where(mask, w_mat, 0)).astype(dtype, copy=False)}
