@@ -164,12 +164,13 @@ class _Run:
                 else sparsegpt.seconds(self.layers, common.MAX_INVERSE) if cfg.compensate else 0.0)
         return min(cost, FINISH_SHARE * cfg.time_limit)
 
+    def _affords(self, seconds: float, keep: float = 0.0) -> bool:
+        """Whether `seconds` more fit the time limit with `keep` seconds of it left over."""
+        return not self.cfg.time_limit or self.elapsed() + seconds + keep <= self.cfg.time_limit
+
     def _affords_refit(self, layer, keep: float = 0.0) -> bool:
         """Whether re-fitting `layer` fits the time limit with `keep` seconds of it left over."""
-        if not (self.cfg.refit and layer.fast):
-            return False
-        return not self.cfg.time_limit or (self.elapsed() + common.refit_seconds([layer], self.cfg) + keep
-                                           <= self.cfg.time_limit)
+        return self.cfg.refit and layer.fast and self._affords(common.refit_seconds([layer], self.cfg), keep)
 
     def zeros_at(self, layer, t: int) -> int:
         """Zero count of `layer` after step t of the geometric density schedule (exact target at the end)."""
@@ -285,8 +286,8 @@ class _Run:
     def _finish(self) -> None:
         """Reach every layer's exact target by its best prior (and re-fit), or without re-fits by SparseGPT
         (`compensate`), without search: one probe run gives every layer's activations (upstream changes made
-        here are not seen downstream: a budget ran out). Under a time limit a layer is re-fitted only while its
-        re-fit fits what is left of it; the rest go the way without re-fits."""
+        here are not seen downstream: a budget ran out). Under a time limit a layer is re-fitted, else compensated,
+        only while that fits what is left of it; the rest keep their survivors as they are."""
         acts, skipped = None, []
         for layer in self.layers:
             mask = common.mask_of(self.student, layer)
@@ -298,12 +299,13 @@ class _Run:
             view = LayerView(self.ev, layer, self.student, self.ev.current(self.student), acts)
             data = view.refit_data() if layer.fast else None
             refit = self._affords_refit(layer)
-            if self.cfg.refit and layer.fast and not refit:
-                skipped.append(layer.weight)
-            if data is not None and self.cfg.compensate and not refit and view.k <= common.MAX_INVERSE:
+            compensate = (not refit and data is not None and self.cfg.compensate and view.k <= common.MAX_INVERSE)
+            if compensate and self._affords(sparsegpt.seconds([layer], common.MAX_INVERSE)):
                 w_mat, new_mask = sparsegpt.prune(view.w_mat, mask, data[0], int((~mask).sum()) + n)
                 self.student = common.commit(self.student, layer, new_mask, w_mat, None)
                 continue
+            if (self.cfg.refit or compensate) and layer.fast and not refit:
+                skipped.append(layer.weight)
             pri = common.priors(view, ["hessian" if refit else "wanda"], self.cfg.ridge, data[0] if data else None)
             score = np.where(mask.ravel(), next(iter(pri.values())), -np.inf)  # zeros stay zero
             new_mask = tg.keep_mask(score, int((~mask).sum()) + n).reshape(mask.shape)
@@ -312,9 +314,8 @@ class _Run:
                 w_mat, bias, _ = common.refit_layer(view, new_mask, view.w_mat, self.cfg, data)
             self.student = common.commit(self.student, layer, new_mask, w_mat, bias)
         if skipped:
-            log.info(f"directed-evolution: no time left to re-fit {len(skipped)} layer(s) in the finish "
-                     f"({', '.join(skipped[:4])}{', …' if len(skipped) > 4 else ''}): "
-                     + ("SparseGPT's compensation instead" if self.cfg.compensate else "their survivors as they are"))
+            log.info(f"directed-evolution: no time left to re-fit or compensate {len(skipped)} layer(s) in the finish "
+                     f"({', '.join(skipped[:4])}{', …' if len(skipped) > 4 else ''}): their survivors as they are")
 
     def _log(self, entry: dict) -> None:
         if not self.dir:

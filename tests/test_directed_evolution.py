@@ -90,22 +90,29 @@ def test_time_limit_during_the_sensitivity_phase_splits_by_lamp_and_finishes(cap
 
 def test_a_finish_re_fits_only_the_layers_its_time_limit_pays_for(monkeypatch, caplog):
     """A search stopped early re-fits a layer in its finish only when the re-fit's estimated cost fits what is
-    left of its time limit; the other layers are pruned by SparseGPT, and every target is still reached."""
-    from evonnx.passes.sparsity import common, refit
+    left of its time limit, else compensates it by SparseGPT if that fits, else keeps its survivors as they are;
+    every target is reached."""
+    from evonnx.passes.sparsity import common, refit, sparsegpt
 
     caplog.set_level("INFO", logger="evonnx")
-    fitted = []
-    real = common.refit_layer
+    fitted, compensated = [], []
+    real_refit, real_prune = common.refit_layer, sparsegpt.prune
     monkeypatch.setattr(common, "refit_layer",
-                        lambda view, *a, **k: fitted.append(view.layer.weight) or real(view, *a, **k))
+                        lambda view, *a, **k: fitted.append(view.layer.weight) or real_refit(view, *a, **k))
+    monkeypatch.setattr(sparsegpt, "prune", lambda *a, **k: compensated.append(1) or real_prune(*a, **k))
     settings = dict(sparsity=0.8, allocation="lamp", max_evaluations=30, on_budget="finish", time_limit=600.0)
     run(**settings)
-    assert fitted  # a few microseconds each: re-fitted
+    assert fitted and not compensated  # a few microseconds each: re-fitted
     fitted.clear()
     monkeypatch.setattr(refit, "SECONDS_PER_MAC", 1.0)  # each re-fit now reckoned at hours
     out = run(**settings)
-    assert fitted == [] and out.history[-1]["sparsity"] == pytest.approx(0.8, abs=1e-3)
-    assert "no time left to re-fit" in caplog.text and "SparseGPT" in caplog.text
+    assert fitted == [] and compensated and out.history[-1]["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    compensated.clear()
+    monkeypatch.setattr(sparsegpt, "SECONDS_PER_MAC", 1.0)  # and SparseGPT's too
+    out = run(**settings)
+    assert fitted == compensated == [] and out.history[-1]["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert "no time left to re-fit or compensate" in caplog.text
+
 
 def test_lamp_keeps_each_layers_largest_weight_and_prunes_the_flat_layer_less():
     rng = np.random.default_rng(0)

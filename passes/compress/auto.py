@@ -36,6 +36,7 @@ BISECTIONS = 2
 AUTO_SHARE = 0.5  # of --max-drop the auto sparsity may spend; the bit allocation gets what is left
 AUTO_Z = 1.0  # a rung's drop is taken at measured + AUTO_Z standard errors
 RUNG_FORWARDS = 8  # what a rung costs beyond its search and its one-shot finish, in passes over the calibration set
+OVERRUN = 1.5  # a rung's set-up and finish may take this much longer than reckoned (transformer-25M's first: 1.1x)
 
 
 def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, max_drop: float,
@@ -45,10 +46,11 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
     then the bit stage with the rest of the budget. Returns the state, the passes that made it, the trials.
     With `time_limit`, a rung starts only when the time left pays for its search and for the most a rung
     has cost beyond its search so far (setting up, finishing; before the first, RUNG_FORWARDS passes over
-    the calibration set and the SparseGPT finish's estimate), splits its target by LAMP scores when its own
-    share cannot pay for sensitivity curves (`curves_or_lamp`), and the bit stage gets what is left
-    (`forward`: seconds of one pass over the calibration set, to size it). Also returns the accepted rungs'
-    students, least sparse first."""
+    the calibration set and the SparseGPT finish's estimate), and not when it might leave no time for a bit
+    allocation the time left now pays for (every layer at 8 bits instead; that cost taken OVERRUN times). It splits its target by LAMP
+    scores when its own share cannot pay for sensitivity curves (`curves_or_lamp`), and the bit stage gets
+    what is left (`forward`: seconds of one pass over the calibration set, to size it). Also returns the
+    accepted rungs' students, least sparse first."""
     limit = AUTO_SHARE * max_drop
     fidelity = Fidelity(engine, {n: state.current(n) for n in engine.weight_names}, ctx.metric)
     metric = ctx.metric.label
@@ -74,12 +76,19 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
                          f"about {overhead:.0f} s)")
                 break
             given = round(remaining / left, 3)
-            bits_left = start + time_limit - time.perf_counter() - given - overhead
+            now_left = start + time_limit - time.perf_counter()
+            bits_left = now_left - given - overhead
             if failed is not None and bits_left < Budget.full_bits_seconds(len(prune), forward, entries, probes):
                 log.info(f"auto sparsity: no bisection below {failed:.4f}: the bit allocation needs the time left")
                 break
+            worst = now_left - given - OVERRUN * overhead
+            if (Budget.bits_for(len(prune), forward, worst, entries, probes) is None
+                    and Budget.bits_for(len(prune), forward, now_left, entries, probes) is not None):
+                log.info(f"auto sparsity: no rung at {target:.4f}: it might leave the bit allocation no time")
+                break
             split = budget.de or curves_or_lamp(len(prune), forward, given, refits)
-            params.update(time_limit=given, on_budget="finish", **split)
+            # the rung's limit covers its finish, which it keeps time for (directed_evolution.FINISH_SHARE)
+            params.update(time_limit=round(given + finish, 3), on_budget="finish", **split)
         de = DirectedEvolution(**params)
         sub = ctx.workdir / AUTO_DIR / f"{len(trials):02d}-{target:.4f}" if ctx.workdir else None
         t0 = time.perf_counter()
