@@ -79,7 +79,7 @@ def test_no_bisection_starves_the_bit_allocation(tmp_path, monkeypatch):
     options = dict(calib=tmp_path / "calib.npz", metric="cosine", max_drop=0.001, time_limit=20, progress=False)
     both = compress(tmp_path / "mlp.onnx", tmp_path / "a.evx", **options)
     assert [t["kept"] for t in both.auto] == [False, False, False]  # 50 % fails, then two bisections
-    monkeypatch.setattr(Budget, "full_bits_seconds", staticmethod(lambda *_: 1e9))
+    monkeypatch.setattr(Budget, "full_bits_seconds", staticmethod(lambda *_, **__: 1e9))
     starved = compress(tmp_path / "mlp.onnx", tmp_path / "b.evx", **options)
     assert [t["sparsity"] for t in starved.auto] == [LADDER[0]]
 

@@ -129,6 +129,9 @@ def test_a_short_time_limit_measures_layers_alone_on_a_share_of_the_samples():
     light = Budget.bits_for(10, 1.0, 44 + 10 * 7 * 0.5)
     assert light["schemes"] == ["uniform/channel/rate+gptq"] and light["sensitivity_share"] == 0.5
     assert "scale_from" not in light
+    # GPTQ's inverse factors come off the time too, once more for each fold the tier cross-fits: 5 x 1 s here
+    slower = Budget.bits_for(10, 1.0, 44 + 10 * 7 * 0.5, inverses=1.0)
+    assert slower["schemes"] == light["schemes"] and slower["sensitivity_share"] == round(30 / 70, 3)
     # GPTQ's rounding of 20M weights fits, its fits again without each fold do not: measured in-sample; the
     # time reserved for quantizing them at 8 bits comes back to the tier that replaces it
     reserved = FIXED_BITS_SECONDS_PER_PARAM * 20_000_000

@@ -18,7 +18,7 @@ from evonnx.passes.base import PassContext
 from evonnx.passes.bit_allocation import budget_loss
 from evonnx.passes.compress.container import describe, step
 from evonnx.passes.compress.default import default_pipeline
-from evonnx.passes.compress.timing import SEARCH_SHARE, Budget, curves_or_lamp, probe_seconds
+from evonnx.passes.compress.timing import SEARCH_SHARE, Budget, curves_or_lamp, inverse_seconds, probe_seconds
 from evonnx.passes.dead_units import DeadUnits
 from evonnx.passes.directed_evolution import DirectedEvolution
 from evonnx.passes.pipeline import Pipeline
@@ -57,7 +57,8 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
     loss = budget_loss("task", AUTO_Z)
     start = time.perf_counter()
     entries = sum(state.table[n].size for n in prune)
-    probes = probe_seconds(state, prune, forward, engine.calib.num_samples)
+    cost = {"params": entries, "probes": probe_seconds(state, prune, forward, engine.calib.num_samples),
+            "inverses": inverse_seconds(state, prune) if time_limit else 0.0}  # the bit allocation's fixed costs
     deadline = start + SEARCH_SHARE * time_limit if time_limit else None
     layers = analyse(state, prune) if time_limit else []
     finish = sparsegpt.seconds(layers, MAX_INVERSE)
@@ -78,12 +79,12 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
             given = round(remaining / left, 3)
             now_left = start + time_limit - time.perf_counter()
             bits_left = now_left - given - overhead
-            if failed is not None and bits_left < Budget.full_bits_seconds(len(prune), forward, entries, probes):
+            if failed is not None and bits_left < Budget.full_bits_seconds(len(prune), forward, **cost):
                 log.info(f"auto sparsity: no bisection below {failed:.4f}: the bit allocation needs the time left")
                 break
             worst = now_left - given - OVERRUN * overhead
-            if (Budget.bits_for(len(prune), forward, worst, entries, probes) is None
-                    and Budget.bits_for(len(prune), forward, now_left, entries, probes) is not None):
+            if (Budget.bits_for(len(prune), forward, worst, **cost) is None
+                    and Budget.bits_for(len(prune), forward, now_left, **cost) is not None):
                 log.info(f"auto sparsity: no rung at {target:.4f}: it might leave the bit allocation no time")
                 break
             split = budget.de or curves_or_lamp(len(prune), forward, given, refits)
@@ -114,7 +115,7 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
     left = None
     if time_limit:
         left = max(start + time_limit - time.perf_counter(), 1e-3)
-        budget = dataclasses.replace(budget, bits=Budget.bits_for(len(prune), forward, left, entries, probes))
+        budget = dataclasses.replace(budget, bits=Budget.bits_for(len(prune), forward, left, **cost))
         log.info(f"auto sparsity: {left:.0f} s left for the bits: "
                  + (dataclasses.replace(budget, de={}).describe() or "the full bit allocation"))
     rest = Pipeline([DeadUnits(), *default_pipeline(0, bits, left_over, left, keep=kept, budget=budget).passes])

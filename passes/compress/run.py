@@ -20,7 +20,8 @@ from evonnx.passes.compress.guard import Guard, bit_record, finer, safer, same_p
 from evonnx.passes.compress.request import CompressRequest
 from evonnx.passes.compress.result import CompressResult, layer_rows, lossless_rows
 from evonnx.passes.compress.size import fit_file_size, max_bytes_of
-from evonnx.passes.compress.timing import Budget, forward_seconds, probe_seconds, search_seconds, ship_seconds
+from evonnx.passes.compress.timing import (Budget, forward_seconds, inverse_seconds, probe_seconds, search_seconds,
+                                           ship_seconds)
 from evonnx.passes.compress.workdir import claim, finish_run, read_logs, work_dir
 from evonnx.passes.directed_evolution import DirectedEvolution
 from evonnx.passes.engine.calib import fixed_batch, from_python, load_npz, synthetic
@@ -107,7 +108,8 @@ def run(r: CompressRequest) -> CompressResult:
             timing = Budget.fit(len(prune), forward, search_limit, prunes=r.sparsity != 0,
                                 params=sum(state.table[n].size for n in prune),
                                 probes=probe_seconds(state, prune, forward, engine.calib.num_samples),
-                                refits=refit_seconds(analyse(state, prune), DirectedEvolution.Config()))
+                                refits=refit_seconds(analyse(state, prune), DirectedEvolution.Config()),
+                                inverses=inverse_seconds(state, prune))
             settings = timing.describe(bits=r.sparsity != "auto")
             if settings:
                 log.info(f"time limit {r.time_limit:g} s ({search_limit:.0f} s to search): {settings}")

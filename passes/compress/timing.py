@@ -21,6 +21,7 @@ FIXED_BITS_SECONDS_PER_PARAM = 3e-7  # every target at 8 bits, the run's floor (
 QUANT_SECONDS_PER_PARAM = 1e-6  # fitting one quantization of a weight, per entry (grids, codebooks, sizing)
 RATE_SECONDS_PER_PARAM = 1e-7  # likewise an entropy-sized grid (no clipping search; ~4e-8 on a 2-core x86-64)
 GPTQ_SECONDS_PER_PARAM = 6e-7  # likewise with GPTQ's rounding (~4e-7 on a 2-core x86-64, the layers' Grams once)
+INVERSE_SECONDS_PER_K3 = 6e-11  # GPTQ's inverse factor of a K x K Gram (6 s for 8 of K = 2304 on a 2-core x86-64)
 CURVES_SHARE = 0.25  # of a sparsity search's time its per-layer sensitivity curves may take
 CURVE_FORWARDS = 2.0  # passes a curve's level costs with its re-fits (~1.6 on minilm-l3: 7 levels, 8 s, 0.7 s a pass)
 MIN_SEARCH_SHARE = 0.1  # of --time-limit the passes get however little is left
@@ -55,25 +56,26 @@ class Budget:
 
     @classmethod
     def fit(cls, targets: int, forward_seconds: float, time_limit: float, prunes: bool = True,
-            params: int = 0, probes: float = 0.0, refits: float = 0.0) -> "Budget":
+            params: int = 0, probes: float = 0.0, refits: float = 0.0, inverses: float = 0.0) -> "Budget":
         """The settings `time_limit` pays for; without pruning (`prunes` False) the bits get all of it.
         `params`: the entries of the targets, whose quantizations the bit allocation fits; `probes`: seconds of
         the embedding tables' Gram probes (`probe_seconds`); `refits`: seconds of re-fitting every target once
-        (sparsity/common.refit_seconds)."""
+        (sparsity/common.refit_seconds); `inverses`: seconds of GPTQ's inverse factors (`inverse_seconds`)."""
         bits_share = 1 - SEARCH_SHARE if prunes else 1.0
         return cls(de=curves_or_lamp(targets, forward_seconds, SEARCH_SHARE * time_limit, refits),
-                   bits=cls.bits_for(targets, forward_seconds, bits_share * time_limit, params, probes))
+                   bits=cls.bits_for(targets, forward_seconds, bits_share * time_limit, params, probes, inverses))
 
     @staticmethod
-    def full_bits_seconds(targets: int, forward_seconds: float, params: int = 0, probes: float = 0.0) -> float:
+    def full_bits_seconds(targets: int, forward_seconds: float, params: int = 0, probes: float = 0.0,
+                          inverses: float = 0.0) -> float:
         """Seconds the full bit allocation takes (every layer alone on all samples, then the joint search)."""
         specs, fitted = _full_specs()
         return (forward_seconds * (targets * specs + JOINT_EVALUATIONS) + QUANT_SECONDS_PER_PARAM * params * fitted
-                + probes)
+                + probes + (1 + CROSS_FITS) * inverses)
 
     @staticmethod
     def bits_for(targets: int, forward_seconds: float, seconds: float, params: int = 0,
-                 probes: float = 0.0) -> dict | None:
+                 probes: float = 0.0, inverses: float = 0.0) -> dict | None:
         """The bit allocation `seconds` pay for, the first of: the full search ({}), with each layer alone measured
         on a share of the calibration samples (at least FULL_SHARE); entropy-sized per-channel grids with GPTQ's
         rounding only (LIGHT_BITS), on a share (at least LIGHT_SHARE); those with each layer measured at
@@ -81,7 +83,8 @@ class Budget:
         at 8 bits). The first two are tried with cross-fitted joint measurements, then without (IN_SAMPLE): the
         fits without each fold are what a short time limit drops first. Fitting each quantization of the targets'
         `params` entries and two passes over the calibration set (the folds' activations, then their outputs) come
-        off `seconds` first, and, in every tier that rounds with GPTQ, the tables' Gram probes (`probes` seconds);
+        off `seconds` first, and, in every tier that rounds with GPTQ, the tables' Gram probes (`probes` seconds)
+        and the inverse factors (`inverses` seconds, once more for each fold where the tier cross-fits);
         `max_joint` is what is left after the layers' measurements. `seconds` are net of the reserve for the fixed
         8 bits (`search_seconds`), which a tier replaces."""
         seconds += FIXED_BITS_SECONDS_PER_PARAM * params
@@ -95,7 +98,9 @@ class Budget:
                   {**LIGHT_BITS, "scale_from": SCALED_FROM, **IN_SAMPLE}),
                  (1, light + 1, RATE_SECONDS_PER_PARAM, LIGHT_SHARE, SCALED_JOINT, RATE_BITS))
         for measured, fitted, per_param, least, joint, settings in tiers:
-            fitting = per_param * params * fitted + 2 * forward_seconds + (0.0 if settings is RATE_BITS else probes)
+            folds = 1 if "cross_fit" in settings else 1 + CROSS_FITS
+            fixed = 0.0 if settings is RATE_BITS else probes + folds * inverses
+            fitting = per_param * params * fitted + 2 * forward_seconds + fixed
             passes = (seconds - fitting) / max(forward_seconds, 1e-9) - NONTARGET_EVALUATIONS
             share = min((passes - joint) / max(targets * measured, 1), 1.0)
             if share >= least:
@@ -169,6 +174,13 @@ def ship_seconds(forward: float, state: ModelState) -> float:
     the container (FINISH_FORWARDS passes over the calibration set, encoding by the parameter)."""
     params = sum(w.size for w in state.table.targets)
     return FINISH_FORWARDS * forward + (ENCODE_SECONDS_PER_PARAM + FIXED_BITS_SECONDS_PER_PARAM) * params
+
+
+def inverse_seconds(state: ModelState, names: list[str]) -> float:
+    """Seconds of GPTQ's inverse factors of the Grams of the matrix layers among `names` (K^3 each)."""
+    from evonnx.passes.quant.refit import layer_views
+
+    return INVERSE_SECONDS_PER_K3 * sum(layer.mat_shape[1] ** 3 for layer in layer_views(state, names).values())
 
 
 def probe_seconds(state: ModelState, names: list[str], forward: float, samples: int) -> float:
