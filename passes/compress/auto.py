@@ -47,10 +47,10 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
     With `time_limit`, a rung starts only when the time left pays for its search and for the most a rung
     has cost beyond its search so far (setting up, finishing; before the first, RUNG_FORWARDS passes over
     the calibration set and the SparseGPT finish's estimate), and not when it might leave no time for a bit
-    allocation the time left now pays for (every layer at 8 bits instead; that cost taken OVERRUN times). It splits its target by LAMP
-    scores when its own share cannot pay for sensitivity curves (`curves_or_lamp`), and the bit stage gets
-    what is left (`forward`: seconds of one pass over the calibration set, to size it). Also returns the
-    accepted rungs' students, least sparse first."""
+    allocation the time left now pays for (every layer at 8 bits instead; that cost taken OVERRUN times). It
+    splits its target by LAMP scores when its own share cannot pay for sensitivity curves (`curves_or_lamp`),
+    and the bit stage gets what is left (`forward`: seconds of one pass over the calibration set, to size it).
+    Also returns the accepted rungs' students, least sparse first."""
     limit = AUTO_SHARE * max_drop
     fidelity = Fidelity(engine, {n: state.current(n) for n in engine.weight_names}, ctx.metric)
     metric = ctx.metric.label

@@ -122,7 +122,8 @@ class Guard:
         return text + ". Leave --sparsity and --bits unset for the budget-driven default, or raise --max-drop"
 
 
-def searched_first(result: ModelState, steps: list[dict], *fallbacks: Iterable[Candidate]) -> list[Iterator[Candidate]]:
+def searched_first(result: ModelState, steps: list[dict],
+                   *fallbacks: Iterable[Candidate]) -> list[Iterator[Candidate]]:
     """The guard's groups: the searched result alone, then each group of `fallbacks`; the result is held only
     until the guard has moved past it (the caller drops its own reference)."""
 
