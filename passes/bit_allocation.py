@@ -42,6 +42,7 @@ from evonnx.passes.state import ModelState
 log = logging.getLogger(__name__)
 
 MIN_SENSITIVITY_SAMPLES = 8
+DENSE_BYTES = 64 << 20  # most bytes of dequantized weights a layer's sensitivity measurements hold at a time
 BudgetMetric = Literal["auto", "task", "accuracy", "agreement", "cosine", "kl"]
 
 
@@ -92,9 +93,18 @@ class BitAllocation(Pass):
                                "fitted on the others (passes/quant/crossfit.py); 0: in-sample, which flatters")
         half_share: float = param(0.1, "a weight holding at least this share of the targets' entries also tries its "
                                   "entropy-sized grids at the half rates between listed widths (3.5 between 3 "
-                                  "and 4): a bit of such a weight is too coarse a step of the whole size")
+                                  "and 4): a bit of such a weight is too coarse a step of the whole size; above 1: "
+                                  "none")
 
     def run(self, state: ModelState, ctx: PassContext) -> ModelState:
+        cfg = self.config
+        plan, nontarget, extra, quantizer, quantized, alone = self._allocate(state, ctx)  # its table, folds freed
+        return quantize_plan(state, ctx, plan, nontarget, cfg.refit_rows, self.name, asdict(cfg), extra, quantizer,
+                             exact=set(cfg.keep), alone=alone, quantized=quantized)
+
+    def _allocate(self, state: ModelState, ctx: PassContext) -> tuple[dict, str, dict, Quantizer, dict, dict]:
+        """The searched plan {weight: spec}, the other tensors' rounding, the record's extras, the quantizer (its
+        Grams and factors), and each planned weight's quantization (codes only) and damage alone."""
         cfg = self.config
         engine = ctx.engine(state)
         fidelity = Fidelity(engine, {n: state.current(n) for n in engine.weight_names}, ctx.metric)  # biases too
@@ -115,14 +125,13 @@ class BitAllocation(Pass):
             tried = [s for s in specs if not s.refit or s.scheme == "uniform" or quantizer.can_refit(name)]
             if state.table[name].size >= cfg.half_share * entries:
                 tried = half_rates(tried)
-            done = [quantizer.quantize(name, s) for s in tried]
+            done = [quantizer.quantize(name, s).compact() for s in tried]  # codes: 1 byte an entry, not 5
             scores, n = _alone(name, tried, done, quantizer, measure, loss, reference)
             evaluations += n
             options = [Option(s, q, coded_bytes(q.tensor)["total"], damage, drop)
                        for s, q, (damage, drop) in zip(tried, done, scores)]
             measured[name] = [(o.spec.label, round(o.bytes, 1), o.damage, o.drop) for o in options]
-            table[name] = [replace(o, quantized=o.quantized.compact())
-                           for o in frontier(options, None if cfg.target_bytes else limit)]
+            table[name] = frontier(options, None if cfg.target_bytes else limit)
         joint = Joint(fidelity, cross)
         searcher = Searcher(table, lambda opts: loss(joint(opts)), limit, cfg.max_joint or None)
         nontarget, tried_modes = cfg.nontarget, {}
@@ -157,9 +166,8 @@ class BitAllocation(Pass):
                  f"{extra['joint_evaluations']} joint evaluations"
                  f"{' (out of fold)' if cross else ''}; " + ", ".join(f"{n}: {s}" for n, s in
                                                                       extra["allocation"].items()))
-        return quantize_plan(state, ctx, plan, nontarget, cfg.refit_rows, self.name, asdict(cfg), extra, quantizer,
-                             exact=set(cfg.keep), alone={n: o.damage for n, o in chosen.items()},
-                             quantized={n: o.quantized for n, o in chosen.items()})
+        return (plan, nontarget, extra, quantizer, {n: o.quantized for n, o in chosen.items()},
+                {n: o.damage for n, o in chosen.items()})
 
 
 class Dense:
@@ -221,7 +229,8 @@ def _alone(name: str, tried: list[QuantSpec], done: list, quantizer: Quantizer, 
             m = measure.evaluate([{name: base}])[0]
             ratio = power[:-1] / power[-1]
             return [(m.metrics.fitness * r, loss(m) * r) for r in ratio], 1
-    metrics = measure.evaluate([{name: q.weight} for q in done])
+    per = max(1, DENSE_BYTES // max(done[0].tensor.nbytes, 1))  # dequantized copies a batch of measurements holds
+    metrics = [m for i in range(0, len(done), per) for m in measure.evaluate([{name: q.weight} for q in done[i:i + per]])]
     return [(m.metrics.fitness, loss(m)) for m in metrics], len(done)
 
 

@@ -109,7 +109,7 @@ class _Run:
         self.density0 = {l.weight: float(common.mask_of(state, l).mean()) for l in self.layers}
         self.position = (1, 0)
         self.rng = np.random.default_rng([self.ctx.seed, 0xDE])
-        self.credit = {l.weight: (np.zeros(l.size), np.zeros(l.size)) for l in self.layers}
+        self.credit: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if self.dir:
             (self.dir / "log.jsonl").write_text("")
         self._save()
@@ -136,8 +136,7 @@ class _Run:
         c.evaluations, c.seconds, c.by_layer = header["evaluations"], header["eval_seconds"], header["by_layer"]
         self.elapsed_before, self.log_lines, self.steps_log = header["elapsed"], header["log_lines"], header["steps_log"]
         self.student = self.teacher_state.replace(weights=groups["weights"], masks=groups["masks"])
-        self.credit = {l.weight: (groups["credit_sums"][l.weight], groups["credit_counts"][l.weight])
-                       for l in self.layers}
+        self.credit = {n: (s, groups["credit_counts"][n]) for n, s in groups["credit_sums"].items()}
         path = self.dir / "log.jsonl"
         lines = path.read_text().splitlines(keepends=True)[: self.log_lines] if path.exists() else []
         path.write_text("".join(lines))
@@ -171,6 +170,13 @@ class _Run:
     def _affords_refit(self, layer, keep: float = 0.0) -> bool:
         """Whether re-fitting `layer` fits the time limit with `keep` seconds of it left over."""
         return self.cfg.refit and layer.fast and self._affords(common.refit_seconds([layer], self.cfg), keep)
+
+    def _credit(self, layer) -> tuple[np.ndarray, np.ndarray]:
+        """The layer's survival credit (sums, counts), float32, made at its first search: a run limited in time
+        visits few layers, and two arrays the size of every layer are twice the model."""
+        if layer.weight not in self.credit:
+            self.credit[layer.weight] = (np.zeros(layer.size, np.float32), np.zeros(layer.size, np.float32))
+        return self.credit[layer.weight]
 
     def zeros_at(self, layer, t: int) -> int:
         """Zero count of `layer` after step t of the geometric density schedule (exact target at the end)."""
@@ -229,7 +235,7 @@ class _Run:
         data = view.refit_data(seed=t) if need_x else None
         kinds = list(dict.fromkeys([*cfg.priors, *(["hessian"] if cfg.nest == "hessian" else [])]))
         pri = common.priors(view, kinds, cfg.ridge, data[0] if data else None)
-        cs, cc = self.credit[layer.weight]
+        cs, cc = self._credit(layer)
         cap = max(1, int(cfg.chunk * sum(l.size for l in self.layers)))
         keep = mask.ravel()
         ranks = {}
@@ -273,7 +279,7 @@ class _Run:
             fit_refit = view.evaluate_dense(w_mat, bias)
             # credits scored the old values: after a re-fit they mislead (measured: 95 % lenet300 drop 2.2 pt
             # with them kept, 1.6 without), so the layer starts afresh
-            self.credit[layer.weight] = (np.zeros(layer.size), np.zeros(layer.size))
+            self.credit.pop(layer.weight, None)
         self.student = common.commit(self.student, layer, new_mask, w_mat, bias)
         entry = {"round": t, "layer": layer.weight, "zeroed": int(n - remaining), "sparsity": float(1 - new_mask.mean()),
                  "fitness": fit, "last_best_prior_fitness": prior_fit[-1], "fitness_refit": fit_refit,

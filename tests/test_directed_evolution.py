@@ -74,6 +74,19 @@ def test_evaluation_budget_stops_with_a_valid_state():
     assert finished["stop_reason"] == "max_evaluations" and finished["sparsity"] == pytest.approx(0.9, abs=1e-3)
 
 
+def test_a_checkpoint_holds_survival_credit_for_the_layers_searched_only(tmp_path):
+    """A run stopped early has searched few layers: credit arrays the size of every layer would be twice the model
+    in memory and in each checkpoint."""
+    run(workdir=tmp_path, sparsity=0.9, max_evaluations=30, refit=False)
+    pass_dir = tmp_path / "directed-evolution"
+    with np.load(pass_dir / "checkpoint.npz") as z:
+        names = json.loads(str(z["__header__"]))["__groups__"]
+    log = [json.loads(line) for line in (pass_dir / "log.jsonl").read_text().splitlines()]
+    searched = {e["layer"] for e in log if "generation" in e}
+    assert set(names["credit_sums"]) == searched == set(names["credit_counts"])
+    assert 0 < len(searched) < len(load_state(model().SerializeToString()).targets)
+
+
 
 def test_time_limit_during_the_sensitivity_phase_splits_by_lamp_and_finishes(caplog):
     caplog.set_level("INFO", logger="evonnx")

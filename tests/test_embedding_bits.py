@@ -7,7 +7,7 @@ import corpus
 from evonnx.formats.tensor import dequantize
 from evonnx.passes.base import PassContext, get_pass
 from evonnx.passes.bit_allocation import BitAllocation
-from evonnx.passes.compress.timing import FIXED_BITS_SECONDS_PER_PARAM, Budget
+from evonnx.passes.compress.timing import FIXED_BITS_SECONDS_PER_PARAM, GPTQ_SECONDS_PER_PARAM, BitCosts, Budget
 from evonnx.passes.engine.calib import CalibData
 from evonnx.errors import EvonnxError
 from evonnx.passes.engine.tasks import Cosine, pick, real_tokens
@@ -130,27 +130,35 @@ def test_a_short_time_limit_measures_layers_alone_on_a_share_of_the_samples():
     assert light["schemes"] == ["uniform/channel/rate+gptq"] and light["sensitivity_share"] == 0.5
     assert "scale_from" not in light
     # GPTQ's inverse factors come off the time too, once more for each fold the tier cross-fits: 5 x 1 s here
-    slower = Budget.bits_for(10, 1.0, 44 + 10 * 7 * 0.5, inverses=1.0)
+    slower = Budget.bits_for(10, 1.0, 44 + 10 * 7 * 0.5, costs=BitCosts(inverses=1.0))
     assert slower["schemes"] == light["schemes"] and slower["sensitivity_share"] == round(30 / 70, 3)
     # GPTQ's rounding of 20M weights fits, its fits again without each fold do not: measured in-sample; the
     # time reserved for quantizing them at 8 bits comes back to the tier that replaces it
     reserved = FIXED_BITS_SECONDS_PER_PARAM * 20_000_000
-    in_sample = Budget.bits_for(10, 1.0, 44 + 10 * 7 * 0.5 + 72 - reserved, params=20_000_000)
+    fits = GPTQ_SECONDS_PER_PARAM * 20_000_000 * 6  # six grids each
+    in_sample = Budget.bits_for(10, 1.0, 44 + 10 * 7 * 0.5 + fits - reserved, costs=BitCosts(params=20_000_000))
     assert in_sample == {**light, "cross_fit": 0}
     # too little for every grid of every layer: each layer measured once, at one grid, on a share
     scaled = Budget.bits_for(10, 1.0, 16 + 10 * 0.5)
     assert scaled["scale_from"] == "uniform/channel/rate+gptq@3" and scaled["sensitivity_share"] == 0.5
-    assert scaled["max_joint"] == 12
+    assert scaled["max_joint"] == 12 and scaled["half_share"] > 1  # nor the half rates' sweeps
     # GPTQ's rounding of 20M weights costs more than the time left: rounding to nearest instead
-    plain = Budget.bits_for(10, 1.0, 16 + 10 * 0.5 + 20, params=20_000_000)
+    plain = Budget.bits_for(10, 1.0, 16 + 10 * 0.5 + 20, costs=BitCosts(params=20_000_000))
     assert plain["scale_from"] == "uniform/channel/rate@3" and plain["schemes"] == ["uniform/channel/rate"]
     assert Budget.bits_for(10, 1.0, 16 + 10 * 0.1) is None
     seconds = 44 + 10 * 7 * 0.5  # the bits get 30 % of a pruning run's search, all of a run that prunes nothing
     assert Budget.fit(10, 1.0, seconds).bits["scale_from"]
     assert Budget.fit(10, 1.0, seconds, prunes=False).bits == light
     # fitting each quantization of 20M weights costs time too: the full search no longer fits what it did
-    assert Budget.bits_for(10, 1.0, 44 + 10 * full * 0.6, params=20_000_000) != share
-    assert Budget.full_bits_seconds(10, 1.0, params=20_000_000) > Budget.full_bits_seconds(10, 1.0) + 100
+    assert Budget.bits_for(10, 1.0, 44 + 10 * full * 0.6, costs=BitCosts(params=20_000_000)) != share
+    heavy = BitCosts(params=20_000_000)
+    assert Budget.full_bits_seconds(10, 1.0, costs=heavy) > Budget.full_bits_seconds(10, 1.0) + 100
+    # a weight holding a tenth of the entries also tries the half rates between the listed ones (4 of LIGHT_BITS):
+    # measured alone and fitted too
+    halved = Budget.bits_for(10, 1.0, 44 + 10 * 7 * 0.5, costs=BitCosts(heavy_layers=10))
+    assert halved["schemes"] == light["schemes"] and halved["sensitivity_share"] == round(35 / (70 + 40), 3)
+    fitted = Budget.bits_for(10, 1.0, 44 + 10 * 7 * 0.5, costs=BitCosts(heavy=2_000_000, heavy_layers=10))
+    assert fitted["sensitivity_share"] < halved["sensitivity_share"]
 
 
 
@@ -307,7 +315,7 @@ def test_the_tables_gram_probes_come_off_the_bits_time():
     seconds = 44 + 10 * 7 * 0.5  # the light tier, each layer alone on half the samples
     light = Budget.bits_for(10, 1.0, seconds)
     assert light["schemes"] == ["uniform/channel/rate+gptq"] and light["sensitivity_share"] == 0.5
-    probed = Budget.bits_for(10, 1.0, seconds, probes=30.0)  # then each layer measured at one grid only
+    probed = Budget.bits_for(10, 1.0, seconds, costs=BitCosts(probes=30.0))  # each layer measured at one grid only
     assert probed["scale_from"] == "uniform/channel/rate+gptq@3" and probed["cross_fit"] == 0
-    rate = Budget.bits_for(10, 1.0, 16 + 10 * 0.5 + 1, probes=1e6)  # the rounding to nearest probes nothing
+    rate = Budget.bits_for(10, 1.0, 16 + 10 * 0.5 + 1, costs=BitCosts(probes=1e6))  # the rounding to nearest probes nothing
     assert rate["schemes"] == ["uniform/channel/rate"]

@@ -18,7 +18,7 @@ from evonnx.passes.base import PassContext
 from evonnx.passes.bit_allocation import budget_loss
 from evonnx.passes.compress.container import describe, step
 from evonnx.passes.compress.default import default_pipeline
-from evonnx.passes.compress.timing import SEARCH_SHARE, Budget, curves_or_lamp, inverse_seconds, probe_seconds
+from evonnx.passes.compress.timing import SEARCH_SHARE, BitCosts, Budget, curves_or_lamp
 from evonnx.passes.dead_units import DeadUnits
 from evonnx.passes.directed_evolution import DirectedEvolution
 from evonnx.passes.pipeline import Pipeline
@@ -41,7 +41,8 @@ OVERRUN = 1.5  # a rung's set-up and finish may take this much longer than recko
 
 def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, max_drop: float,
                   time_limit: float | None, prune: list[str], kept: list[str], budget: Budget,
-                  forward: float = 0.0) -> tuple[ModelState, list[dict], list[dict], list[ModelState]]:
+                  forward: float = 0.0, costs: BitCosts = BitCosts()
+                  ) -> tuple[ModelState, list[dict], list[dict], list[ModelState]]:
     """sparsity="auto" (see the module docstring): the ladder and bisection of Directed Evolution runs,
     then the bit stage with the rest of the budget. Returns the state, the passes that made it, the trials.
     With `time_limit`, a rung starts only when the time left pays for its search and for the most a rung
@@ -49,16 +50,13 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
     the calibration set and the SparseGPT finish's estimate), and not when it might leave no time for a bit
     allocation the time left now pays for (every layer at 8 bits instead; that cost taken OVERRUN times). It
     splits its target by LAMP scores when its own share cannot pay for sensitivity curves (`curves_or_lamp`),
-    and the bit stage gets what is left (`forward`: seconds of one pass over the calibration set, to size it).
-    Also returns the accepted rungs' students, least sparse first."""
+    and the bit stage gets what is left (`forward`: seconds of one pass over the calibration set, and `costs` the
+    bit allocation's other costs, to size it). Also returns the accepted rungs' students, least sparse first."""
     limit = AUTO_SHARE * max_drop
     fidelity = Fidelity(engine, {n: state.current(n) for n in engine.weight_names}, ctx.metric)
     metric = ctx.metric.label
     loss = budget_loss("task", AUTO_Z)
     start = time.perf_counter()
-    entries = sum(state.table[n].size for n in prune)
-    cost = {"params": entries, "probes": probe_seconds(state, prune, forward, engine.calib.num_samples),
-            "inverses": inverse_seconds(state, prune) if time_limit else 0.0}  # the bit allocation's fixed costs
     deadline = start + SEARCH_SHARE * time_limit if time_limit else None
     layers = analyse(state, prune) if time_limit else []
     finish = sparsegpt.seconds(layers, MAX_INVERSE)
@@ -79,12 +77,12 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
             given = round(remaining / left, 3)
             now_left = start + time_limit - time.perf_counter()
             bits_left = now_left - given - overhead
-            if failed is not None and bits_left < Budget.full_bits_seconds(len(prune), forward, **cost):
+            if failed is not None and bits_left < Budget.full_bits_seconds(len(prune), forward, costs):
                 log.info(f"auto sparsity: no bisection below {failed:.4f}: the bit allocation needs the time left")
                 break
             worst = now_left - given - OVERRUN * overhead
-            if (Budget.bits_for(len(prune), forward, worst, **cost) is None
-                    and Budget.bits_for(len(prune), forward, now_left, **cost) is not None):
+            if (Budget.bits_for(len(prune), forward, worst, costs) is None
+                    and Budget.bits_for(len(prune), forward, now_left, costs) is not None):
                 log.info(f"auto sparsity: no rung at {target:.4f}: it might leave the bit allocation no time")
                 break
             split = budget.de or curves_or_lamp(len(prune), forward, given, refits)
@@ -115,7 +113,7 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
     left = None
     if time_limit:
         left = max(start + time_limit - time.perf_counter(), 1e-3)
-        budget = dataclasses.replace(budget, bits=Budget.bits_for(len(prune), forward, left, **cost))
+        budget = dataclasses.replace(budget, bits=Budget.bits_for(len(prune), forward, left, costs))
         log.info(f"auto sparsity: {left:.0f} s left for the bits: "
                  + (dataclasses.replace(budget, de={}).describe() or "the full bit allocation"))
     rest = Pipeline([DeadUnits(), *default_pipeline(0, bits, left_over, left, keep=kept, budget=budget).passes])

@@ -20,8 +20,7 @@ from evonnx.passes.compress.guard import Guard, bit_record, finer, safer, same_p
 from evonnx.passes.compress.request import CompressRequest
 from evonnx.passes.compress.result import CompressResult, layer_rows, lossless_rows
 from evonnx.passes.compress.size import fit_file_size, max_bytes_of
-from evonnx.passes.compress.timing import (Budget, forward_seconds, inverse_seconds, probe_seconds, search_seconds,
-                                           ship_seconds)
+from evonnx.passes.compress.timing import BitCosts, Budget, forward_seconds, search_seconds, ship_seconds
 from evonnx.passes.compress.workdir import claim, finish_run, read_logs, work_dir
 from evonnx.passes.directed_evolution import DirectedEvolution
 from evonnx.passes.engine.calib import fixed_batch, from_python, load_npz, synthetic
@@ -100,16 +99,14 @@ def run(r: CompressRequest) -> CompressResult:
             claim(wd, fingerprint(state.model, {**data.inputs, **labels}, settings, r.seed, held=state.held), r.resume,
                   state.label)
         prune = [n for n in targets if n not in kept]
-        timing = Budget()
+        timing, costs = Budget(), BitCosts()
         search_limit, forward = r.time_limit, 0.0
         if r.time_limit and targets and r.pipeline is None:
             forward = forward_seconds(engine)
             search_limit = search_seconds(r.time_limit, time.perf_counter() - start, forward, state)
-            timing = Budget.fit(len(prune), forward, search_limit, prunes=r.sparsity != 0,
-                                params=sum(state.table[n].size for n in prune),
-                                probes=probe_seconds(state, prune, forward, engine.calib.num_samples),
-                                refits=refit_seconds(analyse(state, prune), DirectedEvolution.Config()),
-                                inverses=inverse_seconds(state, prune))
+            costs = BitCosts.of(state, prune, forward, engine.calib.num_samples)
+            timing = Budget.fit(len(prune), forward, search_limit, prunes=r.sparsity != 0, costs=costs,
+                                refits=refit_seconds(analyse(state, prune), DirectedEvolution.Config()))
             settings = timing.describe(bits=r.sparsity != "auto")
             if settings:
                 log.info(f"time limit {r.time_limit:g} s ({search_limit:.0f} s to search): {settings}")
@@ -122,7 +119,7 @@ def run(r: CompressRequest) -> CompressResult:
             result = state
         elif r.sparsity == "auto":
             result, steps, trials, rungs = auto_sparsity(state, ctx, engine, r.bits, search_drop, search_limit,
-                                                         prune, kept, timing, forward)
+                                                         prune, kept, timing, forward, costs)
             fallbacks = (finer(bit_record(result), rungs[-1] if rungs else state, ctx, kept),
                          safer(rungs, state, ctx, r.bits, kept))
         elif limit_bytes:

@@ -20,7 +20,7 @@ ENCODE_SECONDS_PER_PARAM = 1e-7  # entropy coding, decoding and checking the con
 FIXED_BITS_SECONDS_PER_PARAM = 3e-7  # every target at 8 bits, the run's floor (2.5e-7 on a 2-core x86-64)
 QUANT_SECONDS_PER_PARAM = 1e-6  # fitting one quantization of a weight, per entry (grids, codebooks, sizing)
 RATE_SECONDS_PER_PARAM = 1e-7  # likewise an entropy-sized grid (no clipping search; ~4e-8 on a 2-core x86-64)
-GPTQ_SECONDS_PER_PARAM = 6e-7  # likewise with GPTQ's rounding (~4e-7 on a 2-core x86-64, the layers' Grams once)
+GPTQ_SECONDS_PER_PARAM = 1e-6  # likewise with GPTQ's rounding (4e-7 to 1.4e-6 on 2-core x86-64 CPUs: the sweeps)
 INVERSE_SECONDS_PER_K3 = 6e-11  # GPTQ's inverse factor of a K x K Gram (6 s for 8 of K = 2304 on a 2-core x86-64)
 CURVES_SHARE = 0.25  # of a sparsity search's time its per-layer sensitivity curves may take
 CURVE_FORWARDS = 2.0  # passes a curve's level costs with its re-fits (~1.6 on minilm-l3: 7 levels, 8 s, 0.7 s a pass)
@@ -30,11 +30,33 @@ SCALED_JOINT = 12  # joint measurements of the scaled bit allocation (bisection,
 MAX_JOINT = 1000  # the most joint measurements a time limit ever gives the search
 CROSS_FITS = 4  # more fits of each Gram-fitted quantization: one without each fold (the bit allocation's cross_fit)
 IN_SAMPLE = {"cross_fit": 0}  # the bit allocation's joint measurements on the samples its rounding fitted
+NO_HALVES = {"half_share": 2.0}  # no weight tries the half rates (GPTQ's rounding of each costs another sweep)
 VISITED_SPECS = 5  # of a layer's quantizations the joint search visits, each fitted CROSS_FITS times (5.4 on minilm-l3)
 NONTARGET_EVALUATIONS = 2  # the bit allocation's measurements of rounding the other tensors (int8, fp16)
 FULL_SHARE = 0.5  # the least share of the calibration samples the full bit allocation measures layers alone on
 LIGHT_SHARE = 0.125  # likewise for the uniform per-channel bits only
 PROBE_FORWARDS = 30  # the embedding tables' Gram probes, in passes over their samples (~28 on minilm-l3)
+
+
+@dataclass(frozen=True)
+class BitCosts:
+    """What the bit allocation's time grows with besides its passes over the calibration set."""
+
+    params: int = 0  # entries of the targets, fitted once per quantization tried
+    heavy: int = 0  # entries of the targets that also try half rates (bit_allocation's half_share)
+    heavy_layers: int = 0  # how many targets those are
+    probes: float = 0.0  # seconds of the embedding tables' Gram probes (`probe_seconds`)
+    inverses: float = 0.0  # seconds of GPTQ's inverse factors (`inverse_seconds`)
+
+    @classmethod
+    def of(cls, state: ModelState, names: list[str], forward: float, samples: int) -> "BitCosts":
+        """The costs of quantizing `names` (`forward`: seconds of a pass over the `samples` calibration samples)."""
+        from evonnx.passes.bit_allocation import BitAllocation
+
+        sizes = [state.table[n].size for n in names]
+        heavy = [s for s in sizes if s >= BitAllocation.Config().half_share * sum(sizes)]
+        return cls(sum(sizes), sum(heavy), len(heavy), probe_seconds(state, names, forward, samples),
+                   inverse_seconds(state, names))
 
 
 @dataclass
@@ -56,38 +78,37 @@ class Budget:
 
     @classmethod
     def fit(cls, targets: int, forward_seconds: float, time_limit: float, prunes: bool = True,
-            params: int = 0, probes: float = 0.0, refits: float = 0.0, inverses: float = 0.0) -> "Budget":
-        """The settings `time_limit` pays for; without pruning (`prunes` False) the bits get all of it.
-        `params`: the entries of the targets, whose quantizations the bit allocation fits; `probes`: seconds of
-        the embedding tables' Gram probes (`probe_seconds`); `refits`: seconds of re-fitting every target once
-        (sparsity/common.refit_seconds); `inverses`: seconds of GPTQ's inverse factors (`inverse_seconds`)."""
+            costs: BitCosts = BitCosts(), refits: float = 0.0) -> "Budget":
+        """The settings `time_limit` pays for; without pruning (`prunes` False) the bits get all of it. `costs`: the
+        bit allocation's costs beyond passes over the calibration set (`BitCosts.of`); `refits`: seconds of
+        re-fitting every target once (sparsity/common.refit_seconds)."""
         bits_share = 1 - SEARCH_SHARE if prunes else 1.0
         return cls(de=curves_or_lamp(targets, forward_seconds, SEARCH_SHARE * time_limit, refits),
-                   bits=cls.bits_for(targets, forward_seconds, bits_share * time_limit, params, probes, inverses))
+                   bits=cls.bits_for(targets, forward_seconds, bits_share * time_limit, costs))
 
     @staticmethod
-    def full_bits_seconds(targets: int, forward_seconds: float, params: int = 0, probes: float = 0.0,
-                          inverses: float = 0.0) -> float:
+    def full_bits_seconds(targets: int, forward_seconds: float, costs: BitCosts = BitCosts()) -> float:
         """Seconds the full bit allocation takes (every layer alone on all samples, then the joint search)."""
         specs, fitted = _full_specs()
-        return (forward_seconds * (targets * specs + JOINT_EVALUATIONS) + QUANT_SECONDS_PER_PARAM * params * fitted
-                + probes + (1 + CROSS_FITS) * inverses)
+        halves = _halves({})
+        return (forward_seconds * (targets * specs + costs.heavy_layers * halves + JOINT_EVALUATIONS)
+                + QUANT_SECONDS_PER_PARAM * (costs.params * fitted + costs.heavy * halves)
+                + costs.probes + (1 + CROSS_FITS) * costs.inverses)
 
     @staticmethod
-    def bits_for(targets: int, forward_seconds: float, seconds: float, params: int = 0,
-                 probes: float = 0.0, inverses: float = 0.0) -> dict | None:
+    def bits_for(targets: int, forward_seconds: float, seconds: float, costs: BitCosts = BitCosts()) -> dict | None:
         """The bit allocation `seconds` pay for, the first of: the full search ({}), with each layer alone measured
         on a share of the calibration samples (at least FULL_SHARE); entropy-sized per-channel grids with GPTQ's
         rounding only (LIGHT_BITS), on a share (at least LIGHT_SHARE); those with each layer measured at
-        SCALED_FROM only, on a share; the same with rounding to nearest (RATE_BITS); else none (None: every target
+        SCALED_FROM only, on a share, and no half rates; the same with rounding to nearest (RATE_BITS); else none (None: every target
         at 8 bits). The first two are tried with cross-fitted joint measurements, then without (IN_SAMPLE): the
         fits without each fold are what a short time limit drops first. Fitting each quantization of the targets'
-        `params` entries and two passes over the calibration set (the folds' activations, then their outputs) come
-        off `seconds` first, and, in every tier that rounds with GPTQ, the tables' Gram probes (`probes` seconds)
-        and the inverse factors (`inverses` seconds, once more for each fold where the tier cross-fits);
+        entries (and the half rates of the heaviest) and two passes over the calibration set (the folds'
+        activations, then their outputs) come off `seconds` first, and, in every tier that rounds with GPTQ, the
+        tables' Gram probes and the inverse factors (once more for each fold where the tier cross-fits);
         `max_joint` is what is left after the layers' measurements. `seconds` are net of the reserve for the fixed
         8 bits (`search_seconds`), which a tier replaces."""
-        seconds += FIXED_BITS_SECONDS_PER_PARAM * params
+        seconds += FIXED_BITS_SECONDS_PER_PARAM * costs.params
         light, (full, fitted) = len(LIGHT_BITS["bits"]), _full_specs()
         refits = CROSS_FITS * VISITED_SPECS
         tiers = ((full, fitted, QUANT_SECONDS_PER_PARAM, FULL_SHARE, JOINT_EVALUATIONS, {}),
@@ -95,16 +116,18 @@ class Budget:
                  (light + 1, light + refits, GPTQ_SECONDS_PER_PARAM, LIGHT_SHARE, JOINT_EVALUATIONS, LIGHT_BITS),
                  (light + 1, light, GPTQ_SECONDS_PER_PARAM, LIGHT_SHARE, JOINT_EVALUATIONS, {**LIGHT_BITS, **IN_SAMPLE}),
                  (1, light, GPTQ_SECONDS_PER_PARAM, LIGHT_SHARE, SCALED_JOINT,
-                  {**LIGHT_BITS, "scale_from": SCALED_FROM, **IN_SAMPLE}),
+                  {**LIGHT_BITS, "scale_from": SCALED_FROM, **IN_SAMPLE, **NO_HALVES}),
                  (1, light + 1, RATE_SECONDS_PER_PARAM, LIGHT_SHARE, SCALED_JOINT, RATE_BITS))
         for measured, fitted, per_param, least, joint, settings in tiers:
+            halves = _halves(settings)
             folds = 1 if "cross_fit" in settings else 1 + CROSS_FITS
-            fixed = 0.0 if settings is RATE_BITS else probes + folds * inverses
-            fitting = per_param * params * fitted + 2 * forward_seconds + fixed
+            fixed = 0.0 if settings is RATE_BITS else costs.probes + folds * costs.inverses
+            fitting = per_param * (costs.params * fitted + costs.heavy * halves) + 2 * forward_seconds + fixed
             passes = (seconds - fitting) / max(forward_seconds, 1e-9) - NONTARGET_EVALUATIONS
-            share = min((passes - joint) / max(targets * measured, 1), 1.0)
+            alone = targets * measured + (costs.heavy_layers * halves if measured > 1 else 0)
+            share = min((passes - joint) / max(alone, 1), 1.0)
             if share >= least:
-                most = min(int(passes - targets * measured * share), MAX_JOINT)
+                most = min(int(passes - alone * share), MAX_JOINT)
                 return {**settings, "max_joint": most, **({"sensitivity_share": round(share, 3)} if share < 1 else {})}
         return None
 
@@ -143,6 +166,20 @@ def _full_specs() -> tuple[int, int]:
     defaults = BitAllocation.Config()
     specs = len(defaults.schemes) * len(defaults.bits)
     return specs + 1, specs + CROSS_FITS * VISITED_SPECS
+
+
+def _halves(settings: dict) -> int:
+    """Half-rate quantizations the bit allocation under `settings` adds for a weight of at least its half_share of
+    the entries (bit_allocation.half_rates: 4 for LIGHT_BITS)."""
+    from evonnx.passes.bit_allocation import BitAllocation, half_rates
+    from evonnx.passes.quant.layer import QuantSpec
+
+    defaults = BitAllocation.Config()
+    if settings.get("half_share", defaults.half_share) > 1:
+        return 0
+    specs = list(dict.fromkeys(QuantSpec.parse(f, b) for f in settings.get("schemes", defaults.schemes)
+                               for b in settings.get("bits", defaults.bits)))
+    return len(half_rates(specs)) - len(specs)
 
 
 def forward_seconds(engine) -> float:

@@ -26,6 +26,7 @@ from evonnx.passes.state import ModelState
 Nontarget = Literal["exact", "fp16", "bf16", "int8"]  # how biases, norms and small tensors are stored
 NONTARGET = get_args(Nontarget)
 INT8 = QuantSpec.parse("uniform/tensor/asym", 8)
+POWER_BLOCK = 1 << 20  # entries of a weight whose error power is summed at a time (float64 temporaries)
 
 
 class Quantizer:
@@ -117,12 +118,17 @@ class Quantizer:
     def error_power(self, name: str, weight: np.ndarray) -> float:
         """How far `weight` moves the layer from the incoming one: its output error's power on the calibration
         activations, sum((dW H) * dW) over the matrix view, once the Gram H is known; else the weight error's."""
-        diff = weight.astype(np.float64) - self.state.current(name).astype(np.float64)
-        gram = self.grams.get(name)
+        gram, current = self.grams.get(name), self.state.current(name)
         if gram is None:
-            return float(np.sum(diff * diff))
-        d = self.views[name].to_mat(diff)
-        return float(np.sum((d @ gram) * d))
+            a, b, parts = weight.reshape(-1), current.reshape(-1), chunks(weight.size, POWER_BLOCK)
+        else:  # blocks of rows of the matrix view
+            a, b = self.views[name].to_mat(weight), self.views[name].to_mat(current)
+            parts = chunks(a.shape[0], max(1, POWER_BLOCK // a.shape[1]))
+        total = 0.0
+        for part in parts:
+            d = a[part].astype(np.float64) - b[part]
+            total += float(np.vdot(d, d) if gram is None else np.vdot(d @ gram, d))
+        return total
 
 
 def row(q: Quantized, spec: QuantSpec, original: np.ndarray) -> dict:

@@ -90,9 +90,9 @@ def grid_codes(v: np.ndarray, groups: np.ndarray, scale: np.ndarray, zero: np.nd
     return codes
 
 
-def chunks(n: int) -> list[slice]:
-    """Slices of CHUNK entries covering n."""
-    return [slice(start, start + CHUNK) for start in range(0, n, CHUNK)] or [slice(0, 0)]
+def chunks(n: int, size: int = CHUNK) -> list[slice]:
+    """Slices of `size` entries covering n."""
+    return [slice(start, start + size) for start in range(0, n, size)] or [slice(0, 0)]
 
 
 def search_sample(dist: np.ndarray, groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray] | None:
