@@ -20,7 +20,8 @@ from evonnx.passes.compress.guard import Guard, bit_record, finer, safer, same_p
 from evonnx.passes.compress.request import CompressRequest
 from evonnx.passes.compress.result import CompressResult, layer_rows, lossless_rows
 from evonnx.passes.compress.size import fit_file_size, max_bytes_of
-from evonnx.passes.compress.timing import BitCosts, Budget, forward_seconds, search_seconds, ship_seconds
+from evonnx.passes.compress.timing import (BitCosts, Budget, fallback_seconds, forward_seconds, search_seconds,
+                                           ship_seconds)
 from evonnx.passes.compress.workdir import claim, finish_run, read_logs, work_dir
 from evonnx.passes.directed_evolution import DirectedEvolution
 from evonnx.passes.engine.calib import fixed_batch, from_python, load_npz, synthetic
@@ -143,7 +144,9 @@ def run(r: CompressRequest) -> CompressResult:
         meta = lambda s: run_meta(Path(str(r.model)).name, r.seed, s, trials)  # noqa: E731
         candidates = searched_first(result, steps, *fallbacks)
         del result  # the guard lets it go once it has moved past it
-        deadline = start + r.time_limit - ship_seconds(forward, state) if r.time_limit else None
+        # a fallback of the searched bits starts only where it ends before the time kept for shipping
+        deadline = (start + r.time_limit - ship_seconds(forward, state) - fallback_seconds(forward, costs)
+                    if r.time_limit else None)
         shipped = guard.ship(candidates, engine, meta, deadline)
         search_log = read_logs(wd) if wd is not None else []
     state, verified = shipped.state, shipped.verified

@@ -213,6 +213,12 @@ def ship_seconds(forward: float, state: ModelState) -> float:
     return FINISH_FORWARDS * forward + (ENCODE_SECONDS_PER_PARAM + FIXED_BITS_SECONDS_PER_PARAM) * params
 
 
+def fallback_seconds(forward: float, costs: BitCosts) -> float:
+    """What making one fallback of searched bits takes (passes/compress/guard.finer): quantizing the targets with
+    GPTQ's rounding again, a pass for the Grams, their inverse factors, a pass to measure it."""
+    return GPTQ_SECONDS_PER_PARAM * costs.params + costs.inverses + 2 * forward
+
+
 def inverse_seconds(state: ModelState, names: list[str]) -> float:
     """Seconds of GPTQ's inverse factors of the Grams of the matrix layers among `names` (K^3 each)."""
     from evonnx.passes.quant.refit import layer_views
