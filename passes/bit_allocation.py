@@ -230,7 +230,8 @@ def _alone(name: str, tried: list[QuantSpec], done: list, quantizer: Quantizer, 
             ratio = power[:-1] / power[-1]
             return [(m.metrics.fitness * r, loss(m) * r) for r in ratio], 1
     per = max(1, DENSE_BYTES // max(done[0].tensor.nbytes, 1))  # dequantized copies a batch of measurements holds
-    metrics = [m for i in range(0, len(done), per) for m in measure.evaluate([{name: q.weight} for q in done[i:i + per]])]
+    metrics = [m for i in range(0, len(done), per)
+               for m in measure.evaluate([{name: q.weight} for q in done[i:i + per]])]
     return [(m.metrics.fitness, loss(m)) for m in metrics], len(done)
 
 

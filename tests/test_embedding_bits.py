@@ -317,5 +317,6 @@ def test_the_tables_gram_probes_come_off_the_bits_time():
     assert light["schemes"] == ["uniform/channel/rate+gptq"] and light["sensitivity_share"] == 0.5
     probed = Budget.bits_for(10, 1.0, seconds, costs=BitCosts(probes=30.0))  # each layer measured at one grid only
     assert probed["scale_from"] == "uniform/channel/rate+gptq@3" and probed["cross_fit"] == 0
-    rate = Budget.bits_for(10, 1.0, 16 + 10 * 0.5 + 1, costs=BitCosts(probes=1e6))  # the rounding to nearest probes nothing
+    # the rounding to nearest probes nothing
+    rate = Budget.bits_for(10, 1.0, 16 + 10 * 0.5 + 1, costs=BitCosts(probes=1e6))
     assert rate["schemes"] == ["uniform/channel/rate"]

@@ -31,7 +31,7 @@ def prune(w: np.ndarray, keep: np.ndarray, x: np.ndarray, n_zero: int) -> tuple[
     """(W' [out, K] in w's dtype, its keep-mask) with `n_zero` entries of `w` zeroed (or the zeros of `keep`,
     if more), the survivors compensated for them on the layer inputs `x` [rows, K]."""
     u = inverse_factor(x.T.astype(np.float64) @ x.astype(np.float64), len(x))
-    diag = np.diag(u).astype(np.float64)
+    diag = u.diag().astype(np.float64)
     new_keep = keep.copy()
     sizes = np.diff(np.minimum(np.arange(0, w.shape[1] + BLOCK, BLOCK), w.shape[1])) * w.shape[0]
     quota = np.diff(np.rint(n_zero * np.concatenate([[0], np.cumsum(sizes)]) / max(w.size, 1))).astype(int)
