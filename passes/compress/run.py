@@ -142,11 +142,12 @@ def run(r: CompressRequest) -> CompressResult:
                 fallbacks = (finer(bit_record(result), pruned, ctx, kept, steps[:last]),
                              same_pruning(pruned, ctx, kept, steps[:last]))
         meta = lambda s: run_meta(Path(str(r.model)).name, r.seed, s, trials)  # noqa: E731
+        # a fallback of the searched bits starts only where it ends before the time kept for shipping
+        searched = bit_record(result)
+        deadline = (start + r.time_limit - ship_seconds(forward, state)
+                    - fallback_seconds(forward, state, searched and searched["allocation"]) if r.time_limit else None)
         candidates = searched_first(result, steps, *fallbacks)
         del result  # the guard lets it go once it has moved past it
-        # a fallback of the searched bits starts only where it ends before the time kept for shipping
-        deadline = (start + r.time_limit - ship_seconds(forward, state) - fallback_seconds(forward, costs)
-                    if r.time_limit else None)
         shipped = guard.ship(candidates, engine, meta, deadline)
         search_log = read_logs(wd) if wd is not None else []
     state, verified = shipped.state, shipped.verified

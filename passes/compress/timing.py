@@ -213,10 +213,20 @@ def ship_seconds(forward: float, state: ModelState) -> float:
     return FINISH_FORWARDS * forward + (ENCODE_SECONDS_PER_PARAM + FIXED_BITS_SECONDS_PER_PARAM) * params
 
 
-def fallback_seconds(forward: float, costs: BitCosts) -> float:
-    """What making one fallback of searched bits takes (passes/compress/guard.finer): quantizing the targets with
-    GPTQ's rounding again, a pass for the Grams, their inverse factors, a pass to measure it."""
-    return GPTQ_SECONDS_PER_PARAM * costs.params + costs.inverses + 2 * forward
+def fallback_seconds(forward: float, state: ModelState, allocation: dict[str, str] | None) -> float:
+    """What making one fallback of the searched bits `allocation` ({weight: spec label}; None: there are none)
+    takes (passes/compress/guard.finer): quantizing its weights again under their schemes, where it rounds with
+    GPTQ a pass for the Grams and their inverse factors, and a pass to measure it."""
+    from evonnx.passes.quant.layer import QuantSpec
+
+    if not allocation:
+        return 0.0
+    specs = {n: QuantSpec.parse(label) for n, label in allocation.items()}
+    gptq = [n for n, s in specs.items() if s.refit]
+    per = {n: GPTQ_SECONDS_PER_PARAM if s.refit else RATE_SECONDS_PER_PARAM if s.rate else QUANT_SECONDS_PER_PARAM
+           for n, s in specs.items()}
+    return (sum(per[n] * state.table[n].size for n in specs) + inverse_seconds(state, gptq)
+            + (2 if gptq else 1) * forward)
 
 
 def inverse_seconds(state: ModelState, names: list[str]) -> float:
