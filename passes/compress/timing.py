@@ -100,8 +100,8 @@ class Budget:
         """The bit allocation `seconds` pay for, the first of: the full search ({}), with each layer alone measured
         on a share of the calibration samples (at least FULL_SHARE); entropy-sized per-channel grids with GPTQ's
         rounding only (LIGHT_BITS), on a share (at least LIGHT_SHARE); those with each layer measured at
-        SCALED_FROM only, on a share, and no half rates; the same with rounding to nearest (RATE_BITS); else none (None: every target
-        at 8 bits). The first two are tried with cross-fitted joint measurements, then without (IN_SAMPLE): the
+        SCALED_FROM only, on a share, and no half rates; the same with rounding to nearest (RATE_BITS); else none
+        (None: every target at 8 bits). The first two are tried with cross-fitted joint measurements, then without (IN_SAMPLE): the
         fits without each fold are what a short time limit drops first. Fitting each quantization of the targets'
         entries (and the half rates of the heaviest) and two passes over the calibration set (the folds'
         activations, then their outputs) come off `seconds` first, and, in every tier that rounds with GPTQ, the
