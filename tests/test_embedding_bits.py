@@ -7,7 +7,8 @@ import corpus
 from evonnx.formats.tensor import dequantize
 from evonnx.passes.base import PassContext, get_pass
 from evonnx.passes.bit_allocation import BitAllocation
-from evonnx.passes.compress.timing import FIXED_BITS_SECONDS_PER_PARAM, GPTQ_SECONDS_PER_PARAM, BitCosts, Budget
+from evonnx.passes.compress.timing import (FIXED_BITS_SECONDS_PER_PARAM, GPTQ_SECONDS_PER_PARAM, RATE_SECONDS_PER_PARAM,
+                                           BitCosts, Budget, fallback_seconds)
 from evonnx.passes.engine.calib import CalibData
 from evonnx.errors import EvonnxError
 from evonnx.passes.engine.tasks import Cosine, pick, real_tokens
@@ -161,6 +162,19 @@ def test_a_short_time_limit_measures_layers_alone_on_a_share_of_the_samples():
     assert fitted["sensitivity_share"] < halved["sensitivity_share"]
 
 
+
+
+def test_a_fallback_of_searched_bits_is_reckoned_by_the_schemes_it_rounds_with():
+    """The guard's deadline: redoing GPTQ's rounding costs its sweeps and inverse factors, a rate grid far less; a
+    rate-grid search reckoned as GPTQ lost its fallbacks (cnn-25M shipped 8 bits instead of 8.7x)."""
+    state = load_state(corpus.mlp(d_in=256, hidden=512).SerializeToString())
+    names = state.targets
+    rate = fallback_seconds(0.0, state, {n: "uniform/channel/rate@3" for n in names})
+    gptq = fallback_seconds(0.0, state, {n: "uniform/channel/rate+gptq@3" for n in names})
+    entries = sum(state.table[n].size for n in names)
+    assert rate == pytest.approx(RATE_SECONDS_PER_PARAM * entries)
+    assert gptq > GPTQ_SECONDS_PER_PARAM * entries  # and the inverse factors
+    assert fallback_seconds(1.0, state, None) == 0.0
 
 def test_the_search_time_leaves_room_to_encode_and_quantize_every_weight_at_8_bits():
     """What is reserved out of the limit grows with the weights: a model whose 8-bit quantization and encoding
