@@ -5,6 +5,8 @@ searched plan). Non-target tensors stay exact, or are rounded to fp16/bf16 only 
 """
 from __future__ import annotations
 
+import itertools
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -15,10 +17,11 @@ from evonnx.formats.dtypes import np_dtype
 from evonnx.formats.tensor import QuantizedTensor, dequantize
 from evonnx.passes.engine.metrics import Metrics, compare, is_classifier
 from evonnx.passes.engine.tasks import Cosine, Drop, TaskMetric, per_sample, real_tokens
-from evonnx.passes.quant.gptq import act_order, compensated_codes, inverse_factor
+from evonnx.passes.quant.gptq import Factor, act_order, compensated_codes, inverse_factor
 from evonnx.passes.quant.layer import QuantSpec, Quantized, quantize_weight, survivors
 from evonnx.passes.quant.refit import gram_matrices, layer_views, refit_centroids
 from evonnx.passes.quant.sizing import coded_bytes
+from evonnx.passes.quant.spill import Spill
 from evonnx.passes.quant.uniform import chunks
 from evonnx.passes.quant.tables import table_grams, table_views
 from evonnx.passes.state import ModelState
@@ -27,41 +30,46 @@ Nontarget = Literal["exact", "fp16", "bf16", "int8"]  # how biases, norms and sm
 NONTARGET = get_args(Nontarget)
 INT8 = QuantSpec.parse("uniform/tensor/asym", 8)
 POWER_BLOCK = 1 << 20  # entries of a weight whose error power is summed at a time (float64 temporaries)
+HELD_SHARE = 0.5  # of the weights' bytes: the Grams and factors a bit allocation holds in memory, the rest in files
+MIN_HELD = 64 << 20
+_SCOPES = itertools.count()
+
+
+def spill_for(state: ModelState) -> Spill:
+    """The store of one bit allocation's Grams and factors: HELD_SHARE of the weights' bytes in memory, MIN_HELD
+    at least."""
+    return Spill(max(MIN_HELD, int(HELD_SHARE * 4 * sum(w.size for w in state.table))))
 
 
 class Quantizer:
-    """Quantize weights of one state under any spec; caches the layers' Grams (codebook re-fit, GPTQ, error
-    power) and GPTQ's inverse factors."""
+    """Quantize weights of one state under any spec; keeps the layers' Grams (codebook re-fit, GPTQ, error
+    power) and GPTQ's inverse factors in a `Spill` (passes/quant/spill.py), shared by the quantizers of one bit
+    allocation: beyond its budget they wait in files."""
 
     def __init__(self, state: ModelState, engine, max_rows: int = 4096, seed: int = 0,
-                 task: TaskMetric | None = None, keep: dict[str, np.ndarray] | None = None):
+                 task: TaskMetric | None = None, keep: dict[str, np.ndarray] | None = None,
+                 store: Spill | None = None):
         self.state, self.engine, self.max_rows, self.seed = state, engine, max_rows, seed
         self.pool = task.pool if isinstance(task, Cosine) else ""  # what the tables' Grams probe
+        self.store = store if store is not None else spill_for(state)
+        self.scope = next(_SCOPES)  # this quantizer's keys in a shared store
         self.views = None
-        self.grams: dict[str, np.ndarray] = {}
-        self.measured = False  # whether `grams` were computed
+        self.keys: dict[str, Hashable] = {}  # each weight's Gram in the store (one for the weights of one input)
+        self.measured = False  # whether the Grams were computed
         self.rows: dict[str, int] = {}  # the calibration rows each matrix layer's Gram was summed over
-        self.factors: dict[str, tuple] = {}  # GPTQ's column order and inverse factor per layer (passes/quant/gptq.py)
+        self.parts: list[Quantizer] = []  # a pooled quantizer's parts (see `pooled`)
+        self.hold = True  # whether a pooled quantizer keeps the sums it makes
         self.keep = keep if keep is not None else {n: survivors(state.current(n), state.masks.get(n))
                                                    for n in state.targets}
 
     @classmethod
-    def pooled(cls, parts: list["Quantizer"], names: list[str] | None = None) -> "Quantizer":
+    def pooled(cls, parts: list["Quantizer"], hold: bool = True) -> "Quantizer":
         """A quantizer whose Grams and their row counts are the sums of `parts`' (quantizers of one state on
-        disjoint calibration samples: the Grams of those samples together), for `names` (None: every weight
-        all parts have a Gram of); the parts' Grams are computed at need."""
-        for part in parts:
-            part._ensure_views()
-            part._ensure_grams()
+        disjoint calibration samples: the Grams of those samples together), for every weight all parts have a
+        Gram of; a sum is made at its first need, and kept only with `hold` (else made again at each)."""
         first = parts[0]
-        common = [n for n in (first.grams if names is None else names) if all(n in p.grams for p in parts)]
-        pooled = cls(first.state, None, first.max_rows, first.seed, keep=first.keep)
-        pooled.pool, pooled.measured = first.pool, True
-        pooled.views = {n: first.views[n] for n in common}
-        sums: dict[tuple, np.ndarray] = {}  # by the parts' arrays: weights that share a Gram share its sum
-        pooled.grams = {n: sums.setdefault(tuple(id(p.grams[n]) for p in parts), sum(p.grams[n] for p in parts))
-                        for n in common}
-        pooled.rows = {n: sum(p.rows[n] for p in parts) for n in common if all(n in p.rows for p in parts)}
+        pooled = cls(first.state, None, first.max_rows, first.seed, keep=first.keep, store=first.store)
+        pooled.pool, pooled.parts, pooled.hold = first.pool, parts, hold
         return pooled
 
     def can_refit(self, name: str) -> bool:
@@ -71,22 +79,62 @@ class Quantizer:
         return name in self.views
 
     def _ensure_views(self) -> None:
-        if self.views is None:
+        if self.views is None and self.parts:
+            self._ensure_grams()
+        elif self.views is None:
             self.views = {**layer_views(self.state, self.state.targets), **table_views(self.state, self.state.targets)}
 
     def _ensure_grams(self) -> None:
         """Every view's Gram, at the first need (one activation pass for the matrices, one probe pass for the
-        tables); a table without one (torchnet cannot run the graph) loses its view: rounded to nearest."""
+        tables); a table without one (torchnet cannot run the graph) loses its view: rounded to nearest. A pooled
+        quantizer takes its views, keys and rows from its parts'."""
         if self.measured:
             return
         self.measured = True
+        if self.parts:
+            for part in self.parts:
+                part._ensure_views()
+                part._ensure_grams()
+            common = [n for n in self.parts[0].keys if all(n in p.keys for p in self.parts)]
+            self.views = {n: self.parts[0].views[n] for n in common}
+            self.keys = {n: (self.scope, tuple(p.keys[n] for p in self.parts)) for n in common}
+            self.rows = {n: sum(p.rows[n] for p in self.parts) for n in common if all(n in p.rows for p in self.parts)}
+            return
+        self._ensure_views()
         tables = {n: v for n, v in self.views.items() if v.kind == "table"}
         matrices = {n: v for n, v in self.views.items() if n not in tables}
-        grams, self.rows = gram_matrices(self.state, self.engine, matrices, self.max_rows, self.seed)
-        self.grams.update(grams)
-        self.grams.update(table_grams(self.state, self.engine, tables, self.seed, self.pool))
-        for name in tables.keys() - self.grams.keys():
+        self.keys, self.rows = gram_matrices(self.state, self.engine, matrices, self.store, self.scope,
+                                             self.max_rows, self.seed)
+        for name, gram in table_grams(self.state, self.engine, tables, self.seed, self.pool).items():
+            self.keys[name] = (self.scope, "table", name)
+            self.store[self.keys[name]] = (gram,)
+        for name in tables.keys() - self.keys.keys():
             del self.views[name]
+
+    def gram(self, name: str) -> np.ndarray | None:
+        """`name`'s Gram once measured (None where it has none); a pooled one summed from the parts' at need."""
+        key = self.keys.get(name)
+        if key is None:
+            return None
+        if key in self.store:
+            return self.store[key][0]
+        total = self.parts[0].gram(name).copy()
+        for part in self.parts[1:]:
+            total += part.gram(name)
+        if self.hold:
+            self.store[key] = (total,)
+        return total
+
+    def factor(self, name: str) -> tuple[np.ndarray, Factor]:
+        """GPTQ's column order (act-order) and inverse factor of `name`'s Gram, made at the first need (one for
+        the weights sharing the Gram): inverting a K x K Gram costs more than a rounding it serves."""
+        key = ("factor", self.keys[name])
+        if key not in self.store:
+            gram = self.gram(name)
+            order = act_order(gram)
+            self.store[key] = (order, *inverse_factor(gram[np.ix_(order, order)], self.rows.get(name)).strips)
+        order, *strips = self.store[key]
+        return order, Factor(strips)
 
     def quantize(self, name: str, spec: QuantSpec) -> Quantized:
         """`name` under `spec`; a re-fit or compensated spec falls back to plain where the weight has no
@@ -95,19 +143,12 @@ class Quantizer:
         refit = compensate = None
         if spec.refit and self.can_refit(name):
             self._ensure_grams()
-            layer, gram, keep = self.views[name], self.grams[name], self.keep[name]
+            layer, keep = self.views[name], self.keep[name]
             if spec.scheme == "codebook":
-                def refit(codes, centroids):
+                def refit(codes, centroids, gram=self.gram(name)):
                     return refit_centroids(layer, gram, array, keep, codes, centroids)
             elif not spec.per_channel or info.channel_axis == layer.row_axis:
-                if name not in self.factors:
-                    twin = next((n for n in self.factors if self.grams.get(n) is gram), None)  # its Gram's, factored
-                    if twin is None:
-                        order = act_order(gram)
-                        self.factors[name] = order, inverse_factor(gram[np.ix_(order, order)], self.rows.get(name))
-                    else:
-                        self.factors[name] = self.factors[twin]
-                def compensate(scale, zero, top, factor=self.factors[name]):
+                def compensate(scale, zero, top, factor=self.factor(name)):
                     rows = (layer.out,)
                     codes = compensated_codes(layer.to_mat(array), layer.to_mat(keep), factor[1],
                                               np.broadcast_to(scale, rows), np.broadcast_to(zero, rows), top,
@@ -118,7 +159,7 @@ class Quantizer:
     def error_power(self, name: str, weight: np.ndarray) -> float:
         """How far `weight` moves the layer from the incoming one: its output error's power on the calibration
         activations, sum((dW H) * dW) over the matrix view, once the Gram H is known; else the weight error's."""
-        gram, current = self.grams.get(name), self.state.current(name)
+        gram, current = self.gram(name), self.state.current(name)
         if gram is None:
             a, b, parts = weight.reshape(-1), current.reshape(-1), chunks(weight.size, POWER_BLOCK)
         else:  # blocks of rows of the matrix view

@@ -21,7 +21,7 @@ import numpy as np
 from evonnx.passes.base import PassContext
 from evonnx.passes.engine.calib import fixed_batch
 from evonnx.passes.engine.samples import join
-from evonnx.passes.quant.apply import Fidelity, Measure, Quantizer
+from evonnx.passes.quant.apply import Fidelity, Measure, Quantizer, spill_for
 from evonnx.passes.quant.layer import Quantized, QuantSpec
 from evonnx.passes.state import ModelState
 
@@ -44,9 +44,10 @@ class CrossFit:
     def __init__(self, fidelity: Fidelity, folds: list[Fidelity], index: list[np.ndarray], parts: list[Quantizer]):
         self.fidelity, self.folds, self.index, self.parts = fidelity, folds, index, parts
         self.order = np.argsort(np.concatenate(index), kind="stable")  # joined samples -> calibration order
-        # GPTQ's factors of the Grams without each fold, per weight: inverting a K x K Gram costs more than the
-        # rounding it serves (0.47 s against 0.15 s for minilm-l3's 1536-wide layers), once per fold, not per option
-        self.factors: list[dict[str, tuple]] = [{} for _ in parts]
+        # the quantizers of all folds but one each: their Grams summed at need and not kept (the parts' are), GPTQ's
+        # factors kept (inverting a K x K Gram costs more than the rounding it serves: 0.47 s against 0.15 s for
+        # minilm-l3's 1536-wide layers), made once per fold, not per option
+        self.without = [Quantizer.pooled(parts[:k] + parts[k + 1:], hold=False) for k in range(len(parts))]
 
     @classmethod
     def build(cls, state: ModelState, ctx: PassContext, fidelity: Fidelity, folds: int, max_rows: int,
@@ -67,7 +68,8 @@ class CrossFit:
                                                      zip(sub.reference, sub.engine.axes)):
                 log.info("bit-allocation: joint losses measured in-sample (outputs hold several entries a sample)")
                 return None
-        parts = [Quantizer(state, sub.engine, max_rows, seed, ctx.metric) for sub in subsets]
+        store = spill_for(state)  # all folds' Grams and factors within one budget
+        parts = [Quantizer(state, sub.engine, max_rows, seed, ctx.metric, store=store) for sub in subsets]
         return cls(fidelity, subsets, index, parts)
 
     def whole(self) -> Quantizer:
@@ -76,17 +78,10 @@ class CrossFit:
 
     def fit(self, name: str, spec: QuantSpec) -> tuple[Quantized, ...] | None:
         """`name` under `spec` fitted on the Grams of all folds but each one in turn, or None where the spec fits
-        no calibration data to it. Only this layer's pooled Grams are built, and dropped after; GPTQ's factor of
-        each is kept."""
+        no calibration data to it."""
         if not spec.refit or not all(p.can_refit(name) for p in self.parts):
             return None
-        fits = []
-        for k, factors in enumerate(self.factors):
-            pooled = Quantizer.pooled(self.parts[:k] + self.parts[k + 1:], [name])
-            pooled.factors.update(factors)
-            fits.append(pooled.quantize(name, spec))
-            factors.update(pooled.factors)
-        return tuple(fits)
+        return tuple(q.quantize(name, spec) for q in self.without)
 
     def measure(self, weights: list[dict[str, np.ndarray]]) -> Measure:
         """The incoming model with `weights[k]` (fitted without fold k) measured on fold k's samples, the folds

@@ -25,8 +25,12 @@ class Factor:
     reads, and about half of U's K^2 entries (the bit allocation holds one a layer, and one more a fold where it
     cross-fits)."""
 
-    def __init__(self, u: np.ndarray):
-        self.strips = [u[b0:b0 + BLOCK, b0:].astype(np.float32) for b0 in range(0, len(u), BLOCK)]
+    def __init__(self, strips: list[np.ndarray]):
+        self.strips = strips
+
+    @classmethod
+    def upper(cls, u: np.ndarray) -> "Factor":
+        return cls([u[b0:b0 + BLOCK, b0:].astype(np.float32) for b0 in range(0, len(u), BLOCK)])
 
     def diag(self) -> np.ndarray:
         return np.concatenate([np.diag(strip) for strip in self.strips])
@@ -44,7 +48,9 @@ def inverse_factor(gram: np.ndarray, rows: int | None = None) -> Factor:
     h[dead, dead] = 1.0
     damp = DAMP + (ROWS_DAMP * len(h) / rows if rows else 0.0)
     h[np.diag_indices_from(h)] += damp * float(np.mean(np.diag(h)))
-    return Factor(np.linalg.cholesky(np.linalg.inv(h)).T)
+    inverse = np.linalg.inv(h)
+    del h  # two K x K float64 arrays at a time, not three
+    return Factor.upper(np.linalg.cholesky(inverse).T)
 
 
 def sweep(w: np.ndarray, u: Factor, column: Callable[[np.ndarray, int], np.ndarray],

@@ -8,10 +8,13 @@ Activations come from one forward pass of the float student with the layers' inp
 """
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import numpy as np
 import onnx
 
 from evonnx.passes.engine.fitness import Runner
+from evonnx.passes.quant.spill import Spill
 from evonnx.passes.sparsity import tokens
 from evonnx.passes.sparsity.graph import elem_types
 from evonnx.passes.sparsity.layers import Layer, analyse
@@ -23,13 +26,14 @@ def layer_views(state: ModelState, names: list[str]) -> dict[str, Layer]:
     return {layer.weight: layer for layer in analyse(state, names) if layer.fast}
 
 
-def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], max_rows: int = 4096,
-                  seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], store: Spill, scope: Hashable,
+                  max_rows: int = 4096, seed: int = 0) -> tuple[dict[str, Hashable], dict[str, int]]:
     """H = X^T X per weight, X being the layer's input rows (im2col for Conv) on the calibration batches,
     from the float student (state.weights): about `max_rows` random rows per layer, an even share from each
     batch, padding tokens left out (by the attention-mask input, passes/sparsity/tokens.py), summed batch by
-    batch in float32 (one batch's activations are held at a time; a Gram is 4 K^2 bytes, one array for all the
-    layers reading the same input rows); and the rows each Gram was summed over."""
+    batch in float32 (one batch's activations are held at a time; a Gram is 4 K^2 bytes, one for all the layers
+    reading the same input rows) into `store` (passes/quant/spill.py) under (`scope`, its key). Returns each
+    weight's key there and the rows its Gram was summed over."""
     if not layers:
         return {}, {}
     inputs = sorted({layer.x for layer in layers.values()})
@@ -46,7 +50,6 @@ def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], max_rows:
     shared: dict[tuple, list[str]] = {}  # layers with the same input rows: one Gram (a transformer's Q, K and V)
     for name, layer in layers.items():
         shared.setdefault(gram_key(layer), []).append(name)
-    grams: dict[tuple, np.ndarray] = {}
     counts = dict.fromkeys(shared, 0)
     for batch in engine.batches:
         outs = runner.run(dict(batch))
@@ -59,14 +62,10 @@ def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], max_rows:
                 rows = np.sort(rng.choice(rows, share, replace=False))
             xm = layer.x_mat(x, rows).astype(np.float32, copy=False)
             counts[key] += len(xm)
-            product = xm.T @ xm
-            if key in grams:
-                grams[key] += product
-            else:
-                grams[key] = product
+            product, where = xm.T @ xm, (scope, key)
+            store[where] = (store[where][0] + product,) if where in store else (product,)
         del outs
-    # held for the whole bit allocation; the layers of one input hold the same array
-    return ({n: grams[k] for k, names in shared.items() for n in names},
+    return ({n: (scope, k) for k, names in shared.items() for n in names},
             {n: counts[k] for k, names in shared.items() for n in names})
 
 

@@ -1,0 +1,89 @@
+"""Arrays held within a memory budget, the rest in files: the bit allocation's Grams and GPTQ factors.
+
+A layer's Gram is K^2 float32 for K inputs: a 3x3 convolution of C channels has a Gram 9x its weights, and GPTQ's
+inverse factor of it about half that again. A cross-fitted bit allocation holds one of each per fold as well as
+for all samples, about 70x the weights of such a CNN (tools/bench/RESULTS.md). `Spill` keeps the most recently used
+values in memory up to its budget and writes the others to `.npy` files of a temporary directory (never pickled),
+read back at their next use: the allocation visits a layer's options one after another, so its working set is the
+layer it is on. The files go when the store is closed or collected.
+"""
+from __future__ import annotations
+
+import tempfile
+import weakref
+from collections import OrderedDict
+from collections.abc import Hashable
+from pathlib import Path
+
+import numpy as np
+
+Value = tuple[np.ndarray, ...]
+
+
+class Spill:
+    """Tuples of arrays by key: the most recently used within `budget` bytes in memory (always the last one
+    used), the others in files. Values are read-only once stored; storing a key again replaces it."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.hot: OrderedDict[Hashable, Value] = OrderedDict()  # least recently used first
+        self.files: dict[Hashable, Path] = {}
+        self.spilled = 0  # values written to files
+        self._dir: tempfile.TemporaryDirectory | None = None
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self.hot or key in self.files
+
+    def __setitem__(self, key: Hashable, value: Value) -> None:
+        for array in value:
+            array.flags.writeable = False
+        self.hot.pop(key, None)
+        stale = self.files.pop(key, None)
+        if stale is not None:
+            stale.unlink()
+        self.hot[key] = value
+        self._evict()
+
+    def __getitem__(self, key: Hashable) -> Value:
+        if key in self.hot:
+            self.hot.move_to_end(key)
+            return self.hot[key]
+        with np.load(self.files[key], allow_pickle=False) as stored:
+            value = tuple(stored[f"arr_{i}"] for i in range(len(stored.files)))
+        for array in value:
+            array.flags.writeable = False
+        self.hot[key] = value
+        self._evict()
+        return value
+
+    def get(self, key: Hashable) -> Value | None:
+        return self[key] if key in self else None
+
+    def held(self) -> int:
+        """Bytes of the values in memory."""
+        return sum(a.nbytes for value in self.hot.values() for a in value)
+
+    def _evict(self) -> None:
+        held = self.held()
+        while held > self.budget and len(self.hot) > 1:
+            key, value = self.hot.popitem(last=False)
+            held -= sum(a.nbytes for a in value)
+            if key not in self.files:  # a value read back from its file is still there
+                self.spilled += 1
+                path = self._folder() / f"{self.spilled}.npz"
+                np.savez(path, *value)
+                self.files[key] = path
+
+    def _folder(self) -> Path:
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="evonnx-spill-")
+            weakref.finalize(self, self._dir.cleanup)
+        return Path(self._dir.name)
+
+    def close(self) -> None:
+        """Drop every value and delete the files."""
+        self.hot.clear()
+        self.files.clear()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None

@@ -1,0 +1,60 @@
+"""The bit allocation's Grams and GPTQ factors within a memory budget: what does not fit waits in files and comes
+back the same, so a run that spills quantizes exactly as one that holds everything."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import corpus
+from evonnx.passes.base import PassContext, get_pass
+from evonnx.passes.engine.calib import CalibData
+from evonnx.passes.quant import apply
+from evonnx.passes.quant.spill import Spill
+from evonnx.passes.state import load_state
+
+
+def test_values_beyond_the_budget_wait_in_files_and_come_back_the_same():
+    rng = np.random.default_rng(0)
+    values = {k: (rng.standard_normal((16, 16)).astype(np.float32), np.arange(3) + k) for k in range(6)}
+    one = sum(a.nbytes for a in values[0])
+    store = Spill(budget=2 * one)
+    for key, value in values.items():
+        store[key] = value
+        assert store.held() <= 2 * one
+    assert len(store.hot) == 2 and len(store.files) == 4
+    folder = next(iter(store.files.values())).parent
+    for key in [3, 0, 5, 1]:  # read back in another order: least recently used goes to its file
+        got = store[key]
+        assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(got, values[key]))
+        assert not got[0].flags.writeable
+    store[0] = (np.zeros(3, np.float32),)  # replaced: its old file is gone, the new value is what comes back
+    assert np.array_equal(store[0][0], np.zeros(3)) and len(list(folder.iterdir())) == len(store.files)
+    store.close()
+    assert not Path(folder).exists() and 0 not in store
+
+
+def test_the_last_value_used_stays_in_memory_even_over_the_budget():
+    store = Spill(budget=8)
+    store["a"], store["b"] = (np.ones(100),), (np.zeros(100),)
+    assert list(store.hot) == ["b"] and "a" in store.files
+    assert store["a"][0].sum() == 100 and list(store.hot) == ["a"]
+
+
+@pytest.mark.parametrize("cross_fit", [4, 0])
+def test_a_bit_allocation_that_spills_its_grams_quantizes_as_one_that_holds_them(monkeypatch, cross_fit):
+    """The 64-wide MLP's Grams (16 KiB each) and factors beyond a budget of half its weights (MIN_HELD 0) go to
+    files, and the plan and every quantized weight are the same bit for bit."""
+    state = load_state(corpus.mlp(seed=3, d_in=64, hidden=64, classes=16).SerializeToString(), label="mlp")
+    x = (np.random.default_rng(0).standard_normal((32, 64)) * np.linspace(0.2, 2, 64)).astype(np.float32)
+    run = get_pass("bit-allocation")(schemes=["uniform/channel/rate+gptq", "codebook+refit"], bits=[2, 3, 4],
+                                     metric="kl", cross_fit=cross_fit)
+    held = run.run(state, PassContext(calib=CalibData({"x": x}, None, "calib")))
+    stores = []
+    init = Spill.__init__
+    monkeypatch.setattr(Spill, "__init__", lambda self, budget: stores.append(self) or init(self, budget))
+    monkeypatch.setattr(apply, "MIN_HELD", 0)
+    spilled = run.run(state, PassContext(calib=CalibData({"x": x}, None, "calib")))
+    assert sum(s.spilled for s in stores) >= 3
+    assert held.history[-1]["allocation"] == spilled.history[-1]["allocation"]
+    for name in state.targets:
+        np.testing.assert_array_equal(held.current(name), spilled.current(name))
