@@ -55,7 +55,8 @@ def inverse_factor(gram: np.ndarray, rows: int | None = None) -> Factor:
 
 def sweep(w: np.ndarray, u: Factor, column: Callable[[np.ndarray, int], np.ndarray],
           block: Callable[[np.ndarray, int, int], None] | None = None) -> np.ndarray:
-    """The error-compensating sweep of GPTQ and SparseGPT over W [out, K] (float64, changed in place, returned):
+    """The error-compensating sweep of GPTQ and SparseGPT over W [out, K] (float64 in row-major order: a column-major
+    W makes every column's update stride across rows, 3.9x slower at K = 4608; changed in place, returned):
     column by column, `column(col [out, 1], j)` says what column j becomes, and its error (col - q) / U_jj goes
     to the columns after it in the block, then, a block at a time, to the later blocks. `block(w_block, b0, b1)`
     sees each block, already updated by the earlier ones, before its columns (SparseGPT chooses its mask there)."""
@@ -99,5 +100,5 @@ def compensated_codes(w: np.ndarray, keep: np.ndarray, u: Factor, scale: np.ndar
         codes[:, j] = np.where(kept, code, 0)[:, 0]
         return np.where(kept, (code.astype(np.float32) - z32) * s32, 0.0)  # what the decoder rebuilds
 
-    sweep(w.astype(np.float64), u, column)  # a copy: the sweep updates it
+    sweep(np.array(w, np.float64, order="C"), u, column)  # a copy, in rows (w[:, order] is column-major)
     return codes

@@ -45,5 +45,5 @@ def prune(w: np.ndarray, keep: np.ndarray, x: np.ndarray, n_zero: int) -> tuple[
     def column(col: np.ndarray, j: int) -> np.ndarray:
         return np.where(new_keep[:, j:j + 1], col, 0.0)
 
-    out = sweep(w.astype(np.float64), u, column, block)
+    out = sweep(np.array(w, np.float64, order="C"), u, column, block)
     return out.astype(w.dtype), new_keep
