@@ -158,7 +158,7 @@ class BitAllocation(Pass):
                  "allocation": {n: s.label for n, s in plan.items()}, "sensitivity": measured,
                  "tried": [(round(searcher.bytes(c), 1), loss) for c, loss in searcher.cache.items()],
                  "chosen_bytes": round(searcher.bytes(choice), 1), "nontarget_mode": nontarget, "tighter": tighter,
-                 "nontarget_losses": tried_modes,
+                 "nontarget_losses": tried_modes, "spilled_bytes": quantizer.store.written,
                  "size_candidates": [(round(searcher.bytes(c), 1), kl) for c, kl in size_scores.items()]}
         goal = (f"size target {cfg.target_bytes} bytes (lowest KL of {len(size_scores)} allocations, other tensors "
                 f"{nontarget})" if cfg.target_bytes > 0 else f"{metric} budget {limit:g}")
@@ -166,6 +166,9 @@ class BitAllocation(Pass):
                  f"{extra['joint_evaluations']} joint evaluations"
                  f"{' (out of fold)' if cross else ''}; " + ", ".join(f"{n}: {s}" for n, s in
                                                                       extra["allocation"].items()))
+        if quantizer.store.written:
+            log.info(f"bit-allocation: Grams and GPTQ factors beyond {quantizer.store.budget / 2**20:.0f} MiB "
+                     f"waited in files: {quantizer.store.written / 2**20:.0f} MiB written")
         return (plan, nontarget, extra, quantizer, {n: o.quantized for n, o in chosen.items()},
                 {n: o.damage for n, o in chosen.items()})
 

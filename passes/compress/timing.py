@@ -20,7 +20,7 @@ ENCODE_SECONDS_PER_PARAM = 1e-7  # entropy coding, decoding and checking the con
 FIXED_BITS_SECONDS_PER_PARAM = 3e-7  # every target at 8 bits, the run's floor (2.5e-7 on a 2-core x86-64)
 QUANT_SECONDS_PER_PARAM = 1e-6  # fitting one quantization of a weight, per entry (grids, codebooks, sizing)
 RATE_SECONDS_PER_PARAM = 1e-7  # likewise an entropy-sized grid (no clipping search; ~4e-8 on a 2-core x86-64)
-GPTQ_SECONDS_PER_PARAM = 1e-6  # likewise with GPTQ's rounding (4e-7 to 1.4e-6 on 2-core x86-64 CPUs: the sweeps)
+GPTQ_SECONDS_PER_PARAM = 6e-7  # likewise with GPTQ's rounding (2.4e-7 to 4.6e-7 a weight on a 2-core AMD EPYC)
 INVERSE_SECONDS_PER_K3 = 6e-11  # GPTQ's inverse factor of a K x K Gram (6 s for 8 of K = 2304 on a 2-core x86-64)
 CURVES_SHARE = 0.25  # of a sparsity search's time its per-layer sensitivity curves may take
 CURVE_FORWARDS = 2.0  # passes a curve's level costs with its re-fits (~1.6 on minilm-l3: 7 levels, 8 s, 0.7 s a pass)

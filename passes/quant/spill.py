@@ -9,6 +9,7 @@ layer it is on. The files go when the store is closed or collected.
 """
 from __future__ import annotations
 
+import itertools
 import tempfile
 import weakref
 from collections import OrderedDict
@@ -28,7 +29,8 @@ class Spill:
         self.budget = budget
         self.hot: OrderedDict[Hashable, Value] = OrderedDict()  # least recently used first
         self.files: dict[Hashable, Path] = {}
-        self.spilled = 0  # values written to files
+        self.written = 0  # bytes written to files
+        self._names = itertools.count()
         self._dir: tempfile.TemporaryDirectory | None = None
 
     def __contains__(self, key: Hashable) -> bool:
@@ -69,10 +71,10 @@ class Spill:
             key, value = self.hot.popitem(last=False)
             held -= sum(a.nbytes for a in value)
             if key not in self.files:  # a value read back from its file is still there
-                self.spilled += 1
-                path = self._folder() / f"{self.spilled}.npz"
+                path = self._folder() / f"{next(self._names)}.npz"
                 np.savez(path, *value)
                 self.files[key] = path
+                self.written += sum(a.nbytes for a in value)
 
     def _folder(self) -> Path:
         if self._dir is None:
