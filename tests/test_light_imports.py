@@ -41,7 +41,7 @@ print("ok")
     assert out.stdout.strip() == "ok"
 
 
-BLOCK_SEARCH = "import sys\nfor m in ('onnxruntime', 'torch', 'onnx_graphsurgeon', 'rapidfuzz', 'matplotlib'):\n" \
+BLOCK_SEARCH = "import sys\nfor m in ('onnxruntime', 'torch', 'onnx_graphsurgeon', 'rapidfuzz', 'scipy', 'matplotlib'):\n" \
                "    sys.modules[m] = None  # as after a plain `pip install evonnx`\nfrom evonnx.tools.cli import main\n"
 
 

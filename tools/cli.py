@@ -25,7 +25,7 @@ COMMANDS = {
 }
 _SEARCH = "pip install 'evonnx[gpu]' (ONNX Runtime with CUDA) or 'evonnx[cpu]'"
 # optional module -> how to install it: decoding needs none of them
-EXTRAS = {"onnxruntime": _SEARCH, "onnx_graphsurgeon": _SEARCH, "rapidfuzz": _SEARCH,
+EXTRAS = {"onnxruntime": _SEARCH, "onnx_graphsurgeon": _SEARCH, "rapidfuzz": _SEARCH, "scipy": _SEARCH,
           "torch": "pip install 'evonnx[torch]'", "matplotlib": "pip install 'evonnx[report]'",
           "yaml": "pip install 'evonnx[yaml]'", "tokenizers": "pip install 'evonnx[corpus]'",
           "PIL": "pip install 'evonnx[corpus]'", "soundfile": "pip install 'evonnx[corpus]'",
