@@ -25,7 +25,8 @@ from evonnx.passes.sparsity import tokens
 from evonnx.passes.sparsity.layers import Layer
 from evonnx.passes.state import ModelState
 
-STACK_BYTES = 96 << 20  # most bytes of stacked suffix inputs per run
+STACK_BYTES = 32 << 20  # most bytes of stacked suffix inputs per run (ORT holds a few times that; 96 MiB cost
+# cnn-25M 1061 MiB at its peak against 783, at the same cost a candidate: tools/bench/RESULTS.md)
 CHUNK_ELEMENTS = 4 << 20  # gather chunk of the sparse delta product
 REFIT_ROWS = 16384  # most activation rows used to re-fit one layer
 POOL_CACHE_ELEMENTS = 32 << 20  # most gathered activation elements cached for a search pool
