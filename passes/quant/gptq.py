@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from scipy.linalg import lapack
 
 BLOCK = 128
 DAMP = 0.01  # of the mean diagonal of H, added to it: H is often singular (dead inputs, few rows)
@@ -46,6 +45,8 @@ def inverse_factor(gram: np.ndarray, rows: int | None = None) -> Factor:
     noisy estimate, and the sweep then fits the calibration rows at the expense of others: minilm-l3 at rate 3
     lost 1.40 pooled cosine points on the sentences fitted to and 2.11 on held-out ones. The damping grows by
     ROWS_DAMP x K / rows (1.48 and 1.94 there; tools/bench/RESULTS.md)."""
+    from scipy.linalg import lapack  # imported here: loading SciPy's own BLAS costs a run that never rounds with GPTQ
+
     h = np.array(gram, np.float64, order="F")  # LAPACK works in place on column-major arrays
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
