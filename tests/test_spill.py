@@ -9,6 +9,8 @@ import corpus
 from evonnx.passes.base import PassContext, get_pass
 from evonnx.passes.engine.calib import CalibData
 from evonnx.passes.quant import apply
+from evonnx.errors import EvonnxError
+from evonnx.passes.quant import spill
 from evonnx.passes.quant.spill import Spill
 from evonnx.passes.state import load_state
 
@@ -38,6 +40,20 @@ def test_the_last_value_used_stays_in_memory_even_over_the_budget():
     store["a"], store["b"] = (np.ones(100),), (np.zeros(100),)
     assert list(store.hot) == ["b"] and "a" in store.files
     assert store["a"][0].sum() == 100 and list(store.hot) == ["a"]
+
+
+def test_a_full_disk_is_a_clear_error_naming_the_directory_and_leaves_no_partial_file(monkeypatch):
+    def full(path, *arrays):
+        Path(path).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spill.np, "savez", full)
+    store = Spill(budget=0)
+    store["a"] = (np.ones(4),)
+    with pytest.raises(EvonnxError, match="No space left on device") as err:
+        store["b"] = (np.ones(4),)
+    folder = Path(store._dir.name)
+    assert str(folder) in str(err.value) and "TMPDIR" in str(err.value) and not list(folder.iterdir())
 
 
 @pytest.mark.parametrize("cross_fit", [4, 0])

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from evonnx.errors import EvonnxError
+
 Value = tuple[np.ndarray, ...]
 
 
@@ -72,7 +74,13 @@ class Spill:
             held -= sum(a.nbytes for a in value)
             if key not in self.files:  # a value read back from its file is still there
                 path = self._folder() / f"{next(self._names)}.npz"
-                np.savez(path, *value)
+                try:
+                    np.savez(path, *value)
+                except OSError as exc:
+                    path.unlink(missing_ok=True)
+                    raise EvonnxError(f"cannot write the bit allocation's Grams to {path.parent} "
+                                      f"({exc.strerror or exc}): free space there, or set TMPDIR to a directory "
+                                      f"with more") from exc
                 self.files[key] = path
                 self.written += sum(a.nbytes for a in value)
 
