@@ -22,8 +22,8 @@ ROWS_DAMP = 0.4  # more of it per input column per row H was summed over (see in
 
 class Factor:
     """An upper triangular U held as strips of BLOCK rows from the diagonal on (U[b0:b1, b0:], float32): all a sweep
-    reads, and about half of U's K^2 entries (the bit allocation holds one a layer, and one more a fold where it
-    cross-fits)."""
+    reads, and about half of U's K^2 entries (the bit allocation keeps one a layer, and one more a fold where it
+    cross-fits, in its store: passes/quant/spill.py)."""
 
     def __init__(self, strips: list[np.ndarray]):
         self.strips = strips
@@ -40,7 +40,7 @@ def inverse_factor(gram: np.ndarray, rows: int | None = None) -> Factor:
     """U, upper triangular with H^-1 = U^T U, of the damped H (module docstring; held as a float32 `Factor` for
     the whole bit allocation); inputs that never fire get a unit diagonal. In float64, as GPTQ's reference does it:
     H's Cholesky factor, H^-1 from it, and H^-1's Cholesky factor, each by LAPACK in place in one K x K array
-    (numpy's inverse and factor held four: 680 MB for K = 4608, against 170). `rows`: how
+    (numpy's inverse and factor held four K x K arrays: 575 MiB of peak growth at K = 4608, against 116). `rows`: how
     many rows H was summed over. Few rows for its K columns (1,560 token rows for a 1,536-wide input) make H a
     noisy estimate, and the sweep then fits the calibration rows at the expense of others: minilm-l3 at rate 3
     lost 1.40 pooled cosine points on the sentences fitted to and 2.11 on held-out ones. The damping grows by
