@@ -63,6 +63,18 @@ def test_detection_counts_the_teacher_detections_the_student_misses():
     assert Detection().drop([teacher], [relabelled]).points == pytest.approx(50.0)
 
 
+def test_detection_with_a_lower_found_threshold_counts_a_student_just_below_conf_as_finding_it():
+    teacher = yolov8_table([(10, 10, 8, 8), (50, 50, 10, 10)], [0, 1])[None]  # both at 0.9
+    student = teacher.copy()
+    student[0, 5, 1] = 0.7  # the second object's score falls below 0.8, not below 0.5
+    names, strict, found = ["out"], "detection:yolov8:0.8", "detection:yolov8:0.8:0.5"
+    assert pick(strict, [teacher], names, None).drop([teacher], [student]).points == pytest.approx(50.0)
+    lenient = pick(found, [teacher], names, None)
+    assert lenient.drop([teacher], [student]).points == 0.0 and "found above 0.5" in lenient.label
+    student[0, 5, 1] = 0.4
+    assert lenient.drop([teacher], [student]).points == pytest.approx(50.0)
+
+
 def test_detection_pools_over_detections_and_certifies_nothing_without_them():
     """The drop is the share of all the teacher's detections missed (not an average over images, where
     images without any count as perfect), and its bound needs detections to be small."""

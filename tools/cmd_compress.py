@@ -18,8 +18,9 @@ METRIC_HELP = ("the task metric the budget is measured in (default auto: accurac
                "else top-1 agreement, else cosine): accuracy, agreement, cosine (of the whole outputs, pad tokens "
                "left out), cosine:mean or cosine:first (of token outputs [N, tokens, features] pooled: the mean of "
                "the real tokens, or the first token, as sentence embeddings are), ctc[:BLANK] (character error rate "
-               "of greedy CTC strings; blank 0), detection[:LAYOUT[:CONF]] (teacher detections above CONF, default "
-               "0.5, the student misses at IoU 0.5; LAYOUT auto, yolov8, yolox, yolov5 or boxes), dense[:THRESHOLD] "
+               "of greedy CTC strings; blank 0), detection[:LAYOUT[:CONF[:FOUND]]] (teacher detections above CONF, "
+               "default 0.5, the student misses at IoU 0.5 with its own above FOUND, default CONF; LAYOUT auto, "
+               "yolov8, yolox, yolov5 or boxes), dense[:THRESHOLD] "
                "(1 - IoU of the thresholded maps)")
 
 

@@ -11,7 +11,7 @@ budget can be checked at a confidence bound rather than at a lucky draw.
 | cosine | embeddings, anything | 100 x (1 - cosine) of the worst output (exact-match share for integers), over real tokens |
 | cosine:mean, cosine:first | sentence embeddings from token outputs | the same, of the outputs pooled over their token axis: the mean of the real tokens (as sentence-transformers pools), or the first token (CLS) |
 | ctc[:BLANK] | CTC recognisers, [N, T, C] | character error rate of the student's greedy string against the teacher's |
-| detection[:LAYOUT[:CONF]] | detectors | share of the teacher's detections above CONF the student misses (same class, IoU >= 0.5) |
+| detection[:LAYOUT[:CONF[:FOUND]]] | detectors | share of the teacher's detections above CONF the student misses (same class, IoU >= 0.5; the student's own above FOUND, default CONF) |
 | dense[:THRESHOLD] | segmentation, saliency maps, per-sample decisions (VAD) | 100 x (1 - IoU) of the thresholded maps (both empty: IoU 1) |
 | a callable | anything | `fn(teacher_outputs, student_outputs) -> score`, higher is better: drop = fn(t, t) - fn(t, s) |
 
@@ -278,11 +278,13 @@ class Detection(TaskMetric):
     layout: str = "auto"
     conf: float = 0.5
     iou: float = 0.5
+    found: float | None = None  # the student's detections that can find the teacher's: above this (None: conf)
     name: ClassVar[str] = "detection"
 
     @property
     def label(self) -> str:
-        return f"detection (conf > {self.conf:g}, IoU >= {self.iou:g})"
+        found = "" if self.found is None else f", found above {self.found:g}"
+        return f"detection (conf > {self.conf:g}, IoU >= {self.iou:g}{found})"
 
     def check(self, teacher, names, labels):
         if self.layout not in LAYOUTS:
@@ -296,8 +298,8 @@ class Detection(TaskMetric):
         the pooled share of all the teacher's detections that are missed (an image without any adds 0)."""
         missed, found = [], []
         for t, s in zip(teacher[0], student[0]):
-            tb, tk = self._detections(t)
-            sb, sk = self._detections(s)
+            tb, tk = self._detections(t, self.conf)
+            sb, sk = self._detections(s, self.conf if self.found is None else self.found)
             hit = (box_iou(tb, sb) >= self.iou) & (tk[:, None] == sk[None, :]) if len(tb) and len(sb) else \
                 np.zeros((len(tb), len(sb)), bool)
             missed.append(len(tb) - int(hit.any(1).sum()))
@@ -318,13 +320,13 @@ class Detection(TaskMetric):
     def pseudo(self, teacher):
         """One image missing one detection and one missing none: without detections in the data, or with
         none missed among few, nothing is certified."""
-        found = sum(len(self._detections(t)[0]) for t in teacher[0])
+        found = sum(len(self._detections(t, self.conf)[0]) for t in teacher[0])
         return (100.0 * len(teacher[0]) / max(found, 1), 0.0)
 
-    def _detections(self, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _detections(self, table: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndarray]:
         """Corner boxes and classes of one image's detections above `conf`, after per-class NMS."""
         boxes, scores, classes = decode_boxes(table, self.layout)
-        hit = scores > self.conf
+        hit = scores > conf
         boxes, scores, classes = boxes[hit], scores[hit], classes[hit]
         keep = nms(boxes + classes[:, None] * (boxes.max(initial=0) + 1), scores, self.iou)
         return boxes[keep], classes[keep]
@@ -442,13 +444,14 @@ def pick(metric: str | MetricFn | None, teacher: list[np.ndarray], names: list[s
         elif kind == "ctc":
             chosen = Ctc(int(arg) if arg else 0)
         elif kind == "detection":
-            layout, _, conf = arg.partition(":")
-            chosen = Detection(layout or "auto", float(conf) if conf else 0.5)
+            layout, _, rest = arg.partition(":")
+            conf, _, found = rest.partition(":")
+            chosen = Detection(layout or "auto", float(conf) if conf else 0.5, found=float(found) if found else None)
         elif kind == "dense":
             chosen = Dense(float(arg) if arg else None)
         else:
             raise EvonnxError(f"--metric {text!r}: expected auto, accuracy, agreement, cosine[:mean|:first], "
-                              f"ctc[:BLANK], detection[:LAYOUT[:CONF]] or dense[:THRESHOLD]")
+                              f"ctc[:BLANK], detection[:LAYOUT[:CONF[:FOUND]]] or dense[:THRESHOLD]")
     except ValueError:
         raise EvonnxError(f"--metric {text!r}: a number was expected after the colon") from None
     chosen.check(teacher, names, labels)
