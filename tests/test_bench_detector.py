@@ -44,4 +44,5 @@ def test_a_size_run_fits_the_bits_alone_to_the_size_without_a_budget():
     args = argparse.Namespace(time_limit=60.0, steps=1, batch_size=1)
     assert run_options("size 12x", args, Path(".")) == {"max_bytes": "12x", "sparsity": 0.0,
                                                     "max_drop": math.inf, "time_limit": 60.0}
+    assert run_options("size 20x@0.5", args, Path("."))["sparsity"] == 0.5
     assert run_options("fixed", args, Path("."))["sparsity"] == 0.9

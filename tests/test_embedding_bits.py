@@ -7,6 +7,7 @@ import corpus
 from evonnx.formats.tensor import dequantize
 from evonnx.passes.base import PassContext, get_pass
 from evonnx.passes.bit_allocation import BitAllocation
+from evonnx.passes.compress.default import default_pipeline
 from evonnx.passes.compress.timing import (FIXED_BITS_SECONDS_PER_PARAM, GPTQ_SECONDS_PER_PARAM, RATE_SECONDS_PER_PARAM,
                                            BitCosts, Budget, fallback_seconds)
 from evonnx.passes.engine.calib import CalibData
@@ -118,6 +119,21 @@ def test_real_tokens_read_an_additive_mask():
     mask[1, ..., 3:] = -1e4
     calib = CalibData({"input_ids": np.ones((3, 5), np.int64), "attention_mask": mask}, None, "t")
     assert real_tokens(calib).tolist() == [[True] * 5, [True] * 3 + [False] * 2, [True] * 5]
+
+
+def test_a_size_bound_without_time_for_the_bit_allocation_gets_its_cheapest_tier_not_the_full_search():
+    """A time limit that pays for no bit allocation fixes 8 bits; a --max-bytes bound needs the allocation, and
+    got the full search (every scheme and bit width on all samples: 10x the limit on a YOLOX detector) until
+    the cheapest tier was given instead."""
+    assert Budget.fit(10, 1.0, 20.0).bits is None
+    cheap = Budget.fit(10, 1.0, 20.0, needs_bits=True).bits
+    assert cheap["schemes"] == ["uniform/channel/rate"] and "scale_from" in cheap and 1 in cheap["bits"]
+    assert cheap["sensitivity_share"] < 1 and cheap["max_joint"] < 100
+    steps = default_pipeline(0.5, "auto", 1.0, 20.0, budget=Budget.fit(10, 1.0, 20.0, needs_bits=True),
+                             target_bytes=1000).passes
+    assert steps[-1].name == "bit-allocation" and steps[-1].config.schemes == cheap["schemes"]
+    assert steps[-1].config.target_bytes == 1000
+    assert Budget.fit(10, 1.0, 10_000, needs_bits=True).bits == Budget.fit(10, 1.0, 10_000).bits
 
 
 def test_a_short_time_limit_measures_layers_alone_on_a_share_of_the_samples():

@@ -107,7 +107,8 @@ def run(r: CompressRequest) -> CompressResult:
             search_limit = search_seconds(r.time_limit, time.perf_counter() - start, forward, state)
             costs = BitCosts.of(state, prune, forward, engine.calib.num_samples)
             timing = Budget.fit(len(prune), forward, search_limit, prunes=r.sparsity != 0, costs=costs,
-                                refits=refit_seconds(analyse(state, prune), DirectedEvolution.Config()))
+                                refits=refit_seconds(analyse(state, prune), DirectedEvolution.Config()),
+                                needs_bits=bool(limit_bytes))
             settings = timing.describe(bits=r.sparsity != "auto")
             if settings:
                 log.info(f"time limit {r.time_limit:g} s ({search_limit:.0f} s to search): {settings}")

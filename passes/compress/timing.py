@@ -78,13 +78,14 @@ class Budget:
 
     @classmethod
     def fit(cls, targets: int, forward_seconds: float, time_limit: float, prunes: bool = True,
-            costs: BitCosts = BitCosts(), refits: float = 0.0) -> "Budget":
+            costs: BitCosts = BitCosts(), refits: float = 0.0, needs_bits: bool = False) -> "Budget":
         """The settings `time_limit` pays for; without pruning (`prunes` False) the bits get all of it. `costs`: the
         bit allocation's costs beyond passes over the calibration set (`BitCosts.of`); `refits`: seconds of
-        re-fitting every target once (sparsity/common.refit_seconds)."""
+        re-fitting every target once (sparsity/common.refit_seconds); `needs_bits`: a file size bound that only the
+        bit allocation meets (see `bits_for`)."""
         bits_share = 1 - SEARCH_SHARE if prunes else 1.0
         return cls(de=curves_or_lamp(targets, forward_seconds, SEARCH_SHARE * time_limit, refits),
-                   bits=cls.bits_for(targets, forward_seconds, bits_share * time_limit, costs))
+                   bits=cls.bits_for(targets, forward_seconds, bits_share * time_limit, costs, needs_bits))
 
     @staticmethod
     def full_bits_seconds(targets: int, forward_seconds: float, costs: BitCosts = BitCosts()) -> float:
@@ -96,13 +97,16 @@ class Budget:
                 + costs.probes + (1 + CROSS_FITS) * costs.inverses)
 
     @staticmethod
-    def bits_for(targets: int, forward_seconds: float, seconds: float, costs: BitCosts = BitCosts()) -> dict | None:
+    def bits_for(targets: int, forward_seconds: float, seconds: float, costs: BitCosts = BitCosts(),
+                 needed: bool = False) -> dict | None:
         """The bit allocation `seconds` pay for, the first of: the full search ({}), with each layer alone measured
         on a share of the calibration samples (at least FULL_SHARE); entropy-sized per-channel grids with GPTQ's
         rounding only (LIGHT_BITS), on a share (at least LIGHT_SHARE); those with each layer measured at
         SCALED_FROM only, on a share, and no half rates; the same with rounding to nearest (RATE_BITS); else none
-        (None: every target at 8 bits). The first two are tried with cross-fitted joint measurements, then without (IN_SAMPLE): the
-        fits without each fold are what a short time limit drops first. Fitting each quantization of the targets'
+        (None: every target at 8 bits; when `needed`, a size bound only the bit allocation meets, the last tier at
+        its least share and joint measurements, 1 bit too, instead: the time limit is then overrun by what that costs, where
+        the full search ran before). The first two are tried with cross-fitted joint measurements, then without
+        (IN_SAMPLE): the fits without each fold are what a short time limit drops first. Fitting each quantization of the targets'
         entries (and the half rates of the heaviest) and two passes over the calibration set (the folds'
         activations, then their outputs) come off `seconds` first, and, in every tier that rounds with GPTQ, the
         tables' Gram probes and the inverse factors (once more for each fold where the tier cross-fits);
@@ -129,7 +133,8 @@ class Budget:
             if share >= least:
                 most = min(int(passes - alone * share), MAX_JOINT)
                 return {**settings, "max_joint": most, **({"sensitivity_share": round(share, 3)} if share < 1 else {})}
-        return None
+        return {**RATE_BITS, "bits": [1, *RATE_BITS["bits"]], "max_joint": SCALED_JOINT,
+                "sensitivity_share": LIGHT_SHARE} if needed else None
 
     def describe(self, bits: bool = True) -> str:
         """The settings in words; without the bit allocation's when `bits` is False (the auto ladder sizes it

@@ -17,9 +17,9 @@ instead, 4-6 characters an image:
 - recovery: `--config`: Directed Evolution 90 %, distill-finetune on `--train` unlabeled corpus photos (seed 2,
   `--steps` of `--batch-size`), dead units, 4 bits (drop reported, not enforced);
 - size Rx, one run for each of `--sizes`: the bit allocation alone fitted to the file size / R (`--sparsity 0
-  --max-bytes Rx --max-drop inf`), without training: where the ratio that keeps the detections lies. (The sparsity
-  ladder is left out: the calibration photos hold too few confident detections to stop it, and at 8x it went to
-  90 % sparsity, which keeps none.)
+  --max-bytes Rx --max-drop inf`), without training: where the ratio that keeps the detections lies; Rx@S prunes
+  to the fixed sparsity S by Directed Evolution first. (The sparsity ladder is left out: the calibration photos
+  hold too few confident detections to stop it, and at 8x it went to 90 % sparsity, which keeps none.)
 
 Each container is decoded and run on `--unseen` photos (seed 1) that no pass saw. The table counts the teacher's
 detections above 0.8 (and 0.5) there and the share the decoded model reproduces (same class, IoU >= 0.5: the
@@ -95,9 +95,11 @@ def outputs(model, images: np.ndarray, batch: int = 16) -> np.ndarray:
 
 
 def run_options(run: str, args, train: Path) -> dict:
-    """compress's options for a run: one of RUNS, or "size Rx"."""
+    """compress's options for a run: one of RUNS, or "size Rx[@S]"."""
     if run.startswith("size "):
-        return {"max_bytes": run.split()[1], "sparsity": 0.0, "max_drop": math.inf, "time_limit": args.time_limit}
+        size, _, sparsity = run.split()[1].partition("@")
+        return {"max_bytes": size, "sparsity": float(sparsity or 0), "max_drop": math.inf,
+                "time_limit": args.time_limit}
     return {"fixed": {"sparsity": 0.9, "bits": 4, "max_drop": math.inf, "time_limit": args.time_limit},
             "default": {"max_drop": 1.0, "time_limit": args.time_limit},
             "recovery": {"pipeline": recovery_pipeline(train, args.steps, args.batch_size, args.time_limit / 2),
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m evonnx.tools.bench.detector", description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=list(MODELS), default="yolov8n")
     p.add_argument("--runs", nargs="*", choices=RUNS, default=list(RUNS), help="(none: only the --sizes runs)")
-    p.add_argument("--sizes", nargs="+", default=[], help="also a run fitted to each size (10x: the file's / 10)")
+    p.add_argument("--sizes", nargs="+", default=[],
+                   help="also a run fitted to each size (10x: the file's / 10; 20x@0.5: pruned to 50 %% first)")
     p.add_argument("--calib", type=int, default=64, help="calibration photos (seed 0), a quarter held out")
     p.add_argument("--unseen", type=int, default=256, help="photos (seed 1) the decoded models are measured on")
     p.add_argument("--train", type=int, default=512, help="unlabeled photos (seed 2) the recovery run distils on")
