@@ -104,10 +104,10 @@ class Budget:
         rounding only (LIGHT_BITS), on a share (at least LIGHT_SHARE); those with each layer measured at
         SCALED_FROM only, on a share, and no half rates; the same with rounding to nearest (RATE_BITS); else none
         (None: every target at 8 bits; when `needed`, a size bound only the bit allocation meets, the last tier at
-        its least share and joint measurements, 1 bit too, instead: the time limit is then overrun by what that costs, where
+        its least share and joint measurements, 1 bit too: the time limit is then overrun by what that costs, where
         the full search ran before). The first two are tried with cross-fitted joint measurements, then without
-        (IN_SAMPLE): the fits without each fold are what a short time limit drops first. Fitting each quantization of the targets'
-        entries (and the half rates of the heaviest) and two passes over the calibration set (the folds'
+        (IN_SAMPLE): the fits without each fold are what a short time limit drops first. Fitting each quantization
+        of the targets' entries (and the half rates of the heaviest) and two passes over the calibration set (the folds'
         activations, then their outputs) come off `seconds` first, and, in every tier that rounds with GPTQ, the
         tables' Gram probes and the inverse factors (once more for each fold where the tier cross-fits);
         `max_joint` is what is left after the layers' measurements. `seconds` are net of the reserve for the fixed
