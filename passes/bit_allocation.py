@@ -31,7 +31,7 @@ import numpy as np
 from evonnx.errors import EvonnxError
 from evonnx.passes.base import Pass, PassContext, param, register
 from evonnx.passes.engine.calib import fixed_batch
-from evonnx.passes.quant.allocate import Option, Searcher, frontier
+from evonnx.passes.quant.allocate import SIZE_TRIES, Option, Searcher, frontier
 from evonnx.passes.quant.apply import Fidelity, Measure, Nontarget, Quantizer, nontargets, rounded_nontargets
 from evonnx.passes.quant.crossfit import CrossFit, select
 from evonnx.passes.quant.layer import QuantSpec
@@ -272,15 +272,19 @@ def _fit_size(state: ModelState, joint: Joint, searcher: Searcher, names: set[st
               nontarget: str) -> tuple[str, tuple | None, dict, dict[str, float]]:
     """The allocation within `target` bytes with the lowest measured KL, the other tensors' rounding
     (`nontarget` auto: int8, fp16 or exact) chosen with it: rounding them frees bytes for the weights.
+    The candidates measured, over all modes, are at most the searcher's `max_joint` (the time plan's joint
+    measurements), one a mode at least.
     Returns (mode, choice or None, the chosen mode's candidates and KLs, the best KL of each mode tried)."""
     best, tried = (nontarget, None, {}), {}
-    for mode in ("int8", "fp16", "exact") if nontarget == "auto" else (nontarget,):
+    modes = ("int8", "fp16", "exact") if nontarget == "auto" else (nontarget,)
+    tries = SIZE_TRIES if searcher.max_joint is None else max(1, min(SIZE_TRIES, searcher.max_joint // len(modes)))
+    for mode in modes:
         others = rounded_nontargets(state, names | keep, mode)
 
         def measure(opts: dict, others: dict = others) -> float:
             return joint(opts, others).metrics.fitness
 
-        choice, scores = searcher.by_size(target - _fixed_bytes(state, names, mode, keep), measure)
+        choice, scores = searcher.by_size(target - _fixed_bytes(state, names, mode, keep), measure, tries)
         if choice is not None:
             tried[mode] = scores[choice]
             if best[1] is None or scores[choice] < tried[best[0]]:

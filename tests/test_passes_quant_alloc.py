@@ -87,6 +87,25 @@ def test_size_budget_is_met_and_a_larger_budget_is_no_worse(setup):
         get_pass("bit-allocation")(schemes=SCHEMES, bits=[2, 3], target_bytes=300).run(state, ctx)
 
 
+def test_a_size_target_measures_no_more_candidates_than_max_joint(setup, monkeypatch):
+    """The time plan pays for `max_joint` joint measurements; a size target measured up to 8 knapsack answers
+    for each of three roundings of the other tensors (24 passes over the calibration set where a YOLOX's plan
+    paid for 14: 57 s over its search time)."""
+    from evonnx.passes.quant.allocate import Searcher
+    state, calib = setup
+    calls = []
+    real = Searcher.by_size
+    monkeypatch.setattr(Searcher, "by_size", lambda self, budget, measure, *a: real(
+        self, budget, lambda opts: calls.append(1) or measure(opts), *a))
+    get_pass("bit-allocation")(schemes=SCHEMES, target_bytes=2400).run(state, PassContext(calib=calib))
+    free = len(calls)
+    calls.clear()
+    run = get_pass("bit-allocation")(schemes=SCHEMES, target_bytes=2400, max_joint=3)
+    out = run.run(state, PassContext(calib=calib))
+    assert free > 3 and len(calls) == 3  # one a rounding mode
+    assert out.history[-1]["est_bytes"] <= 2400
+
+
 def test_allocation_after_pruning_keeps_masks_and_zeros(setup):
     state, calib = setup
     w1 = state.original("w1")

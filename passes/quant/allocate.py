@@ -13,7 +13,7 @@ exact is always a feasible allocation. Searches return one option index per laye
   damage, keeping it when the joint measurement still meets the budget.
 
 `max_joint` caps the joint measurements of `knapsack` and `greedy` (to fit a time limit): the search
-stops at the best feasible point found by then.
+stops at the best feasible point found by then; `by_size` measures as many answers as it is asked.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from evonnx.passes.quant.layer import Quantized, QuantSpec
 from evonnx.passes.quant.search import knapsack, pareto
 
 Choice = tuple[int, ...]
+SIZE_TRIES = 8  # the knapsack's answers `by_size` measures, at budgets `step` apart
 
 
 @dataclass
@@ -138,7 +139,7 @@ class Searcher:
         return choice
 
     def by_size(self, budget: float, measure: Callable[[dict[str, Option]], float] | None = None,
-                tries: int = 8, step: float = 0.02) -> tuple[Choice | None, dict[Choice, float]]:
+                tries: int = SIZE_TRIES, step: float = 0.02) -> tuple[Choice | None, dict[Choice, float]]:
         """The least additive damage within `budget` bytes; with `measure`, the choice it scores lowest among
         the knapsack's answers at budget x (1, 1 - step, ...): the sum of single-layer damages misjudges
         joint effects, and every answer fits. Returns (choice, {candidate: measured})."""

@@ -33,7 +33,12 @@ def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], store: Sp
     batch, padding tokens left out (by the attention-mask input, passes/sparsity/tokens.py), summed batch by
     batch in float32 (one batch's activations are held at a time; a Gram is 4 K^2 bytes, one for all the layers
     reading the same input rows) into `store` (passes/quant/spill.py) under (`scope`, its key). Returns each
-    weight's key there and the rows its Gram was summed over."""
+    weight's key there and the rows its Gram was summed over.
+
+    The sums that fit the store's budget, smallest first, are held in memory through the pass; each batch's
+    share of the others (its rows, or its product where smaller) is parked in a file and summed after it, in
+    the same order: a Gram is written at most once however many batches there are, and the sums are the same
+    bit for bit whatever the budget."""
     if not layers:
         return {}, {}
     inputs = sorted({layer.x for layer in layers.values()})
@@ -50,8 +55,16 @@ def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], store: Sp
     shared: dict[tuple, list[str]] = {}  # layers with the same input rows: one Gram (a transformer's Q, K and V)
     for name, layer in layers.items():
         shared.setdefault(gram_key(layer), []).append(name)
+    width = {key: layers[names[0]].mat_shape[1] for key, names in shared.items()}
+    sums: dict[tuple, np.ndarray | None] = {}  # the sums held in memory
+    held = 0
+    for key in sorted(shared, key=width.get):  # a small Gram saves the most parked rows per byte held
+        if held + 4 * width[key] ** 2 > store.budget:
+            break
+        sums[key], held = None, held + 4 * width[key] ** 2
+    store.reserve(held)
     counts = dict.fromkeys(shared, 0)
-    for batch in engine.batches:
+    for i, batch in enumerate(engine.batches):
         outs = runner.run(dict(batch))
         real = tokens.token_keep(dict(batch), engine.calib.axes)
         for key, names in shared.items():
@@ -62,11 +75,26 @@ def gram_matrices(state: ModelState, engine, layers: dict[str, Layer], store: Sp
                 rows = np.sort(rng.choice(rows, share, replace=False))
             xm = layer.x_mat(x, rows).astype(np.float32, copy=False)
             counts[key] += len(xm)
-            product, where = xm.T @ xm, (scope, key)
-            store[where] = (store[where][0] + product,) if where in store else (product,)
+            if key not in sums:
+                store.park((scope, key, i), (xm if len(xm) < width[key] else xm.T @ xm,))
+            else:
+                sums[key] = _add(sums[key], xm.T @ xm)
         del outs
+    for key in shared:
+        total = sums.pop(key, None)
+        for i in range(len(engine.batches) if total is None else 0):
+            part = store.pop((scope, key, i))[0]
+            total = _add(total, part if len(part) == width[key] else part.T @ part)  # a product is K x K
+        store[scope, key] = (total,)
     return ({n: (scope, k) for k, names in shared.items() for n in names},
             {n: counts[k] for k, names in shared.items() for n in names})
+
+
+def _add(total: np.ndarray | None, product: np.ndarray) -> np.ndarray:
+    if total is None:
+        return np.require(product, requirements="W")  # a parked product comes back read-only
+    total += product
+    return total
 
 
 def gram_key(layer: Layer) -> tuple:

@@ -5,8 +5,8 @@ inverse factor of it about half that again. A cross-fitted bit allocation holds 
 for all samples: held in memory, they took cnn-5M at `--time-limit 300` to 1.76 GB, 28x its model and activations
 (tools/bench/RESULTS.md). `Spill` keeps the most recently used values in memory up to its budget and writes the
 others to `.npz` files of a temporary directory (never pickled), read back at their next use: the allocation
-visits a layer's options one after another, so its working set is the layer it is on. The files go when the store
-is collected.
+visits a layer's options one after another, so its working set is the layer it is on. Values read once, much
+later, are parked straight in files (`park`, `pop`). The files go when the store is collected.
 """
 from __future__ import annotations
 
@@ -42,21 +42,30 @@ class Spill:
     def __setitem__(self, key: Hashable, value: Value) -> None:
         for array in value:
             array.flags.writeable = False
-        self.hot.pop(key, None)
-        stale = self.files.pop(key, None)
-        if stale is not None:
-            stale.unlink()
+        self._drop(key)
         self.hot[key] = value
         self._evict()
+
+    def park(self, key: Hashable, value: Value) -> None:
+        """Store `value` straight in its file, never in memory: one read back by `pop`, much later."""
+        self._drop(key)
+        self._write(key, value)
+
+    def pop(self, key: Hashable) -> Value:
+        """`key`'s value, forgotten (its file removed)."""
+        value = self.hot[key] if key in self.hot else _load(self.files[key])
+        self._drop(key)
+        return value
+
+    def reserve(self, nbytes: int) -> None:
+        """Write values out until `nbytes` more fit within the budget: the caller is about to hold them."""
+        self._evict(self.budget - nbytes)
 
     def __getitem__(self, key: Hashable) -> Value:
         if key in self.hot:
             self.hot.move_to_end(key)
             return self.hot[key]
-        with np.load(self.files[key], allow_pickle=False) as stored:
-            value = tuple(stored[f"arr_{i}"] for i in range(len(stored.files)))
-        for array in value:
-            array.flags.writeable = False
+        value = _load(self.files[key])
         self.hot[key] = value
         self._evict()
         return value
@@ -65,25 +74,44 @@ class Spill:
         """Bytes of the values in memory."""
         return sum(a.nbytes for value in self.hot.values() for a in value)
 
-    def _evict(self) -> None:
+    def _evict(self, limit: int | None = None) -> None:
+        """Write the least recently used values out until those in memory fit `limit` (the budget)."""
+        limit = self.budget if limit is None else limit
         held = self.held()
-        while held > self.budget and len(self.hot) > 1:
+        while held > limit and len(self.hot) > 1:
             key, value = self.hot.popitem(last=False)
             held -= sum(a.nbytes for a in value)
             if key not in self.files:  # a value read back from its file is still there
-                path = self._folder() / f"{next(self._names)}.npz"
-                try:
-                    np.savez(path, *value)
-                except OSError as exc:
-                    path.unlink(missing_ok=True)
-                    raise EvonnxError(f"cannot write the bit allocation's Grams to {path.parent} "
-                                      f"({exc.strerror or exc}): free space there, or set TMPDIR to a directory "
-                                      f"with more") from exc
-                self.files[key] = path
-                self.written += sum(a.nbytes for a in value)
+                self._write(key, value)
+
+    def _drop(self, key: Hashable) -> None:
+        self.hot.pop(key, None)
+        stale = self.files.pop(key, None)
+        if stale is not None:
+            stale.unlink()
+
+    def _write(self, key: Hashable, value: Value) -> None:
+        path = self._folder() / f"{next(self._names)}.npz"
+        try:
+            np.savez(path, *value)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise EvonnxError(f"cannot write the bit allocation's Grams to {path.parent} "
+                              f"({exc.strerror or exc}): free space there, or set TMPDIR to a directory "
+                              f"with more") from exc
+        self.files[key] = path
+        self.written += sum(a.nbytes for a in value)
 
     def _folder(self) -> Path:
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="evonnx-spill-")
             weakref.finalize(self, self._dir.cleanup)
         return Path(self._dir.name)
+
+
+def _load(path: Path) -> Value:
+    with np.load(path, allow_pickle=False) as stored:
+        value = tuple(stored[f"arr_{i}"] for i in range(len(stored.files)))
+    for array in value:
+        array.flags.writeable = False
+    return value
