@@ -10,7 +10,7 @@ from evonnx.passes.engine.calib import synthetic
 from evonnx.passes.engine.fitness import FitnessEngine
 from evonnx.passes.sparsity import refit as rf
 from evonnx.passes.sparsity import targets as tg
-from evonnx.passes.sparsity.layers import analyse
+from evonnx.passes.sparsity.layers import Layer, analyse
 from evonnx.passes.sparsity.suffix import Evaluator
 from evonnx.passes.state import load_state
 
@@ -32,6 +32,23 @@ def odd_conv(seed=0) -> onnx.ModelProto:
 def _setup(model, n=160):
     state = load_state(model.SerializeToString())
     return state, synthetic(state.model, n, seed=3)
+
+
+@pytest.mark.parametrize("kernel,strides,pads,dilations,shape", [
+    ([3, 3], [1, 1], [1, 1, 1, 1], [1, 1], (2, 5, 9, 7)),
+    ([3, 3], [2, 1], [0, 1, 2, 1], [2, 1], (3, 4, 11, 8)),
+    ([5], [2], [2, 2], [1], (2, 3, 17)),
+])
+def test_a_convolutions_input_columns_are_its_patch_rows_transposed(kernel, strides, pads, dilations, shape):
+    """`x_cols` ([K, rows] in one copy, what the evaluator caches) is `x_mat`'s im2col transposed, and
+    `col_norms` (made without the patches) its columns' norms, for strided, dilated, unevenly padded and 1-D
+    convolutions."""
+    conv = {"kernel": kernel, "strides": strides, "pads": pads, "dilations": dilations, "auto_pad": "NOTSET"}
+    layer = Layer("w", (6, shape[1], *kernel), kind="conv", conv=conv)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    cols = layer.x_cols(x)
+    assert cols.flags.c_contiguous and np.array_equal(cols, layer.x_mat(x).T)
+    np.testing.assert_allclose(layer.col_norms(x), np.linalg.norm(cols.astype(np.float64), axis=1), rtol=1e-12)
 
 
 def test_keep_mask_zeroes_exactly_n_lowest():

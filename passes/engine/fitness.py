@@ -117,9 +117,15 @@ def output_axes(runner: Runner, calib: CalibData, batch: int | None, extra: dict
 
 def run_batches(runner: Runner, feeds: list[dict], axes: list[samples.Axis],
                 outputs: list[str] | None = None) -> list[np.ndarray]:
-    """Run every batch and join each output (of `outputs`, default all) along its sample axis."""
+    """Run every batch and join each output (of `outputs`, default all) along its sample axis, one output at a
+    time, its batches' parts let go once joined: the peak is the parts and one joined output, not twice all."""
     parts = [runner.run(feed, outputs) for feed in feeds]
-    return [samples.join([p[k] for p in parts], axes[k]) for k in range(len(parts[0]))]
+    joined = []
+    for k in range(len(parts[0])):
+        joined.append(samples.join([p[k] for p in parts], axes[k]))
+        for p in parts:
+            p[k] = None
+    return joined
 
 
 def _opsets(model: onnx.ModelProto) -> str:

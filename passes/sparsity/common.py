@@ -100,10 +100,7 @@ def priors(view: LayerView, kinds: list[str], ridge: float, x: np.ndarray | None
     """
     w = np.abs(view.w_mat)  # float32: a layer of a billion entries needs no 8-byte copies
     out = {}
-    norms = None
-    if view.layer.fast:
-        x_t = view.x_t if view.row_keep is None else view.x_t[:, view.row_keep]  # real tokens only
-        norms = np.sqrt(np.einsum("kr,kr->k", x_t, x_t, dtype=np.float64))
+    norms = view.x_norms if view.layer.fast else None
     for kind in kinds:
         if kind == "magnitude" or norms is None:
             out[kind if norms is not None else "magnitude"] = w.ravel()

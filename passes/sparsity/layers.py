@@ -79,6 +79,25 @@ class Layer:
         x = x if rows is None else x[rows]
         return x * np.float32(self.alpha) if self.alpha != 1.0 else x
 
+    def x_cols(self, x: np.ndarray) -> np.ndarray:
+        """`x_mat(x)` transposed, [K, rows], contiguous: one copy of the patches, not two."""
+        if self.kind != "conv":
+            return np.ascontiguousarray(self.x_mat(x).T)
+        win = _windows(x, self.conv)
+        lead = win.ndim - 1 - len(self.conv["kernel"])  # N and the output positions
+        return np.ascontiguousarray(np.moveaxis(win, tuple(range(lead)), tuple(range(-lead, 0)))).reshape(-1, int(
+            np.prod(win.shape[:lead])))
+
+    def col_norms(self, x: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+        """Each column's norm over the rows of `x_mat(x)` (`keep`: a bool over the rows that count), float64,
+        without a convolution's patches: its squared input, summed over the samples, summed over the windows."""
+        if self.kind == "conv":
+            win = _windows(np.square(x, dtype=np.float64).sum(axis=0, keepdims=True), self.conv)
+            return np.sqrt(win.sum(axis=tuple(range(win.ndim - 1 - len(self.conv["kernel"]))))).reshape(-1)
+        xm = self.x_mat(x)
+        xm = xm if keep is None else xm[keep]
+        return np.sqrt(np.einsum("rk,rk->k", xm, xm, dtype=np.float64))
+
     def n_rows(self, x_shape: tuple[int, ...]) -> int:
         if self.kind == "conv":
             return x_shape[0] * int(np.prod(_out_spatial(x_shape, self.conv)))
@@ -194,6 +213,17 @@ def _out_spatial(x_shape, conv) -> list[int]:
 
 def _im2col(x: np.ndarray, conv: dict, rows: np.ndarray | None) -> np.ndarray:
     """Patches [rows, C*prod(kernel)] in the order of W.reshape(Co, -1); rows index (n, *out_spatial)."""
+    win = _windows(x, conv)
+    spatial = len(conv["kernel"])
+    k = int(np.prod(win.shape[1 + spatial:]))
+    if rows is None:
+        return win.reshape(-1, k)
+    idx = np.unravel_index(rows, win.shape[:1 + spatial])
+    return win[idx].reshape(len(rows), k)
+
+
+def _windows(x: np.ndarray, conv: dict) -> np.ndarray:
+    """The convolution's input patches as a view [N, *out_spatial, C, *kernel]."""
     spatial = len(conv["kernel"])
     pads = _resolve_pads(x.shape, conv)
     xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[d], pads[spatial + d]) for d in range(spatial)])
@@ -203,9 +233,4 @@ def _im2col(x: np.ndarray, conv: dict, rows: np.ndarray | None) -> np.ndarray:
               + tuple(slice(None, None, dl) for dl in conv["dilations"])]
     out_sp = _out_spatial(x.shape, conv)
     win = win[(slice(None), slice(None)) + tuple(slice(0, o) for o in out_sp)]
-    win = np.moveaxis(win, 1, 1 + spatial)  # [N, *pos, C, *kernel]
-    k = int(np.prod(win.shape[1 + spatial:]))
-    if rows is None:
-        return win.reshape(-1, k)
-    idx = np.unravel_index(rows, (x.shape[0], *out_sp))
-    return win[idx].reshape(len(rows), k)
+    return np.moveaxis(win, 1, 1 + spatial)  # [N, *pos, C, *kernel]

@@ -108,7 +108,7 @@ class Evaluator:
         original = {n: state.original(n) for n in self.exposed}
         self._measure(original, fixed)
         self.tokens = tokens.token_keep(self.data.inputs, self.data.axes)
-        acts = self.run_probe(original)
+        acts = self.run_probe(original, names=self.output_names + [l.y for l in layers if l.fast])
         self.teacher_out = [self.take(acts, o, self.n_fit) for o in self.output_names]
         groups = output_groups(metric, self.teacher_out, [self.axes[o] for o in self.output_names])
         self.out_weights = [error_weights(t, g, self._output_keep(o, t))
@@ -242,10 +242,22 @@ class LayerView:
             return
         y = ev.take(acts, layer.y, n)
         self.y_shape = y.shape
-        x = ev.take(acts, layer.x, n)
-        self.x_t = np.ascontiguousarray(layer.x_mat(x).T)  # [K, rows]
-        self.row_keep = ev.layer_rows(layer, x, n)  # the rows of real tokens (None: all)
+        self.row_keep = ev.layer_rows(layer, ev.take(acts, layer.x, n), n)  # the rows of real tokens (None: all)
         self.y_flat = layer.y_flat(y).astype(np.float32)
+
+    @cached_property
+    def x_t(self) -> np.ndarray:
+        """The layer's inputs on the fitness samples as [K, rows] (a convolution's patches: K / C times its input),
+        made at the first need: a visit that only ranks entries needs `x_norms` alone."""
+        return self.layer.x_cols(self.ev.take(self.acts, self.layer.x, self.ev.n_fit))
+
+    @cached_property
+    def x_norms(self) -> np.ndarray:
+        """Each input column's norm over the rows of real tokens (float64)."""
+        if "x_t" in self.__dict__:
+            x_t = self.x_t if self.row_keep is None else self.x_t[:, self.row_keep]
+            return np.sqrt(np.einsum("kr,kr->k", x_t, x_t, dtype=np.float64))
+        return self.layer.col_norms(self.ev.take(self.acts, self.layer.x, self.ev.n_fit), self.row_keep)
 
     # -- the suffix, built on the first evaluation (re-fit-only visits never build a session) ------------
     @cached_property
@@ -272,7 +284,7 @@ class LayerView:
         """A copy holding what evaluate_members needs (the suffix built, no ORT session, no probe activations), to
         ship to worker processes once per visit."""
         view = object.__new__(LayerView)
-        view.__dict__.update({k: self.__dict__[k] for k in VIEW_SCORING}, ev=self.ev.scoring_copy(),
+        view.__dict__.update({k: getattr(self, k) for k in VIEW_SCORING}, ev=self.ev.scoring_copy(),
                              suffix=self.suffix, side=self.side, remote=None)
         return view
 
