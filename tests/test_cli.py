@@ -112,3 +112,29 @@ def test_a_model_that_loads_but_cannot_run_is_one_line(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert "failed running the model" in out.stderr and "reshape_to_3x5" in out.stderr
     assert not (tmp_path / "b.evx").exists()
+
+
+def test_sigterm_unwinds_the_run_and_takes_its_temporary_files(tmp_path):
+    """A pipeline's timeout sends SIGTERM: the run stops with 143 and one line, leaving neither an output nor the
+    bit allocation's spilled Grams (here forced into files by a budget of 0) in TMPDIR."""
+    import os
+    import signal
+    import time
+    model, calib, tmp = tmp_path / "m.onnx", tmp_path / "c.npz", tmp_path / "tmp"
+    onnx.save_model(corpus.mlp(d_in=256, hidden=256, classes=10), str(model))
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((512, 256)).astype(np.float32))
+    tmp.mkdir()
+    code = ("import sys; from evonnx.passes.quant import apply; apply.MIN_HELD = apply.HELD_SHARE = 0; "
+            "from evonnx.tools.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, "compress", str(model), "-o", str(tmp_path / "m.evx"),
+                             "--calib", str(calib), "--sparsity", "0"], env={**os.environ, "TMPDIR": str(tmp)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith("evonnx-spill-") and any(p.iterdir()) for p in tmp.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it spilled"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "evonnx: terminated", err
+    assert not [p for p in tmp.iterdir() if p.name.startswith("evonnx-")]  # (ONNX Runtime leaves a .ses there)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz", "m.onnx", "tmp"]  # no output, no partial

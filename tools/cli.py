@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 import traceback
 import warnings
 
@@ -74,7 +76,26 @@ def _show_logs(debug: bool, quiet: bool) -> None:
     logger.propagate = False
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the run is (a KeyboardInterrupt: no `except Exception` swallows it), so that the run
+    unwinds as from Ctrl-C: its temporary files (the bit allocation's spilled Grams, work folders) go with it."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # the global flags are accepted anywhere on the line (`evonnx eval m.onnx --debug`)
     debug, quiet = "--debug" in argv, "--quiet" in argv
@@ -107,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"evonnx: error: {exc.filename or ''}: {exc.strerror or exc}".replace(": : ", ": "), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("evonnx: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        stopped = isinstance(exc, Terminated)
+        print(f"evonnx: {'terminated' if stopped else 'interrupted'}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if stopped else signal.SIGINT)
     except Exception as exc:  # noqa: BLE001 - a bug: one line unless --debug
         return _internal(exc, debug)
 
