@@ -124,6 +124,33 @@ def test_refit_matches_least_squares_for_one_row():
     np.testing.assert_allclose(new_w[1, keep], ref, rtol=1e-3, atol=1e-4)
 
 
+def test_sample_axes_are_measured_on_groups_sized_by_bytes(monkeypatch):
+    """The evaluator measures its probe outputs' sample axes two forward passes a group: MEASURE_GROUP outputs at
+    first, then as many as MEASURE_BYTES hold (8 at a time took 52 s of a 60 s limit on a 1024 x 1024 U-Net),
+    with the same axes as one output at a time."""
+    from evonnx.passes.sparsity import suffix
+    state, calib = _setup(corpus.cnn())
+    layers = analyse(state, state.targets)
+    groups, measuring = [], []
+    run, measure = suffix.Runner.run, Evaluator._measure
+    monkeypatch.setattr(suffix.Runner, "run", lambda self, feeds, outputs=None: (
+        measuring and groups.append(outputs)) or run(self, feeds, outputs))
+    monkeypatch.setattr(Evaluator, "_measure", lambda self, *a: (
+        measuring.append(1), measure(self, *a), measuring.clear()))
+    monkeypatch.setattr(suffix, "MEASURE_GROUP", 2)
+
+    def evaluator():
+        groups.clear()
+        return Evaluator(state, layers, calib, ["CPUExecutionProvider"], fitness_samples=16, refit_samples=16)
+
+    by_bytes = evaluator()
+    assert [len(g) for g in groups] == [2, 2, len(by_bytes.probe.output_names) - 2, len(groups[2])]  # one then two
+    monkeypatch.setattr(suffix, "MEASURE_BYTES", 1)
+    one_by_one = evaluator()
+    assert len(groups) == 2 * len(one_by_one.probe.output_names) - 2
+    assert one_by_one.axes == by_bytes.axes and one_by_one.per == by_bytes.per
+
+
 @pytest.mark.parametrize("make", [corpus.mlp, corpus.conv_net, odd_conv])
 def test_cheap_evaluation_matches_the_engine(make):
     state, calib = _setup(make())

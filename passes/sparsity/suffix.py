@@ -30,7 +30,8 @@ STACK_BYTES = 32 << 20  # most bytes of stacked suffix inputs per run (ORT holds
 CHUNK_ELEMENTS = 4 << 20  # gather chunk of the sparse delta product
 REFIT_ROWS = 16384  # most activation rows used to re-fit one layer
 POOL_CACHE_ELEMENTS = 32 << 20  # most gathered activation elements cached for a search pool
-MEASURE_GROUP = 8  # probe outputs measured together
+MEASURE_GROUP = 8  # probe outputs measured together at first
+MEASURE_BYTES = 1 << 30  # then as many as hold about this many bytes on one sample and on two
 ACTIVATION_BYTES = 2 << 30  # most bytes of cached activations (every layer's input and output) on the re-fit samples
 # what scoring a visit's pool candidates reads, of an Evaluator and of a LayerView (see scoring_copy)
 EVALUATOR_SCORING = ("teacher_out", "out_weights", "output_names", "axes", "per", "n_fit", "batch", "stackable_batch",
@@ -118,8 +119,9 @@ class Evaluator:
 
     def _measure(self, weights: dict[str, np.ndarray], fixed: int | None) -> None:
         """Every cached value's sample axis (`self.axes`) and entries per sample on it (`self.per`: tokens
-        folded into the batch), measured a few probe outputs at a time (all of them for even two samples may
-        not fit in memory), and fewer re-fit (and fitness) samples when the cached activations of all of
+        folded into the batch), measured on as many probe outputs at a time as the last group's bytes say fit
+        MEASURE_BYTES (all of them for even two samples may not fit in memory; each group costs two forward
+        passes: 8 at a time took 52 s of a 60 s limit on a 1024 x 1024 U-Net), and fewer re-fit (and fitness) samples when the cached activations of all of
         them would pass ACTIVATION_BYTES. A fixed batch is measured on two batches (one when there is no
         second): a value that differs between them carries samples even without a batch-sized axis."""
         names = self.probe.output_names
@@ -130,15 +132,17 @@ class Evaluator:
             one, two = self.data.pair()
         axes: dict[str, samples.Axis] = {}
         self.per: dict[str, int] = {}
-        per_sample = 0.0
-        for i in range(0, len(names), MEASURE_GROUP):
-            group = names[i:i + MEASURE_GROUP]
+        per_sample, start, size = 0.0, 0, MEASURE_GROUP
+        while start < len(names):
+            group = names[start:start + size]
             first = self.probe.run({**one, **weights}, group)
             second = self.probe.run({**two, **weights}, group) if two is not None else None
             got = (samples.fixed_batch_axes(first, fixed, second) if fixed else samples.measured_axes(first, second))
             axes.update(zip(group, got))
             self.per.update(zip(group, samples.rows_per_sample(first, got, fixed or 1)))
             per_sample += sum(o.nbytes for o, axis in zip(first, got) if axis is not None) / (fixed or 1)
+            held = sum(o.nbytes for o in first) + sum(o.nbytes for o in second or ())
+            start, size = start + len(group), max(1, int(len(group) * MEASURE_BYTES / max(held, 1)))
         self.axes = {**axes, **self.data.axes}
         self.per.update({name: 1 for name in self.data.axes})
         cap = max(fixed or 1, int(ACTIVATION_BYTES // max(per_sample, 1.0)))
