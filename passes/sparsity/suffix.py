@@ -121,9 +121,10 @@ class Evaluator:
         """Every cached value's sample axis (`self.axes`) and entries per sample on it (`self.per`: tokens
         folded into the batch), measured on as many probe outputs at a time as the last group's bytes say fit
         MEASURE_BYTES (all of them for even two samples may not fit in memory; each group costs two forward
-        passes: 8 at a time took 52 s of a 60 s limit on a 1024 x 1024 U-Net), and fewer re-fit (and fitness) samples when the cached activations of all of
-        them would pass ACTIVATION_BYTES. A fixed batch is measured on two batches (one when there is no
-        second): a value that differs between them carries samples even without a batch-sized axis."""
+        passes: 8 at a time took 52 s of a 60 s limit on a 1024 x 1024 U-Net), and fewer re-fit (and fitness)
+        samples when the cached activations of all of them would pass ACTIVATION_BYTES. A fixed batch is
+        measured on two batches (one when there is no second): a value that differs between them carries samples
+        even without a batch-sized axis."""
         names = self.probe.output_names
         if fixed:
             one = self.data.feed(0, fixed)
