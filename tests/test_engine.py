@@ -138,3 +138,28 @@ def test_dynamic_dims_need_input_shape():
     with pytest.raises(CalibrationError, match="--input-shape x:DIMS"):
         synthetic(model, 4)
     assert synthetic(model, 4, {"x": [1, 8]}).inputs["x"].shape == (4, 8)
+
+
+def test_the_default_batch_is_bounded_by_the_memory_a_sample_takes(monkeypatch):
+    """A model whose intermediates are large a sample (32 MiB here, a 1024 x 1024 U-Net ~400 MiB) runs its
+    calibration in smaller batches by default: ONNX Runtime keeps a whole batch's working memory in its arena
+    (the U-Net peaked at 13.0 GiB with all 8 samples a batch, 8.0 one at a time). An explicit batch is kept."""
+    from onnx import TensorProto, helper, numpy_helper
+    from evonnx.passes.engine import fitness
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((32, 1, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((1, 32, 3, 3)).astype(np.float32), "w2")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1])], "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 512, 512])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w1, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    calib = CalibData({"x": rng.standard_normal((8, 1, 512, 512)).astype(np.float32)}, None, "big")
+    assert FitnessEngine(model, calib, ["w1"], device="cpu").batch_size > 1  # several ~32 MiB in BATCH_BYTES
+    monkeypatch.setattr(fitness, "BATCH_BYTES", 16 << 20)
+    bounded = FitnessEngine(model, calib, ["w1"], device="cpu")
+    assert bounded.batch_size == 1 and len(bounded.batches) == 8
+    whole = FitnessEngine(model, calib, ["w1"], device="cpu", batch_size=8)  # asked for: kept
+    assert whole.batch_size == 8
+    np.testing.assert_allclose(bounded.teacher[0], whole.teacher[0], rtol=1e-4, atol=1e-4)

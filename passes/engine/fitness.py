@@ -25,6 +25,7 @@ from evonnx.passes.engine.tasks import output_groups
 from evonnx.runtime.weights import read_weights
 
 DEFAULT_BATCH = 256
+BATCH_BYTES = 512 << 20  # ONNX Runtime's working memory a default batch may take (1024 x 1024 U-Net: ~400 MiB a sample)
 RUN_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, n) for n in
                    ("Fail", "InvalidArgument", "RuntimeException", "NotImplemented", "InvalidGraph"))
 THREADS_ENV = "EVONNX_ORT_THREADS"  # intra-op threads per session (unset or 0: ONNX Runtime's default)
@@ -115,6 +116,28 @@ def output_axes(runner: Runner, calib: CalibData, batch: int | None, extra: dict
     return samples.measured_axes(runner.run({**one, **extra}), runner.run({**two, **extra}))
 
 
+def axes_and_sample_bytes(runner: Runner, calib: CalibData) -> tuple[list[samples.Axis], int]:
+    """`output_axes` of a model without a fixed batch, and what running a sample twice adds to this process's
+    resident memory over running it once: about a sample's share of ONNX Runtime's working memory, which grows
+    with the batch and stays in its arena (0 where it cannot be read)."""
+    one, two = calib.pair()
+    first = runner.run(one)
+    before = resident_bytes()
+    second = runner.run(two)
+    after = resident_bytes()
+    grown = after - before if before is not None and after is not None else 0
+    return samples.measured_axes(first, second), max(grown, 0)
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux's /proc), None where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def run_batches(runner: Runner, feeds: list[dict], axes: list[samples.Axis],
                 outputs: list[str] | None = None) -> list[np.ndarray]:
     """Run every batch and join each output (of `outputs`, default all) along its sample axis, one output at a
@@ -151,11 +174,11 @@ class FitnessEngine:
         self.original = original if original is not None else read_weights(model, self.weight_names, held)
         self.providers = providers = prov.resolve(device)
         fixed = fixed_batch(model, calib.axes, label)
-        self.batch_size = self._batch_size(fixed, calib, batch_size)
-        self.batches = calib.batches(self.batch_size)
         baked = Runner(model, providers, label, self.original, held=held)  # the arrays held already, no copy
         self.output_names = baked.output_names
-        self.axes = output_axes(baked, calib, fixed)
+        self.axes, sample = (output_axes(baked, calib, fixed), 0) if fixed else axes_and_sample_bytes(baked, calib)
+        self.batch_size = self._batch_size(fixed, calib, batch_size, sample)
+        self.batches = calib.batches(self.batch_size)
         self.teacher = self._collect(baked, self.batches)
         self.student = (Runner(expose_weights(model, self.weight_names), providers, label, held=held)
                         if self.weight_names else baked)
@@ -176,7 +199,9 @@ class FitnessEngine:
             self.groups = output_groups(metric, self.teacher, self.axes)
             self._balanced_for = metric
 
-    def _batch_size(self, fixed: int | None, calib: CalibData, requested: int | None) -> int:
+    def _batch_size(self, fixed: int | None, calib: CalibData, requested: int | None, sample: int) -> int:
+        """The model's fixed batch; else the one requested, or DEFAULT_BATCH samples but no more than BATCH_BYTES
+        of ONNX Runtime's working memory at `sample` bytes a sample (`axes_and_sample_bytes`)."""
         if fixed:
             size = fixed
             usable = calib.num_samples - calib.num_samples % size
@@ -189,7 +214,8 @@ class FitnessEngine:
                 calib.inputs = calib.feed(0, usable)
                 calib.labels = None if calib.labels is None else calib.labels[:usable]
             return size
-        return min(requested or DEFAULT_BATCH, calib.num_samples)
+        default = max(1, min(DEFAULT_BATCH, BATCH_BYTES // sample)) if sample else DEFAULT_BATCH
+        return min(requested or default, calib.num_samples)
 
     def _collect(self, runner: Runner, feeds: list[dict]) -> list[np.ndarray]:
         return run_batches(runner, feeds, self.axes)
