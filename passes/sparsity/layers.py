@@ -89,8 +89,9 @@ class Layer:
             np.prod(win.shape[:lead])))
 
     def col_norms(self, x: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
-        """Each column's norm over the rows of `x_mat(x)` (`keep`: a bool over the rows that count), float64,
-        without a convolution's patches: its squared input, summed over the samples, summed over the windows."""
+        """Each column's norm over the rows of `x_mat(x)` (`keep`: a bool over the rows that count; a convolution's
+        all count), float64, without a convolution's patches: its squared input, summed over the samples, summed
+        over the windows."""
         if self.kind == "conv":
             win = _windows(np.square(x, dtype=np.float64).sum(axis=0, keepdims=True), self.conv)
             return np.sqrt(win.sum(axis=tuple(range(win.ndim - 1 - len(self.conv["kernel"]))))).reshape(-1)

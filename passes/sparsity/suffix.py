@@ -258,10 +258,7 @@ class LayerView:
 
     @cached_property
     def x_norms(self) -> np.ndarray:
-        """Each input column's norm over the rows of real tokens (float64)."""
-        if "x_t" in self.__dict__:
-            x_t = self.x_t if self.row_keep is None else self.x_t[:, self.row_keep]
-            return np.sqrt(np.einsum("kr,kr->k", x_t, x_t, dtype=np.float64))
+        """Each input column's norm over the rows of real tokens (float64), made without `x_t`."""
         return self.layer.col_norms(self.ev.take(self.acts, self.layer.x, self.ev.n_fit), self.row_keep)
 
     # -- the suffix, built on the first evaluation (re-fit-only visits never build a session) ------------
