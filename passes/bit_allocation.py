@@ -9,7 +9,8 @@ even that is too slow, `scale_from` measures each layer alone at one spec only a
 damage as that measurement times the ratio of their error power (KL and 1 - cosine grow with the power of
 small output noise: the layer output error's on calibration activations when known, else the weight
 error's), and `max_joint` caps the joint measurements. Search
-(passes/quant/allocate.py): a knapsack on the additive damage estimate, its budget bisected against
+(passes/quant/allocate.py): a knapsack on the additive damage estimate (`Measure.damage`: a cosine task's
+mean drop, read where its user reads it, as pooled outputs under `cosine:mean`; else KL), its budget bisected against
 joint measurements, then single-layer refinements; or a greedy descent from all-exact. Where a scheme fits
 calibration data (GPTQ, the codebook re-fit), the joint measurements are out of fold (passes/quant/crossfit.py):
 each fold of the samples under the weights fitted on the others, since in-sample they flatter. The objective
@@ -74,7 +75,7 @@ class BitAllocation(Pass):
         nontarget: Literal["auto", Nontarget] = param("auto", "biases, norms and small tensors: exact, fp16 or bf16 (rounded), int8 "
                                            "(uniform per tensor), or auto: the smallest of int8, fp16, exact "
                                            "whose joint loss stays within the budget (with target_bytes: chosen "
-                                           "with the allocation, by the lowest measured KL within the size)")
+                                           "with the allocation, by the least measured damage within the size)")
         refit_rows: int = param(4096, "calibration rows per layer for the codebook re-fit")
         keep: list = param([], "target weights kept exact (e.g. ones the calibration data never exercises)")
         sensitivity_share: float = param(1.0, "share of the calibration samples each layer alone is measured on "
@@ -159,8 +160,8 @@ class BitAllocation(Pass):
                  "tried": [(round(searcher.bytes(c), 1), loss) for c, loss in searcher.cache.items()],
                  "chosen_bytes": round(searcher.bytes(choice), 1), "nontarget_mode": nontarget, "tighter": tighter,
                  "nontarget_losses": tried_modes, "spilled_bytes": quantizer.store.written,
-                 "size_candidates": [(round(searcher.bytes(c), 1), kl) for c, kl in size_scores.items()]}
-        goal = (f"size target {cfg.target_bytes} bytes (lowest KL of {len(size_scores)} allocations, other tensors "
+                 "size_candidates": [(round(searcher.bytes(c), 1), d) for c, d in size_scores.items()]}
+        goal = (f"size target {cfg.target_bytes} bytes (least damage of {len(size_scores)} allocations, other tensors "
                 f"{nontarget})" if cfg.target_bytes > 0 else f"{metric} budget {limit:g}")
         log.info(f"bit-allocation: {goal}, {extra['sensitivity_evaluations']} sensitivity and "
                  f"{extra['joint_evaluations']} joint evaluations"
@@ -231,11 +232,11 @@ def _alone(name: str, tried: list[QuantSpec], done: list, quantizer: Quantizer, 
         if power[-1] > 0:
             m = measure.evaluate([{name: base}])[0]
             ratio = power[:-1] / power[-1]
-            return [(m.metrics.fitness * r, loss(m) * r) for r in ratio], 1
+            return [(m.damage * r, loss(m) * r) for r in ratio], 1
     per = max(1, DENSE_BYTES // max(done[0].tensor.nbytes, 1))  # dequantized copies a batch of measurements holds
     metrics = [m for i in range(0, len(done), per)
                for m in measure.evaluate([{name: q.weight} for q in done[i:i + per]])]
-    return [(m.metrics.fitness, loss(m)) for m in metrics], len(done)
+    return [(m.damage, loss(m)) for m in metrics], len(done)
 
 
 def _tighter(searcher: Searcher, choice: tuple, shares: list[float], search: str) -> list[dict]:
@@ -270,11 +271,11 @@ def _sensitivity_fidelity(state: ModelState, ctx: PassContext, fidelity: Fidelit
 
 def _fit_size(state: ModelState, joint: Joint, searcher: Searcher, names: set[str], keep: set[str], target: int,
               nontarget: str) -> tuple[str, tuple | None, dict, dict[str, float]]:
-    """The allocation within `target` bytes with the lowest measured KL, the other tensors' rounding
-    (`nontarget` auto: int8, fp16 or exact) chosen with it: rounding them frees bytes for the weights.
+    """The allocation within `target` bytes with the least measured damage (`Measure.damage`), the other tensors'
+    rounding (`nontarget` auto: int8, fp16 or exact) chosen with it: rounding them frees bytes for the weights.
     The candidates measured, over all modes, are at most the searcher's `max_joint` (the time plan's joint
     measurements), one a mode at least.
-    Returns (mode, choice or None, the chosen mode's candidates and KLs, the best KL of each mode tried)."""
+    Returns (mode, choice or None, the chosen mode's candidates and damages, the least damage of each mode tried)."""
     best, tried = (nontarget, None, {}), {}
     modes = ("int8", "fp16", "exact") if nontarget == "auto" else (nontarget,)
     tries = SIZE_TRIES if searcher.max_joint is None else max(1, min(SIZE_TRIES, searcher.max_joint // len(modes)))
@@ -282,7 +283,7 @@ def _fit_size(state: ModelState, joint: Joint, searcher: Searcher, names: set[st
         others = rounded_nontargets(state, names | keep, mode)
 
         def measure(opts: dict, others: dict = others) -> float:
-            return joint(opts, others).metrics.fitness
+            return joint(opts, others).damage
 
         choice, scores = searcher.by_size(target - _fixed_bytes(state, names, mode, keep), measure, tries)
         if choice is not None:

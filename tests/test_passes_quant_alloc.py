@@ -157,6 +157,31 @@ def test_by_size_keeps_the_best_measured_of_the_answers_that_fit():
     assert scores[chosen] == min(scores.values()) and searcher.options(chosen)["a"].bytes == 40
 
 
+def test_under_a_pooled_cosine_the_layers_are_weighed_by_the_pooled_outputs():
+    """y = x @ wa + c @ wb over 8 tokens, x centred over the tokens: mean-pooled, wa's errors cancel and only wb's
+    reach the sentence vector. Weighed by the KL of the token outputs the two matrices look alike (and got the
+    same bits); weighed by what `cosine:mean` reads, wb gets the bytes."""
+    from onnx import TensorProto, helper, numpy_helper
+    from evonnx.passes.engine.tasks import Cosine
+
+    rng = np.random.default_rng(0)
+    wa, wb = (numpy_helper.from_array(rng.standard_normal((32, 32)).astype(np.float32), n) for n in ("wa", "wb"))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "wa"], ["a"]), helper.make_node("MatMul", ["c", "wb"], ["b"]),
+         helper.make_node("Add", ["a", "b"], ["y"])], "pooled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, 32]),
+         helper.make_tensor_value_info("c", TensorProto.FLOAT, ["n", 1, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 32])], [wa, wb])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    state = load_state(model.SerializeToString(), label="pooled")
+    x = rng.standard_normal((64, 8, 32)).astype(np.float32)
+    calib = CalibData({"x": x - x.mean(1, keepdims=True), "c": rng.standard_normal((64, 1, 32)).astype(np.float32)},
+                      None, "centred tokens")
+    out = get_pass("bit-allocation")(schemes=["uniform/channel/sym"], bits=[2, 3, 4, 5, 6, 8], target_bytes=1600,
+                                     nontarget="exact").run(state, PassContext(calib=calib, metric=Cosine("mean")))
+    assert out.quant["wa"].bits == 2 and out.quant["wb"].bits > 4
+
+
 def test_measured_against_the_incoming_model_with_its_refitted_biases(setup):
     """Pruning with re-fit changes the biases: the allocation's reference and candidates must use them
     (not the model file's), so its measured joint KL is the KL between the model it got and the one it gives."""

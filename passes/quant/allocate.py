@@ -34,7 +34,7 @@ class Option:
     spec: QuantSpec
     quantized: Quantized
     bytes: float
-    damage: float  # KL (or rel. MSE) from the incoming model with this layer alone quantized
+    damage: float  # Measure.damage (a cosine task's mean drop, else KL) with this layer alone quantized
     drop: float  # loss under the budget's metric with this layer alone quantized
     folds: tuple[Quantized, ...] | None = None  # fitted without each fold of the samples (passes/quant/crossfit.py)
 

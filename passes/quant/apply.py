@@ -238,6 +238,15 @@ class Measure:
             return 0.0
         return 100.0 * (self.lost - self.gained + z * np.sqrt(self.lost + self.gained)) / self.n
 
+    @property
+    def damage(self) -> float:
+        """What the searches add up over layers: the task's mean drop where the task is a cosine (quadratic in
+        small output errors, as KL is, and read where the user reads it: pooled outputs under `cosine:mean`),
+        else KL (rel. MSE) of the outputs, smooth where accuracy, detections or strings change in steps."""
+        if self.task is not None and self.task.metric.startswith("cosine"):
+            return self.task.points
+        return self.metrics.fitness
+
 
 class Fidelity:
     """Candidates measured against the incoming student's outputs (not the teacher's): quantization
