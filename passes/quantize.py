@@ -60,20 +60,20 @@ def quantize_plan(state: ModelState, ctx: PassContext, plan: dict[str, QuantSpec
                   quantized: dict[str, Quantized] | None = None) -> ModelState:
     """Quantize the planned weights (`quantized`: those the caller has done already), round the other float
     tensors but `exact` as `nontarget` says, measure the result against the incoming model and the teacher, and
-    record it. Each layer's KL alone, for the report: `alone` when the caller has it (the bit allocation's
-    sensitivity), else measured when `measure_alone`."""
+    record it. Each layer's damage alone (`Measure.damage`: a cosine task's mean drop, else KL), for the report:
+    `alone` when the caller has it (the bit allocation's sensitivity), else measured when `measure_alone`."""
     engine = ctx.engine(state)
     base = {n: state.current(n) for n in engine.weight_names}  # every weight as it comes in, biases too
     quantizer = quantizer or Quantizer(state, engine, refit_rows, ctx.seed, ctx.metric)
-    fidelity = Fidelity(engine, base)
+    fidelity = Fidelity(engine, base, ctx.metric)
     done = {n: (quantized or {}).get(n) or quantizer.quantize(n, spec) for n, spec in plan.items()}
     rows = [row(q, plan[n], state.current(n)) for n, q in done.items()]
     weights = {n: q.weight for n, q in done.items()}
     if alone is None and measure_alone:
-        alone = {n: m.metrics.fitness for n, m in zip(done, fidelity.evaluate([{n: q.weight} for n, q in done.items()]))}
+        alone = {n: m.damage for n, m in zip(done, fidelity.evaluate([{n: q.weight} for n, q in done.items()]))}
     for r in rows:
         if alone is not None and r["name"] in alone:
-            r["kl_alone"] = alone[r["name"]]  # KL (or rel. MSE) from the incoming student, this layer quantized alone
+            r["damage_alone"] = alone[r["name"]]  # against the incoming student, this layer quantized alone
     quant = {n: q.tensor for n, q in done.items()}
     rounded = []
     if nontarget != "exact":

@@ -301,7 +301,7 @@ def test_pass_records_decode_to_the_simulated_weights_bit_for_bit():
     assert np.all(out.weights["w"][~mask] == 0) and np.all(out.weights["w"][mask & (state.current("w") != 0)] != 0)
     record = out.history[-1]
     assert record["pass"] == "quantize" and {r["name"] for r in record["layers"]} == {"k", "w"}
-    assert all({"scheme", "bits", "est_bytes", "rel_error", "kl_alone"} <= set(r) for r in record["layers"])
+    assert all({"scheme", "bits", "est_bytes", "rel_error", "damage_alone"} <= set(r) for r in record["layers"])
 
 
 def test_nontarget_tensors_exact_by_default_and_rounded_only_on_request():

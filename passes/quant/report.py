@@ -9,12 +9,12 @@ def metrics_summary(m: Metrics) -> dict:
 
 
 def format_rows(rows: list[dict]) -> str:
-    """| weight | scheme | bits | kept | est. bytes | bits/weight | rel. error | KL alone |"""
-    lines = ["| weight | scheme | bits | kept | est. bytes | bits/weight | rel. error | KL alone |",
+    """| weight | scheme | bits | kept | est. bytes | bits/weight | rel. error | damage alone |"""
+    lines = ["| weight | scheme | bits | kept | est. bytes | bits/weight | rel. error | damage alone |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         bpw = 8 * r["est_bytes"] / max(r["size"], 1)
-        delta = r.get("kl_alone")
+        delta = r.get("damage_alone")
         lines.append(f"| {r['name']} | {r['scheme']} | {r['bits']} | {r['kept']}/{r['size']} | {r['est_bytes']:.0f} "
                      f"| {bpw:.3f} | {r['rel_error']:.4f} | {'' if delta is None else f'{delta:.2e}'} |")
     return "\n".join(lines)

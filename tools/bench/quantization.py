@@ -200,12 +200,12 @@ def _render(name: str, rows: list[dict], info: dict, args) -> str:
             f"{rec['sensitivity_evaluations']} sensitivity + {rec['joint_evaluations']} joint evaluations, "
             f"{knap['seconds']:.1f} s):", "",
             "| layer | kept / size | scheme | bits | est. bytes | bits / weight | bits / survivor | rel. error "
-            "| KL alone |",
+            "| damage alone |",
             "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rec["layers"]:
         out.append(f"| {r['name']} | {r['kept']}/{r['size']} | {r['scheme']} | {r['bits']} | {r['est_bytes']:.0f} "
                    f"| {8 * r['est_bytes'] / r['size']:.3f} | {8 * r['est_bytes'] / max(r['kept'], 1):.2f} "
-                   f"| {r['rel_error']:.4f} | {r['kl_alone']:.2e} |")
+                   f"| {r['rel_error']:.4f} | {r['damage_alone']:.2e} |")
     out += ["", "Schemes, each layer quantized alone (ΔKL vs the sparse model on calibration / est. bytes):", "",
             "| layer | bits | " + " | ".join(FAMILIES) + " |", "|---|---:|" + "---:|" * len(FAMILIES)]
     for layer, meas in rec["sensitivity"].items():
