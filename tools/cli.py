@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import signal
 import sys
-import threading
 import traceback
 import warnings
 
 from evonnx import __version__
 from evonnx.errors import EvonnxError
+from evonnx.tools.interrupt import entry_point
 
 # name -> module under evonnx.tools exposing add_parser(subparsers) and run(args) -> int
 COMMANDS = {
@@ -76,23 +75,8 @@ def _show_logs(debug: bool, quiet: bool) -> None:
     logger.propagate = False
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the run is (a KeyboardInterrupt: no `except Exception` swallows it), so that the run
-    unwinds as from Ctrl-C: its temporary files (the bit allocation's spilled Grams, work folders) go with it."""
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated
-
-
 def main(argv: list[str] | None = None) -> int:
-    if threading.current_thread() is not threading.main_thread():
-        return _main(argv)
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return _main(argv)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return entry_point(lambda: _main(argv), "evonnx")
 
 
 def _main(argv: list[str] | None) -> int:
@@ -128,10 +112,6 @@ def _main(argv: list[str] | None) -> int:
             traceback.print_exc()
         print(f"evonnx: error: {exc.filename or ''}: {exc.strerror or exc}".replace(": : ", ": "), file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:
-        stopped = isinstance(exc, Terminated)
-        print(f"evonnx: {'terminated' if stopped else 'interrupted'}", file=sys.stderr)
-        return 128 + (signal.SIGTERM if stopped else signal.SIGINT)
     except Exception as exc:  # noqa: BLE001 - a bug: one line unless --debug
         return _internal(exc, debug)
 

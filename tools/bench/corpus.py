@@ -17,10 +17,8 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ import zstandard
 from evonnx.passes.state import load_state
 from evonnx.runtime import decode
 from evonnx.tools.bench import emit
+from evonnx.tools.interrupt import run_child
 from evonnx.tools.corpus.fidelity import Reference
 from evonnx.tools.corpus.models import BY_NAME, MODELS, CorpusModel
 
@@ -63,17 +62,9 @@ def compress_child(entry: CorpusModel, out: Path, args: list[str], calib: Path, 
     """One `evonnx compress` in a child process: its summary, wall seconds, peak RSS (MiB) and exit status."""
     cmd = [sys.executable, "-m", "evonnx", "compress", str(entry.path()), "-o", str(out), "--calib", str(calib),
            "--time-limit", str(time_limit), "--json", "--quiet", *args]
-    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = rc = os.waitstatus_to_exitcode(status)
-        stdout.seek(0), stderr.seek(0)
-        res = {"rc": rc, "wall": wall, "rss": usage.ru_maxrss / 1024}
-        if rc != 0:
-            return {**res, "error": (stderr.read().strip().splitlines() or ["?"])[-1]}
-        return {**res, "summary": json.loads(stdout.read())}
+    res = run_child(cmd)
+    out = {"rc": res["rc"], "wall": res["wall"], "rss": res["rss"] / 2**20}
+    return {**out, "error": res["error"] or "?"} if res["rc"] != 0 else {**out, "summary": json.loads(res["stdout"])}
 
 
 def ort_int8(entry: CorpusModel, reference: Reference, original: int) -> dict:
@@ -213,4 +204,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from evonnx.tools.interrupt import entry_point
+    raise SystemExit(entry_point(main))

@@ -24,10 +24,8 @@ import multiprocessing
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +33,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from evonnx.tools.bench import emit
+from evonnx.tools.interrupt import run_child
 from evonnx.tools.bench.scale import _Graph, cache_dir
 
 PROTO_LIMIT = 2**31
@@ -67,18 +66,6 @@ def build(width: int, layers: int, samples: int) -> tuple[Path, Path]:
     return path, calib
 
 
-def child(cmd: list[str]) -> dict:
-    """Run `cmd`: wall seconds, peak RSS (bytes), exit code, stdout, the last line of stderr."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        out.seek(0), err.seek(0)
-        return {"wall": time.perf_counter() - start, "rss": usage.ru_maxrss * 1024,
-                "rc": os.waitstatus_to_exitcode(status), "stdout": out.read(),
-                "error": (err.read().strip().splitlines() or [""])[-1][:200]}
-
-
 RUN = """
 import sys, numpy as np, onnxruntime as ort
 x = np.load(sys.argv[2])["input"]
@@ -88,7 +75,7 @@ np.save(sys.argv[3], y)
 
 
 def run_file(model: Path, calib: Path, out: Path) -> dict:
-    return child([sys.executable, "-c", RUN, str(model), str(calib), str(out)])
+    return run_child([sys.executable, "-c", RUN, str(model), str(calib), str(out)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     data = path.with_name(path.name + ".data").stat().st_size
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        steps = {"compress": child([sys.executable, "-m", "evonnx", "compress", str(path), "-o", str(tmp / "m.evx"),
+        steps = {"compress": run_child([sys.executable, "-m", "evonnx", "compress", str(path), "-o", str(tmp / "m.evx"),
                                     "--calib", str(calib), "--metric", "cosine", "--time-limit",
                                     str(args.time_limit), "--json", "--quiet", *shlex.split(args.compress_args)])}
         if steps["compress"]["rc"] == 0:
-            steps["decode"] = child([sys.executable, "-m", "evonnx", "decode", str(tmp / "m.evx"),
+            steps["decode"] = run_child([sys.executable, "-m", "evonnx", "decode", str(tmp / "m.evx"),
                                      "-o", str(tmp / "d.onnx")])
         if steps.get("decode", {}).get("rc") == 0:
             steps["teacher run"] = run_file(path, calib, tmp / "t.npy")
@@ -140,4 +127,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from evonnx.tools.interrupt import entry_point
+    raise SystemExit(entry_point(main))

@@ -149,4 +149,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from evonnx.tools.interrupt import entry_point
+    raise SystemExit(entry_point(main))

@@ -122,4 +122,5 @@ def table(runs: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from evonnx.tools.interrupt import entry_point
+    raise SystemExit(entry_point(main))

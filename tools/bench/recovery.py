@@ -156,4 +156,5 @@ def table(rows: list[dict], dense: dict[str, float], settings: str) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from evonnx.tools.interrupt import entry_point
+    raise SystemExit(entry_point(main))

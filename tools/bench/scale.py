@@ -24,7 +24,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from evonnx.tools.bench import emit
+from evonnx.tools.interrupt import run_child
 
 OPSET, IR_VERSION = 17, 10
 TOKENS, CLASSES = 32, 10
@@ -176,16 +176,9 @@ def compress_child(path: Path, calib: Path, time_limit: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "evonnx", "compress", str(path), "-o", str(Path(tmp) / "out.evx"),
                "--calib", str(calib), "--metric", "cosine", "--time-limit", str(time_limit), "--json", "--quiet"]
-        with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
-            start = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, text=True)
-            _, status, usage = os.wait4(proc.pid, 0)
-            wall = time.perf_counter() - start
-            stdout.seek(0), stderr.seek(0)
-            res = {"wall": wall, "rss": usage.ru_maxrss * 1024, "rc": os.waitstatus_to_exitcode(status)}
-            if res["rc"] != 0:
-                return {**res, "error": (stderr.read().strip().splitlines() or ["?"])[-1][:100]}
-            return {**res, "summary": json.loads(stdout.read())}
+        res = run_child(cmd)
+    out = {k: res[k] for k in ("wall", "rss", "rc")}
+    return {**out, "error": (res["error"] or "?")[:100]} if res["rc"] != 0 else {**out, "summary": json.loads(res["stdout"])}
 
 
 def baseline_rss() -> int:
@@ -238,4 +231,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from evonnx.tools.interrupt import entry_point
+    raise SystemExit(entry_point(main))
