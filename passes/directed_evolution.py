@@ -163,6 +163,23 @@ class _Run:
                 else sparsegpt.seconds(self.layers, common.MAX_INVERSE) if cfg.compensate else 0.0)
         return min(cost, FINISH_SHARE * cfg.time_limit)
 
+    def _cannot_sweep(self) -> bool:
+        """Whether a search that finishes (on_budget="finish") cannot visit each layer once in the time its limit
+        leaves it (population x generations candidates a visit, each about a forward pass on the fitness samples).
+        It would then zero the first density step of a few layers and leave every other zero to the finish: the
+        finish alone reaches the same targets, and the time goes to what comes after."""
+        cfg = self.cfg
+        if not cfg.time_limit or cfg.on_budget != "finish" or self.position[0] > 1:
+            return False
+        visit = self.ev.forward_at_start * cfg.population * cfg.generations
+        left = cfg.time_limit - self.reserve - self.elapsed()
+        unvisited = len(self.layers) - self.position[1]
+        if left >= visit * unvisited:
+            return False
+        log.info(f"directed-evolution: {left:.0f} s of search visit about {left / visit:.1f} of {unvisited} "
+                 f"layers ({visit:.1f} s each): the finish alone reaches the targets")
+        return True
+
     def _affords(self, seconds: float, keep: float = 0.0) -> bool:
         """Whether `seconds` more fit the time limit with `keep` seconds of it left over."""
         return not self.cfg.time_limit or self.elapsed() + seconds + keep <= self.cfg.time_limit
@@ -193,18 +210,7 @@ class _Run:
         total = cfg.steps * len(layers)
         done = (self.position[0] - 1) * len(layers) + self.position[1]
         bar = progress(total, "directed-evolution", self.ctx.progress, done)
-        stop = None
-        for t in range(self.position[0], cfg.steps + 1):
-            for j in range(self.position[1] if t == self.position[0] else 0, len(layers)):
-                stop = self.exhausted()
-                if stop:
-                    break
-                self._step(layers[j], t, bar)
-                self.position = (t, j + 1) if j + 1 < len(layers) else (t + 1, 0)
-                self._save()
-                bar.update(1)
-            if stop:
-                break
+        stop = "time_limit" if self._cannot_sweep() else self._search(bar)
         bar.close()
         stop = stop or "done"
         if stop != "done" and cfg.on_budget == "finish":
@@ -223,6 +229,20 @@ class _Run:
                       f"{rec['fitness']:.4g}, {c.evaluations} evaluations, {rec['evaluations_per_second']:.0f}/s, "
                       f"{rec['cost_ratio']:.2f}x a baked forward per candidate")
         return self.student.replace(record=rec)
+
+    def _search(self, bar) -> str | None:
+        """The search from the schedule's position on; the budget that stopped it, if any."""
+        layers = self.layers
+        for t in range(self.position[0], self.cfg.steps + 1):
+            for j in range(self.position[1] if t == self.position[0] else 0, len(layers)):
+                stop = self.exhausted()
+                if stop:
+                    return stop
+                self._step(layers[j], t, bar)
+                self.position = (t, j + 1) if j + 1 < len(layers) else (t + 1, 0)
+                self._save()
+                bar.update(1)
+        return None
 
     def _step(self, layer, t: int, bar) -> None:
         cfg = self.cfg
@@ -292,19 +312,22 @@ class _Run:
     def _finish(self) -> None:
         """Reach every layer's exact target by its best prior (and re-fit), or without re-fits by SparseGPT
         (`compensate`), without search: one probe run gives every layer's activations (upstream changes made
-        here are not seen downstream: a budget ran out). Under a time limit a layer is re-fitted, else compensated,
-        only while that fits what is left of it; the rest keep their survivors as they are."""
+        here are not seen downstream: a budget ran out). Under a time limit a layer is re-fitted only while what
+        is left of it still pays for compensating the layers after it (a re-fit costs more: spending the time on
+        the first layers would leave the rest uncompensated), else compensated while that fits; the rest keep
+        their survivors as they are."""
+        pending = [(layer, n) for layer in self.layers
+                   if (n := tg.zero_count(layer.size, self.targets[layer.weight])
+                       - int((~common.mask_of(self.student, layer)).sum())) > 0]
         acts, skipped = None, []
-        for layer in self.layers:
+        for i, (layer, n) in enumerate(pending):
             mask = common.mask_of(self.student, layer)
-            n = tg.zero_count(layer.size, self.targets[layer.weight]) - int((~mask).sum())
-            if n <= 0:
-                continue
             if acts is None:
                 acts = self.ev.run_probe(self.ev.current(self.student))
             view = LayerView(self.ev, layer, self.student, self.ev.current(self.student), acts)
             data = view.refit_data() if layer.fast else None
-            refit = self._affords_refit(layer)
+            rest = [other for other, _ in pending[i + 1:]] if self.cfg.compensate else []
+            refit = self._affords_refit(layer, keep=sparsegpt.seconds(rest, common.MAX_INVERSE))
             compensate = (not refit and data is not None and self.cfg.compensate and view.k <= common.MAX_INVERSE)
             if compensate and self._affords(sparsegpt.seconds([layer], common.MAX_INVERSE)):
                 w_mat, new_mask = sparsegpt.prune(view.w_mat, mask, data[0], int((~mask).sum()) + n)

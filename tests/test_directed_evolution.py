@@ -127,6 +127,53 @@ def test_a_finish_re_fits_only_the_layers_its_time_limit_pays_for(monkeypatch, c
     assert "no time left to re-fit or compensate" in caplog.text
 
 
+def test_a_finish_re_fits_no_layer_with_the_time_the_later_layers_compensation_needs(monkeypatch, caplog):
+    """Re-fits cost more than SparseGPT: a finish that re-fitted while it could would leave the last layers
+    uncompensated. Reckoned on a clock that each re-fit advances 100 s and each compensation 40 s, within 200 s:
+    the first layer is re-fitted and every later one compensated, none left as it is."""
+    from evonnx.passes import directed_evolution
+    from evonnx.passes.sparsity import common, sparsegpt
+
+    caplog.set_level("INFO", logger="evonnx")
+    clock, done = [0.0], []
+    real_refit, real_prune = common.refit_layer, sparsegpt.prune
+
+    def refit_layer(view, *a, **k):
+        clock[0] += 100.0
+        done.append("refit")
+        return real_refit(view, *a, **k)
+
+    def prune(*a, **k):
+        clock[0] += 40.0
+        done.append("compensate")
+        return real_prune(*a, **k)
+
+    monkeypatch.setattr(directed_evolution._Run, "elapsed", lambda self: clock[0])
+    monkeypatch.setattr(common, "refit_layer", refit_layer)
+    monkeypatch.setattr(sparsegpt, "prune", prune)
+    monkeypatch.setattr(common, "refit_seconds", lambda layers, cfg: 100.0 * sum(l.fast for l in layers))
+    monkeypatch.setattr(sparsegpt, "seconds", lambda layers, max_k: 40.0 * sum(l.fast for l in layers))
+    out = run(sparsity=0.8, allocation="lamp", max_evaluations=30, on_budget="finish", time_limit=200.0)
+    assert done == ["refit"] + ["compensate"] * (len(done) - 1) and len(done) >= 3, done
+    assert out.history[-1]["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert "no time left to re-fit or compensate" not in caplog.text
+
+
+@pytest.mark.parametrize("forward, searched", [(1e-4, True), (60.0, False)])
+def test_a_search_that_cannot_visit_every_layer_once_leaves_the_targets_to_the_finish(monkeypatch, caplog, forward,
+                                                                                       searched):
+    """A visit costs population x generations candidates of about a forward pass each: at 60 s a pass the 600 s
+    limit pays for no sweep of the model's layers, so no candidate is evaluated and the finish reaches every
+    target at once; at 0.1 ms the search runs."""
+    from evonnx.passes.sparsity import suffix
+
+    caplog.set_level("INFO", logger="evonnx")
+    monkeypatch.setattr(suffix.Evaluator, "forward_seconds", lambda self, *a, **k: forward)
+    rec = run(sparsity=0.8, allocation="lamp", on_budget="finish", time_limit=600.0).history[-1]
+    assert (rec["evaluations"] > 0) == searched and rec["sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert ("the finish alone reaches the targets" in caplog.text) != searched
+
+
 def test_lamp_keeps_each_layers_largest_weight_and_prunes_the_flat_layer_less():
     rng = np.random.default_rng(0)
     flat = np.ones((10, 10))  # every weight alike: LAMP scores rise slowly, the layer keeps more
