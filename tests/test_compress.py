@@ -142,7 +142,8 @@ def test_a_compress_request_is_typed_defaulted_and_checked_before_any_work(tmp_p
     assert CompressRequest("m.onnx", tmp_path / "m.evx", max_drop=math.inf).enforced is None
     for bad, message in [({"time_limit": -5}, "--time-limit"), ({"max_drop": -1}, "--max-drop"),
                          ({"holdout": 1.0}, "--holdout"), ({"resume": True}, "--workdir"),
-                         ({"sparsity": 0.5, "pipeline": "p.toml"}, "--config")]:
+                         ({"sparsity": 0.5, "pipeline": "p.toml"}, "--config"),
+                         ({"time_limit": 60, "pipeline": "p.toml"}, "--time-limit sizes the default pipeline")]:
         with pytest.raises(EvonnxError, match=message):
             CompressRequest("m.onnx", tmp_path / "m.evx", **bad)
     with pytest.raises(EvonnxError, match="does not exist"):

@@ -50,7 +50,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     parser.add_argument("--time-limit", type=float, metavar="SECONDS",
                         help="seconds for the whole run (default: none): the searches are sized to fit from the "
                         "measured time of one forward pass, and a short limit gives a less compressed result within "
-                        "budget rather than a ruined one")
+                        "budget rather than a ruined one (not with --config: its passes keep their own time_limit)")
     parser.add_argument("--workdir", metavar="DIR", help="checkpoints and logs; a fresh run starts there, and an "
                         "unfinished run found there is refused unless --resume is given")
     parser.add_argument("--resume", action="store_true", help="continue the unfinished run in --workdir (same model, "

@@ -31,7 +31,8 @@ class CompressRequest:
 
     Search: `sparsity` None is budget-driven ("auto"; 0.9 for `max_bytes` runs), a number fixes it; `bits`
     "auto" or a width; `pipeline` a Pipeline or a TOML/JSON/YAML file instead of the default; `time_limit`
-    seconds for the whole run; `seed`.
+    seconds for the whole run (the default pipeline's searches sized to fit; not with `pipeline`, whose passes
+    keep their own budgets); `seed`.
 
     Where: `device` auto | cpu | cuda; `workers` (a local Ray runtime with that many actors) or
     `ray_address` (a running Ray cluster) score Directed Evolution's candidates and measure the bit
@@ -91,6 +92,10 @@ class CompressRequest:
             raise EvonnxError("resuming needs the work dir of the run (--workdir)")
         if self.sparsity is not None and self.pipeline is not None:
             raise EvonnxError("--sparsity drives the default pipeline; it cannot be combined with --config")
+        if self.time_limit is not None and self.pipeline is not None:
+            raise EvonnxError("--time-limit sizes the default pipeline's searches; a --config pipeline runs on its "
+                              "passes' own budgets (time_limit of directed-evolution and distill-finetune), so the "
+                              "two cannot be combined")
 
     @property
     def enforced(self) -> float | None:

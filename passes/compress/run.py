@@ -102,7 +102,7 @@ def run(r: CompressRequest) -> CompressResult:
         prune = [n for n in targets if n not in kept]
         timing, costs = Budget(), BitCosts()
         search_limit, forward = r.time_limit, 0.0
-        if r.time_limit and targets and r.pipeline is None:
+        if r.time_limit and targets:  # (never with a --config pipeline)
             forward = forward_seconds(engine)
             search_limit = search_seconds(r.time_limit, time.perf_counter() - start, forward, state)
             costs = BitCosts.of(state, prune, forward, engine.calib.num_samples)
