@@ -86,8 +86,9 @@ def auto_sparsity(state: ModelState, ctx: PassContext, engine, bits: int | str, 
                 log.info(f"auto sparsity: no rung at {target:.4f}: it might leave the bit allocation no time")
                 break
             split = budget.de or curves_or_lamp(len(prune), forward, given, refits)
-            # the rung's limit covers its finish, which it keeps time for (directed_evolution.FINISH_SHARE)
-            params.update(time_limit=round(given + finish, 3), on_budget="finish", **split)
+            # the rung's clock starts before its set-up, and it keeps time for its finish
+            # (directed_evolution.FINISH_SHARE): its limit covers both, as the plan does
+            params.update(time_limit=round(given + overhead, 3), on_budget="finish", **split)
         de = DirectedEvolution(**params)
         sub = ctx.workdir / AUTO_DIR / f"{len(trials):02d}-{target:.4f}" if ctx.workdir else None
         t0 = time.perf_counter()
