@@ -157,10 +157,10 @@ def test_by_size_keeps_the_best_measured_of_the_answers_that_fit():
     assert scores[chosen] == min(scores.values()) and searcher.options(chosen)["a"].bytes == 40
 
 
-def test_the_joint_search_starts_no_measurement_its_deadline_cannot_pay_for(monkeypatch):
-    """A time plan misjudges some models (yolov8n's layers alone took 0.38 s each where it reckoned 0.27): on a
-    clock where each joint measurement takes 1 s, with 5 s to the deadline and 2 measurements kept for after the
-    search, the knapsack measures its first two answers and one bisection step, then stops at a feasible point."""
+def test_past_its_deadline_the_joint_search_stops_at_its_first_allocation_smaller_than_exact(monkeypatch):
+    """A time plan misjudges some models (yolov8n's layers alone took 0.38 s each where it reckoned 0.27): a search
+    whose deadline has passed measures on only until it knows a feasible allocation smaller than exact (cut before,
+    it would ship every layer exact), then stops there; on time, it searches on."""
     from evonnx.passes.quant import allocate
     from evonnx.passes.quant.layer import QuantSpec
 
@@ -172,14 +172,20 @@ def test_the_joint_search_starts_no_measurement_its_deadline_cannot_pay_for(monk
         return sum(o.damage for o in opts.values())
 
     def layer():
-        return [allocate.Option(QuantSpec("uniform", b), None, 2 ** b, 1.0 / 2 ** b, 0.0) for b in range(1, 9)]
+        damage = [0.05 * 2 ** (8 - b) for b in range(1, 9)]  # two layers at 8 bits are all the budget takes
+        return ([allocate.Option(QuantSpec("uniform", b), None, 2 ** b, d, 0.0) for b, d in zip(range(1, 9), damage)]
+                + [allocate.Option(QuantSpec("raw", 32), None, 2 ** 10, 0.0, 0.0)])
 
     table = {name: layer() for name in "abcd"}
     unbounded = allocate.Searcher(table, loss, 0.1)
     unbounded.knapsack()
-    searcher = allocate.Searcher(table, loss, 0.1, deadline=clock[0] + 5.0, after=2)
-    choice = searcher.knapsack()
-    assert len(searcher.cache) == 3 < len(unbounded.cache) and searcher.ok(choice)
+    late = allocate.Searcher(table, loss, 0.1, deadline=clock[0], after=2)
+    choice = late.knapsack()
+    exact = late.bytes(late.exact())
+    measured = list(late.cache)
+    first = next(i for i, c in enumerate(measured) if late.cache[c] <= 0.1 and late.bytes(c) < exact)
+    assert len(measured) == first + 1 < len(unbounded.cache) and late.ok(choice) and late.bytes(choice) < exact
+    assert first >= 2  # past the knapsack's first two answers (the cheapest, exact): on past the deadline
 
 
 def test_under_a_pooled_cosine_the_layers_are_weighed_by_the_pooled_outputs():

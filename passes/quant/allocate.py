@@ -13,9 +13,10 @@ exact is always a feasible allocation. Searches return one option index per laye
   damage, keeping it when the joint measurement still meets the budget.
 
 `max_joint` caps the joint measurements of `knapsack` and `greedy` (to fit a time limit), and so does a
-`deadline` (time.perf_counter()): no measurement starts that would end past it with `after` more measurements'
-time left, at the pace measured so far (a time plan misjudges some models; this keeps it). The search stops at
-the best feasible point found by then; `by_size` measures as many answers as it is asked.
+`deadline` (time.perf_counter()) once a feasible allocation smaller than exact is known: no measurement starts
+that would end past it with `after` more measurements' time left, at the pace measured so far (a time plan
+misjudges some models; this keeps it). The search stops at the best feasible point found by then; `by_size`
+measures as many answers as it is asked.
 """
 from __future__ import annotations
 
@@ -67,13 +68,15 @@ class Searcher:
         self.deadline, self.after = deadline, after
         self.cache: dict[Choice, float] = {}
         self.seconds = 0.0  # spent in joint measurements
+        self.found = False  # a feasible allocation smaller than exact measured
 
     def spent(self) -> bool:
-        """Whether the joint measurements have reached `max_joint`, or one more would leave less than `after`
-        more measurements' time before `deadline`."""
+        """Whether the joint measurements have reached `max_joint`, or, once a feasible allocation smaller than
+        exact is known, one more would leave less than `after` more measurements' time before `deadline` (a search
+        cut before that would ship every layer exact: a run late by its layers' measurements gains no time)."""
         if self.max_joint is not None and len(self.cache) >= self.max_joint:
             return True
-        if self.deadline is None or not self.cache:
+        if self.deadline is None or not self.found:
             return False
         pace = self.seconds / len(self.cache)
         return time.perf_counter() + (1 + self.after) * pace > self.deadline
@@ -89,6 +92,7 @@ class Searcher:
             start = time.perf_counter()
             self.cache[choice] = self._loss(self.options(choice))
             self.seconds += time.perf_counter() - start
+            self.found |= self.cache[choice] <= self.limit and self.bytes(choice) < self.bytes(self.exact())
         return self.cache[choice]
 
     def ok(self, choice: Choice) -> bool:
