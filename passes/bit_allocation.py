@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
@@ -45,7 +44,6 @@ log = logging.getLogger(__name__)
 
 MIN_SENSITIVITY_SAMPLES = 8
 DENSE_BYTES = 64 << 20  # most bytes of dequantized weights a layer's sensitivity measurements hold at a time
-AFTER_SEARCH = 3  # joint measurements after the search: the other tensors' rounding (int8, fp16), the final check
 BudgetMetric = Literal["auto", "task", "accuracy", "agreement", "cosine", "kl"]
 
 
@@ -87,9 +85,6 @@ class BitAllocation(Pass):
                                 "every other spec's damage scaled from it by their error power; empty: "
                                 "every spec measured")
         max_joint: int = param(0, "most joint measurements the search makes (0: as many as it needs)")
-        time_limit: float = param(0.0, "seconds for the pass (0: none): its joint search starts no measurement that "
-                                  "would leave too little of them for the ones after it (the other tensors' "
-                                  "rounding, the final check) at the pace measured so far")
         tighter: list = param([0.8, 0.64, 0.5], "shares of a loss budget searched again after it, each allocation kept "
                               "in the record for the budget guard to try among its fallbacks, smallest first (a "
                               "search fitted to the calibration samples often lands a little beyond the budget on "
@@ -111,7 +106,7 @@ class BitAllocation(Pass):
     def _allocate(self, state: ModelState, ctx: PassContext) -> tuple[dict, str, dict, Quantizer, dict, dict]:
         """The searched plan {weight: spec}, the other tensors' rounding, the record's extras, the quantizer (its
         Grams and factors), and each planned weight's quantization (codes only) and damage alone."""
-        cfg, start = self.config, time.perf_counter()
+        cfg = self.config
         engine = ctx.engine(state)
         fidelity = Fidelity(engine, {n: state.current(n) for n in engine.weight_names}, ctx.metric)  # biases too
         alone = _sensitivity_fidelity(state, ctx, fidelity, cfg.sensitivity_share)
@@ -139,8 +134,7 @@ class BitAllocation(Pass):
             measured[name] = [(o.spec.label, round(o.bytes, 1), o.damage, o.drop) for o in options]
             table[name] = frontier(options, None if cfg.target_bytes else limit)
         joint = Joint(fidelity, cross)
-        searcher = Searcher(table, lambda opts: loss(joint(opts)), limit, cfg.max_joint or None,
-                            start + cfg.time_limit if cfg.time_limit else None, AFTER_SEARCH)
+        searcher = Searcher(table, lambda opts: loss(joint(opts)), limit, cfg.max_joint or None)
         nontarget, tried_modes = cfg.nontarget, {}
         if cfg.target_bytes > 0:
             nontarget, choice, size_scores, tried_modes = _fit_size(state, joint, searcher, set(names),

@@ -110,8 +110,7 @@ class Budget:
         of the targets' entries (and the half rates of the heaviest) and two passes over the calibration set (the folds'
         activations, then their outputs) come off `seconds` first, and, in every tier that rounds with GPTQ, the
         tables' Gram probes and the inverse factors (once more for each fold where the tier cross-fits);
-        `max_joint` is what is left after the layers' measurements, and the tier's `time_limit` the seconds it gets
-        (the pass stops its joint search where this plan ran late). `seconds` are net of the reserve for the fixed
+        `max_joint` is what is left after the layers' measurements. `seconds` are net of the reserve for the fixed
         8 bits (`search_seconds`), which a tier replaces."""
         seconds += FIXED_BITS_SECONDS_PER_PARAM * costs.params
         light, (full, fitted) = len(LIGHT_BITS["bits"]), _full_specs()
@@ -133,8 +132,7 @@ class Budget:
             share = min((passes - joint) / max(alone, 1), 1.0)
             if share >= least:
                 most = min(int(passes - alone * share), MAX_JOINT)
-                return {**settings, "max_joint": most, "time_limit": round(seconds, 3),
-                        **({"sensitivity_share": round(share, 3)} if share < 1 else {})}
+                return {**settings, "max_joint": most, **({"sensitivity_share": round(share, 3)} if share < 1 else {})}
         return {**RATE_BITS, "bits": [1, *RATE_BITS["bits"]], "max_joint": SCALED_JOINT,
                 "sensitivity_share": LIGHT_SHARE} if needed else None
 

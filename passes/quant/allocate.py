@@ -12,15 +12,11 @@ exact is always a feasible allocation. Searches return one option index per laye
 * `greedy`: from all-exact, repeatedly take the downgrade with the most bytes saved per unit of
   damage, keeping it when the joint measurement still meets the budget.
 
-`max_joint` caps the joint measurements of `knapsack` and `greedy` (to fit a time limit), and so does a
-`deadline` (time.perf_counter()) once a feasible allocation smaller than exact is known: no measurement starts
-that would end past it with `after` more measurements' time left, at the pace measured so far (a time plan
-misjudges some models; this keeps it). The search stops at the best feasible point found by then; `by_size`
-measures as many answers as it is asked.
+`max_joint` caps the joint measurements of `knapsack` and `greedy` (to fit a time limit): the search
+stops at the best feasible point found by then; `by_size` measures as many answers as it is asked.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,27 +55,17 @@ class Searcher:
     """Searches over per-layer frontiers with a joint check `loss(choice) -> float` (cached)."""
 
     def __init__(self, table: dict[str, list[Option]], loss: Callable[[dict[str, Option]], float], limit: float,
-                 max_joint: int | None = None, deadline: float | None = None, after: int = 0):
+                 max_joint: int | None = None):
         self.names = list(table)
         self.table = table
         self._loss = loss
         self.limit = limit
         self.max_joint = max_joint
-        self.deadline, self.after = deadline, after
         self.cache: dict[Choice, float] = {}
-        self.seconds = 0.0  # spent in joint measurements
-        self.found = False  # a feasible allocation smaller than exact measured
 
     def spent(self) -> bool:
-        """Whether the joint measurements have reached `max_joint`, or, once a feasible allocation smaller than
-        exact is known, one more would leave less than `after` more measurements' time before `deadline` (a search
-        cut before that would ship every layer exact: a run late by its layers' measurements gains no time)."""
-        if self.max_joint is not None and len(self.cache) >= self.max_joint:
-            return True
-        if self.deadline is None or not self.found:
-            return False
-        pace = self.seconds / len(self.cache)
-        return time.perf_counter() + (1 + self.after) * pace > self.deadline
+        """Whether the joint measurements have reached `max_joint`."""
+        return self.max_joint is not None and len(self.cache) >= self.max_joint
 
     def options(self, choice: Choice) -> dict[str, Option]:
         return {n: self.table[n][i] for n, i in zip(self.names, choice)}
@@ -89,10 +75,7 @@ class Searcher:
 
     def loss(self, choice: Choice) -> float:
         if choice not in self.cache:
-            start = time.perf_counter()
             self.cache[choice] = self._loss(self.options(choice))
-            self.seconds += time.perf_counter() - start
-            self.found |= self.cache[choice] <= self.limit and self.bytes(choice) < self.bytes(self.exact())
         return self.cache[choice]
 
     def ok(self, choice: Choice) -> bool:
