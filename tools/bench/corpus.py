@@ -29,9 +29,9 @@ import zstandard
 from evonnx.passes.state import load_state
 from evonnx.runtime import decode
 from evonnx.tools.bench import emit
-from evonnx.tools.interrupt import run_child
 from evonnx.tools.corpus.fidelity import Reference
 from evonnx.tools.corpus.models import BY_NAME, MODELS, CorpusModel
+from evonnx.tools.interrupt import run_child
 
 RUNS = {"default": [],  # budget-driven: --max-drop 0.5 in the model's metric, checked on held-out samples
         "s50b8": ["--sparsity", "0.5", "--bits", "8", "--max-drop", "inf"],  # fixed recipes, drop reported only

@@ -33,8 +33,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from evonnx.tools.bench import emit
-from evonnx.tools.interrupt import run_child
 from evonnx.tools.bench.scale import _Graph, cache_dir
+from evonnx.tools.interrupt import run_child
 
 PROTO_LIMIT = 2**31
 
