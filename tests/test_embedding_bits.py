@@ -134,6 +134,10 @@ def test_a_size_bound_without_time_for_the_bit_allocation_gets_its_cheapest_tier
     assert steps[-1].name == "bit-allocation" and steps[-1].config.schemes == cheap["schemes"]
     assert steps[-1].config.target_bytes == 1000
     assert Budget.fit(10, 1.0, 10_000, needs_bits=True).bits == Budget.fit(10, 1.0, 10_000).bits
+    # a size bound may need 1-bit grids, which the short tiers leave out (the ViT's 20x was out of reach at 2-8)
+    light = Budget.bits_for(10, 1.0, 44 + 10 * 7 * 0.5)
+    sized = Budget.bits_for(10, 1.0, 44 + 10 * 8 * 0.5, needed=True)
+    assert 1 not in light["bits"] and sized["bits"] == [1, *light["bits"]] and sized["schemes"] == light["schemes"]
 
 
 def test_a_short_time_limit_measures_layers_alone_on_a_share_of_the_samples():

@@ -103,13 +103,13 @@ class Budget:
         on a share of the calibration samples (at least FULL_SHARE); entropy-sized per-channel grids with GPTQ's
         rounding only (LIGHT_BITS), on a share (at least LIGHT_SHARE); those with each layer measured at
         SCALED_FROM only, on a share, and no half rates; the same with rounding to nearest (RATE_BITS); else none
-        (None: every target at 8 bits; when `needed`, a size bound only the bit allocation meets, the last tier at
-        its least share and joint measurements, 1 bit too: the time limit is then overrun by what that costs, where
-        the full search ran before). The first two are tried with cross-fitted joint measurements, then without
-        (IN_SAMPLE): the fits without each fold are what a short time limit drops first. Fitting each quantization
-        of the targets' entries (and the half rates of the heaviest) and two passes over the calibration set (the folds'
-        activations, then their outputs) come off `seconds` first, and, in every tier that rounds with GPTQ, the
-        tables' Gram probes and the inverse factors (once more for each fold where the tier cross-fits);
+        (None: every target at 8 bits; when `needed`, a size bound only the bit allocation meets, every tier with
+        1-bit grids too, else the last tier at its least share and joint measurements: the time limit is then
+        overrun by what that costs, where the full search ran before). The first two are tried with cross-fitted
+        joint measurements, then without (IN_SAMPLE): the fits without each fold are what a short time limit drops
+        first. Fitting each quantization of the targets' entries (and the half rates of the heaviest) and two passes
+        over the calibration set (the folds' activations, then their outputs) come off `seconds` first, and, in
+        every tier that rounds with GPTQ, the tables' Gram probes and the inverse factors (once more for each fold where the tier cross-fits);
         `max_joint` is what is left after the layers' measurements. `seconds` are net of the reserve for the fixed
         8 bits (`search_seconds`), which a tier replaces."""
         seconds += FIXED_BITS_SECONDS_PER_PARAM * costs.params
@@ -123,6 +123,9 @@ class Budget:
                   {**LIGHT_BITS, "scale_from": SCALED_FROM, **IN_SAMPLE, **NO_HALVES}),
                  (1, light + 1, RATE_SECONDS_PER_PARAM, LIGHT_SHARE, SCALED_JOINT, RATE_BITS))
         for measured, fitted, per_param, least, joint, settings in tiers:
+            if needed and "bits" in settings:  # a size bound may take 1-bit grids, which the short tiers leave out
+                settings = {**settings, "bits": [1, *settings["bits"]]}
+                measured, fitted = measured + (measured > 1), fitted + 1
             halves = _halves(settings)
             folds = 1 if "cross_fit" in settings else 1 + CROSS_FITS
             fixed = 0.0 if settings is RATE_BITS else costs.probes + folds * costs.inverses
