@@ -110,8 +110,8 @@ class Budget:
         first. Fitting each quantization of the targets' entries (and the half rates of the heaviest) and two passes
         over the calibration set (the folds' activations, then their outputs) come off `seconds` first, and, in
         every tier that rounds with GPTQ, the tables' Gram probes and the inverse factors (once more for each fold
-        where the tier cross-fits); `max_joint` is what is left after the layers' measurements. `seconds` are net of the reserve for the fixed
-        8 bits (`search_seconds`), which a tier replaces."""
+        where the tier cross-fits); `max_joint` is what is left after the layers' measurements. `seconds` are net
+        of the reserve for the fixed 8 bits (`search_seconds`), which a tier replaces."""
         seconds += FIXED_BITS_SECONDS_PER_PARAM * costs.params
         light, (full, fitted) = len(LIGHT_BITS["bits"]), _full_specs()
         refits = CROSS_FITS * VISITED_SPECS
