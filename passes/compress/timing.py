@@ -123,12 +123,13 @@ class Budget:
                   {**LIGHT_BITS, "scale_from": SCALED_FROM, **IN_SAMPLE, **NO_HALVES}),
                  (1, light + 1, RATE_SECONDS_PER_PARAM, LIGHT_SHARE, SCALED_JOINT, RATE_BITS))
         for measured, fitted, per_param, least, joint, settings in tiers:
+            gptq = settings is not RATE_BITS
             if needed and "bits" in settings:  # a size bound may take 1-bit grids, which the short tiers leave out
                 settings = {**settings, "bits": [1, *settings["bits"]]}
                 measured, fitted = measured + (measured > 1), fitted + 1
             halves = _halves(settings)
             folds = 1 if "cross_fit" in settings else 1 + CROSS_FITS
-            fixed = 0.0 if settings is RATE_BITS else costs.probes + folds * costs.inverses
+            fixed = costs.probes + folds * costs.inverses if gptq else 0.0
             fitting = per_param * (costs.params * fitted + costs.heavy * halves) + 2 * forward_seconds + fixed
             passes = (seconds - fitting) / max(forward_seconds, 1e-9) - NONTARGET_EVALUATIONS
             alone = targets * measured + (costs.heavy_layers * halves if measured > 1 else 0)
